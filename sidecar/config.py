@@ -1,0 +1,406 @@
+"""One settings object from defaults, an optional YAML file, SIDECAR_* env vars and flags.
+
+Precedence, lowest first: defaults < YAML file (``--config``) < ``SIDECAR_*`` environment
+< command-line flags. Every option is declared once in ``OPTIONS``; flags, environment names,
+YAML keys, defaults and validation all derive from that table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An invalid setting. ``str()`` is the one line shown to the user."""
+
+    def __init__(self, setting: str, value: object, accepted: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.accepted = accepted
+        where = f" ({flag_name(setting)} / {env_name(setting)})" if setting in _BY_NAME else ""
+        super().__init__(f"invalid {setting}{where}: {value!r} (expected {accepted})")
+
+
+# --- value parsers -----------------------------------------------------------------------------
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3,
+    "ti": 1024**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+SIZE_FORM = "a byte size such as 4MiB, 20GiB, 512Ki, 1G or 1048576"
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size; IEC (KiB, Mi) units are powers of 1024, SI (KB, M) of 1000."""
+    if isinstance(text, bool):
+        raise ValueError(text)
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(text)
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(text)
+    value = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_FORM = "a duration in seconds such as 60, 2.5, 500ms, 5m or 1h"
+
+
+def parse_duration(text: str | float) -> float:
+    if isinstance(text, bool):
+        raise ValueError(text)
+    if isinstance(text, (int, float)):
+        if text < 0 or not math.isfinite(text):
+            raise ValueError(text)
+        return float(text)
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_ttl(text: str | float | None) -> float | None:
+    """A duration, or ``indefinite`` (None): cached metadata never expires by age."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("indefinite", "inf", "never")):
+        return None
+    return parse_duration(text)
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    text = str(text).strip()
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", text) or re.match(r"^([^:\[\]]*):(\d+)$", text)
+    if not m:
+        raise ValueError(text)
+    port = int(m.group(2))
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return (m.group(1) or "0.0.0.0", port)
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def parse_upstream(text: str | None) -> str | None:
+    """``None`` (AWS's regional endpoint), an http(s) URL, or ``file:///dir``."""
+    if text is None or str(text).strip() == "":
+        return None
+    t = str(text).strip()
+    if t.startswith("file://"):
+        if not t[len("file://"):].startswith("/"):
+            raise ValueError(t)
+        return t
+    if re.match(r"^https?://[^/\s]+/?$", t):
+        return t.rstrip("/")
+    raise ValueError(t)
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        t = str(text).strip().lower()
+        if t not in choices:
+            raise ValueError(text)
+        return t
+    return parse
+
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def parse(text: Any) -> int:
+        if isinstance(text, bool):
+            raise ValueError(text)
+        v = int(str(text).strip()) if not isinstance(text, int) else text
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(text)
+        return v
+    return parse
+
+
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(text: Any) -> float:
+        if isinstance(text, bool):
+            raise ValueError(text)
+        v = float(text)
+        if not (lo <= v <= hi):
+            raise ValueError(text)
+        return v
+    return parse
+
+
+def _path(text: str) -> Path:
+    t = str(text).strip()
+    if not t:
+        raise ValueError(text)
+    return Path(os.path.expanduser(t))
+
+
+def _optional_path(text: str | None) -> Path | None:
+    if text is None or str(text).strip() == "":
+        return None
+    return _path(text)
+
+
+def _size_or_zero(text: str | int) -> int:
+    return parse_size(text)
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sidecar")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    accepted: str
+    help: str
+    secret: bool = False
+    # flag-only options (like --config) are not read from YAML
+    yaml: bool = True
+
+
+OPTIONS: tuple[Option, ...] = (
+    # --- serving
+    Option("listen", "127.0.0.1:9400", parse_hostport, "host:port", "address of the S3 endpoint"),
+    Option("admin_listen", "127.0.0.1:9401", parse_hostport, "host:port",
+           "address of the admin endpoint (health, metrics, stats)"),
+    Option("virtual_host_suffixes", "localhost,s3.amazonaws.com", lambda t: tuple(
+        s.strip().lower() for s in (t if isinstance(t, (list, tuple)) else str(t).split(",")) if s.strip()),
+           "a comma-separated list of domain names",
+           "Host suffixes under which <bucket>.<suffix> is a virtual-hosted-style request"),
+    # --- upstream
+    Option("upstream", None, parse_upstream, "an http(s):// URL or file:///absolute/dir",
+           "upstream S3 endpoint; AWS's regional endpoint when unset"),
+    Option("region", None, lambda t: str(t).strip() or None, "an AWS region name such as eu-west-1",
+           "region to sign upstream requests for (default: AWS_REGION, else us-east-1)"),
+    Option("upstream_addressing", "auto", _choice("auto", "path", "virtual"), "auto, path or virtual",
+           "bucket addressing towards the upstream; auto is path-style for custom endpoints"),
+    Option("upstream_connect_timeout", 5.0, parse_duration, DURATION_FORM,
+           "time allowed to connect to the upstream"),
+    Option("upstream_read_timeout", 60.0, parse_duration, DURATION_FORM,
+           "time allowed between bytes from the upstream"),
+    Option("upstream_max_connections", 128, _int_range(1, 10000), "an integer from 1 to 10000",
+           "connection pool size towards the upstream"),
+    # --- cache
+    Option("cache_dir", _default_cache_dir(), _path, "a directory path", "where chunks are stored"),
+    Option("cache_size", 10 * 1024**3, parse_size, SIZE_FORM, "byte budget of the chunk cache"),
+    Option("chunk_size", 4 * 1024**2, parse_size, SIZE_FORM + " between 64KiB and 256MiB",
+           "size of cached chunks"),
+    Option("metadata_ttl", 60.0, parse_ttl, DURATION_FORM + ", or indefinite",
+           "how long object metadata (ETag, size) is trusted before revalidation"),
+    Option("readahead_chunks", 4, _int_range(0, 1024), "an integer from 0 to 1024",
+           "chunks fetched ahead of a client reading an object in order (0 disables)"),
+    Option("readahead_max_bytes", 256 * 1024**2, parse_size, SIZE_FORM,
+           "bound on bytes being read ahead at once across all clients"),
+    Option("ram_chunk_max", 64 * 1024, parse_size, SIZE_FORM,
+           "chunks up to this size are also kept in memory once verified"),
+    Option("ram_cache_size", 64 * 1024**2, parse_size, SIZE_FORM,
+           "memory budget of the verified small-chunk cache (0 disables)"),
+    Option("policy", "lru", _choice("lru", "lru-k"), "lru or lru-k", "eviction policy"),
+    # --- logging
+    Option("log_level", "info", _choice("debug", "info", "warning", "error", "off"),
+           "debug, info, warning, error or off", "log level"),
+    Option("log_format", "auto", _choice("auto", "json", "console"), "auto, json or console",
+           "log format; auto is console on a terminal and JSON otherwise"),
+    Option("shutdown_grace", 20.0, parse_duration, DURATION_FORM,
+           "on SIGTERM, how long in-flight responses may take to finish"),
+    # --- file
+    Option("config", None, _optional_path, "a YAML file path", "YAML configuration file", yaml=False),
+)
+
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    listen: tuple[str, int]
+    admin_listen: tuple[str, int]
+    virtual_host_suffixes: tuple[str, ...]
+    upstream: str | None
+    region: str | None
+    upstream_addressing: str
+    upstream_connect_timeout: float
+    upstream_read_timeout: float
+    upstream_max_connections: int
+    cache_dir: Path
+    cache_size: int
+    chunk_size: int
+    metadata_ttl: float | None
+    readahead_chunks: int
+    readahead_max_bytes: int
+    ram_chunk_max: int
+    ram_cache_size: int
+    policy: str
+    log_level: str
+    log_format: str
+    shutdown_grace: float
+    config: Path | None
+    # sections of the YAML file that other modules interpret (e.g. ``rules``)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def effective_region(self) -> str:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    @property
+    def local_upstream_dir(self) -> Path | None:
+        if self.upstream and self.upstream.startswith("file://"):
+            return Path(self.upstream[len("file://"):])
+        return None
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self, redact: bool = True) -> dict[str, Any]:
+        """The effective configuration, printable; secrets redacted."""
+        out: dict[str, Any] = {}
+        for o in OPTIONS:
+            v = getattr(self, o.name)
+            if o.secret and redact and v:
+                v = "<redacted>"
+            elif isinstance(v, tuple) and o.name.endswith("listen"):
+                v = f"{v[0]}:{v[1]}"
+            elif isinstance(v, tuple):
+                v = ",".join(v)
+            elif isinstance(v, Path):
+                v = str(v)
+            elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size"):
+                v = format_size(v)
+            elif o.name == "metadata_ttl" and v is None:
+                v = "indefinite"
+            out[o.name] = v
+        for k, v in self.extra.items():
+            out[k] = v
+        return out
+
+
+def env_name(name: str) -> str:
+    return "SIDECAR_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option. Flags default to None so only given flags override."""
+    for o in OPTIONS:
+        parser.add_argument(flag_name(o.name), dest=o.name, default=None, metavar=o.name.split("_")[-1].upper(),
+                            help=f"{o.help} [env {env_name(o.name)}; default {o.default!r}]")
+
+
+def _validate(setting: str, raw: Any) -> Any:
+    o = _BY_NAME[setting]
+    try:
+        return o.parse(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(setting, raw, o.accepted) from None
+
+
+def _check_consistency(values: dict[str, Any]) -> None:
+    cs = values["chunk_size"]
+    if not 64 * 1024 <= cs <= 256 * 1024**2:
+        raise ConfigError("chunk_size", format_size(cs), _BY_NAME["chunk_size"].accepted)
+    if values["cache_size"] < cs:
+        raise ConfigError("cache_size", format_size(values["cache_size"]),
+                          f"at least one chunk ({format_size(cs)})")
+    if values["upstream_addressing"] == "virtual" and values["upstream"] and values["upstream"].startswith("file://"):
+        raise ConfigError("upstream_addressing", "virtual", "auto or path with a file:// upstream")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError("config", str(path), "an existing YAML file") from None
+    except (OSError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("config", str(path), f"a readable YAML mapping ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "a YAML mapping of setting: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# Top-level YAML sections that are not scalar options; their owners validate them.
+EXTRA_SECTIONS = ("rules",)
+
+
+def load(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults < YAML < env < flags; raise ConfigError on the first bad value."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    source: dict[str, str] = {}
+
+    config_path = flags.get("config") or env.get(env_name("config")) or None
+    extra: dict[str, Any] = {}
+    if config_path:
+        path = _validate("config", config_path)
+        data = read_yaml(path)
+        for k, v in data.items():
+            if k in EXTRA_SECTIONS:
+                extra[k] = v
+                continue
+            if k not in _BY_NAME or not _BY_NAME[k].yaml:
+                known = ", ".join(o.name for o in OPTIONS if o.yaml)
+                raise ConfigError(f"{k} (in {path})", v, f"one of the known settings: {known}")
+            raw[k] = v
+        raw["config"] = path
+    for o in OPTIONS:
+        if env_name(o.name) in env:
+            raw[o.name] = env[env_name(o.name)]
+            source[o.name] = "env"
+    for k, v in flags.items():
+        if k in _BY_NAME:
+            raw[k] = v
+    values = {}
+    for o in OPTIONS:
+        values[o.name] = _validate(o.name, raw[o.name]) if raw[o.name] is not None else None
+    _check_consistency(values)
+    return Settings(**values, extra=extra)
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Settings with defaults and the given overrides, validated like any other source."""
+    return load(flags={k: v for k, v in overrides.items()}, env={})
+
+
+def option_names() -> Sequence[str]:
+    return [o.name for o in OPTIONS]

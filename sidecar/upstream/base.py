@@ -1,0 +1,159 @@
+"""The upstream protocol: what the cache needs from an S3 store, and raw pass-through for the rest."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+# Response headers that describe the transfer or the upstream server, not the object: never cached
+# or replayed. Everything else an upstream HEAD returns is part of the object's metadata.
+TRANSIENT_HEADERS = frozenset({
+    "date", "server", "connection", "keep-alive", "content-length", "content-range", "accept-ranges",
+    "transfer-encoding", "x-amz-request-id", "x-amz-id-2", "x-amzn-requestid", "x-amz-content-sha256",
+    "x-amz-mp-parts-count", "vary", "proxy-connection", "age", "via", "x-amz-cf-id", "x-amz-cf-pop",
+    "strict-transport-security",
+})
+
+
+def _is_transient(name: str) -> bool:
+    return name in TRANSIENT_HEADERS or name.startswith("access-control-")
+
+
+def is_checksum_header(name: str) -> bool:
+    return name.startswith("x-amz-checksum-")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What an upstream HEAD says of one version of an object."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    last_modified: str
+    # object headers replayed on every response (content-type, x-amz-meta-*, ...), lower-case names
+    headers: tuple[tuple[str, str], ...]
+    # whole-object checksum headers (x-amz-checksum-*), replayed only on whole-object responses
+    checksums: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def last_modified_ts(self) -> float | None:
+        return http_date_to_ts(self.last_modified)
+
+    @classmethod
+    def from_headers(cls, bucket: str, key: str, headers: Iterable[tuple[str, str]]) -> "ObjectMeta":
+        keep: list[tuple[str, str]] = []
+        checksums: list[tuple[str, str]] = []
+        etag = ""
+        size = -1
+        last_modified = ""
+        for name, value in headers:
+            name = name.lower()
+            if name == "content-length":
+                size = int(value)
+            if name == "etag":
+                etag = value
+            elif name == "last-modified":
+                last_modified = value
+            if _is_transient(name):
+                continue
+            (checksums if is_checksum_header(name) else keep).append((name, value))
+        if size < 0:
+            raise ValueError("upstream HEAD without Content-Length")
+        return cls(bucket, key, etag, size, last_modified, tuple(keep), tuple(checksums))
+
+    def to_json(self) -> dict:
+        return {"bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
+                "last_modified": self.last_modified, "headers": [list(h) for h in self.headers],
+                "checksums": [list(h) for h in self.checksums]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ObjectMeta":
+        return cls(d["bucket"], d["key"], d["etag"], int(d["size"]), d["last_modified"],
+                   tuple((str(a), str(b)) for a, b in d["headers"]),
+                   tuple((str(a), str(b)) for a, b in d.get("checksums", ())))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PartInfo:
+    """Byte span of one part of a multipart object, as an upstream HEAD ?partNumber=N reports it."""
+
+    number: int
+    start: int
+    end: int  # inclusive; end < start for an empty part
+    status: int  # 206, or 200 when the upstream answers a part request with the whole object
+    headers: tuple[tuple[str, str], ...]  # x-amz-mp-parts-count and the part's checksum headers
+
+
+class ByteStream(Protocol):
+    """Bytes of a ranged GET, in order. ``read`` returns b"" at the end; a body cut short raises."""
+
+    async def read(self, n: int) -> bytes: ...
+
+
+@dataclasses.dataclass
+class ForwardRequest:
+    """A client request passed through to the upstream, keys decoded, body streamed."""
+
+    method: str
+    bucket: str | None
+    key: str | None
+    query: Sequence[tuple[str, str]]
+    headers: Sequence[tuple[str, str]]  # end-to-end headers only; no auth, host or hop-by-hop
+    body: AsyncIterator[bytes] | None
+    content_length: int | None
+
+
+@dataclasses.dataclass
+class ForwardResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    release: object = None  # an async callable that frees the connection
+
+    async def close(self) -> None:
+        if self.release is not None:
+            await self.release()  # type: ignore[operator]
+
+
+class Upstream(Protocol):
+    """An S3 store: the cache path (head, get_range) and the pass-through path (forward)."""
+
+    name: str
+
+    async def head(self, bucket: str, key: str, *, if_none_match: str | None = None) -> ObjectMeta:
+        """Metadata of the current version. Raises NotModified when If-None-Match matches,
+        S3Error (NoSuchKey, AccessDenied, ...) as the upstream answers, UpstreamUnavailable."""
+        ...
+
+    async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo: ...
+
+    def get_range(self, bucket: str, key: str, start: int, end: int, *,
+                  if_match: str) -> AbstractAsyncContextManager[ByteStream]:
+        """Bytes start..end (inclusive) of the version with ETag ``if_match``.
+        Raises S3Error PreconditionFailed if the object changed."""
+        ...
+
+    async def forward(self, request: ForwardRequest) -> ForwardResponse: ...
+
+    async def close(self) -> None: ...
+
+
+def http_date_to_ts(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    return dt.timestamp()
+
+
+def ts_to_http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
