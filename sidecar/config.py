@@ -231,6 +231,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("ram_cache_size", 64 * 1024**2, parse_size, SIZE_FORM,
            "memory budget of the verified small-chunk cache (0 disables)"),
     Option("policy", "lru", _choice("lru", "lru-k"), "lru or lru-k", "eviction policy"),
+    Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
+    # --- prefetch and bandwidth
+    Option("prefetch", True, parse_bool, "true or false", "run the access predictor and prefetch"),
+    Option("prefetch_interval", 30.0, parse_duration, DURATION_FORM, "how often the predictor runs"),
+    Option("prefetch_threshold", 0.7, _float_range(0.0, 1.0), "a number from 0 to 1",
+           "minimum predicted probability of a read for an object to be prefetched"),
+    Option("model", None, _optional_path, "a path to an .onnx file",
+           "access predictor model (default: the shipped models/predictor.onnx)"),
+    Option("bandwidth_cap", 0, parse_size, SIZE_FORM + " (per second; 0 is unlimited)",
+           "upstream bandwidth cap shared by demand reads and prefetch, bytes per second"),
     # --- logging
     Option("log_level", "info", _choice("debug", "info", "warning", "error", "off"),
            "debug, info, warning, error or off", "log level"),
@@ -265,6 +275,12 @@ class Settings:
     ram_chunk_max: int
     ram_cache_size: int
     policy: str
+    lru_k: int
+    prefetch: bool
+    prefetch_interval: float
+    prefetch_threshold: float
+    model: Path | None
+    bandwidth_cap: int
     log_level: str
     log_format: str
     shutdown_grace: float
@@ -298,7 +314,8 @@ class Settings:
                 v = ",".join(v)
             elif isinstance(v, Path):
                 v = str(v)
-            elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size"):
+            elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
+                            "bandwidth_cap"):
                 v = format_size(v)
             elif o.name == "metadata_ttl" and v is None:
                 v = "indefinite"
