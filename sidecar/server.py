@@ -1,15 +1,155 @@
-"""``sidecar serve``: the S3 endpoint and the admin endpoint in one process."""
+"""``sidecar serve``: the assembled daemon — chunk store, upstream, catalog, reader, S3 face
+and admin endpoint — and its lifecycle."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import signal
+import time
 
-from . import config
+from aiohttp import web
+
+from . import admin, config
+from .cache.policy import make_policy
+from .cache.store import ChunkStore
+from .catalog import Catalog
+from .reader import Reader
+from .s3.face import S3Face
+from .telemetry import Metrics, get_logger, setup_logging
+from .upstream.base import ObjectMeta, Upstream
+from .upstream.metered import MeteredUpstream
+
+log = get_logger("sidecar.server")
+
+
+def make_upstream(settings: config.Settings) -> Upstream:
+    local = settings.local_upstream_dir
+    if local is not None:
+        from .upstream.local import LocalUpstream  # noqa: PLC0415
+
+        return LocalUpstream(local)
+    from .upstream.s3 import S3Upstream  # noqa: PLC0415
+
+    return S3Upstream(settings)
+
+
+class Sidecar:
+    """One running sidecar. ``async with Sidecar(settings) as sc:`` opens everything it needs
+    and serves until the block exits; nothing here is global."""
+
+    def __init__(self, settings: config.Settings, upstream: Upstream | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.upstream = MeteredUpstream(upstream or make_upstream(settings), self.metrics)
+        self.store = ChunkStore(
+            settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
+            policy=self._policy(), ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
+            on_evict=self._on_evict)
+        self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: settings.metadata_ttl,
+                               on_obsolete=self.drop_version)
+        self.reader = Reader(self.store, self.upstream, self.metrics,
+                             readahead_chunks=settings.readahead_chunks,
+                             readahead_max_bytes=settings.readahead_max_bytes,
+                             on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key))
+        self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
+                           virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version)
+        self.started_at = time.time()
+        self.ready = False
+        self._runners: list[web.BaseRunner] = []
+        self.s3_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    def _policy(self):
+        s = self.settings
+        return make_policy(s.policy, k=s.lru_k) if s.policy == "lru-k" else make_policy(s.policy)
+
+    def _on_evict(self, reason: str, chunks: int, nbytes: int) -> None:
+        self.metrics.evictions.labels(reason).inc(chunks)
+        self.metrics.evicted_bytes.labels(reason).inc(nbytes)
+
+    def drop_version(self, meta: ObjectMeta) -> None:
+        """A version is dead (overwritten or deleted): free its chunks."""
+        v = self.store.versions.get(self.store.version_for(meta).vid)
+        if v is not None:
+            self.store.drop_version(v.vid)
+
+    async def __aenter__(self) -> "Sidecar":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        versions = await loop.run_in_executor(None, self.store.open)
+        for v in versions:
+            self.catalog.restore(v.meta)
+        self.metrics.cache_capacity.set(s.cache_size)
+        await self.upstream.start()
+        s3_server = web.Server(self.face.handle, max_line_size=16384, max_field_size=16384,
+                               access_log=None)
+        s3_runner = web.ServerRunner(s3_server, handle_signals=False, shutdown_timeout=s.shutdown_grace)
+        await s3_runner.setup()
+        site = web.TCPSite(s3_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True)
+        await site.start()
+        self._runners.append(s3_runner)
+        self.s3_address = _bound(s3_runner)
+        admin_runner = web.AppRunner(admin.create_app(self), handle_signals=False, access_log=None)
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, s.admin_listen[0], s.admin_listen[1], reuse_address=True).start()
+        self._runners.append(admin_runner)
+        self.admin_address = _bound(admin_runner)
+        self.ready = True
+        log.info("started", listen=f"{self.s3_address[0]}:{self.s3_address[1]}",
+                 admin=f"{self.admin_address[0]}:{self.admin_address[1]}",
+                 upstream=s.upstream or f"aws:{s.effective_region}", cache_dir=str(s.cache_dir),
+                 cache_size=s.cache_size, chunk_size=s.chunk_size, restored_chunks=self.store.stats.rebuilt_chunks)
+
+    async def stop(self) -> None:
+        self.ready = False
+        for runner in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        self._runners.clear()
+        await self.reader.close()
+        with contextlib.suppress(Exception):
+            await self.upstream.close()
+        log.info("stopped")
+
+
+def _bound(runner: web.BaseRunner) -> tuple[str, int]:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            addr = server.sockets[0].getsockname()
+            return addr[0], addr[1]
+    raise RuntimeError("server is not listening")
+
+
+async def run(settings: config.Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Sidecar(settings):
+        await stop.wait()
+        log.info("stopping", reason="signal")
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = config.load({k: getattr(args, k) for k in config.option_names()})
-    raise SystemExit(f"serve not implemented yet ({settings.listen})")
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - uvloop is a dependency; run on asyncio's loop without it
+        asyncio.run(run(settings))
+    else:
+        uvloop.run(run(settings))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,497 @@
+"""The chunk store: verified chunks of object versions on local disk, under a byte budget.
+
+Layout under ``<cache_dir>/v1/``::
+
+    tmp/                       chunks being written (cleared at start)
+    <aa>/<vid>.meta            JSON: bucket, key, ETag, size, headers, chunk size
+    <aa>/<vid>.<index>.<crc>   raw chunk bytes; <crc> is their CRC32C in hex
+
+``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
+mistaken for another version's, and keys never become paths. A chunk is written to ``tmp/``
+and renamed into place, so a crash leaves whole chunks or none; its CRC is checked on every
+read, so a torn or rotted file is a miss, never bytes on the wire. The index is rebuilt from
+file names at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import mmap
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import crc32c as _crc32c
+
+from ..s3.ranges import chunk_bounds, chunk_count
+from ..upstream.base import ObjectMeta
+from .policy import EvictionPolicy
+from .space import CacheSpace, NoRoom
+
+FORMAT = "v1"
+ChunkKey = tuple[str, int]
+
+
+def crc32c(data, value: int = 0) -> int:
+    return _crc32c.crc32c(data, value)
+
+
+def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
+    h = hashlib.sha256()
+    for part in (bucket, key, etag, str(size), str(chunk_size)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:40]
+
+
+@dataclasses.dataclass(slots=True)
+class Version:
+    """A cached object version: its metadata and which chunks are on disk."""
+
+    vid: str
+    meta: ObjectMeta
+    chunks: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> crc32c
+    meta_written: bool = False
+    dropped: bool = False  # invalidated: nothing may be committed to it any more
+    writers: int = 0  # chunks being written
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(self.length(i) for i in self.chunks)
+
+    def length(self, index: int) -> int:
+        cs = self.chunk_size
+        start = index * cs
+        return min(start + cs, self.meta.size) - start
+
+    chunk_size: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class VerifiedChunk:
+    """A chunk whose bytes matched their CRC32C when opened: either in memory (``data``) or an
+    open file descriptor positioned nowhere (use pread/sendfile with offsets). Close it."""
+
+    length: int
+    data: bytes | None = None
+    fd: int = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ChunkWriter:
+    """A chunk being written to a temp file; ``commit`` makes it visible atomically.
+
+    The descriptor outlives commit and abort (readers may still be sending from it); whoever
+    owns the writer calls ``close`` when the last reader is done."""
+
+    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed")
+
+    def __init__(self, version: Version, index: int, length: int, path: Path, fd: int, reserved: bool) -> None:
+        self.version = version
+        self.vid = version.vid
+        self.index = index
+        self.length = length
+        self.path = path
+        self.fd = fd
+        self.written = 0
+        self.crc = 0
+        self.reserved = reserved
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.written + len(data) > self.length:
+            raise ValueError("chunk overflow")
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.crc = crc32c(data, self.crc)
+        self.written += len(data)
+
+    @property
+    def complete(self) -> bool:
+        return self.written == self.length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
+class StoreStats:
+    __slots__ = ("crc_failures", "evictions", "evicted_bytes", "write_errors", "read_errors", "rebuilt_chunks",
+                 "ram_hits")
+
+    def __init__(self) -> None:
+        self.crc_failures = 0
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self.write_errors = 0
+        self.read_errors = 0
+        self.rebuilt_chunks = 0
+        self.ram_hits = 0
+
+
+class ChunkStore:
+    """Chunks on disk plus the in-memory index, budget and small-chunk RAM cache."""
+
+    def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
+                 ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_evict: Callable[[str, int, int], None] | None = None) -> None:
+        self.root = Path(root) / FORMAT
+        self.tmp = self.root / "tmp"
+        self.chunk_size = chunk_size
+        self.space = CacheSpace(capacity, policy)
+        self.versions: dict[str, Version] = {}
+        self.clock = clock
+        self.stats = StoreStats()
+        self.on_evict = on_evict
+        self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self._ram_bytes = 0
+        self._ram_max = ram_cache_size
+        self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
+
+    # --- paths ------------------------------------------------------------------------------
+
+    def _dir(self, vid: str) -> Path:
+        return self.root / vid[:2]
+
+    def _chunk_path(self, vid: str, index: int, crc: int) -> Path:
+        return self._dir(vid) / f"{vid}.{index}.{crc:08x}"
+
+    def _meta_path(self, vid: str) -> Path:
+        return self._dir(vid) / f"{vid}.meta"
+
+    # --- start ------------------------------------------------------------------------------
+
+    def open(self) -> list[Version]:
+        """Create the layout and rebuild the index from disk. Returns the versions found."""
+        for d in (self.root.parent, self.root, self.tmp):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for entry in os.scandir(self.tmp):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+        metas: dict[str, tuple[ObjectMeta, float]] = {}
+        chunk_files: dict[str, list[tuple[int, int, str]]] = {}
+        for shard in os.scandir(self.root):
+            if not shard.is_dir() or len(shard.name) != 2 or shard.name == "tmp":
+                continue
+            for entry in os.scandir(shard.path):
+                parts = entry.name.split(".")
+                if len(parts) == 2 and parts[1] == "meta":
+                    loaded = self._load_meta(entry.path)
+                    if loaded is None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                        continue
+                    metas[parts[0]] = loaded
+                elif len(parts) == 3:
+                    try:
+                        chunk_files.setdefault(parts[0], []).append((int(parts[1]), int(parts[2], 16), entry.path))
+                    except ValueError:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        # One version per (bucket, key): the most recently stored wins, older ones are dead.
+        newest: dict[tuple[str, str], tuple[float, str]] = {}
+        for vid, (meta, stored_at) in metas.items():
+            k = (meta.bucket, meta.key)
+            if k not in newest or newest[k][0] < stored_at:
+                newest[k] = (stored_at, vid)
+        live = {vid for _, vid in newest.values()}
+        found: list[tuple[float, Version]] = []
+        for vid, (meta, stored_at) in metas.items():
+            files = chunk_files.pop(vid, [])
+            if vid not in live or version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
+                self._unlink_all([p for _, _, p in files] + [str(self._meta_path(vid))])
+                continue
+            v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size)
+            n = chunk_count(meta.size, self.chunk_size)
+            for index, crc, path in sorted(files):
+                if index >= n or index in v.chunks:
+                    self._unlink_all([path])
+                    continue
+                v.chunks[index] = crc
+            self.versions[vid] = v
+            found.append((stored_at, v))
+        for files in chunk_files.values():  # chunks without metadata
+            self._unlink_all([p for _, _, p in files])
+        # Admit oldest first so the policy's recency order follows storage order.
+        now = self.clock()
+        for _, v in sorted(found, key=lambda t: t[0]):
+            for index in sorted(v.chunks):
+                try:
+                    self._admit((v.vid, index), v.length(index), now)
+                except NoRoom:
+                    self._drop_chunk(v, index)
+                    continue
+                self.stats.rebuilt_chunks += 1
+        return [v for _, v in found]
+
+    def _load_meta(self, path: str) -> tuple[ObjectMeta, float] | None:
+        try:
+            with open(path, "rb") as f:
+                d = json.loads(f.read())
+            if d.get("chunk_size") != self.chunk_size:
+                return None
+            return ObjectMeta.from_json(d["meta"]), float(d.get("stored_at", 0.0))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    # --- versions ---------------------------------------------------------------------------
+
+    def version_for(self, meta: ObjectMeta) -> Version:
+        vid = version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size)
+        v = self.versions.get(vid)
+        if v is None:
+            v = Version(vid, meta, chunk_size=self.chunk_size)
+            self.versions[vid] = v
+        return v
+
+    def drop_version(self, vid: str) -> None:
+        """Forget a version and delete its files (it was overwritten, deleted or purged)."""
+        v = self.versions.pop(vid, None)
+        if v is None:
+            return
+        v.dropped = True
+        for index in list(v.chunks):
+            self.space.remove((vid, index))
+            self._ram_drop((vid, index))
+        paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
+        v.chunks.clear()
+        self._unlink_all(paths + [str(self._meta_path(vid))])
+
+    def _write_meta(self, v: Version) -> None:
+        body = json.dumps({"meta": v.meta.to_json(), "chunk_size": self.chunk_size,
+                           "stored_at": time.time()}).encode()
+        self._atomic_write(self._meta_path(v.vid), body)
+        v.meta_written = True
+
+    def _atomic_write(self, path: Path, body: bytes) -> None:
+        tmp = self.tmp / (secrets.token_hex(8) + ".meta")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body)
+        finally:
+            os.close(fd)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(tmp, path)
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def has(self, vid: str, index: int) -> bool:
+        v = self.versions.get(vid)
+        return v is not None and index in v.chunks
+
+    def open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
+        """The chunk, verified against its CRC32C, or None (a miss). Bad files are removed."""
+        v = self.versions.get(vid)
+        if v is None or index not in v.chunks:
+            return None
+        key = (vid, index)
+        now = self.clock()
+        data = self._ram.get(key)
+        if data is not None:
+            self._ram.move_to_end(key)
+            self.space.hit(key, now)
+            self.stats.ram_hits += 1
+            return VerifiedChunk(len(data), data=data)
+        crc = v.chunks[index]
+        length = v.length(index)
+        path = self._chunk_path(vid, index, crc)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self.stats.read_errors += 1
+            self._drop_chunk(v, index)
+            return None
+        try:
+            if length <= self._ram_chunk_max:
+                data = os.pread(fd, length + 1, 0)
+                ok = len(data) == length and crc32c(data) == crc
+                os.close(fd)
+                fd = -1
+                if not ok:
+                    return self._corrupt(v, index)
+                self._ram_put(key, data)
+                self.space.hit(key, now)
+                return VerifiedChunk(length, data=data)
+            if os.fstat(fd).st_size != length:
+                os.close(fd)
+                return self._corrupt(v, index)
+            with mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as m:
+                ok = crc32c(m) == crc
+            if not ok:
+                os.close(fd)
+                return self._corrupt(v, index)
+        except OSError:
+            if fd >= 0:
+                os.close(fd)
+            self.stats.read_errors += 1
+            self._drop_chunk(v, index)
+            return None
+        self.space.hit(key, now)
+        return VerifiedChunk(length, fd=fd)
+
+    def _corrupt(self, v: Version, index: int) -> None:
+        self.stats.crc_failures += 1
+        self._drop_chunk(v, index)
+        return None
+
+    def _ram_put(self, key: ChunkKey, data: bytes) -> None:
+        if not self._ram_chunk_max or len(data) > self._ram_chunk_max:
+            return
+        old = self._ram.pop(key, None)
+        if old is not None:
+            self._ram_bytes -= len(old)
+        self._ram[key] = data
+        self._ram_bytes += len(data)
+        while self._ram_bytes > self._ram_max and self._ram:
+            _, dropped = self._ram.popitem(last=False)
+            self._ram_bytes -= len(dropped)
+
+    def _ram_drop(self, key: ChunkKey) -> None:
+        old = self._ram.pop(key, None)
+        if old is not None:
+            self._ram_bytes -= len(old)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def begin_write(self, v: Version, index: int) -> ChunkWriter:
+        """Open a temp file for a chunk and reserve its bytes in the budget (evicting as needed).
+        When nothing can be evicted the writer still works but its chunk is not kept.
+        Raises OSError when the disk refuses the temp file."""
+        length = v.length(index)
+        try:
+            evicted = self.space.reserve(length)
+            reserved = True
+        except NoRoom:
+            evicted, reserved = [], False
+        self._evicted(evicted, "capacity")
+        path = self.tmp / f"{v.vid}.{index}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            if reserved:
+                self.space.release(length)
+            self.stats.write_errors += 1
+            raise
+        v.writers += 1
+        return ChunkWriter(v, index, length, path, fd, reserved)
+
+    def commit(self, w: ChunkWriter) -> bool:
+        """Make a complete chunk visible under its final name. Returns whether it was kept."""
+        if w.closed:
+            return False
+        v = w.version
+        if not (w.reserved and w.complete) or v.dropped:
+            self.abort(w)
+            return False
+        # The version may have been forgotten while empty; it is live again.
+        v = self.versions.setdefault(v.vid, v)
+        try:
+            if not v.meta_written:
+                self._write_meta(v)
+            final = self._chunk_path(w.vid, w.index, w.crc)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(w.path, final)
+        except OSError:
+            self.stats.write_errors += 1
+            self.abort(w)
+            return False
+        w.closed = True
+        w.version.writers -= 1
+        old_crc = v.chunks.get(w.index)
+        if old_crc is not None and old_crc != w.crc:
+            self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
+        v.chunks[w.index] = w.crc
+        evicted = self.space.insert((w.vid, w.index), w.length, self.clock(), reserved=True)
+        self._evicted(evicted, "capacity")
+        return True
+
+    def abort(self, w: ChunkWriter) -> None:
+        if w.closed:
+            return
+        w.closed = True
+        v = w.version
+        v.writers -= 1
+        if not v.chunks and not v.writers and self.versions.get(v.vid) is v:
+            del self.versions[v.vid]  # an empty version nobody is filling
+        if w.reserved:
+            self.space.release(w.length)
+        with contextlib.suppress(OSError):
+            os.unlink(w.path)
+
+    # --- eviction ---------------------------------------------------------------------------
+
+    def _admit(self, key: ChunkKey, size: int, now: float) -> None:
+        evicted = self.space.insert(key, size, now)
+        self._evicted(evicted, "capacity")
+
+    def _evicted(self, keys: list, reason: str) -> None:
+        for vid, index in keys:
+            v = self.versions.get(vid)
+            if v is None:
+                continue
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += v.length(index)
+            if self.on_evict is not None:
+                self.on_evict(reason, 1, v.length(index))
+            self._drop_chunk(v, index, in_space=False)
+
+    def _drop_chunk(self, v: Version, index: int, in_space: bool = True) -> None:
+        crc = v.chunks.pop(index, None)
+        if in_space:
+            self.space.remove((v.vid, index))
+        self._ram_drop((v.vid, index))
+        if crc is not None:
+            self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
+        if not v.chunks:
+            # Nothing left on disk for this version: forget it and its metadata file.
+            if v.meta_written:
+                self._unlink_all([str(self._meta_path(v.vid))])
+                v.meta_written = False
+            if not v.writers and self.versions.get(v.vid) is v:
+                del self.versions[v.vid]
+
+    def _unlink_all(self, paths: list[str]) -> None:
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self.stats.write_errors += 1
+
+    # --- accounting -------------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        return self.space.used
+
+    @property
+    def entries(self) -> int:
+        return len(self.space)
+
+    def iter_versions(self) -> Iterator[Version]:
+        return iter(list(self.versions.values()))
+
+    def chunk_count(self, v: Version) -> int:
+        return chunk_count(v.meta.size, self.chunk_size)
+
+    def chunk_bounds(self, v: Version, index: int) -> tuple[int, int]:
+        return chunk_bounds(index, self.chunk_size, v.meta.size)

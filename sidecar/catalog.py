@@ -1,0 +1,158 @@
+"""The catalog: which version of each object is current, as far as the cache knows.
+
+Maps (bucket, key) to the upstream's metadata (ETag, size, headers) with the time it was
+learned. Fresh entries (younger than the metadata TTL) answer without the upstream; stale
+ones are revalidated with a conditional HEAD (If-None-Match: <ETag>). Writes through the
+sidecar invalidate at once, and a lookup that was in flight when the write happened is
+never installed, so a read after a write never sees the old version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .errors import NotModified, S3Error, UpstreamUnavailable
+from .upstream.base import ObjectMeta, PartInfo, Upstream
+
+ObjectKey = tuple[str, str]
+
+
+@dataclasses.dataclass(slots=True)
+class Entry:
+    meta: ObjectMeta
+    learned_at: float  # monotonic time of the last upstream confirmation; -inf when restored from disk
+    parts: dict[int, PartInfo] = dataclasses.field(default_factory=dict)
+    stale: bool = False  # served past its TTL because the upstream could not be reached
+
+
+class _Lookup:
+    __slots__ = ("task", "poisoned")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.poisoned = False
+
+
+class Catalog:
+    def __init__(self, upstream: Upstream, *, ttl: Callable[[str, str], float | None],
+                 max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
+                 on_obsolete: Callable[[ObjectMeta], None] | None = None) -> None:
+        self.upstream = upstream
+        self.ttl = ttl  # seconds for (bucket, key); None = indefinite
+        self.max_entries = max_entries
+        self.clock = clock
+        self.entries: OrderedDict[ObjectKey, Entry] = OrderedDict()
+        self._lookups: dict[ObjectKey, _Lookup] = {}
+        self.on_obsolete = on_obsolete  # a version is known to be replaced or deleted upstream
+        self.shared_lookups = 0
+        self.revalidations = 0
+
+    def restore(self, meta: ObjectMeta) -> None:
+        """Seed an entry from disk at start: known, but to be revalidated on first use."""
+        self._put((meta.bucket, meta.key), Entry(meta, float("-inf")))
+
+    def _put(self, k: ObjectKey, entry: Entry) -> None:
+        self.entries[k] = entry
+        self.entries.move_to_end(k)
+        while len(self.entries) > self.max_entries:
+            self.entries.popitem(last=False)
+
+    def peek(self, bucket: str, key: str) -> Entry | None:
+        return self.entries.get((bucket, key))
+
+    def _fresh(self, k: ObjectKey, e: Entry) -> bool:
+        ttl = self.ttl(*k)
+        if e.learned_at == float("-inf"):
+            return False
+        return ttl is None or self.clock() - e.learned_at < ttl
+
+    async def lookup(self, bucket: str, key: str) -> Entry:
+        """The current version's entry. Raises S3Error (NoSuchKey...) or UpstreamUnavailable."""
+        k = (bucket, key)
+        e = self.entries.get(k)
+        if e is not None and self._fresh(k, e):
+            self.entries.move_to_end(k)
+            return e
+        call = self._lookups.get(k)
+        if call is None:
+            call = _Lookup()
+            self._lookups[k] = call
+            call.task = asyncio.ensure_future(self._fetch(k, e, call))
+            call.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            self.shared_lookups += 1
+        return await asyncio.shield(call.task)  # type: ignore[arg-type]
+
+    async def _fetch(self, k: ObjectKey, old: Entry | None, call: _Lookup) -> Entry:
+        try:
+            try:
+                if old is not None:
+                    self.revalidations += 1
+                meta = await self.upstream.head(k[0], k[1], if_none_match=old.meta.etag if old else None)
+            except NotModified:
+                assert old is not None
+                if not call.poisoned and self.entries.get(k) is old:
+                    old.learned_at = self.clock()
+                    old.stale = False
+                return old
+            except UpstreamUnavailable:
+                if old is not None and not call.poisoned:
+                    old.stale = True  # stale-if-error: the cached version is the best answer
+                    return old
+                raise
+            except S3Error as err:
+                if err.status == 404 and not call.poisoned:
+                    gone = self._drop(k)
+                    if gone is not None and self.on_obsolete is not None:
+                        self.on_obsolete(gone.meta)
+                raise
+            entry = Entry(meta, self.clock())
+            if call.poisoned:
+                return entry
+            current = self.entries.get(k)
+            if current is not None and current.meta.etag == meta.etag and current.meta.size == meta.size:
+                current.meta = meta  # headers may have changed (tagging, metadata copy)
+                current.learned_at = entry.learned_at
+                current.stale = False
+                return current
+            self._put(k, entry)
+            if current is not None and self.on_obsolete is not None:
+                self.on_obsolete(current.meta)
+            return entry
+        finally:
+            if self._lookups.get(k) is call:
+                del self._lookups[k]
+
+    async def part(self, entry: Entry, number: int) -> PartInfo:
+        info = entry.parts.get(number)
+        if info is None:
+            info = await self.upstream.head_part(entry.meta.bucket, entry.meta.key, number, entry.meta.etag)
+            entry.parts[number] = info
+        return info
+
+    def invalidate(self, bucket: str, key: str) -> Entry | None:
+        """Forget the object's current version; lookups in flight are not installed."""
+        k = (bucket, key)
+        call = self._lookups.pop(k, None)
+        if call is not None:
+            call.poisoned = True
+        return self._drop(k)
+
+    def invalidate_bucket(self, bucket: str) -> list[Entry]:
+        for k, call in list(self._lookups.items()):
+            if k[0] == bucket:
+                call.poisoned = True
+                del self._lookups[k]
+        dropped = []
+        for k in [k for k in self.entries if k[0] == bucket]:
+            e = self._drop(k)
+            if e is not None:
+                dropped.append(e)
+        return dropped
+
+    def _drop(self, k: ObjectKey) -> Entry | None:
+        return self.entries.pop(k, None)

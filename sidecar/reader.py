@@ -1,0 +1,405 @@
+"""The object reader: turns "bytes a..b of object version V" into verified chunk reads.
+
+Cached chunks are opened verified (CRC32C) and handed out as file descriptors for sendfile.
+Missing chunks are filled by *spans*: one ranged upstream GET over a run of consecutive
+missing chunks, written chunk by chunk to temp files and committed. A fill is shared: every
+reader that wants a chunk being filled tails the same temp file as bytes land, so one upstream
+fetch serves any number of clients, a slow client never slows the fill, and no body bytes are
+held in Python memory beyond the piece being written.
+
+There is exactly one code path that fetches a chunk from upstream and commits it:
+``Reader._run_span``. Demand reads, readahead and prefetch all go through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .cache.store import ChunkStore, ChunkWriter, Version
+from .errors import S3Error, UpstreamUnavailable
+from .s3.ranges import chunk_bounds, chunk_count
+from .telemetry import Metrics, get_logger
+from .upstream.base import ObjectMeta, Upstream
+
+log = get_logger("sidecar.reader")
+
+PIECE = 256 * 1024  # bytes read from the upstream stream at a time
+MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
+LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
+RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
+
+DEMAND, READAHEAD, PREFETCH = 0, 1, 2
+
+
+class DiskFault(Exception):
+    """The cache disk failed while a chunk was being written."""
+
+
+class ObjectChanged(Exception):
+    """The upstream object no longer has the ETag being read (412 on If-Match)."""
+
+
+class ChunkFill:
+    """A chunk being fetched. Readers ``attach``, wait for bytes, read them from ``fd``."""
+
+    __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
+                 "_waiters", "kept", "priority", "readahead")
+
+    def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
+        self.key = (version.vid, index)
+        self.version = version
+        self.index = index
+        self.length = length
+        self.writer: ChunkWriter | None = None
+        self.written = 0
+        self.done = False
+        self.kept = False
+        self.error: BaseException | None = None
+        self.refs = 0
+        self._waiters: list[asyncio.Future] = []
+        self.priority = priority
+        self.readahead = False  # counted in Reader.readahead_in_flight until it ends
+
+    @property
+    def fd(self) -> int:
+        assert self.writer is not None
+        return self.writer.fd
+
+    def attach(self) -> None:
+        self.refs += 1
+
+    def detach(self) -> None:
+        self.refs -= 1
+        if self.refs == 0 and self.done and self.writer is not None:
+            self.writer.close()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def progressed(self, n: int) -> None:
+        self.written += n
+        self._wake()
+
+    def finish(self, kept: bool) -> None:
+        self.done = True
+        self.kept = kept
+        self._wake()
+        if self.refs == 0 and self.writer is not None:
+            self.writer.close()
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self.error = error
+        self.done = True
+        self._wake()
+        if self.refs == 0 and self.writer is not None:
+            self.writer.close()
+
+    async def wait_beyond(self, pos: int) -> None:
+        """Return when more than ``pos`` bytes are written; raise the fill's error if it failed."""
+        while self.written <= pos:
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                raise RuntimeError("chunk fill ended short")
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            await fut
+
+
+@dataclasses.dataclass(slots=True)
+class Segment:
+    """A piece of the response body: bytes in memory, or a span of an open file."""
+
+    length: int
+    data: bytes | memoryview | None = None
+    fd: int = -1
+    offset: int = 0
+    from_cache: bool = True
+
+
+@dataclasses.dataclass(slots=True)
+class ReadStats:
+    hit_bytes: int = 0
+    miss_bytes: int = 0
+    joined: int = 0
+
+
+class Reader:
+    def __init__(self, store: ChunkStore, upstream: Upstream, metrics: Metrics, *,
+                 readahead_chunks: int = 4, readahead_max_bytes: int = 256 * 1024 * 1024,
+                 on_object_changed: Callable[[ObjectMeta], None] | None = None,
+                 gate: Callable[[int, int], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.metrics = metrics
+        self.chunk_size = store.chunk_size
+        self.fills: dict[tuple[str, int], ChunkFill] = {}
+        self.readahead_chunks = readahead_chunks
+        self.readahead_max_bytes = readahead_max_bytes
+        self.readahead_in_flight = 0
+        self.on_object_changed = on_object_changed
+        # gate(nbytes, priority) is awaited before background spans read a piece (token bucket)
+        self.gate = gate
+        self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- public -------------------------------------------------------------------------
+
+    def read(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats | None = None) -> AsyncIterator[Segment]:
+        """Segments covering bytes start..end (inclusive) of ``meta``'s version, in order."""
+        version = self.store.version_for(meta)
+        if end >= start:
+            self._note_sequential(version, start, end)
+        return self._segments(version, start, end, stats if stats is not None else ReadStats())
+
+    def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
+        """Start fetching chunks first..last of a version that are neither cached nor in flight,
+        in the background. Returns the fills started."""
+        version = self.store.version_for(meta)
+        n = chunk_count(meta.size, self.chunk_size)
+        started: list[ChunkFill] = []
+        i = max(0, first)
+        last = min(last, n - 1)
+        while i <= last:
+            if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
+                i += 1
+                continue
+            fills = self._start_span(version, i, last, priority)
+            started.extend(fills)
+            i = fills[-1].index + 1
+        return started
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await t
+
+    # --- spans --------------------------------------------------------------------------
+
+    def _start_span(self, version: Version, first: int, last: int, priority: int) -> list[ChunkFill]:
+        """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
+        start one upstream GET for them."""
+        fills: list[ChunkFill] = []
+        i = first
+        while i <= last and len(fills) < MAX_SPAN_CHUNKS:
+            if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
+                break
+            c0, c1 = chunk_bounds(i, self.chunk_size, version.meta.size)
+            fill = ChunkFill(version, i, c1 - c0 + 1, priority)
+            self.fills[fill.key] = fill
+            fills.append(fill)
+            i += 1
+        task = asyncio.ensure_future(self._run_span(version, fills))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fills
+
+    async def _run_span(self, version: Version, fills: list[ChunkFill]) -> None:
+        meta = version.meta
+        purpose = ("demand", "readahead", "prefetch")[min(fills[0].priority, 2)]
+        pending = list(fills)
+        attempt = 0
+        try:
+            while pending:
+                start = chunk_bounds(pending[0].index, self.chunk_size, meta.size)[0] + pending[0].written
+                end = chunk_bounds(pending[-1].index, self.chunk_size, meta.size)[1]
+                try:
+                    async with self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag) as body:
+                        while pending:
+                            fill = pending[0]
+                            await self._fill_chunk(fill, body, purpose)
+                            pending.pop(0)
+                            attempt = 0
+                except S3Error as err:
+                    if err.code == "PreconditionFailed":
+                        if self.on_object_changed is not None:
+                            self.on_object_changed(meta)
+                        raise ObjectChanged() from None
+                    if isinstance(err, UpstreamUnavailable) and attempt < RESUME_ATTEMPTS:
+                        attempt += 1
+                        self.metrics.upstream_errors.labels("resumed").inc()
+                        await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
+                        continue
+                    raise
+        except BaseException as err:  # noqa: BLE001 - every failure must reach the waiters
+            for fill in pending:
+                self._abandon(fill, err if isinstance(err, Exception) else UpstreamUnavailable())
+            if not isinstance(err, (S3Error, ObjectChanged, DiskFault, asyncio.CancelledError)):
+                log.error("span_failed", bucket=meta.bucket, error=repr(err))
+            if isinstance(err, asyncio.CancelledError):
+                raise
+
+    async def _fill_chunk(self, fill: ChunkFill, body, purpose: str) -> None:
+        store = self.store
+        if fill.writer is None:
+            try:
+                fill.writer = store.begin_write(fill.version, fill.index)
+            except OSError as e:
+                self.metrics.disk_errors.labels("create").inc()
+                raise DiskFault(str(e)) from e
+        writer = fill.writer
+        while fill.written < fill.length:
+            want = min(PIECE, fill.length - fill.written)
+            if self.gate is not None and fill.priority != DEMAND:
+                await self.gate(want, fill.priority)
+            try:
+                piece = await body.read(want)
+            except S3Error:
+                raise
+            except (asyncio.TimeoutError, OSError, ConnectionError) as e:
+                raise UpstreamUnavailable(f"upstream body interrupted: {e}") from e
+            if not piece:
+                raise UpstreamUnavailable("upstream body ended early")
+            try:
+                writer.write(piece)
+            except OSError as e:
+                self.metrics.disk_errors.labels("write").inc()
+                raise DiskFault(str(e)) from e
+            self.metrics.upstream_bytes.labels(purpose).inc(len(piece))
+            fill.progressed(len(piece))
+        kept = store.commit(writer)
+        self._ended(fill)
+        fill.finish(kept)
+
+    def _abandon(self, fill: ChunkFill, err: Exception) -> None:
+        self._ended(fill)
+        if fill.writer is not None:
+            self.store.abort(fill.writer)
+        fill.fail(err)
+
+    def _ended(self, fill: ChunkFill) -> None:
+        if self.fills.get(fill.key) is fill:
+            del self.fills[fill.key]
+        if fill.readahead:
+            fill.readahead = False
+            self.readahead_in_flight -= fill.length
+
+    # --- readers ------------------------------------------------------------------------
+
+    async def _segments(self, version: Version, start: int, end: int, stats: ReadStats) -> AsyncIterator[Segment]:
+        if end < start:
+            return
+        cs = self.chunk_size
+        size = version.meta.size
+        first, last = start // cs, end // cs
+        pos = start
+        mine: set[int] = set()  # chunks whose fetch this read started
+        for index in range(first, last + 1):
+            c0, c1 = chunk_bounds(index, cs, size)
+            lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
+            if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
+                mine.update(f.index for f in self._start_span(version, index, last, DEMAND))
+            mine.update(self._look_ahead(version, index, last))
+            chunk = self.store.open_verified(version.vid, index)
+            if chunk is not None:
+                try:
+                    if chunk.data is not None:
+                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1])
+                    else:
+                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo)
+                finally:
+                    chunk.close()
+                stats.hit_bytes += hi - lo + 1
+                pos = c0 + hi + 1
+                continue
+            fill = self.fills.get((version.vid, index))
+            if fill is None:  # the cached copy failed verification (and was dropped): refetch
+                fill = self._start_span(version, index, last, DEMAND)[0]
+                mine.add(index)
+            elif index not in mine:
+                stats.joined += 1
+                self.metrics.coalesced.labels("chunk").inc()
+            if fill.priority != DEMAND:
+                self._promote(fill)
+            try:
+                async for seg in self._tail(fill, lo, hi):
+                    stats.miss_bytes += seg.length
+                    yield seg
+                pos = c0 + hi + 1
+            except (DiskFault, RuntimeError):
+                # The cache disk failed under this chunk: serve the rest straight from upstream.
+                async for seg in self._direct(version.meta, pos, end, stats):
+                    yield seg
+                return
+
+    async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
+        """Bytes lo..hi of a chunk being filled, as they land in its temp file."""
+        fill.attach()
+        try:
+            pos = lo
+            while pos <= hi:
+                if fill.written <= pos:
+                    await fill.wait_beyond(pos)
+                avail = min(fill.written - 1, hi)
+                yield Segment(avail - pos + 1, fd=fill.fd, offset=pos, from_cache=False)
+                pos = avail + 1
+        finally:
+            fill.detach()
+
+    async def _direct(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats) -> AsyncIterator[Segment]:
+        """Bytes straight from the upstream, bypassing the cache (its disk is failing)."""
+        if end < start:
+            return
+        async with self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag) as body:
+            remaining = end - start + 1
+            while remaining:
+                piece = await body.read(min(PIECE, remaining))
+                if not piece:
+                    raise UpstreamUnavailable("upstream body ended early")
+                remaining -= len(piece)
+                stats.miss_bytes += len(piece)
+                self.metrics.upstream_bytes.labels("direct").inc(len(piece))
+                yield Segment(len(piece), data=piece, from_cache=False)
+
+    def _promote(self, fill: ChunkFill) -> None:
+        """A demand reader joined a background fill: the rest of its span stops waiting on the gate."""
+        for f in self.fills.values():
+            if f.version is fill.version and f.index >= fill.index:
+                f.priority = DEMAND
+
+    def _look_ahead(self, version: Version, index: int, last: int) -> list[int]:
+        """Keep the next chunks of this request in flight so a span boundary costs no stall."""
+        for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
+            if not self.store.has(version.vid, j) and (version.vid, j) not in self.fills:
+                return [f.index for f in self._start_span(version, j, last, DEMAND)]
+        return []
+
+    # --- sequential readahead -------------------------------------------------------------
+
+    def _note_sequential(self, version: Version, start: int, end: int) -> None:
+        cs = self.chunk_size
+        first, last = start // cs, end // cs
+        expected = self._sequential.pop(version.vid, None)
+        self._sequential[version.vid] = last + 1 if (end + 1) % cs == 0 else last
+        while len(self._sequential) > 4096:
+            self._sequential.popitem(last=False)
+        if self.readahead_chunks <= 0 or expected is None or not (expected - 1 <= first <= expected):
+            return
+        n = chunk_count(version.meta.size, cs)
+        ahead_first, ahead_last = last + 1, min(n - 1, last + self.readahead_chunks)
+        if ahead_first > ahead_last:
+            return
+        if self.readahead_in_flight >= self.readahead_max_bytes:
+            return
+        fills = self.ensure(version.meta, ahead_first, ahead_last, READAHEAD)
+        for f in fills:
+            f.readahead = True
+            self.readahead_in_flight += f.length
+            self.metrics.readahead_bytes.inc(f.length)
+
+
+def is_disk_full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)

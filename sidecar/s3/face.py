@@ -1,0 +1,378 @@
+"""The S3 face: answers S3 REST requests, object reads from the cache, the rest passed through.
+
+Runs on aiohttp's low-level server (no router): S3 routing needs the raw request target,
+and every answer, including malformed requests, must be S3 error XML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..catalog import Catalog
+from ..errors import S3Error, UpstreamUnavailable
+from ..reader import ObjectChanged, Reader, ReadStats, Segment
+from ..telemetry import Metrics, get_logger
+from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
+from . import conditions
+from .ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve
+from .sendfile import BodySender, ClientGone
+from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
+
+log = get_logger("sidecar.s3")
+
+# Client request headers that never go upstream: hop-by-hop, the client's own signing, and
+# framing the upstream request sets itself.
+_DROP_REQUEST_HEADERS = frozenset({
+    "host", "authorization", "x-amz-date", "x-amz-security-token", "connection", "keep-alive",
+    "proxy-authorization", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "expect",
+    "content-length",
+})
+_DROP_RESPONSE_HEADERS = frozenset({"server", "date", "connection", "keep-alive", "transfer-encoding",
+                                    "content-length"})
+DELETE_OBJECTS_MAX_BODY = 4 * 1024 * 1024
+SERVER = "sidecar"
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8).upper()
+
+
+class S3Face:
+    def __init__(self, *, upstream: Upstream, catalog: Catalog, reader: Reader, metrics: Metrics,
+                 virtual_host_suffixes: tuple[str, ...],
+                 drop_version: Callable[[ObjectMeta], None],
+                 on_read: Callable[[str, str, ObjectMeta, ByteRange | None, ReadStats], None] | None = None) -> None:
+        self.upstream = upstream
+        self.catalog = catalog
+        self.reader = reader
+        self.metrics = metrics
+        self.suffixes = virtual_host_suffixes
+        self.drop_version = drop_version
+        self.on_read = on_read
+        self.in_flight = 0
+
+    # --- entry point --------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rid = new_request_id()
+        t0 = time.monotonic()
+        self.in_flight += 1
+        op, outcome, target = "Unknown", "-", None
+        stats = ReadStats()
+        resp: web.StreamResponse | None = None
+        try:
+            target = parse_target(request.raw_path, request.headers.get("host"), self.suffixes)
+            if is_cacheable_read(request.method, target, request.headers):
+                op = "GetObject" if request.method == "GET" else "HeadObject"
+                resp = await self._read_object(request, target, rid, stats)
+                outcome = "hit" if stats.miss_bytes == 0 else ("miss" if stats.hit_bytes == 0 else "partial")
+                if request.method == "GET" and resp.status in (200, 206):
+                    self._count_read(stats)
+            else:
+                op = operation_name(request.method, target)
+                outcome = "pass"
+                resp = await self._forward(request, target, rid)
+        except S3Error as e:
+            resp = self._error(request, e, rid, target)
+        except ClientGone:
+            outcome = "client-gone"
+            resp = web.Response(status=499)  # never sent: the connection is gone
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception:  # noqa: BLE001 - no traceback ever reaches a client
+            log.exception("request_failed", request_id=rid, method=request.method)
+            resp = self._error(request, S3Error("InternalError"), rid, target)
+        finally:
+            self.in_flight -= 1
+            status = resp.status if resp is not None else 0
+            elapsed = time.monotonic() - t0
+            self.metrics.requests.labels(op, str(status)).inc()
+            self.metrics.request_duration.labels(op, outcome).observe(elapsed)
+            log.info("request", request_id=rid, method=request.method, operation=op,
+                     bucket=target.bucket if target else None, key=target.key if target else None,
+                     range=request.headers.get("range"), status=status, outcome=outcome,
+                     bytes_cache=stats.hit_bytes, bytes_upstream=stats.miss_bytes,
+                     ms=round(elapsed * 1000, 3))
+        return resp
+
+    def _count_read(self, stats: ReadStats, label: str = "") -> None:
+        m = self.metrics
+        (m.cache_misses if stats.miss_bytes else m.cache_hits).labels(label).inc()
+        if stats.hit_bytes:
+            m.cache_hit_bytes.labels(label).inc(stats.hit_bytes)
+        if stats.miss_bytes:
+            m.cache_miss_bytes.labels(label).inc(stats.miss_bytes)
+
+    def _error(self, request: web.BaseRequest, e: S3Error, rid: str, target: Target | None) -> web.Response:
+        headers = {"x-amz-request-id": rid, "Server": SERVER, **e.headers}
+        if request.method == "HEAD":
+            return web.Response(status=e.status, headers=headers)
+        resource = target.resource if target is not None else ""
+        return web.Response(status=e.status, body=e.to_xml(resource, rid),
+                            headers={**headers, "Content-Type": "application/xml"})
+
+    # --- cached object reads ------------------------------------------------------------
+
+    async def _read_object(self, request: web.BaseRequest, target: Target, rid: str,
+                           stats: ReadStats) -> web.StreamResponse:
+        assert target.bucket is not None and target.key is not None
+        h = request.headers
+        part_param = target.param("partNumber")
+        part_number = None
+        if part_param is not None:
+            if not part_param.isdigit() or not 1 <= int(part_param) <= 10000:
+                raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                              ArgumentName="partNumber", ArgumentValue=part_param)
+            part_number = int(part_param)
+            if "range" in h:
+                raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+        for attempt in range(3):
+            try:
+                entry = await self.catalog.lookup(target.bucket, target.key)
+            except S3Error as e:
+                if e.code == "NoSuchKey":
+                    e.fields.setdefault("Key", target.key)
+                raise
+            meta = entry.meta
+            verdict = conditions.evaluate(h, meta.etag, meta.last_modified_ts)
+            if verdict == conditions.PRECONDITION_FAILED:
+                raise S3Error("PreconditionFailed",
+                              Condition="If-Match" if "if-match" in h else "If-Unmodified-Since")
+            if verdict == conditions.NOT_MODIFIED:
+                return web.Response(status=304, headers={"ETag": meta.etag, "Last-Modified": meta.last_modified,
+                                                         "x-amz-request-id": rid, "Server": SERVER})
+            status, rng, extra = 200, None, ()
+            if part_number is not None:
+                info = await self.catalog.part(entry, part_number)
+                extra = info.headers
+                if info.status == 206:
+                    status, rng = 206, ByteRange(info.start, info.end)
+            else:
+                try:
+                    rng = resolve(parse_range(h.get("range")), meta.size)
+                except RangeNotSatisfiable:
+                    raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{meta.size}"},
+                                  RangeRequested=h.get("range", ""), ActualObjectSize=str(meta.size)) from None
+                if rng is not None:
+                    status = 206
+            headers = self._object_headers(meta, target, rng, status, extra, h, rid)
+            start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+            length = end - start + 1
+            if request.method == "HEAD":
+                resp = web.StreamResponse(status=status, headers=headers)
+                resp.content_length = length
+                return resp
+            segments = self.reader.read(meta, start, end, stats)
+            try:
+                first = await anext(segments, None)
+            except ObjectChanged:
+                self.catalog.invalidate(target.bucket, target.key)
+                await segments.aclose()
+                continue  # the object changed upstream since its metadata was cached: look again
+            try:
+                resp = await self._send_body(request, status, headers, length, first, segments)
+            finally:
+                await segments.aclose()
+            if self.on_read is not None:
+                self.on_read(target.bucket, target.key, meta, rng, stats)
+            return resp
+        raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
+                        extra, h, rid: str) -> CIMultiDict:
+        out: CIMultiDict[str] = CIMultiDict(meta.headers)
+        out["Accept-Ranges"] = "bytes"
+        if rng is not None:
+            out["Content-Range"] = rng.content_range(meta.size)
+        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        for name, value in extra:
+            if checksum_mode or not name.startswith("x-amz-checksum-"):
+                out[name] = value
+        if checksum_mode and status == 200 and not extra:
+            # Whole-object checksums only on whole-object answers: a client validating a
+            # ranged body against them would fail the read.
+            for name, value in meta.checksums:
+                out[name] = value
+        for param, header in RESPONSE_OVERRIDES.items():
+            value = target.param(param)
+            if value is not None:
+                out[header] = value
+        out["x-amz-request-id"] = rid
+        out["Server"] = SERVER
+        return out
+
+    async def _send_body(self, request: web.BaseRequest, status: int, headers: CIMultiDict, length: int,
+                         first: Segment | None, segments: AsyncIterator[Segment]) -> web.StreamResponse:
+        if first is None or (first.data is not None and first.length == length):
+            # Small body in memory: one write for headers and body.
+            body = bytes(first.data) if first is not None and first.data is not None else b""
+            return web.Response(status=status, headers=headers, body=body)
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        await resp.prepare(request)
+        sender = BodySender(request, resp)
+        try:
+            seg: Segment | None = first
+            while seg is not None:
+                if seg.data is not None:
+                    await sender.send_bytes(seg.data)
+                else:
+                    await sender.send_file(seg.fd, seg.offset, seg.length)
+                seg = await anext(segments, None)
+            await resp.write_eof()
+        except ClientGone:
+            raise
+        except (S3Error, ObjectChanged, OSError, RuntimeError) as e:
+            # Headers are gone: the only honest signal left is an aborted connection,
+            # never a short body that looks complete.
+            log.warning("response_aborted", error=repr(e), sent=sender.sent, length=length)
+            if request.transport is not None:
+                request.transport.abort()
+            raise ClientGone() from e
+        finally:
+            sender.close()
+        return resp
+
+    # --- pass-through -------------------------------------------------------------------
+
+    async def _forward(self, request: web.BaseRequest, target: Target, rid: str) -> web.StreamResponse:
+        method = request.method
+        headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST_HEADERS]
+        if request.headers.get("expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body: AsyncIterator[bytes] | None = None
+        length = request.content_length
+        if request.body_exists:
+            body = request.content.iter_chunked(256 * 1024)
+        deleted_keys: list[str] = []
+        if method == "POST" and target.key is None and target.has("delete") and body is not None:
+            data = await self._read_limited(request, DELETE_OBJECTS_MAX_BODY)
+            deleted_keys = delete_objects_keys(data)
+            body, length = _once(data), len(data)
+        writes = method in ("PUT", "POST", "DELETE")
+        if writes:
+            self._invalidate(method, target, request.headers, deleted_keys)
+        upstream_resp = await self.upstream.forward(ForwardRequest(
+            method=method, bucket=target.bucket, key=target.key, query=target.query, headers=headers,
+            body=body, content_length=length))
+        try:
+            if writes:  # again: lookups that started while the write was in flight are void
+                self._invalidate(method, target, request.headers, deleted_keys)
+            out = CIMultiDict((k, v) for k, v in upstream_resp.headers if k not in _DROP_RESPONSE_HEADERS)
+            if "x-amz-request-id" in out:
+                out["x-sidecar-upstream-request-id"] = out.pop("x-amz-request-id")
+            out["x-amz-request-id"] = rid
+            out["Server"] = SERVER
+            resp = web.StreamResponse(status=upstream_resp.status, headers=out)
+            clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
+            if clen is not None and clen.isdigit():
+                resp.content_length = int(clen)
+            await resp.prepare(request)
+            if method != "HEAD":
+                try:
+                    async for piece in upstream_resp.body:
+                        await resp.write(piece)
+                except (S3Error, OSError) as e:
+                    log.warning("response_aborted", error=repr(e))
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise ClientGone() from e
+                except ConnectionResetError as e:
+                    raise ClientGone() from e
+            await resp.write_eof()
+            return resp
+        finally:
+            await upstream_resp.close()
+
+    async def _read_limited(self, request: web.BaseRequest, limit: int) -> bytes:
+        parts, n = [], 0
+        async for piece in request.content.iter_chunked(64 * 1024):
+            n += len(piece)
+            if n > limit:
+                raise S3Error("MalformedXML", "The DeleteObjects request body is too large.")
+            parts.append(piece)
+        return b"".join(parts)
+
+    def _invalidate(self, method: str, target: Target, headers, deleted_keys: list[str]) -> None:
+        if target.bucket is None:
+            return
+        if target.key is not None:
+            entry = self.catalog.invalidate(target.bucket, target.key)
+            kind = "data" if changes_object_data(method, target, headers) else "metadata"
+            if entry is not None and kind == "data":
+                self.drop_version(entry.meta)
+            self.metrics.invalidations.labels(kind).inc()
+        elif deleted_keys:
+            for key in deleted_keys:
+                entry = self.catalog.invalidate(target.bucket, key)
+                if entry is not None:
+                    self.drop_version(entry.meta)
+            self.metrics.invalidations.labels("data").inc(len(deleted_keys))
+        elif method == "DELETE" or method == "POST":
+            # DeleteBucket, or a browser-form upload whose key is inside the body.
+            for entry in self.catalog.invalidate_bucket(target.bucket):
+                if method == "DELETE":
+                    self.drop_version(entry.meta)
+            self.metrics.invalidations.labels("bucket").inc()
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def delete_objects_keys(body: bytes) -> list[str]:
+    """Keys named in a DeleteObjects request body."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise S3Error("MalformedXML") from None
+    keys = []
+    for el in root.iter():
+        if el.tag.rsplit("}", 1)[-1] == "Key" and el.text is not None:
+            keys.append(el.text)
+    return keys
+
+
+def operation_name(method: str, t: Target) -> str:
+    """A readable S3 operation name for metrics and logs."""
+    if t.bucket is None:
+        return "ListBuckets" if method == "GET" else "Service" + method.title()
+    names = {k.lower() for k, _ in t.query}
+    if t.key is None:
+        if method == "GET":
+            if "uploads" in names:
+                return "ListMultipartUploads"
+            if "versions" in names:
+                return "ListObjectVersions"
+            if names & {"acl", "policy", "cors", "lifecycle", "tagging", "location", "versioning", "website",
+                        "encryption", "notification", "replication", "logging", "ownershipcontrols"}:
+                return "GetBucketConfig"
+            return "ListObjectsV2" if t.param("list-type") == "2" else "ListObjects"
+        return {"HEAD": "HeadBucket", "PUT": "PutBucket", "DELETE": "DeleteBucket",
+                "POST": "DeleteObjects" if "delete" in names else "PostBucket"}.get(method, method)
+    if method == "PUT":
+        if "partnumber" in names:
+            return "UploadPart"
+        return "PutObject" if not names - {"x-id"} else "PutObjectConfig"
+    if method == "POST":
+        if "uploads" in names:
+            return "CreateMultipartUpload"
+        if "uploadid" in names:
+            return "CompleteMultipartUpload"
+        return "PostObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadid" in names else "DeleteObject"
+    if method == "GET" and "uploadid" in names:
+        return "ListParts"
+    return {"GET": "GetObjectConfig", "HEAD": "HeadObject"}.get(method, method)
+
+
+__all__ = ["S3Face", "UpstreamUnavailable"]

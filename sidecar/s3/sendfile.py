@@ -1,0 +1,97 @@
+"""Zero-copy response bodies: ``os.sendfile`` from chunk files straight to the client socket.
+
+uvloop has no ``loop.sendfile``, so aiohttp's FileResponse falls back to reading files in a
+thread pool. Here the socket is driven directly: once the transport's own buffer is empty,
+``os.sendfile`` writes file pages to the socket, and when the socket is full we wait for it
+to drain on a duplicate of its descriptor (the loop refuses watchers on a descriptor a
+transport owns; a dup is a separate number for the same socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from aiohttp import web
+
+
+class ClientGone(Exception):
+    """The client closed the connection mid-response."""
+
+
+class BodySender:
+    """Sends body segments (bytes, or spans of open files) on one prepared response."""
+
+    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        self._response = response
+        self._transport = request.transport
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        self._sock_fd = sock.fileno() if sock is not None else -1
+        self._watch_fd = -1
+        self._loop = asyncio.get_running_loop()
+        self.sent = 0
+        # TLS transports cannot sendfile: their bytes must go through the transport
+        self.zero_copy = self._sock_fd >= 0 and self._transport.get_extra_info("sslcontext") is None
+
+    async def send_bytes(self, data: bytes | memoryview) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise ClientGone()
+        try:
+            await self._response.write(data)
+        except (ConnectionResetError, RuntimeError) as e:
+            raise ClientGone() from e
+        self.sent += len(data)
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        if not self.zero_copy:
+            await self._send_file_copying(fd, offset, count)
+            return
+        await self._drain_transport()
+        while count > 0:
+            if self._transport.is_closing():
+                raise ClientGone()
+            try:
+                n = os.sendfile(self._sock_fd, fd, offset, count)
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
+                raise ClientGone() from e
+            if n == 0:
+                raise OSError("chunk file shorter than its index entry")
+            offset += n
+            count -= n
+            self.sent += n
+
+    async def _send_file_copying(self, fd: int, offset: int, count: int) -> None:
+        while count > 0:
+            data = os.pread(fd, min(count, 1 << 20), offset)
+            if not data:
+                raise OSError("chunk file shorter than its index entry")
+            await self.send_bytes(data)
+            offset += len(data)
+            count -= len(data)
+
+    async def _drain_transport(self) -> None:
+        """Wait until bytes queued in the transport (headers, earlier writes) reach the socket."""
+        while self._transport.get_write_buffer_size() > 0:
+            if self._transport.is_closing():
+                raise ClientGone()
+            await self._writable()
+
+    async def _writable(self) -> None:
+        if self._watch_fd < 0:
+            self._watch_fd = os.dup(self._sock_fd)
+        fut = self._loop.create_future()
+        self._loop.add_writer(self._watch_fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await asyncio.wait_for(fut, timeout=60.0)
+        except asyncio.TimeoutError as e:
+            raise ClientGone() from e
+        finally:
+            self._loop.remove_writer(self._watch_fd)
+
+    def close(self) -> None:
+        if self._watch_fd >= 0:
+            os.close(self._watch_fd)
+            self._watch_fd = -1

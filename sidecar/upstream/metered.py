@@ -1,0 +1,92 @@
+"""An upstream wrapper that counts and times every call for the metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from ..errors import NotModified, S3Error, UpstreamUnavailable
+from ..telemetry import Metrics
+from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, PartInfo, Upstream
+
+
+def _outcome(e: BaseException | None) -> str:
+    if e is None:
+        return "ok"
+    if isinstance(e, NotModified):
+        return "not-modified"
+    if isinstance(e, UpstreamUnavailable):
+        return "unavailable"
+    if isinstance(e, S3Error):
+        return e.code
+    return "error"
+
+
+class MeteredUpstream:
+    def __init__(self, inner: Upstream, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.m = metrics
+
+    def _done(self, op: str, t0: float, e: BaseException | None) -> None:
+        outcome = _outcome(e)
+        self.m.upstream_requests.labels(op, outcome).inc()
+        self.m.upstream_duration.labels(op).observe(time.monotonic() - t0)
+        if outcome in ("unavailable", "SlowDown", "error"):
+            self.m.upstream_errors.labels(outcome).inc()
+
+    async def start(self) -> None:
+        if hasattr(self.inner, "start"):
+            await self.inner.start()  # type: ignore[attr-defined]
+
+    async def head(self, bucket: str, key: str, *, if_none_match: str | None = None) -> ObjectMeta:
+        t0, err = time.monotonic(), None
+        try:
+            return await self.inner.head(bucket, key, if_none_match=if_none_match)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            self._done("HeadObject", t0, err)
+
+    async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo:
+        t0, err = time.monotonic(), None
+        try:
+            return await self.inner.head_part(bucket, key, part_number, etag)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            self._done("HeadObjectPart", t0, err)
+
+    @contextlib.asynccontextmanager
+    async def get_range(self, bucket: str, key: str, start: int, end: int, *,
+                        if_match: str) -> AsyncIterator[ByteStream]:
+        t0, err = time.monotonic(), None
+        try:
+            async with self.inner.get_range(bucket, key, start, end, if_match=if_match) as body:
+                self._done("GetObject", t0, None)
+                t0 = -1.0
+                yield body
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            if t0 >= 0:
+                self._done("GetObject", t0, err)
+            elif err is not None and not isinstance(err, GeneratorExit):
+                self.m.upstream_errors.labels("body").inc()
+
+    async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        t0, err = time.monotonic(), None
+        try:
+            return await self.inner.forward(request)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            self._done("Forward", t0, err)
+
+    async def close(self) -> None:
+        await self.inner.close()

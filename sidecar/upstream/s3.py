@@ -1,0 +1,284 @@
+"""The S3 upstream: any S3-compatible endpoint, reached with the pod's own credentials.
+
+Object reads for the cache (HEAD, ranged GET) go through an aiobotocore client. Every other
+request is passed through as raw HTTP and re-signed with SigV4: the client's signature covers
+its own ``host`` and can never be valid upstream, so it is dropped, never forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import botocore
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
+from ..config import Settings
+from ..errors import NotModified, S3Error, UpstreamUnavailable
+from .base import ForwardRequest, ForwardResponse, ObjectMeta, PartInfo
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+SMALL_BODY = 1024 * 1024  # bodies up to this size are buffered and their SHA-256 signed
+
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+                         "trailer", "transfer-encoding", "upgrade", "proxy-connection"})
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+_STATUS_CODES = {301: "PermanentRedirect", 307: "TemporaryRedirect", 400: "InvalidRequest", 403: "AccessDenied",
+                 405: "MethodNotAllowed", 409: "OperationAborted", 411: "MissingContentLength",
+                 412: "PreconditionFailed", 416: "InvalidRange", 501: "NotImplemented"}
+
+
+class _Signer(SigV4Auth):
+    """SigV4 for S3 with the payload hash we choose (a body hash, UNSIGNED-PAYLOAD or a
+    streaming mode) and the path used as sent, as S3 canonicalises it."""
+
+    def payload(self, request: AWSRequest) -> str:
+        return request.headers["X-Amz-Content-SHA256"]
+
+    def _normalize_url_path(self, path: str) -> str:
+        return path
+
+
+class _Body:
+    """A ranged GET body; transport failures surface as UpstreamUnavailable."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body) -> None:
+        self._body = body
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._body.read(n)
+        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise UpstreamUnavailable(f"upstream body interrupted: {type(e).__name__}") from e
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    m = re.match(r"^bytes (\d+)-(\d+)/(\d+)$", value or "")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+class S3Upstream:
+    name = "s3"
+
+    def __init__(self, settings: Settings) -> None:
+        self.region = settings.effective_region
+        self.custom_endpoint = settings.upstream is not None
+        self.endpoint = settings.upstream or f"https://s3.{self.region}.amazonaws.com"
+        parts = urlsplit(self.endpoint)
+        self.scheme, self.netloc = parts.scheme, parts.netloc
+        addressing = settings.upstream_addressing
+        if addressing == "auto":
+            addressing = "path" if self.custom_endpoint else "virtual"
+        self.addressing = addressing
+        self.settings = settings
+        self._client = None
+        self._client_cm = None
+        self._http: aiohttp.ClientSession | None = None
+        self._credentials = None
+        self._bucket_regions: dict[str, str] = {}
+
+    async def start(self) -> None:
+        session = get_session()
+        if self.settings.region:
+            session.set_config_variable("region", self.settings.region)
+        self._credentials = await session.get_credentials()
+        s = self.settings
+        config = AioConfig(
+            region_name=self.region,
+            signature_version=("s3v4" if self._credentials is not None else botocore.UNSIGNED),
+            s3={"addressing_style": self.addressing},
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=s.upstream_connect_timeout,
+            read_timeout=s.upstream_read_timeout,
+            max_pool_connections=s.upstream_max_connections,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client_cm = session.create_client(
+            "s3", region_name=self.region, endpoint_url=self.endpoint if self.custom_endpoint else None, config=config)
+        self._client = await self._client_cm.__aenter__()
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=s.upstream_max_connections, enable_cleanup_closed=True),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=s.upstream_connect_timeout,
+                                          sock_read=s.upstream_read_timeout),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding", "Accept"),
+        )
+
+    async def close(self) -> None:
+        if self._client_cm is not None:
+            await self._client_cm.__aexit__(None, None, None)
+            self._client_cm = self._client = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # --- errors -------------------------------------------------------------------------
+
+    def _error(self, e: Exception, bucket: str | None, key: str | None) -> Exception:
+        if isinstance(e, ClientError):
+            meta = e.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 500)
+            err = e.response.get("Error", {})
+            code = str(err.get("Code") or status)
+            message = err.get("Message") or None
+            if status == 304:
+                return NotModified()
+            if code.isdigit():  # a body-less answer (HEAD): S3's own words for the status
+                message = None
+                code = ("NoSuchKey" if key is not None else "NoSuchBucket") if status == 404 else \
+                    _STATUS_CODES.get(status, "ServiceUnavailable" if status >= 500 else "InvalidRequest")
+            if status >= 500 and code != "SlowDown":
+                return UpstreamUnavailable(f"The upstream answered {status} {code}.")
+            fields = {}
+            if code == "NoSuchKey" and key is not None:
+                fields["Key"] = key
+            elif code == "NoSuchBucket" and bucket is not None:
+                fields["BucketName"] = bucket
+            return S3Error(code, message, status=status, **fields)
+        if isinstance(e, ParamValidationError):
+            return S3Error("InvalidBucketName" if "Bucket" in str(e) else "InvalidArgument",
+                           str(e).splitlines()[0][:200], BucketName=bucket)
+        return UpstreamUnavailable(f"The upstream could not be reached ({type(e).__name__}).")
+
+    # --- cache path ---------------------------------------------------------------------
+
+    async def head(self, bucket: str, key: str, *, if_none_match: str | None = None) -> ObjectMeta:
+        params = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if if_none_match:
+            params["IfNoneMatch"] = if_none_match
+        try:
+            r = await self._client.head_object(**params)  # type: ignore[union-attr]
+        except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise self._error(e, bucket, key) from None
+        return ObjectMeta.from_headers(bucket, key, r["ResponseMetadata"]["HTTPHeaders"].items())
+
+    async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo:
+        try:
+            r = await self._client.head_object(Bucket=bucket, Key=key, PartNumber=part_number,  # type: ignore
+                                               IfMatch=etag, ChecksumMode="ENABLED")
+        except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise self._error(e, bucket, key) from None
+        headers = r["ResponseMetadata"]["HTTPHeaders"]
+        status = r["ResponseMetadata"]["HTTPStatusCode"]
+        cr = _parse_content_range(headers.get("content-range"))
+        size = int(headers.get("content-length", 0))
+        start, end = (cr[0], cr[1]) if cr else (0, size - 1)
+        keep = tuple((k, v) for k, v in headers.items()
+                     if k == "x-amz-mp-parts-count" or k.startswith("x-amz-checksum-"))
+        return PartInfo(part_number, start, end, status, keep)
+
+    @contextlib.asynccontextmanager
+    async def get_range(self, bucket: str, key: str, start: int, end: int, *,
+                        if_match: str) -> AsyncIterator[_Body]:
+        try:
+            r = await self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}",  # type: ignore
+                                              IfMatch=if_match)
+        except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            raise self._error(e, bucket, key) from None
+        body = r["Body"]
+        try:
+            cr = _parse_content_range(r["ResponseMetadata"]["HTTPHeaders"].get("content-range"))
+            if (cr is None and start != 0) or (cr is not None and (cr[0], cr[1]) != (start, end)):
+                raise UpstreamUnavailable("The upstream did not honour the requested byte range.")
+            yield _Body(body)
+        finally:
+            body.close()
+
+    # --- pass-through -------------------------------------------------------------------
+
+    def _url(self, bucket: str | None, key: str | None, query, region: str) -> str:
+        q = "&".join(quote(k, safe="-_.~") + ("=" + quote(v, safe="-_.~") if v != "" else "")
+                     for k, v in query)
+        netloc, path = self.netloc, "/"
+        if region != self.region and not self.custom_endpoint:
+            netloc = f"s3.{region}.amazonaws.com"
+        if bucket is not None:
+            virtual = self.addressing == "virtual" and _DNS_BUCKET.match(bucket) and \
+                not (self.scheme == "https" and "." in bucket)
+            if virtual:
+                netloc = f"{bucket}.{netloc}"
+                path = "/" + (quote(key, safe="/~") if key is not None else "")
+            else:
+                path = "/" + quote(bucket, safe="") + ("/" + quote(key, safe="/~") if key is not None else "")
+        return f"{self.scheme}://{netloc}{path}" + (f"?{q}" if q else "")
+
+    async def _sign(self, method: str, url: str, headers: dict[str, str], region: str) -> dict[str, str]:
+        if self._credentials is None:
+            return headers
+        creds = await self._credentials.get_frozen_credentials()
+        req = AWSRequest(method=method, url=url, headers=headers, data=b"")
+        _Signer(creds, "s3", region).add_auth(req)
+        return dict(req.headers.items())
+
+    async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        assert self._http is not None
+        headers = {k: v for k, v in request.headers if k not in _HOP_BY_HOP}
+        client_sha = headers.pop("x-amz-content-sha256", "")
+        body: AsyncIterator[bytes] | bytes | None = request.body
+        length = request.content_length
+        if client_sha.startswith("STREAMING-") and client_sha != UNSIGNED_TRAILER:
+            body, length, client_sha, headers = await self._reframe_signed_stream(client_sha, headers, request.body)
+        if client_sha == UNSIGNED_TRAILER:
+            sha = UNSIGNED_TRAILER  # no chunk signatures: the body passes through as it is
+        elif body is None or length == 0:
+            sha, body = EMPTY_SHA256, None
+        elif length is not None and length <= SMALL_BODY:
+            data = b"".join([piece async for piece in body])  # type: ignore[union-attr]
+            if len(data) != length:
+                raise S3Error("IncompleteBody")
+            body, sha = data, hashlib.sha256(data).hexdigest()
+        else:
+            sha = UNSIGNED_PAYLOAD
+        headers["x-amz-content-sha256"] = sha
+        if length is not None:
+            headers["content-length"] = str(length)
+        region = self._bucket_regions.get(request.bucket or "", self.region)
+        for attempt in range(2):
+            url = self._url(request.bucket, request.key, request.query, region)
+            signed = await self._sign(request.method, url, dict(headers), region)
+            try:
+                resp = await self._http.request(request.method, url, headers=signed, data=body,
+                                                allow_redirects=False, chunked=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                raise UpstreamUnavailable(f"The upstream could not be reached ({type(e).__name__}).") from e
+            moved = resp.headers.get("x-amz-bucket-region")
+            if (attempt == 0 and moved and moved != region and resp.status in (301, 307, 400)
+                    and not self.custom_endpoint and not hasattr(body, "__aiter__") and request.bucket):
+                # The bucket lives in another region: sign for that region and retry once.
+                resp.release()
+                self._bucket_regions[request.bucket] = region = moved
+                continue
+            break
+        out_headers = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP]
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                async for piece in resp.content.iter_chunked(256 * 1024):
+                    yield piece
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                raise UpstreamUnavailable(f"upstream body interrupted: {type(e).__name__}") from e
+
+        async def release() -> None:
+            resp.release()
+
+        return ForwardResponse(resp.status, out_headers, stream(), release)
+
+    async def _reframe_signed_stream(self, mode: str, headers: dict[str, str], body):
+        """A signed aws-chunked upload: its chunk signatures chain from the client's signature
+        and cannot survive re-signing, so the payload is re-framed without them."""
+        raise S3Error("NotImplemented", f"Uploads with x-amz-content-sha256: {mode} are not supported yet.")
