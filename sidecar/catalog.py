@@ -128,10 +128,16 @@ class Catalog:
                 del self._lookups[k]
 
     async def part(self, entry: Entry, number: int) -> PartInfo:
+        """Where part ``number`` of a multipart object lies. A part the upstream cannot
+        describe as S3 does (status other than 206) is reported, not raised."""
         info = entry.parts.get(number)
         if info is None:
-            info = await self.upstream.head_part(entry.meta.bucket, entry.meta.key, number, entry.meta.etag)
-            entry.parts[number] = info
+            try:
+                info = await self.upstream.head_part(entry.meta.bucket, entry.meta.key, number, entry.meta.etag)
+            except UpstreamUnavailable:
+                return PartInfo(number, 0, -1, 0, ())
+            if info.status == 206 and info.etag == entry.meta.etag:
+                entry.parts[number] = info
         return info
 
     def invalidate(self, bucket: str, key: str) -> Entry | None:

@@ -138,8 +138,10 @@ class S3Face:
             try:
                 entry = await self.catalog.lookup(target.bucket, target.key)
             except S3Error as e:
-                if e.code == "NoSuchKey":
-                    e.fields.setdefault("Key", target.key)
+                if e.status == 404 and request.method == "GET":
+                    # A HEAD's 404 cannot tell a missing key from a missing bucket; the
+                    # upstream's own answer to the GET can (and is right if the key just appeared).
+                    return await self._forward(request, target, rid)
                 raise
             meta = entry.meta
             verdict = conditions.evaluate(h, meta.etag, meta.last_modified_ts)
@@ -152,9 +154,13 @@ class S3Face:
             status, rng, extra = 200, None, ()
             if part_number is not None:
                 info = await self.catalog.part(entry, part_number)
+                if info.status != 206:
+                    return await self._forward(request, target, rid)
+                if info.etag and info.etag != meta.etag:
+                    self.catalog.invalidate(target.bucket, target.key)
+                    continue  # the object changed since its metadata was cached
                 extra = info.headers
-                if info.status == 206:
-                    status, rng = 206, ByteRange(info.start, info.end)
+                status, rng = 206, ByteRange(info.start, info.end)
             else:
                 try:
                     rng = resolve(parse_range(h.get("range")), meta.size)

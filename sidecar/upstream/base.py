@@ -85,8 +85,9 @@ class PartInfo:
     number: int
     start: int
     end: int  # inclusive; end < start for an empty part
-    status: int  # 206, or 200 when the upstream answers a part request with the whole object
+    status: int  # 206 when the upstream answered as S3 does; anything else: not servable from cache
     headers: tuple[tuple[str, str], ...]  # x-amz-mp-parts-count and the part's checksum headers
+    etag: str = ""  # the whole object's ETag, as S3 reports it on part requests
 
 
 class ByteStream(Protocol):

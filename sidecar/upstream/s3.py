@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import botocore
+from yarl import URL
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.auth import SigV4Auth
@@ -170,17 +171,19 @@ class S3Upstream:
     async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo:
         try:
             r = await self._client.head_object(Bucket=bucket, Key=key, PartNumber=part_number,  # type: ignore
-                                               IfMatch=etag, ChecksumMode="ENABLED")
+                                               ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise self._error(e, bucket, key) from None
         headers = r["ResponseMetadata"]["HTTPHeaders"]
         status = r["ResponseMetadata"]["HTTPStatusCode"]
         cr = _parse_content_range(headers.get("content-range"))
-        size = int(headers.get("content-length", 0))
-        start, end = (cr[0], cr[1]) if cr else (0, size - 1)
         keep = tuple((k, v) for k, v in headers.items()
                      if k == "x-amz-mp-parts-count" or k.startswith("x-amz-checksum-"))
-        return PartInfo(part_number, start, end, status, keep)
+        if status != 206 or cr is None:
+            # Not S3's answer to a part request (206 with the part's byte span): the upstream
+            # does not serve parts the way S3 does, so the cache cannot map the part to bytes.
+            return PartInfo(part_number, 0, -1, status, keep, headers.get("etag", ""))
+        return PartInfo(part_number, cr[0], cr[1], 206, keep, headers.get("etag", ""))
 
     @contextlib.asynccontextmanager
     async def get_range(self, bucket: str, key: str, start: int, end: int, *,
@@ -252,7 +255,8 @@ class S3Upstream:
             url = self._url(request.bucket, request.key, request.query, region)
             signed = await self._sign(request.method, url, dict(headers), region)
             try:
-                resp = await self._http.request(request.method, url, headers=signed, data=body,
+                # encoded=True: the path goes out exactly as signed (no dot-segment or slash folding)
+                resp = await self._http.request(request.method, URL(url, encoded=True), headers=signed, data=body,
                                                 allow_redirects=False, chunked=None)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
                 raise UpstreamUnavailable(f"The upstream could not be reached ({type(e).__name__}).") from e

@@ -1,0 +1,246 @@
+"""What the cache guarantees, observed from outside: boto3 against the sidecar process, and a
+recording tap between the sidecar and a real S3 server (moto) showing what reached upstream."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+MiB = 1024 * 1024
+
+
+def _get(s3, bucket, key, **kw) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key, **kw)["Body"].read()
+
+
+def _chunk_files(cache_dir: Path) -> list[Path]:
+    return sorted(p for p in (cache_dir / "v1").glob("??/*") if not p.name.endswith(".meta"))
+
+
+def test_second_read_is_served_without_the_upstream(sidecar, tap, moto_s3, bucket):
+    data = os.urandom(3 * MiB + 17)
+    moto_s3.put_object(Bucket=bucket, Key="obj", Body=data)
+    s3 = sidecar.client()
+    tap.clear()
+    assert _get(s3, bucket, "obj") == data
+    first = tap.object_gets(f"/{bucket}/obj")
+    assert len(first) == 1, "a cold multi-chunk read is one upstream GET over the whole span"
+    assert first[0].headers["range"] == f"bytes=0-{len(data) - 1}"
+    assert first[0].headers.get("if-match"), "cache fills are pinned to the ETag they expect"
+    tap.clear()
+    for _ in range(3):
+        assert _get(s3, bucket, "obj") == data
+        assert _get(s3, bucket, "obj", Range="bytes=1000-2500000") == data[1000:2500001]
+    assert tap.requests() == [], "hits within the metadata TTL must not touch the upstream at all"
+
+
+def test_concurrent_readers_share_one_upstream_fetch(sidecar, tap, moto_s3, bucket):
+    data = os.urandom(5 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="shared", Body=data)
+    tap.clear()
+    s3 = sidecar.client(max_pool_connections=16)
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        bodies = list(pool.map(lambda _: _get(s3, bucket, "shared"), range(12)))
+    assert all(b == data for b in bodies)
+    gets = tap.object_gets(f"/{bucket}/shared")
+    heads = tap.requests("HEAD", f"/{bucket}/shared")
+    assert len(heads) == 1, f"metadata lookups are shared, saw {len(heads)}"
+    fetched = 0
+    for g in gets:
+        a, b = g.headers["range"].removeprefix("bytes=").split("-")
+        fetched += int(b) - int(a) + 1
+    assert fetched == len(data), f"each byte fetched once, fetched {fetched} for {len(data)}"
+
+
+def test_partial_cache_fills_only_the_missing_span(sidecar, tap, moto_s3, bucket):
+    data = os.urandom(6 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="partial", Body=data)
+    s3 = sidecar.client()
+    assert _get(s3, bucket, "partial", Range=f"bytes={2 * MiB}-{3 * MiB - 1}") == data[2 * MiB:3 * MiB]
+    tap.clear()
+    assert _get(s3, bucket, "partial") == data
+    ranges = sorted(g.headers["range"] for g in tap.object_gets(f"/{bucket}/partial"))
+    # chunks 0-1 and 3-5 are missing; 2 is cached. Two spans, each one request.
+    assert ranges == [f"bytes=0-{2 * MiB - 1}", f"bytes={3 * MiB}-{6 * MiB - 1}"]
+
+
+def test_overwrite_through_sidecar_is_visible_at_once(make_sidecar, tap, moto_s3, bucket):
+    sc = make_sidecar(metadata_ttl="indefinite")
+    s3 = sc.client()
+    s3.put_object(Bucket=bucket, Key="k", Body=b"version one")
+    assert _get(s3, bucket, "k") == b"version one"
+    assert _get(s3, bucket, "k") == b"version one"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"version two, longer")
+    assert _get(s3, bucket, "k") == b"version two, longer"
+    s3.put_object(Bucket=bucket, Key="src", Body=b"copied bytes")
+    s3.copy_object(Bucket=bucket, Key="k", CopySource={"Bucket": bucket, "Key": "src"})
+    assert _get(s3, bucket, "k") == b"copied bytes"
+    s3.delete_object(Bucket=bucket, Key="k")
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket=bucket, Key="k")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"three")
+    assert _get(s3, bucket, "k") == b"three"
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "k"}]})
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket=bucket, Key="k")
+
+
+def test_multipart_completion_invalidates(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(metadata_ttl="indefinite")
+    s3 = sc.client()
+    s3.put_object(Bucket=bucket, Key="mp", Body=b"old")
+    assert _get(s3, bucket, "mp") == b"old"
+    part1, part2 = os.urandom(5 * MiB), os.urandom(1234)
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp")
+    e1 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up["UploadId"], PartNumber=1, Body=part1)["ETag"]
+    e2 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=up["UploadId"], PartNumber=2, Body=part2)["ETag"]
+    assert _get(s3, bucket, "mp") == b"old", "an upload in progress does not change the object"
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=up["UploadId"], MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    assert _get(s3, bucket, "mp") == part1 + part2
+
+
+def test_external_change_is_seen_after_the_metadata_ttl(make_sidecar, tap, moto_s3, bucket):
+    sc = make_sidecar(metadata_ttl=1)
+    s3 = sc.client()
+    moto_s3.put_object(Bucket=bucket, Key="ttl", Body=b"before")
+    assert _get(s3, bucket, "ttl") == b"before"
+    moto_s3.put_object(Bucket=bucket, Key="ttl", Body=b"after!")
+    assert _get(s3, bucket, "ttl") == b"before", "within the TTL the cached version answers"
+    time.sleep(1.2)
+    tap.clear()
+    assert _get(s3, bucket, "ttl") == b"after!"
+    heads = tap.requests("HEAD", f"/{bucket}/ttl")
+    assert heads and heads[0].headers.get("if-none-match"), "revalidation is a conditional HEAD"
+    tap.clear()
+    time.sleep(1.2)
+    assert _get(s3, bucket, "ttl") == b"after!"
+    assert [s.status for s in tap.requests()] == [304], "an unchanged object costs one 304 and no GET"
+
+
+def test_restart_keeps_the_cache_warm(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    data = os.urandom(2 * MiB + 5)
+    moto_s3.put_object(Bucket=bucket, Key="warm", Body=data)
+    sc = make_sidecar(cache_dir=tmp_path / "persist", chunk_size="1MiB")
+    assert _get(sc.client(), bucket, "warm") == data
+    sc.restart()
+    assert sc.admin("/stats")["cache"]["restored_chunks"] == 3
+    tap.clear()
+    assert _get(sc.client(), bucket, "warm") == data
+    assert tap.object_gets() == [], "restored chunks are served from disk"
+    assert [s.method for s in tap.requests()] == ["HEAD"], "restored metadata is revalidated once"
+
+
+def test_kill_during_writes_leaves_no_partial_chunks(make_sidecar, moto_s3, bucket, tmp_path):
+    data = os.urandom(8 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="crash", Body=data)
+    cache = tmp_path / "crash"
+    sc = make_sidecar(cache_dir=cache, chunk_size="1MiB")
+    s3 = sc.client()
+    assert _get(s3, bucket, "crash") == data
+    sc.kill()
+    leftovers = list((cache / "v1" / "tmp").iterdir())
+    sc.start()
+    assert not list((cache / "v1" / "tmp").iterdir()), f"temp files are cleared at start ({len(leftovers)})"
+    assert _get(sc.client(), bucket, "crash") == data
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_chunk_files_are_never_served(make_sidecar, tap, moto_s3, bucket, tmp_path, damage):
+    data = os.urandom(3 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="rot", Body=data)
+    sc = make_sidecar(cache_dir=tmp_path / damage, chunk_size="1MiB", ram_cache_size=0)
+    s3 = sc.client()
+    assert _get(s3, bucket, "rot") == data
+    files = _chunk_files(tmp_path / damage)
+    assert len(files) == 3
+    victim = files[1]
+    if damage == "flip":
+        with open(victim, "r+b") as f:
+            f.seek(12345)
+            b = f.read(1)
+            f.seek(12345)
+            f.write(bytes([b[0] ^ 0x01]))
+    elif damage == "truncate":
+        os.truncate(victim, 1000)
+    else:
+        victim.unlink()
+    tap.clear()
+    assert hashlib.sha256(_get(s3, bucket, "rot")).digest() == hashlib.sha256(data).digest()
+    assert len(tap.object_gets(f"/{bucket}/rot")) == 1, "the damaged chunk is refetched"
+    if damage != "delete":
+        assert sc.admin("/stats")["cache"]["crc_failures"] == 1
+    tap.clear()
+    assert _get(s3, bucket, "rot") == data
+    assert tap.object_gets() == []
+
+
+def test_byte_budget_is_enforced(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(cache_size="4MiB", chunk_size="1MiB")
+    s3 = sc.client()
+    blobs = {f"o{i}": os.urandom(MiB + 1000) for i in range(6)}
+    for k, v in blobs.items():
+        moto_s3.put_object(Bucket=bucket, Key=k, Body=v)
+    for k, v in blobs.items():
+        assert _get(s3, bucket, k) == v
+        stats = sc.admin("/stats")["cache"]
+        assert stats["used_bytes"] <= 4 * MiB
+    assert stats["evictions"] > 0
+    for k, v in blobs.items():  # evicted objects are simply fetched again
+        assert _get(s3, bucket, k) == v
+
+
+def test_object_larger_than_the_cache_streams_through(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(cache_size="2MiB", chunk_size="1MiB")
+    data = os.urandom(5 * MiB + 3)
+    moto_s3.put_object(Bucket=bucket, Key="huge", Body=data)
+    assert _get(sc.client(), bucket, "huge") == data
+    assert sc.admin("/stats")["cache"]["used_bytes"] <= 2 * MiB
+
+
+def test_sequential_readers_get_readahead(make_sidecar, tap, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="1MiB", readahead_chunks=3)
+    data = os.urandom(8 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="seq", Body=data)
+    s3 = sc.client()
+    part = 512 * 1024
+    out = b""
+    for off in range(0, 2 * MiB, part):  # two chunks read in order, piece by piece
+        out += _get(s3, bucket, "seq", Range=f"bytes={off}-{off + part - 1}")
+    assert out == data[: 2 * MiB]
+    deadline = time.time() + 5
+    while time.time() < deadline and sc.admin("/stats")["reads"]["readahead_bytes"] < 3 * MiB:
+        time.sleep(0.05)
+    assert sc.admin("/stats")["reads"]["readahead_bytes"] >= 3 * MiB
+    time.sleep(0.3)
+    tap.clear()
+    assert _get(s3, bucket, "seq", Range=f"bytes={2 * MiB}-{4 * MiB - 1}") == data[2 * MiB:4 * MiB]
+    assert tap.object_gets(f"/{bucket}/seq") == [], "chunks read ahead are already cached"
+
+
+def test_random_reads_get_no_readahead(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="1MiB", readahead_chunks=3)
+    data = os.urandom(8 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="rnd", Body=data)
+    s3 = sc.client()
+    for off in (5 * MiB, 1 * MiB, 7 * MiB, 3 * MiB):
+        assert _get(s3, bucket, "rnd", Range=f"bytes={off}-{off + 100}") == data[off:off + 101]
+    assert sc.admin("/stats")["reads"]["readahead_bytes"] == 0
+
+
+def test_upstream_bytes_are_counted_once(sidecar, moto_s3, bucket):
+    data = os.urandom(2 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="count", Body=data)
+    before = sidecar.admin("/stats")
+    s3 = sidecar.client()
+    for _ in range(4):
+        assert _get(s3, bucket, "count") == data
+    after = sidecar.admin("/stats")
+    assert after["upstream"]["bytes"] - before["upstream"]["bytes"] == len(data)
+    assert after["reads"]["hit_bytes"] - before["reads"]["hit_bytes"] == 3 * len(data)
+    assert after["reads"]["miss_bytes"] - before["reads"]["miss_bytes"] == len(data)
