@@ -1,0 +1,161 @@
+"""The chunk store on a real directory: atomic commits, CRC verification, rebuild, budget."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sidecar.cache.policy import LRUPolicy
+from sidecar.cache.store import ChunkStore, version_id
+from sidecar.upstream.base import ObjectMeta
+
+CS = 64 * 1024
+
+
+def meta(key: str, size: int, etag: str = '"e1"', bucket: str = "b") -> ObjectMeta:
+    return ObjectMeta(bucket, key, etag, size, "Tue, 14 Nov 2023 22:13:20 GMT", (("content-type", "x/y"),))
+
+
+def store(root, capacity=10 * CS, **kw) -> ChunkStore:
+    s = ChunkStore(root, chunk_size=CS, capacity=capacity, policy=LRUPolicy(), **kw)
+    s.open()
+    return s
+
+
+def put(s: ChunkStore, m: ObjectMeta, data: bytes) -> None:
+    v = s.version_for(m)
+    for i in range(s.chunk_count(v)):
+        w = s.begin_write(v, i)
+        w.write(data[i * CS:(i + 1) * CS])
+        assert s.commit(w)
+        w.close()
+
+
+def read(s: ChunkStore, m: ObjectMeta) -> bytes | None:
+    v = s.version_for(m)
+    out = b""
+    for i in range(s.chunk_count(v)):
+        c = s.open_verified(v.vid, i)
+        if c is None:
+            return None
+        out += c.data if c.data is not None else os.pread(c.fd, c.length, 0)
+        c.close()
+    return out
+
+
+def test_commit_verify_and_rebuild(tmp_path):
+    s = store(tmp_path)
+    data = os.urandom(3 * CS + 100)
+    m = meta("k", len(data))
+    put(s, m, data)
+    assert read(s, m) == data
+    assert s.used_bytes == len(data)
+    s2 = store(tmp_path)
+    assert s2.stats.rebuilt_chunks == 4 and s2.used_bytes == len(data)
+    assert read(s2, m) == data
+    assert [v.meta for v in s2.versions.values()] == [m]
+
+
+def test_files_are_private(tmp_path):
+    s = store(tmp_path)
+    put(s, meta("k", 10), b"0123456789")
+    for p in (tmp_path / "v1").rglob("*"):
+        assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_corruption_is_a_miss_and_the_file_goes(tmp_path):
+    s = store(tmp_path, ram_cache_size=0)
+    data = os.urandom(2 * CS)
+    m = meta("k", len(data))
+    put(s, m, data)
+    vid = s.version_for(m).vid
+    path = next(p for p in (tmp_path / "v1").rglob(f"{vid}.1.*"))
+    raw = bytearray(path.read_bytes())
+    raw[5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert s.open_verified(vid, 0) is not None
+    assert s.open_verified(vid, 1) is None
+    assert s.stats.crc_failures == 1 and not path.exists() and s.used_bytes == CS
+
+
+def test_abort_leaves_nothing(tmp_path):
+    s = store(tmp_path)
+    m = meta("k", 2 * CS)
+    v = s.version_for(m)
+    w = s.begin_write(v, 0)
+    w.write(b"x" * 100)
+    assert not s.commit(w), "an incomplete chunk is never committed"
+    w.close()
+    assert list((tmp_path / "v1" / "tmp").iterdir()) == []
+    assert s.used_bytes == 0 and s.space.reserved == 0
+
+
+def test_budget_evicts_least_recent(tmp_path):
+    s = store(tmp_path, capacity=4 * CS)
+    objs = {f"o{i}": os.urandom(2 * CS) for i in range(3)}
+    put(s, meta("o0", 2 * CS), objs["o0"])
+    put(s, meta("o1", 2 * CS), objs["o1"])
+    assert read(s, meta("o0", 2 * CS)) == objs["o0"]  # o0 is now more recent than o1
+    put(s, meta("o2", 2 * CS), objs["o2"])
+    assert s.used_bytes <= 4 * CS and s.stats.evictions == 2
+    assert read(s, meta("o1", 2 * CS)) is None
+    assert read(s, meta("o0", 2 * CS)) == objs["o0"]
+
+
+def test_drop_version_and_new_etag(tmp_path):
+    s = store(tmp_path)
+    put(s, meta("k", 10, '"v1"'), b"a" * 10)
+    put(s, meta("k", 10, '"v2"'), b"b" * 10)
+    assert read(s, meta("k", 10, '"v1"')) == b"a" * 10, "versions never mix: each has its own chunks"
+    s.drop_version(s.version_for(meta("k", 10, '"v1"')).vid)
+    assert read(s, meta("k", 10, '"v1"')) is None
+    assert read(s, meta("k", 10, '"v2"')) == b"b" * 10
+
+
+def test_rebuild_keeps_only_the_newest_version_of_a_key(tmp_path):
+    s = store(tmp_path)
+    put(s, meta("k", 10, '"v1"'), b"a" * 10)
+    put(s, meta("k", 10, '"v2"'), b"b" * 10)
+    s2 = store(tmp_path)
+    assert [v.meta.etag for v in s2.versions.values()] == ['"v2"']
+
+
+def test_changed_chunk_size_discards_old_chunks(tmp_path):
+    s = store(tmp_path)
+    put(s, meta("k", 3 * CS), os.urandom(3 * CS))
+    s2 = ChunkStore(tmp_path, chunk_size=2 * CS, capacity=10 * CS, policy=LRUPolicy())
+    s2.open()
+    assert s2.versions == {} and list((tmp_path / "v1").rglob("*.meta")) == []
+
+
+def test_stray_files_are_cleaned_at_start(tmp_path):
+    s = store(tmp_path)
+    put(s, meta("k", 10), b"x" * 10)
+    (tmp_path / "v1" / "tmp" / "leftover").write_bytes(b"partial")
+    (tmp_path / "v1" / "ab").mkdir(exist_ok=True)
+    (tmp_path / "v1" / "ab" / ("f" * 40 + ".0.deadbeef")).write_bytes(b"orphan")
+    s2 = store(tmp_path)
+    assert not (tmp_path / "v1" / "tmp" / "leftover").exists()
+    assert not (tmp_path / "v1" / "ab" / ("f" * 40 + ".0.deadbeef")).exists()
+    assert read(s2, meta("k", 10)) == b"x" * 10
+
+
+def test_version_ids_separate_everything():
+    ids = {version_id("b", "k", '"e"', 1, CS), version_id("b", "k", '"e"', 2, CS), version_id("b", "k", '"f"', 1, CS),
+           version_id("b", "k2", '"e"', 1, CS), version_id("b2", "k", '"e"', 1, CS), version_id("b", "k", '"e"', 1, 2 * CS),
+           version_id("b\0k", "", '"e"', 1, CS)}
+    assert len(ids) == 7
+
+
+def test_too_small_for_a_chunk_streams_without_keeping(tmp_path):
+    s = store(tmp_path, capacity=CS)
+    m = meta("big", 3 * CS)
+    v = s.version_for(m)
+    w0 = s.begin_write(v, 0)
+    w1 = s.begin_write(v, 1)  # no room while w0 holds the budget
+    assert w0.reserved and not w1.reserved
+    for w in (w0, w1):
+        w.write(b"z" * CS)
+    assert s.commit(w0) and not s.commit(w1)
+    assert s.used_bytes == CS
