@@ -14,6 +14,7 @@ There is exactly one code path that fetches a chunk from upstream and commits it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -21,7 +22,7 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from .cache.store import ChunkStore, ChunkWriter, Version
+from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
 from .errors import S3Error, UpstreamUnavailable
 from .s3.ranges import chunk_bounds, chunk_count
 from .telemetry import Metrics, get_logger
@@ -139,7 +140,8 @@ class Reader:
     def __init__(self, store: ChunkStore, upstream: Upstream, metrics: Metrics, *,
                  readahead_chunks: int = 4, readahead_max_bytes: int = 256 * 1024 * 1024,
                  on_object_changed: Callable[[ObjectMeta], None] | None = None,
-                 gate: Callable[[int, int], Awaitable[None]] | None = None) -> None:
+                 gate: Callable[[int, int], Awaitable[None]] | None = None,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
@@ -151,6 +153,7 @@ class Reader:
         self.on_object_changed = on_object_changed
         # gate(nbytes, priority) is awaited before background spans read a piece (token bucket)
         self.gate = gate
+        self.executor = executor  # verifies large chunks off the event loop
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
 
@@ -303,16 +306,22 @@ class Reader:
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND))
             mine.update(self._look_ahead(version, index, last))
-            chunk = self.store.open_verified(version.vid, index)
+            chunk = await self._open_verified(version.vid, index)
             if chunk is not None:
+                # A chunk this read fetched may be committed before the read reaches it: it
+                # is served from disk but its bytes still came from the upstream for this read.
+                fetched = index in mine
                 try:
                     if chunk.data is not None:
-                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1])
+                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
                     else:
-                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo)
+                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
                 finally:
                     chunk.close()
-                stats.hit_bytes += hi - lo + 1
+                if fetched:
+                    stats.miss_bytes += hi - lo + 1
+                else:
+                    stats.hit_bytes += hi - lo + 1
                 pos = c0 + hi + 1
                 continue
             fill = self.fills.get((version.vid, index))
@@ -334,6 +343,20 @@ class Reader:
                 async for seg in self._direct(version.meta, pos, end, stats):
                     yield seg
                 return
+
+    async def _open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
+        chunk = self.store.open_chunk(vid, index)
+        if chunk is None or chunk.verified:
+            return chunk
+        if self.executor is not None:
+            ok = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.verify)
+        else:
+            ok = chunk.verify()
+        if not ok:
+            self.store.discard(vid, index, chunk)
+            self.metrics.crc_failures.inc()
+            return None
+        return chunk
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
         """Bytes lo..hi of a chunk being filled, as they land in its temp file."""

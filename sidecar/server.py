@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import signal
 import time
@@ -42,6 +43,8 @@ class Sidecar:
     def __init__(self, settings: config.Settings, upstream: Upstream | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        # Large-chunk verification and sendfile run here; both release the GIL.
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         self.upstream = MeteredUpstream(upstream or make_upstream(settings), self.metrics)
         self.store = ChunkStore(
             settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
@@ -52,9 +55,11 @@ class Sidecar:
         self.reader = Reader(self.store, self.upstream, self.metrics,
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
-                             on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key))
+                             on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
+                             executor=self.executor)
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
-                           virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version)
+                           virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
+                           executor=self.executor)
         self.started_at = time.time()
         self.ready = False
         self._runners: list[web.BaseRunner] = []
@@ -118,6 +123,7 @@ class Sidecar:
         await self.reader.close()
         with contextlib.suppress(Exception):
             await self.upstream.close()
+        self.executor.shutdown(wait=True)
         log.info("stopped")
 
 

@@ -75,12 +75,29 @@ class Version:
 
 @dataclasses.dataclass(slots=True)
 class VerifiedChunk:
-    """A chunk whose bytes matched their CRC32C when opened: either in memory (``data``) or an
-    open file descriptor positioned nowhere (use pread/sendfile with offsets). Close it."""
+    """An open chunk: bytes in memory (``data``, always verified) or a file descriptor
+    (use pread/sendfile with offsets). A descriptor is verified once ``verified`` is True;
+    ``verify`` checks it (blocking, safe to run in a worker thread). Close it."""
 
     length: int
     data: bytes | None = None
     fd: int = -1
+    crc: int = 0
+    verified: bool = True
+
+    def verify(self) -> bool:
+        """Check the file's bytes against their CRC32C (mmap, no copy into Python)."""
+        if self.verified:
+            return True
+        try:
+            if os.fstat(self.fd).st_size != self.length:
+                return False
+            with mmap.mmap(self.fd, self.length, prot=mmap.PROT_READ,
+                           flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as m:
+                self.verified = crc32c(m) == self.crc
+        except (OSError, ValueError):
+            return False
+        return self.verified
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -299,6 +316,16 @@ class ChunkStore:
 
     def open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
         """The chunk, verified against its CRC32C, or None (a miss). Bad files are removed."""
+        chunk = self.open_chunk(vid, index)
+        if chunk is not None and not chunk.verify():
+            self.discard(vid, index, chunk)
+            return None
+        return chunk
+
+    def open_chunk(self, vid: str, index: int) -> VerifiedChunk | None:
+        """The chunk, or None (a miss). Small chunks come back in memory and verified; larger
+        ones as an open file the caller must ``verify()`` (and ``discard`` if that fails)
+        before sending a byte of it — off the event loop if it likes."""
         v = self.versions.get(vid)
         if v is None or index not in v.chunks:
             return None
@@ -312,40 +339,33 @@ class ChunkStore:
             return VerifiedChunk(len(data), data=data)
         crc = v.chunks[index]
         length = v.length(index)
-        path = self._chunk_path(vid, index, crc)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(self._chunk_path(vid, index, crc), os.O_RDONLY)
         except OSError:
             self.stats.read_errors += 1
             self._drop_chunk(v, index)
             return None
-        try:
-            if length <= self._ram_chunk_max:
+        if length <= self._ram_chunk_max:
+            try:
                 data = os.pread(fd, length + 1, 0)
-                ok = len(data) == length and crc32c(data) == crc
+            except OSError:
+                data = b""
+            finally:
                 os.close(fd)
-                fd = -1
-                if not ok:
-                    return self._corrupt(v, index)
-                self._ram_put(key, data)
-                self.space.hit(key, now)
-                return VerifiedChunk(length, data=data)
-            if os.fstat(fd).st_size != length:
-                os.close(fd)
+            if len(data) != length or crc32c(data) != crc:
                 return self._corrupt(v, index)
-            with mmap.mmap(fd, length, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as m:
-                ok = crc32c(m) == crc
-            if not ok:
-                os.close(fd)
-                return self._corrupt(v, index)
-        except OSError:
-            if fd >= 0:
-                os.close(fd)
-            self.stats.read_errors += 1
-            self._drop_chunk(v, index)
-            return None
+            self._ram_put(key, data)
+            self.space.hit(key, now)
+            return VerifiedChunk(length, data=data)
         self.space.hit(key, now)
-        return VerifiedChunk(length, fd=fd)
+        return VerifiedChunk(length, fd=fd, crc=crc, verified=False)
+
+    def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
+        """A chunk failed verification: count it, close it, and delete it."""
+        chunk.close()
+        v = self.versions.get(vid)
+        if v is not None and index in v.chunks and v.chunks[index] == chunk.crc:
+            self._corrupt(v, index)
 
     def _corrupt(self, v: Version, index: int) -> None:
         self.stats.crc_failures += 1

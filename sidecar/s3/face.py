@@ -7,6 +7,7 @@ and every answer, including malformed requests, must be S3 error XML.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -48,6 +49,7 @@ class S3Face:
     def __init__(self, *, upstream: Upstream, catalog: Catalog, reader: Reader, metrics: Metrics,
                  virtual_host_suffixes: tuple[str, ...],
                  drop_version: Callable[[ObjectMeta], None],
+                 executor: concurrent.futures.Executor | None = None,
                  on_read: Callable[[str, str, ObjectMeta, ByteRange | None, ReadStats], None] | None = None) -> None:
         self.upstream = upstream
         self.catalog = catalog
@@ -56,6 +58,7 @@ class S3Face:
         self.suffixes = virtual_host_suffixes
         self.drop_version = drop_version
         self.on_read = on_read
+        self.executor = executor
         self.in_flight = 0
 
     # --- entry point --------------------------------------------------------------------
@@ -224,7 +227,7 @@ class S3Face:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = length
         await resp.prepare(request)
-        sender = BodySender(request, resp)
+        sender = BodySender(request, resp, self.executor)
         try:
             seg: Segment | None = first
             while seg is not None:

@@ -10,6 +10,7 @@ transport owns; a dup is a separate number for the same socket).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 
 from aiohttp import web
@@ -19,16 +20,40 @@ class ClientGone(Exception):
     """The client closed the connection mid-response."""
 
 
-class BodySender:
-    """Sends body segments (bytes, or spans of open files) on one prepared response."""
+def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int) -> int:
+    """Send file bytes until done or the socket is full (never blocks); returns bytes sent."""
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
+        except (BlockingIOError, InterruptedError):
+            break
+        if n == 0:
+            raise EOFError("chunk file shorter than its index entry")
+        sent += n
+    return sent
 
-    def __init__(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+
+class BodySender:
+    """Sends body segments (bytes, or spans of open files) on one prepared response.
+
+    File spans go out with ``os.sendfile`` on a duplicate of the client socket's descriptor,
+    which this sender owns: if the connection closes meanwhile, the number cannot be reused
+    for another client while a send is in progress. Large spans are sent from a worker
+    thread (sendfile releases the GIL), so copying into the socket runs beside the loop.
+    """
+
+    THREAD_MIN = 128 * 1024
+
+    def __init__(self, request: web.BaseRequest, response: web.StreamResponse,
+                 executor: concurrent.futures.Executor | None = None) -> None:
         self._response = response
         self._transport = request.transport
         sock = self._transport.get_extra_info("socket") if self._transport is not None else None
         self._sock_fd = sock.fileno() if sock is not None else -1
-        self._watch_fd = -1
+        self._fd = -1
         self._loop = asyncio.get_running_loop()
+        self._executor = executor
         self.sent = 0
         # TLS transports cannot sendfile: their bytes must go through the transport
         self.zero_copy = self._sock_fd >= 0 and self._transport.get_extra_info("sslcontext") is None
@@ -46,19 +71,25 @@ class BodySender:
         if not self.zero_copy:
             await self._send_file_copying(fd, offset, count)
             return
+        if self._fd < 0:
+            self._fd = os.dup(self._sock_fd)
         await self._drain_transport()
         while count > 0:
             if self._transport.is_closing():
                 raise ClientGone()
             try:
-                n = os.sendfile(self._sock_fd, fd, offset, count)
-            except (BlockingIOError, InterruptedError):
-                await self._writable()
-                continue
+                if count >= self.THREAD_MIN and self._executor is not None:
+                    n = await self._loop.run_in_executor(self._executor, _sendfile_until_full,
+                                                         self._fd, fd, offset, count)
+                else:
+                    n = _sendfile_until_full(self._fd, fd, offset, count)
             except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
                 raise ClientGone() from e
+            except EOFError as e:
+                raise OSError(str(e)) from e
             if n == 0:
-                raise OSError("chunk file shorter than its index entry")
+                await self._writable()
+                continue
             offset += n
             count -= n
             self.sent += n
@@ -80,18 +111,16 @@ class BodySender:
             await self._writable()
 
     async def _writable(self) -> None:
-        if self._watch_fd < 0:
-            self._watch_fd = os.dup(self._sock_fd)
         fut = self._loop.create_future()
-        self._loop.add_writer(self._watch_fd, lambda: fut.done() or fut.set_result(None))
+        self._loop.add_writer(self._fd, lambda: fut.done() or fut.set_result(None))
         try:
             await asyncio.wait_for(fut, timeout=60.0)
         except asyncio.TimeoutError as e:
             raise ClientGone() from e
         finally:
-            self._loop.remove_writer(self._watch_fd)
+            self._loop.remove_writer(self._fd)
 
     def close(self) -> None:
-        if self._watch_fd >= 0:
-            os.close(self._watch_fd)
-            self._watch_fd = -1
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
