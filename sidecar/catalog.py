@@ -15,8 +15,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .errors import NotModified, S3Error, UpstreamUnavailable
-from .upstream.base import ObjectMeta, PartInfo, Upstream
+from .errors import NotModified, ObjectChanged, S3Error, UpstreamUnavailable
+from .upstream.base import ObjectMeta, OpenedObject, PartInfo, Upstream
 
 ObjectKey = tuple[str, str]
 
@@ -126,6 +126,50 @@ class Catalog:
         finally:
             if self._lookups.get(k) is call:
                 del self._lookups[k]
+
+    async def open_cold(self, bucket: str, key: str, *, start: int | None, end: int | None,
+                        checksum_mode: bool) -> tuple[Entry, OpenedObject] | None:
+        """For an object the catalog does not know: GET it and learn its metadata from the same
+        answer. Concurrent lookups of the key wait for that answer instead of sending a HEAD.
+        Returns None when the key is known or already being looked up (use ``lookup``); the
+        caller owns the returned ``OpenedObject`` and must close it."""
+        k = (bucket, key)
+        if k in self.entries or k in self._lookups:
+            return None
+        call = _Lookup()
+        self._lookups[k] = call
+        learned: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        call.task = learned  # type: ignore[assignment]
+        learned.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            opened = await self.upstream.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        except BaseException as e:
+            if self._lookups.get(k) is call:
+                del self._lookups[k]
+            if not learned.done():
+                learned.set_exception(e if isinstance(e, Exception) else UpstreamUnavailable())
+            raise
+        if self._lookups.get(k) is call:
+            del self._lookups[k]
+        entry = Entry(opened.meta, self.clock())
+        if not call.poisoned:
+            self._put(k, entry)
+        learned.set_result(entry)
+        return entry, opened
+
+    async def with_checksums(self, entry: Entry) -> Entry:
+        """The entry with whole-object checksums, asking the upstream (a plain HEAD) if the
+        metadata came from a ranged GET that did not carry them."""
+        if entry.meta.checksums_known:
+            return entry
+        meta = await self.upstream.head(entry.meta.bucket, entry.meta.key)
+        if meta.etag != entry.meta.etag or meta.size != entry.meta.size:
+            self.invalidate(entry.meta.bucket, entry.meta.key)
+            if self.on_obsolete is not None:
+                self.on_obsolete(entry.meta)
+            raise ObjectChanged()
+        entry.meta = meta
+        return entry
 
     async def part(self, entry: Entry, number: int) -> PartInfo:
         """Where part ``number`` of a multipart object lies. A part the upstream cannot

@@ -76,3 +76,7 @@ class UpstreamUnavailable(S3Error):
 
 class NotModified(Exception):
     """A conditional upstream request found the object unchanged."""
+
+
+class ObjectChanged(Exception):
+    """The upstream object no longer has the ETag being read (it was replaced meanwhile)."""

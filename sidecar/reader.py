@@ -23,10 +23,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
-from .errors import S3Error, UpstreamUnavailable
+from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .s3.ranges import chunk_bounds, chunk_count
 from .telemetry import Metrics, get_logger
-from .upstream.base import ObjectMeta, Upstream
+from .upstream.base import ObjectMeta, OpenedObject, Upstream
 
 log = get_logger("sidecar.reader")
 
@@ -40,10 +40,6 @@ DEMAND, READAHEAD, PREFETCH = 0, 1, 2
 
 class DiskFault(Exception):
     """The cache disk failed while a chunk was being written."""
-
-
-class ObjectChanged(Exception):
-    """The upstream object no longer has the ETag being read (412 on If-Match)."""
 
 
 class ChunkFill:
@@ -166,6 +162,21 @@ class Reader:
             self._note_sequential(version, start, end)
         return self._segments(version, start, end, stats if stats is not None else ReadStats())
 
+    def read_opened(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats,
+                    opened: OpenedObject) -> AsyncIterator[Segment]:
+        """Like ``read``, with a cold GET's answer already open (``opened.first`` chunk-aligned):
+        its bytes fill the chunks it covers, so the read costs one upstream request in all.
+        Takes ownership of ``opened``."""
+        version = self.store.version_for(meta)
+        cs = self.chunk_size
+        first = opened.first // cs
+        last = min(opened.last // cs, first + MAX_SPAN_CHUNKS - 1)
+        fills = self._register_span(version, first, last, DEMAND)
+        self._launch(self._run_span(version, fills, opened) if fills else opened.close())
+        if end >= start:
+            self._note_sequential(version, start, end)
+        return self._segments(version, start, end, stats, {f.index for f in fills})
+
     def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
         in the background. Returns the fills started."""
@@ -195,6 +206,12 @@ class Reader:
     def _start_span(self, version: Version, first: int, last: int, priority: int) -> list[ChunkFill]:
         """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
         start one upstream GET for them."""
+        fills = self._register_span(version, first, last, priority)
+        if fills:
+            self._launch(self._run_span(version, fills))
+        return fills
+
+    def _register_span(self, version: Version, first: int, last: int, priority: int) -> list[ChunkFill]:
         fills: list[ChunkFill] = []
         i = first
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
@@ -205,12 +222,14 @@ class Reader:
             self.fills[fill.key] = fill
             fills.append(fill)
             i += 1
-        task = asyncio.ensure_future(self._run_span(version, fills))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return fills
 
-    async def _run_span(self, version: Version, fills: list[ChunkFill]) -> None:
+    def _launch(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None) -> None:
         meta = version.meta
         purpose = ("demand", "readahead", "prefetch")[min(fills[0].priority, 2)]
         pending = list(fills)
@@ -220,7 +239,14 @@ class Reader:
                 start = chunk_bounds(pending[0].index, self.chunk_size, meta.size)[0] + pending[0].written
                 end = chunk_bounds(pending[-1].index, self.chunk_size, meta.size)[1]
                 try:
-                    async with self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag) as body:
+                    if opened is not None and opened.first == start:
+                        body_cm = contextlib.nullcontext(opened.body)
+                    else:
+                        if opened is not None:  # a cold GET's answer broke off: resume by range
+                            await opened.close()
+                            opened = None
+                        body_cm = self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag)
+                    async with body_cm as body:
                         while pending:
                             fill = pending[0]
                             await self._fill_chunk(fill, body, purpose)
@@ -244,6 +270,9 @@ class Reader:
                 log.error("span_failed", bucket=meta.bucket, error=repr(err))
             if isinstance(err, asyncio.CancelledError):
                 raise
+        finally:
+            if opened is not None:
+                await opened.close()
 
     async def _fill_chunk(self, fill: ChunkFill, body, purpose: str) -> None:
         store = self.store
@@ -292,14 +321,15 @@ class Reader:
 
     # --- readers ------------------------------------------------------------------------
 
-    async def _segments(self, version: Version, start: int, end: int, stats: ReadStats) -> AsyncIterator[Segment]:
+    async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
+                        mine: set[int] | None = None) -> AsyncIterator[Segment]:
         if end < start:
             return
         cs = self.chunk_size
         size = version.meta.size
         first, last = start // cs, end // cs
         pos = start
-        mine: set[int] = set()  # chunks whose fetch this read started
+        mine = set() if mine is None else mine  # chunks whose fetch this read started
         for index in range(first, last + 1):
             c0, c1 = chunk_bounds(index, cs, size)
             lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive

@@ -96,23 +96,26 @@ class Sidecar:
     def start(self) -> None:
         self.log_path = self.log_dir / f"sidecar-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
+        self.port, admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}"
         args = [sys.executable, "-m", "sidecar", "serve", "--upstream", self.upstream,
-                "--cache-dir", str(self.cache_dir), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                "--log-format", "json"]
+                "--cache-dir", str(self.cache_dir), "--listen", f"127.0.0.1:{self.port}",
+                "--admin-listen", f"127.0.0.1:{admin_port}", "--log-format", "json"]
         for k, v in self.flags.items():
             args += ["--" + k.replace("_", "-"), str(v)]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**CHILD_ENV, **self.extra_env})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            started = self._started_line()
-            if started:
-                self.url = f"http://{started['listen']}"
-                self.admin_url = f"http://{started['admin']}"
-                self.port = int(started["listen"].rsplit(":", 1)[1])
-                return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(self.admin_url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
             time.sleep(0.05)
         raise TimeoutError(f"sidecar did not start:\n{self.log_path.read_text()}")
 

@@ -308,3 +308,15 @@ def test_head_bucket_and_unknown_operations_pass_through(moto, sidecar, bucket):
         assert sc.status == up.status, target
         if method == "GET":
             assert sc.body == up.body
+
+
+def test_checksums_after_a_ranged_first_read(moto, sidecar, bucket):
+    """Metadata learned from a ranged GET has no whole-object checksums; a later whole-object
+    read in checksum mode still gets the upstream's."""
+    moto.client().put_object(Bucket=bucket, Key="ck", Body=os.urandom(300_000), ChecksumAlgorithm="SHA256")
+    assert raw.request(sidecar.url, "GET", f"/{bucket}/ck", {"Range": "bytes=0-99"}).status == 206
+    headers = {"x-amz-checksum-mode": "ENABLED"}
+    up = raw.request(moto.url, "GET", f"/{bucket}/ck", headers)
+    got = raw.request(sidecar.url, "GET", f"/{bucket}/ck", headers)
+    assert got.headers.get("x-amz-checksum-sha256") == up.headers["x-amz-checksum-sha256"]
+    assert sidecar.client().get_object(Bucket=bucket, Key="ck", ChecksumMode="ENABLED")["Body"].read() == up.body

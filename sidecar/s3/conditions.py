@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 PRECONDITION_FAILED = 412
 NOT_MODIFIED = 304
+HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
 
 def _parse_date(value: str) -> float | None:

@@ -17,12 +17,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..catalog import Catalog
-from ..errors import S3Error, UpstreamUnavailable
-from ..reader import ObjectChanged, Reader, ReadStats, Segment
+from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
+from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
 from ..telemetry import Metrics, get_logger
 from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
 from . import conditions
-from .ranges import ByteRange, RangeNotSatisfiable, parse_range, resolve
+from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 from .sendfile import BodySender, ClientGone
 from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
 
@@ -137,6 +137,14 @@ class S3Face:
             part_number = int(part_param)
             if "range" in h:
                 raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        if request.method == "GET" and part_number is None and self.catalog.peek(target.bucket, target.key) is None \
+                and not any(c in h for c in conditions.HEADERS):
+            spec = parse_range(h.get("range"))
+            if spec is None or spec.first is not None:
+                resp = await self._read_cold(request, target, rid, stats, spec, checksum_mode)
+                if resp is not None:
+                    return resp
         for attempt in range(3):
             try:
                 entry = await self.catalog.lookup(target.bucket, target.key)
@@ -172,6 +180,11 @@ class S3Face:
                                   RangeRequested=h.get("range", ""), ActualObjectSize=str(meta.size)) from None
                 if rng is not None:
                     status = 206
+            if checksum_mode and rng is None and not meta.checksums_known:
+                try:
+                    meta = (await self.catalog.with_checksums(entry)).meta
+                except ObjectChanged:
+                    continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid)
             start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
             length = end - start + 1
@@ -194,6 +207,51 @@ class S3Face:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    async def _read_cold(self, request: web.BaseRequest, target: Target, rid: str, stats: ReadStats,
+                         spec: RangeSpec | None, checksum_mode: bool) -> web.StreamResponse | None:
+        """A GET of an object the catalog does not know, answered from a single upstream GET that
+        also yields its metadata. None: the key became known meanwhile; use the normal path."""
+        assert target.bucket is not None and target.key is not None
+        cs = self.reader.chunk_size
+        if spec is None:
+            start = end = None
+        else:
+            assert spec.first is not None
+            start = spec.first // cs * cs
+            end = start + MAX_SPAN_CHUNKS * cs - 1
+            if spec.last is not None:
+                end = min(end, (spec.last // cs + 1) * cs - 1)
+        try:
+            got = await self.catalog.open_cold(target.bucket, target.key, start=start, end=end,
+                                               checksum_mode=checksum_mode and spec is None)
+        except S3Error as e:
+            if e.code == "InvalidRange":
+                return None  # the normal path answers with the object's size
+            raise
+        if got is None:
+            return None
+        entry, opened = got
+        meta = entry.meta
+        try:
+            rng = resolve(spec, meta.size)
+        except RangeNotSatisfiable:
+            await opened.close()
+            return None
+        headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers, rid)
+        first, last = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        segments = self.reader.read_opened(meta, first, last, stats, opened)
+        try:
+            seg = await anext(segments, None)
+            resp = await self._send_body(request, 206 if rng is not None else 200, headers, last - first + 1,
+                                         seg, segments)
+        except ObjectChanged:
+            raise S3Error("ServiceUnavailable", "The object changed while being read; retry.") from None
+        finally:
+            await segments.aclose()
+        if self.on_read is not None:
+            self.on_read(target.bucket, target.key, meta, rng, stats)
+        return resp
 
     def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
                         extra, h, rid: str) -> CIMultiDict:

@@ -39,16 +39,20 @@ class ObjectMeta:
     headers: tuple[tuple[str, str], ...]
     # whole-object checksum headers (x-amz-checksum-*), replayed only on whole-object responses
     checksums: tuple[tuple[str, str], ...] = ()
+    # False when learned from a ranged GET, which carries no whole-object checksums
+    checksums_known: bool = True
 
     @property
     def last_modified_ts(self) -> float | None:
         return http_date_to_ts(self.last_modified)
 
     @classmethod
-    def from_headers(cls, bucket: str, key: str, headers: Iterable[tuple[str, str]]) -> "ObjectMeta":
+    def from_headers(cls, bucket: str, key: str, headers: Iterable[tuple[str, str]], *,
+                     size: int | None = None, checksums_known: bool = True) -> "ObjectMeta":
         keep: list[tuple[str, str]] = []
         checksums: list[tuple[str, str]] = []
         etag = ""
+        total = size
         size = -1
         last_modified = ""
         for name, value in headers:
@@ -62,20 +66,24 @@ class ObjectMeta:
             if _is_transient(name):
                 continue
             (checksums if is_checksum_header(name) else keep).append((name, value))
+        if total is not None:
+            size = total
         if size < 0:
             raise ValueError("upstream HEAD without Content-Length")
-        return cls(bucket, key, etag, size, last_modified, tuple(keep), tuple(checksums))
+        if not checksums_known:
+            checksums = []
+        return cls(bucket, key, etag, size, last_modified, tuple(keep), tuple(checksums), checksums_known)
 
     def to_json(self) -> dict:
         return {"bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
                 "last_modified": self.last_modified, "headers": [list(h) for h in self.headers],
-                "checksums": [list(h) for h in self.checksums]}
+                "checksums": [list(h) for h in self.checksums], "checksums_known": self.checksums_known}
 
     @classmethod
     def from_json(cls, d: dict) -> "ObjectMeta":
         return cls(d["bucket"], d["key"], d["etag"], int(d["size"]), d["last_modified"],
                    tuple((str(a), str(b)) for a, b in d["headers"]),
-                   tuple((str(a), str(b)) for a, b in d.get("checksums", ())))
+                   tuple((str(a), str(b)) for a, b in d.get("checksums", ())), bool(d.get("checksums_known", True)))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,6 +96,23 @@ class PartInfo:
     status: int  # 206 when the upstream answered as S3 does; anything else: not servable from cache
     headers: tuple[tuple[str, str], ...]  # x-amz-mp-parts-count and the part's checksum headers
     etag: str = ""  # the whole object's ETag, as S3 reports it on part requests
+
+
+@dataclasses.dataclass
+class OpenedObject:
+    """A GET whose response headers have arrived: the object's metadata and bytes
+    ``first``..``last`` still to be read from ``body``. Whoever holds it must ``close`` it."""
+
+    meta: ObjectMeta
+    first: int
+    last: int
+    body: "ByteStream"
+    release: object = None  # an async callable that frees the connection
+
+    async def close(self) -> None:
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release()  # type: ignore[operator]
 
 
 class ByteStream(Protocol):
@@ -139,9 +164,30 @@ class Upstream(Protocol):
         Raises S3Error PreconditionFailed if the object changed."""
         ...
 
+    async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
+                          checksum_mode: bool) -> OpenedObject:
+        """GET the current version (bytes start..end, or all when start is None) and learn its
+        metadata from the answer: a cold read costs one request, not a HEAD and a GET."""
+        ...
+
     async def forward(self, request: ForwardRequest) -> ForwardResponse: ...
 
     async def close(self) -> None: ...
+
+
+async def open_object_by_head(upstream: Upstream, bucket: str, key: str, *, start: int | None, end: int | None,
+                              checksum_mode: bool) -> OpenedObject:
+    """``open_object`` for upstreams where metadata and bytes come separately."""
+    meta = await upstream.head(bucket, key)
+    first = start or 0
+    last = meta.size - 1 if end is None else min(end, meta.size - 1)
+    cm = upstream.get_range(bucket, key, first, last, if_match=meta.etag)
+    body = await cm.__aenter__()
+
+    async def release() -> None:
+        await cm.__aexit__(None, None, None)
+
+    return OpenedObject(meta, first, last, body, release)
 
 
 def http_date_to_ts(value: str | None) -> float | None:

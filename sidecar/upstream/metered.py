@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from ..errors import NotModified, S3Error, UpstreamUnavailable
 from ..telemetry import Metrics
-from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, PartInfo, Upstream
+from .base import (ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream,
+                   open_object_by_head)
 
 
 def _outcome(e: BaseException | None) -> str:
@@ -77,6 +78,20 @@ class MeteredUpstream:
                 self._done("GetObject", t0, err)
             elif err is not None and not isinstance(err, GeneratorExit):
                 self.m.upstream_errors.labels("body").inc()
+
+    async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
+                          checksum_mode: bool) -> OpenedObject:
+        t0, err = time.monotonic(), None
+        try:
+            if hasattr(self.inner, "open_object"):
+                return await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+            return await open_object_by_head(self.inner, bucket, key, start=start, end=end,
+                                             checksum_mode=checksum_mode)
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            self._done("GetObject", t0, err)
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
         t0, err = time.monotonic(), None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from urllib.parse import quote, urlsplit
 
@@ -25,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from ..config import Settings
 from ..errors import NotModified, S3Error, UpstreamUnavailable
-from .base import ForwardRequest, ForwardResponse, ObjectMeta, PartInfo
+from .base import ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -188,19 +189,98 @@ class S3Upstream:
     @contextlib.asynccontextmanager
     async def get_range(self, bucket: str, key: str, start: int, end: int, *,
                         if_match: str) -> AsyncIterator[_Body]:
+        """A ranged GET pinned to an ETag. Sent as a plain signed request: on the miss path the
+        SDK's request pipeline costs more CPU than the transfer of a small object."""
+        headers = {"range": f"bytes={start}-{end}", "if-match": if_match, "x-amz-content-sha256": EMPTY_SHA256}
+        resp = await self._send_signed("GET", bucket, key, (), headers)
         try:
-            r = await self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}",  # type: ignore
-                                              IfMatch=if_match)
-        except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise self._error(e, bucket, key) from None
-        body = r["Body"]
-        try:
-            cr = _parse_content_range(r["ResponseMetadata"]["HTTPHeaders"].get("content-range"))
-            if (cr is None and start != 0) or (cr is not None and (cr[0], cr[1]) != (start, end)):
+            if resp.status not in (200, 206):
+                raise await self._error_from_response(resp, bucket, key)
+            cr = _parse_content_range(resp.headers.get("Content-Range"))
+            if (cr is None and (start != 0 or resp.content_length != end + 1)) or \
+                    (cr is not None and (cr[0], cr[1]) != (start, end)):
                 raise UpstreamUnavailable("The upstream did not honour the requested byte range.")
-            yield _Body(body)
+            yield _Body(resp.content)
         finally:
-            body.close()
+            resp.release()
+
+    async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
+                          checksum_mode: bool) -> OpenedObject:
+        headers = {"x-amz-content-sha256": EMPTY_SHA256}
+        if start is not None:
+            headers["range"] = f"bytes={start}-{'' if end is None else end}"
+        if checksum_mode:
+            headers["x-amz-checksum-mode"] = "ENABLED"
+        resp = await self._send_signed("GET", bucket, key, (), headers)
+        try:
+            if resp.status not in (200, 206):
+                raise await self._error_from_response(resp, bucket, key)
+            cr = _parse_content_range(resp.headers.get("Content-Range"))
+            if resp.status == 206 and cr is None or resp.content_length is None:
+                raise UpstreamUnavailable("The upstream answered a GET without a usable length.")
+            size = cr[2] if cr else resp.content_length
+            meta = ObjectMeta.from_headers(bucket, key, [(k.lower(), v) for k, v in resp.headers.items()],
+                                           size=size, checksums_known=checksum_mode and cr is None)
+            first, last = (cr[0], cr[1]) if cr else (0, size - 1)
+        except BaseException:
+            resp.release()
+            raise
+
+        async def release() -> None:
+            resp.release()
+
+        return OpenedObject(meta, first, last, _Body(resp.content), release)
+
+    async def _send_signed(self, method: str, bucket: str | None, key: str | None, query,
+                           headers: dict[str, str], body=None) -> aiohttp.ClientResponse:
+        """Sign and send; a bucket found in another region is re-signed for it once."""
+        assert self._http is not None
+        region = self._bucket_regions.get(bucket or "", self.region)
+        for attempt in range(2):
+            url = self._url(bucket, key, query, region)
+            signed = await self._sign(method, url, dict(headers), region)
+            try:
+                # encoded=True: the path goes out exactly as signed (no dot-segment or slash folding)
+                resp = await self._http.request(method, URL(url, encoded=True), headers=signed, data=body,
+                                                allow_redirects=False)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                raise UpstreamUnavailable(f"The upstream could not be reached ({type(e).__name__}).") from e
+            moved = resp.headers.get("x-amz-bucket-region")
+            if (attempt == 0 and moved and moved != region and resp.status in (301, 307, 400)
+                    and not self.custom_endpoint and bucket and not hasattr(body, "__aiter__")):
+                resp.release()
+                self._bucket_regions[bucket] = region = moved
+                continue
+            return resp
+        raise AssertionError("unreachable")
+
+    async def _error_from_response(self, resp: aiohttp.ClientResponse, bucket: str | None,
+                                   key: str | None) -> Exception:
+        """An S3Error (or UpstreamUnavailable for 5xx) from a raw error response."""
+        code = message = None
+        try:
+            body = await resp.content.read(64 * 1024)
+            root = ET.fromstring(body) if body else None
+            if root is not None:
+                code, message = root.findtext("Code"), root.findtext("Message")
+        except (ET.ParseError, aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            pass
+        status = resp.status
+        if code == "SlowDown" or (status == 503 and code is None):
+            return S3Error("SlowDown", message) if code == "SlowDown" else UpstreamUnavailable(
+                f"The upstream answered {status}.")
+        if status >= 500:
+            return UpstreamUnavailable(f"The upstream answered {status} {code or ''}".strip() + ".")
+        if not code:
+            code = ("NoSuchKey" if key is not None else "NoSuchBucket") if status == 404 else \
+                _STATUS_CODES.get(status, "InvalidRequest")
+            message = None
+        fields = {}
+        if code == "NoSuchKey" and key is not None:
+            fields["Key"] = key
+        elif code == "NoSuchBucket" and bucket is not None:
+            fields["BucketName"] = bucket
+        return S3Error(code, message, status=status, **fields)
 
     # --- pass-through -------------------------------------------------------------------
 
@@ -250,24 +330,7 @@ class S3Upstream:
         headers["x-amz-content-sha256"] = sha
         if length is not None:
             headers["content-length"] = str(length)
-        region = self._bucket_regions.get(request.bucket or "", self.region)
-        for attempt in range(2):
-            url = self._url(request.bucket, request.key, request.query, region)
-            signed = await self._sign(request.method, url, dict(headers), region)
-            try:
-                # encoded=True: the path goes out exactly as signed (no dot-segment or slash folding)
-                resp = await self._http.request(request.method, URL(url, encoded=True), headers=signed, data=body,
-                                                allow_redirects=False, chunked=None)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-                raise UpstreamUnavailable(f"The upstream could not be reached ({type(e).__name__}).") from e
-            moved = resp.headers.get("x-amz-bucket-region")
-            if (attempt == 0 and moved and moved != region and resp.status in (301, 307, 400)
-                    and not self.custom_endpoint and not hasattr(body, "__aiter__") and request.bucket):
-                # The bucket lives in another region: sign for that region and retry once.
-                resp.release()
-                self._bucket_regions[request.bucket] = region = moved
-                continue
-            break
+        resp = await self._send_signed(request.method, request.bucket, request.key, request.query, headers, body)
         out_headers = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP]
 
         async def stream() -> AsyncIterator[bytes]:
