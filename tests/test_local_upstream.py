@@ -486,9 +486,10 @@ def test_bucket_lifecycle(s3, root):
     assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     s3.head_bucket(Bucket=name)
     assert s3.get_bucket_location(Bucket=name)["LocationConstraint"] is None
-    with pytest.raises(ClientError) as e:
-        s3.create_bucket(Bucket=name)
-    assert code(e) == ("BucketAlreadyOwnedByYou", 409)
+    s3.create_bucket(Bucket=name)  # us-east-1 answers 200 to its owner, like S3
+    with pytest.raises(S3Error) as err:  # elsewhere it is an error
+        asyncio.run(LocalUpstream(root, region="eu-west-1").forward(ForwardRequest("PUT", name, None, [], [], None, 0)))
+    assert (err.value.code, err.value.status) == ("BucketAlreadyOwnedByYou", 409)
     with pytest.raises(ClientError) as e:
         s3.create_bucket(Bucket="Bad_Name")
     assert code(e) == ("InvalidBucketName", 400)
@@ -700,7 +701,9 @@ def moto_url():
 
 
 def scenario(s3) -> list:
-    """A sequence of calls whose normalised results must be the same on any S3 implementation."""
+    """A sequence of calls whose normalised results must be the same on any S3 implementation.
+    Left out where moto is known to differ from S3: Content-MD5 checking (moto stores the body),
+    the order of CompleteMultipartUpload's checks, V1 NextMarker with a delimiter (moto returns an ETag)."""
     out = []
 
     def rec(label, fn, *keep):
@@ -732,11 +735,12 @@ def scenario(s3) -> list:
             for page in s3.get_paginator(op).paginate(Bucket=b, **kw):
                 got += [(o["Key"], o["ETag"], o["Size"]) for o in page.get("Contents", [])]
                 got += [("P", c["Prefix"]) for c in page.get("CommonPrefixes", [])]
-            out.append((f"{op} {prefix!r} {delim!r}", sorted(got)))
+            # moto repeats common prefixes on every V1 page (real S3 and we do not; the reference
+            # model test above checks V1 pages exactly), so V1 is compared as a set here
+            out.append((f"{op} {prefix!r} {delim!r}", sorted(set(got)) if op == "list_objects" else sorted(got)))
     rec("v2 start-after", lambda: s3.list_objects_v2(Bucket=b, StartAfter="a/b", MaxKeys=2), "Contents", "IsTruncated",
         "KeyCount")
-    rec("v1 marker", lambda: s3.list_objects(Bucket=b, Marker="a/", Delimiter="/", MaxKeys=3), "Contents",
-        "CommonPrefixes", "IsTruncated", "NextMarker")
+    rec("v1 marker", lambda: s3.list_objects(Bucket=b, Marker="a/b", MaxKeys=3), "Contents", "IsTruncated")
     rec("copy", lambda: s3.copy_object(Bucket=b, Key="copied", CopySource={"Bucket": b, "Key": "p+q"}),
         "CopyObjectResult.ETag")
     rec("copy self", lambda: s3.copy_object(Bucket=b, Key="z", CopySource={"Bucket": b, "Key": "z"}))
@@ -745,26 +749,21 @@ def scenario(s3) -> list:
                                                 MetadataDirective="REPLACE", Metadata={"n": "1"}, ContentType="t/x"),
         "CopyObjectResult.ETag")
     rec("head c3", lambda: s3.head_object(Bucket=b, Key="c3"), "Metadata", "ContentType")
-    rec("bad md5", lambda: s3.put_object(Bucket=b, Key="m", Body=b"1",
-                                         ContentMD5=base64.b64encode(hashlib.md5(b"2").digest()).decode()))
     mp = rec("mpu", lambda: s3.create_multipart_upload(Bucket=b, Key="mp/k"))
     uid = mp["UploadId"]
-    p1 = os.urandom(5 * 1024 * 1024)  # moto enforces S3's real 5 MiB minimum
+    p1 = bytes(range(256)) * 20480  # 5 MiB: moto enforces S3's real minimum
     e1 = rec("part1", lambda: s3.upload_part(Bucket=b, Key="mp/k", UploadId=uid, PartNumber=1, Body=p1), "ETag")
     e2 = rec("part2", lambda: s3.upload_part(Bucket=b, Key="mp/k", UploadId=uid, PartNumber=2, Body=b"end"), "ETag")
     rec("list parts", lambda: s3.list_parts(Bucket=b, Key="mp/k", UploadId=uid), "Parts.ETag", "Parts.Size",
         "Parts.PartNumber")
     rec("uploads", lambda: s3.list_multipart_uploads(Bucket=b), "Uploads.Key")
-    rec("complete bad order", lambda: s3.complete_multipart_upload(Bucket=b, Key="mp/k", UploadId=uid, MultipartUpload={
-        "Parts": [{"PartNumber": 2, "ETag": e2["ETag"]}, {"PartNumber": 1, "ETag": e1["ETag"]}]}))
     rec("complete bad etag", lambda: s3.complete_multipart_upload(Bucket=b, Key="mp/k", UploadId=uid, MultipartUpload={
         "Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]}))
     rec("complete", lambda: s3.complete_multipart_upload(Bucket=b, Key="mp/k", UploadId=uid, MultipartUpload={
         "Parts": [{"PartNumber": 1, "ETag": e1["ETag"]}, {"PartNumber": 2, "ETag": e2["ETag"]}]}), "ETag")
     rec("head mp", lambda: s3.head_object(Bucket=b, Key="mp/k"), "ETag", "ContentLength")
-    rec("get part 2", lambda: s3.get_object(Bucket=b, Key="mp/k", PartNumber=2), "ContentLength", "PartsCount")
-    rec("complete again", lambda: s3.complete_multipart_upload(Bucket=b, Key="mp/k", UploadId=uid, MultipartUpload={
-        "Parts": [{"PartNumber": 1, "ETag": e1["ETag"]}]}))
+    # not compared: part reads of multipart objects (moto returns the whole object) and completing
+    # an upload twice (moto accepts it); test_multipart_roundtrip covers the first
     rec("tag", lambda: s3.put_object_tagging(Bucket=b, Key="z", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}))
     rec("tags", lambda: s3.get_object_tagging(Bucket=b, Key="z"), "TagSet")
     rec("delete bucket not empty", lambda: s3.delete_bucket(Bucket=b))

@@ -776,6 +776,8 @@ class LocalUpstream:
         try:
             os.mkdir(d)
         except FileExistsError:
+            if self.region == "us-east-1" and os.path.isdir(d):
+                return _response(200, [("Location", f"/{bucket}")])  # S3's legacy us-east-1 answer
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=bucket) from None
         with contextlib.suppress(OSError):
             self._write_json(os.path.join(self.hidden, "buckets", bucket + ".json"), {"created": time.time()})
