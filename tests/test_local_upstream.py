@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 
 from localserve import UpstreamServer
 from sidecar.errors import NotModified, S3Error
+from sidecar.upstream.awschunked import AwsChunkedDecoder
 from sidecar.upstream.base import ForwardRequest
 from sidecar.upstream.local import LocalUpstream
 
@@ -666,6 +667,10 @@ def test_boto3_streaming_unsigned_trailer_upload(tls_server):
     assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert "aws-chunked" in headers["content-encoding"] and headers["x-amz-trailer"] == "x-amz-checksum-crc32"
     assert len(raw) > len(body)
+    dec = AwsChunkedDecoder.from_headers(list(headers.items()))  # the codec on botocore's real wire bytes
+    assert b"".join(dec.feed(raw)) == body
+    dec.close()
+    assert dec.trailers == [("x-amz-checksum-crc32", base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode())]
     g = s3.get_object(Bucket="chunky", Key="k", ChecksumMode="ENABLED")
     assert g["Body"].read() == body
     assert "ContentEncoding" not in g  # aws-chunked is transport, never stored
@@ -675,6 +680,80 @@ def test_boto3_streaming_unsigned_trailer_upload(tls_server):
     e1 = s3.upload_part(Bucket="chunky", Key="mp", UploadId=uid, PartNumber=1, Body=body[:MIN_PART])["ETag"]
     assert tls_server.requests[-1][2]["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
     assert e1 == f'"{hashlib.md5(body[:MIN_PART]).hexdigest()}"'
+
+
+def _crc64nvme(data: bytes) -> int:
+    """Reference CRC-64/NVME (reflected 0xAD93D23594C93659, init and xorout all ones)."""
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x9A6C9329AC4BC9B5 if c & 1 else c >> 1
+        table.append(c)
+    crc = 0xFFFFFFFFFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+
+
+def test_crc64nvme_reference():
+    assert _crc64nvme(b"123456789") == 0xAE8B14860A799888
+
+
+def test_pyarrow_writes_and_reads_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pafs = pytest.importorskip("pyarrow.fs")
+    pq = pytest.importorskip("pyarrow.parquet")
+    root = tmp_path / "root"
+    (root / "arrow").mkdir(parents=True)
+    with UpstreamServer(LocalUpstream(root, durable=False), record=True) as srv:
+        fs = pafs.S3FileSystem(endpoint_override=srv.url[len("http://"):], scheme="http", access_key="a",
+                               secret_key="b", region="us-east-1")
+        table = pa.table({"x": list(range(50_000)), "s": [str(i) for i in range(50_000)]})
+        pq.write_table(table, "arrow/dir/t.parquet", filesystem=fs)
+        assert pq.read_table("arrow/dir/t.parquet", filesystem=fs).equals(table)
+        uploads = [r for r in srv.requests if r[0] == "PUT"]
+        assert uploads and all(h["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER" and
+                               h["x-amz-trailer"] == "x-amz-checksum-crc64nvme" for _, _, h, _ in uploads)
+        assert not srv.errors
+    # the trailer pyarrow sent was kept with the part, and it is the data's real CRC64/NVME
+    data = (root / "arrow" / "dir" / "t.parquet").read_bytes()
+    crc = base64.b64encode(_crc64nvme(data).to_bytes(8, "big")).decode()
+    raw = uploads[0][3]
+    assert raw.endswith(f"x-amz-checksum-crc64nvme:{crc}\r\n\r\n".encode())
+
+
+def test_forward_decodes_signed_streaming_put(root):
+    up = LocalUpstream(root, durable=False)
+    (root / "signed").mkdir(exist_ok=True)
+    payload = os.urandom(20_000)
+    sig = "a" * 64
+    body = b"".join(f"{len(c):x};chunk-signature={sig}\r\n".encode() + c + b"\r\n"
+                    for c in (payload[:8192], payload[8192:16384], payload[16384:]))
+    body += f"0;chunk-signature={sig}\r\n\r\n".encode()
+    headers = [("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"), ("content-encoding", "aws-chunked"),
+               ("x-amz-decoded-content-length", str(len(payload))), ("content-type", "text/x")]
+
+    async def main():
+        r = await up.forward(ForwardRequest("PUT", "signed", "k", [], headers, _one(body), len(body)))
+        assert dict(r.headers)["ETag"] == f'"{hashlib.md5(payload).hexdigest()}"'
+        meta = await up.head("signed", "k")
+        assert meta.size == len(payload) and ("content-type", "text/x") in meta.headers
+        assert not any(n == "content-encoding" for n, _ in meta.headers)
+        # a truncated streaming body stores nothing
+        with pytest.raises(S3Error) as e:
+            await up.forward(ForwardRequest("PUT", "signed", "k2", [], headers, _one(body[:-7]), len(body)))
+        assert e.value.code == "IncompleteBody"
+        with pytest.raises(S3Error):
+            await up.head("signed", "k2")
+        # x-amz-content-sha256 of a plain body is checked
+        with pytest.raises(S3Error) as e:
+            await up.forward(ForwardRequest("PUT", "signed", "k3", [], [("x-amz-content-sha256", "0" * 64)],
+                                            _one(b"abc"), 3))
+        assert e.value.code == "XAmzContentSHA256Mismatch"
+        ok = hashlib.sha256(b"abc").hexdigest()
+        await up.forward(ForwardRequest("PUT", "signed", "k3", [], [("x-amz-content-sha256", ok)], _one(b"abc"), 3))
+    asyncio.run(main())
 
 
 # --- the same calls against moto --------------------------------------------------------------------------

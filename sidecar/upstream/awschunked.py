@@ -107,7 +107,8 @@ class AwsChunkedDecoder:
     these (plus ``x-amz-trailer-signature`` when ``signed``). None accepts any trailers.
     ``on_chunk`` is called at the end of each chunk, the final empty one included, with its
     signature and the SHA-256 of its payload (hashing only happens when a hook is given);
-    ``on_trailers`` once with the trailers and the trailer signature. Both exist for streaming
+    ``on_trailers`` once with the trailers and the trailer signature, when the body has a trailer
+    section (trailers declared or present). Both exist for streaming
     SigV4 verification, which needs the seed signature and keys this module knows nothing of.
     After ``close``, ``trailers`` holds the trailing headers (lower-case names, in order).
     """
@@ -305,7 +306,7 @@ class AwsChunkedDecoder:
                 raise malformed_trailer(f"trailers {got} do not match x-amz-trailer {sorted(self.trailer_names)}")
             if self.signed and self.trailer_names and self.trailer_signature is None:
                 raise malformed_trailer("missing x-amz-trailer-signature")
-        if self.on_trailers is not None:
+        if self.on_trailers is not None and (self.trailers or self.trailer_signature or self.trailer_names):
             self.on_trailers(list(self.trailers), self.trailer_signature)
         self._state = self._DONE
 
