@@ -947,3 +947,18 @@ def test_listing_matches_model_on_random_keys(tmp_path_factory, keys, prefix, de
             async with up.get_range("m", k, 0, len(k) - 1, if_match="") as s:
                 assert await s.read(100) == k.encode()
     asyncio.run(read_all())
+
+
+def test_durable_writes_and_from_url(tmp_path):
+    (tmp_path / "d").mkdir()
+    up = LocalUpstream.from_url(f"file://{tmp_path}")  # durable by default: fsyncs data, record and directory
+
+    async def main():
+        await up.forward(ForwardRequest("PUT", "d", "x/y", [], [], _one(b"durable"), 7))
+        await up.forward(ForwardRequest("PUT", "d", "x//y", [], [], _one(b"odd"), 3))
+        assert (await up.head("d", "x/y")).size == 7
+        assert (await up.head("d", "x//y")).size == 3
+    asyncio.run(main())
+    assert (tmp_path / "d" / "x" / "y").read_bytes() == b"durable"
+    with pytest.raises(ValueError):
+        LocalUpstream.from_url("http://example.invalid/x")

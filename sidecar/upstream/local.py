@@ -282,6 +282,14 @@ class LocalUpstream:
         with contextlib.suppress(OSError):  # leftovers of a crash; nothing else writes here
             shutil.rmtree(self._tmp)
 
+    @classmethod
+    def from_url(cls, url: str, **kw) -> "LocalUpstream":
+        """``file:///abs/dir`` (the ``--upstream`` form) to an upstream on that directory."""
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"not a file:/// URL: {url}")
+        return cls(Path(urllib.parse.unquote(parsed.path)), **kw)
+
     async def close(self) -> None:
         return None
 
@@ -368,12 +376,23 @@ class LocalUpstream:
             return None
         return value if isinstance(value, dict) else None
 
-    def _write_json(self, path: str, value: dict) -> None:
+    def _write_json(self, path: str, value: dict, durable: bool = False) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{secrets.token_hex(6)}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(value, f, ensure_ascii=True, separators=(",", ":"))
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    @staticmethod
+    def _sync_dir(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _find(self, bucket: str, key: str) -> tuple[str, os.stat_result, bool] | None:
         """(data path, stat, odd) of the object, or None. Raises NoSuchBucket."""
@@ -505,7 +524,7 @@ class LocalUpstream:
         old_recs = old.get("records", [])[:1] if old and old.get("key") == key else []
         # the new record goes in before the data so a reader always finds the record of whichever
         # file it sees; the previous one stays until the rename has happened
-        self._write_json(meta_path, {"key": key, "records": [rec, *old_recs]})
+        self._write_json(meta_path, {"key": key, "records": [rec, *old_recs]}, durable=self.durable)
         target = self._place(bucket, key)
         odd = target is None
         if target is not None:
@@ -532,6 +551,8 @@ class LocalUpstream:
             if os.path.exists(oddp):
                 os.unlink(oddp)
                 self._odd_update(bucket, key, False)
+        if self.durable:  # the rename itself survives a crash only once its directory is synced
+            self._sync_dir(os.path.dirname(self._odd_path(bucket, key) if odd else target))
         self._write_json(meta_path, {"key": key, "records": [rec]})
         return rec
 
