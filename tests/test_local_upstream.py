@@ -962,3 +962,30 @@ def test_durable_writes_and_from_url(tmp_path):
     assert (tmp_path / "d" / "x" / "y").read_bytes() == b"durable"
     with pytest.raises(ValueError):
         LocalUpstream.from_url("http://example.invalid/x")
+
+
+def test_record_of_the_file_in_place_wins_during_a_commit(tmp_path):
+    """Between writing a new version's record and renaming its data into place (or after a crash
+    there), readers still see the version on disk with its own metadata, never the new record."""
+    (tmp_path / "w").mkdir()
+    up = LocalUpstream(tmp_path, durable=False, min_part_size=1)
+
+    async def main():
+        async def call(method, key, query=(), body=b""):
+            r = await up.forward(ForwardRequest(method, "w", key, list(query), [], _one(body), len(body)))
+            return r, b"".join([c async for c in r.body])
+        _, xml = await call("POST", "k", [("uploads", "")])
+        uid = re.search(rb"<UploadId>(.*?)</UploadId>", xml).group(1).decode()
+        r, _ = await call("PUT", "k", [("partNumber", "1"), ("uploadId", uid)], b"part one")
+        etag = dict(r.headers)["ETag"]
+        done = f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{etag}</ETag></Part></CompleteMultipartUpload>"
+        await call("POST", "k", [("uploadId", uid)], done.encode())
+        before = await up.head("w", "k")
+        assert before.etag.endswith('-1"')
+        meta_path = up._meta_path("w", "k")
+        meta = up._read_json(meta_path)
+        new = dict(meta["records"][0], ino=-1, etag='"new"', headers=[["content-type", "text/new"]])
+        up._write_json(meta_path, {"key": "k", "records": [new, meta["records"][0]]})
+        after = await up.head("w", "k")
+        assert (after.etag, after.headers) == (before.etag, before.headers)
+    asyncio.run(main())
