@@ -26,6 +26,7 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import heapq
 import json
 import logging
 import mimetypes
@@ -885,7 +886,6 @@ class LocalUpstream:
 
     def _collect(self, bucket: str, prefix: str, delimiter: str, after: str, max_keys: int):
         """One page: ([(key, path, st, record)], [common prefixes], truncated, last item)."""
-        import heapq
         d = self._bucket_dir(bucket)
         cur = _Cursor()
         merged = heapq.merge(self._walk(d, prefix, after, cur), self._odd_iter(bucket, prefix, after, cur))
