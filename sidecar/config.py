@@ -115,17 +115,38 @@ def parse_bool(text: str | bool) -> bool:
 
 
 def parse_upstream(text: str | None) -> str | None:
-    """``None`` (AWS's regional endpoint), an http(s) URL, or ``file:///dir``."""
+    """``None`` (AWS's regional endpoint), an http(s) URL, or ``file:///dir`` — optionally
+    ``file:///dir?latency=20ms&bandwidth=200MiB`` to behave like a distant store."""
     if text is None or str(text).strip() == "":
         return None
     t = str(text).strip()
     if t.startswith("file://"):
-        if not t[len("file://"):].startswith("/"):
+        path, _, query = t[len("file://"):].partition("?")
+        if not path.startswith("/"):
             raise ValueError(t)
+        local_upstream_options(query)
         return t
     if re.match(r"^https?://[^/\s]+/?$", t):
         return t.rstrip("/")
     raise ValueError(t)
+
+
+def local_upstream_options(query: str) -> dict[str, float]:
+    """``latency`` (a duration) and ``bandwidth`` (bytes per second) of a file:// upstream."""
+    out: dict[str, float] = {}
+    for part in filter(None, query.split("&")):
+        name, _, value = part.partition("=")
+        if name == "latency":
+            out["latency"] = parse_duration(value)
+        elif name == "bandwidth":
+            out["bandwidth"] = float(parse_size(value))
+        else:
+            raise ValueError(part)
+    return out
+
+
+UPSTREAM_FORM = ("an http(s):// URL or file:///absolute/dir "
+                 "(optionally file:///dir?latency=20ms&bandwidth=200MiB)")
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -203,7 +224,7 @@ OPTIONS: tuple[Option, ...] = (
            "a comma-separated list of domain names",
            "Host suffixes under which <bucket>.<suffix> is a virtual-hosted-style request"),
     # --- upstream
-    Option("upstream", None, parse_upstream, "an http(s):// URL or file:///absolute/dir",
+    Option("upstream", None, parse_upstream, UPSTREAM_FORM,
            "upstream S3 endpoint; AWS's regional endpoint when unset"),
     Option("region", None, lambda t: str(t).strip() or None, "an AWS region name such as eu-west-1",
            "region to sign upstream requests for (default: AWS_REGION, else us-east-1)"),
@@ -295,8 +316,14 @@ class Settings:
     @property
     def local_upstream_dir(self) -> Path | None:
         if self.upstream and self.upstream.startswith("file://"):
-            return Path(self.upstream[len("file://"):])
+            return Path(self.upstream[len("file://"):].partition("?")[0])
         return None
+
+    @property
+    def local_upstream_options(self) -> dict[str, float]:
+        if self.upstream and self.upstream.startswith("file://"):
+            return local_upstream_options(self.upstream.partition("?")[2])
+        return {}
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)

@@ -40,6 +40,15 @@ S3_ERRORS: dict[str, tuple[int, str]] = {
     "BucketNotEmpty": (409, "The bucket you tried to delete is not empty."),
     "InvalidDigest": (400, "The Content-MD5 or checksum value you specified is not valid."),
     "InvalidPartOrder": (400, "The list of parts was not in ascending order."),
+    "EntityTooSmall": (400, "Your proposed upload is smaller than the minimum allowed object size."),
+    "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
+    "XAmzContentSHA256Mismatch": (400, "The provided 'x-amz-content-sha256' header does not match what was computed."),
+    "MalformedTrailerError": (400, "The request contained trailing data that was not well-formed."),
+    "InvalidTag": (400, "The tag provided was not a valid tag."),
+    "MaxMessageLengthExceeded": (400, "Your request was too big."),
+    "NoSuchUploadId": (404, "The specified multipart upload does not exist."),
+    "OperationAborted": (409, "A conflicting conditional operation is currently in progress against this resource."),
+    "PermanentRedirect": (301, "The bucket you are attempting to access must be addressed using the specified endpoint."),
 }
 
 

@@ -30,7 +30,12 @@ def make_upstream(settings: config.Settings) -> Upstream:
     if local is not None:
         from .upstream.local import LocalUpstream  # noqa: PLC0415
 
-        return LocalUpstream(local)
+        upstream: Upstream = LocalUpstream(local)
+        if settings.local_upstream_options:
+            from .upstream.throttle import ThrottledUpstream  # noqa: PLC0415
+
+            upstream = ThrottledUpstream(upstream, **settings.local_upstream_options)
+        return upstream
     from .upstream.s3 import S3Upstream  # noqa: PLC0415
 
     return S3Upstream(settings)

@@ -26,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from ..config import Settings
 from ..errors import NotModified, S3Error, UpstreamUnavailable
+from . import awschunked
 from .base import ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -310,12 +311,18 @@ class S3Upstream:
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
         assert self._http is not None
-        headers = {k: v for k, v in request.headers if k not in _HOP_BY_HOP}
-        client_sha = headers.pop("x-amz-content-sha256", "")
+        pairs = [(k, v) for k, v in request.headers if k not in _HOP_BY_HOP]
         body: AsyncIterator[bytes] | bytes | None = request.body
         length = request.content_length
-        if client_sha.startswith("STREAMING-") and client_sha != UNSIGNED_TRAILER:
-            body, length, client_sha, headers = await self._reframe_signed_stream(client_sha, headers, request.body)
+        client_sha = dict(pairs).get("x-amz-content-sha256", "")
+        if client_sha.startswith("STREAMING-") and client_sha != UNSIGNED_TRAILER and body is not None:
+            # A signed aws-chunked upload: its chunk signatures chain from the client's own
+            # signature and cannot survive re-signing, so the payload is re-framed without them
+            # (trailing checksums kept).
+            reframed = awschunked.reframe_unsigned(pairs, body)
+            pairs, body, length = reframed.headers, reframed.body, reframed.content_length
+        headers = {k: v for k, v in pairs if k != "content-length"}
+        client_sha = headers.pop("x-amz-content-sha256", "")
         if client_sha == UNSIGNED_TRAILER:
             sha = UNSIGNED_TRAILER  # no chunk signatures: the body passes through as it is
         elif body is None or length == 0:
@@ -345,7 +352,3 @@ class S3Upstream:
 
         return ForwardResponse(resp.status, out_headers, stream(), release)
 
-    async def _reframe_signed_stream(self, mode: str, headers: dict[str, str], body):
-        """A signed aws-chunked upload: its chunk signatures chain from the client's signature
-        and cannot survive re-signing, so the payload is re-framed without them."""
-        raise S3Error("NotImplemented", f"Uploads with x-amz-content-sha256: {mode} are not supported yet.")

@@ -1,0 +1,83 @@
+"""An upstream wrapper that behaves like a distant store: a delay before each answer and a
+shared bandwidth limit on object bytes. For demos and benchmarks on a local upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream
+
+
+class _Pacer:
+    """Releases bytes no faster than ``rate`` per second, shared by all streams."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.next_free = time.monotonic()
+
+    async def take(self, n: int) -> None:
+        now = time.monotonic()
+        start = max(now, self.next_free)
+        self.next_free = start + n / self.rate
+        delay = self.next_free - now
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+
+
+class _PacedBody:
+    def __init__(self, body: ByteStream, pacer: _Pacer | None) -> None:
+        self._body, self._pacer = body, pacer
+
+    async def read(self, n: int) -> bytes:
+        data = await self._body.read(min(n, 256 * 1024))
+        if data and self._pacer is not None:
+            await self._pacer.take(len(data))
+        return data
+
+
+class ThrottledUpstream:
+    def __init__(self, inner: Upstream, *, latency: float = 0.0, bandwidth: float = 0.0) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.latency = latency
+        self.pacer = _Pacer(bandwidth) if bandwidth > 0 else None
+
+    async def _wait(self) -> None:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+
+    async def start(self) -> None:
+        if hasattr(self.inner, "start"):
+            await self.inner.start()  # type: ignore[attr-defined]
+
+    async def head(self, bucket: str, key: str, *, if_none_match: str | None = None) -> ObjectMeta:
+        await self._wait()
+        return await self.inner.head(bucket, key, if_none_match=if_none_match)
+
+    async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo:
+        await self._wait()
+        return await self.inner.head_part(bucket, key, part_number, etag)
+
+    @contextlib.asynccontextmanager
+    async def get_range(self, bucket: str, key: str, start: int, end: int, *,
+                        if_match: str) -> AsyncIterator[ByteStream]:
+        await self._wait()
+        async with self.inner.get_range(bucket, key, start, end, if_match=if_match) as body:
+            yield _PacedBody(body, self.pacer)
+
+    async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
+                          checksum_mode: bool) -> OpenedObject:
+        from .base import open_object_by_head  # noqa: PLC0415
+
+        opened = await open_object_by_head(self, bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        return opened
+
+    async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        await self._wait()
+        return await self.inner.forward(request)
+
+    async def close(self) -> None:
+        await self.inner.close()
