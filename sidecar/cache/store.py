@@ -176,6 +176,7 @@ class ChunkStore:
         self.stats = StoreStats()
         self.on_evict = on_evict
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
         self._ram_bytes = 0
         self._ram_max = ram_cache_size
         self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
@@ -272,7 +273,13 @@ class ChunkStore:
     # --- versions ---------------------------------------------------------------------------
 
     def version_for(self, meta: ObjectMeta) -> Version:
-        vid = version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size)
+        ident = (meta.bucket, meta.key, meta.etag, meta.size)
+        vid = self._vids.get(ident)
+        if vid is None:
+            vid = version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size)
+            if len(self._vids) >= 65536:
+                self._vids.clear()
+            self._vids[ident] = vid
         v = self.versions.get(vid)
         if v is None:
             v = Version(vid, meta, chunk_size=self.chunk_size)

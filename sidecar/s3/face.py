@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -41,8 +42,13 @@ DELETE_OBJECTS_MAX_BODY = 4 * 1024 * 1024
 SERVER = "sidecar"
 
 
+_ID_PREFIX = secrets.token_hex(4).upper()
+_ids = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return secrets.token_hex(8).upper()
+    """Unique per request: a random per-process prefix and a counter (cheaper than randomness)."""
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFF:08X}"
 
 
 class S3Face:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -44,7 +45,7 @@ class ObjectMeta:
 
     @property
     def last_modified_ts(self) -> float | None:
-        return http_date_to_ts(self.last_modified)
+        return _parsed_date(self.last_modified)
 
     @classmethod
     def from_headers(cls, bucket: str, key: str, headers: Iterable[tuple[str, str]], *,
@@ -188,6 +189,12 @@ async def open_object_by_head(upstream: Upstream, bucket: str, key: str, *, star
         await cm.__aexit__(None, None, None)
 
     return OpenedObject(meta, first, last, body, release)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_date(value: str) -> float | None:
+    """Last-Modified values repeat on every read of an object: parse each once."""
+    return http_date_to_ts(value)
 
 
 def http_date_to_ts(value: str | None) -> float | None:
