@@ -92,6 +92,8 @@ class S3Face:
             resp = self._error(request, e, rid, target)
         except ClientGone:
             outcome = "client-gone"
+            if request.transport is not None:
+                request.transport.abort()  # whatever was sent so far, the response is over
             resp = web.Response(status=499)  # never sent: the connection is gone
         except asyncio.CancelledError:
             outcome = "cancelled"
