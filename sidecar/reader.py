@@ -43,10 +43,12 @@ class DiskFault(Exception):
 
 
 class ChunkFill:
-    """A chunk being fetched. Readers ``attach``, wait for bytes, read them from ``fd``."""
+    """A chunk being fetched. Readers ``attach`` and take its bytes with ``segment_at``: the
+    piece that just arrived from memory (a reader keeping up never touches the file), older
+    bytes from the temp file via ``fd``."""
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
-                 "_waiters", "kept", "priority", "readahead")
+                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -54,7 +56,9 @@ class ChunkFill:
         self.index = index
         self.length = length
         self.writer: ChunkWriter | None = None
-        self.written = 0
+        self.written = 0  # bytes in the temp file
+        self.recent: bytes = b""  # the latest piece received, possibly not yet in the file
+        self.recent_start = 0
         self.done = False
         self.kept = False
         self.error: BaseException | None = None
@@ -82,6 +86,11 @@ class ChunkFill:
             if not w.done():
                 w.set_result(None)
 
+    def received(self, piece: bytes, start: int) -> None:
+        """A piece arrived (bytes ``start``.. of the chunk); it may still be on its way to disk."""
+        self.recent, self.recent_start = piece, start
+        self._wake()
+
     def progressed(self, n: int) -> None:
         self.written += n
         self._wake()
@@ -89,6 +98,7 @@ class ChunkFill:
     def finish(self, kept: bool) -> None:
         self.done = True
         self.kept = kept
+        self.recent = b""
         self._wake()
         if self.refs == 0 and self.writer is not None:
             self.writer.close()
@@ -98,20 +108,30 @@ class ChunkFill:
             return
         self.error = error
         self.done = True
+        self.recent = b""
         self._wake()
         if self.refs == 0 and self.writer is not None:
             self.writer.close()
 
-    async def wait_beyond(self, pos: int) -> None:
-        """Return when more than ``pos`` bytes are written; raise the fill's error if it failed."""
-        while self.written <= pos:
-            if self.error is not None:
-                raise self.error
-            if self.done:
-                raise RuntimeError("chunk fill ended short")
-            fut = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            await fut
+    def segment_at(self, pos: int, hi: int) -> "Segment | None":
+        """Bytes from ``pos`` (up to ``hi``) available now, or None: wait for more."""
+        if self.error is not None:
+            raise self.error
+        r0 = self.recent_start
+        if r0 <= pos < r0 + len(self.recent):
+            end = min(hi, r0 + len(self.recent) - 1)
+            return Segment(end - pos + 1, data=memoryview(self.recent)[pos - r0:end - r0 + 1], from_cache=False)
+        if pos < self.written:
+            end = min(hi, self.written - 1)
+            return Segment(end - pos + 1, fd=self.fd, offset=pos, from_cache=False)
+        if self.done:
+            raise RuntimeError("chunk fill ended short")
+        return None
+
+    async def changed(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        await fut
 
 
 @dataclasses.dataclass(slots=True)
@@ -194,7 +214,10 @@ class Reader:
             i = fills[-1].index + 1
         return started
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop fetching: fetches in flight get ``grace`` seconds to finish and commit."""
+        if grace > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for t in list(self._tasks):
             t.cancel()
         for t in list(self._tasks):
@@ -275,6 +298,7 @@ class Reader:
                 await opened.close()
 
     async def _fill_chunk(self, fill: ChunkFill, body, purpose: str) -> None:
+        """Receive one chunk's bytes into its temp file and commit it."""
         store = self.store
         if fill.writer is None:
             try:
@@ -283,8 +307,9 @@ class Reader:
                 self.metrics.disk_errors.labels("create").inc()
                 raise DiskFault(str(e)) from e
         writer = fill.writer
-        while fill.written < fill.length:
-            want = min(PIECE, fill.length - fill.written)
+        received = fill.written
+        while received < fill.length:
+            want = min(PIECE, fill.length - received)
             if self.gate is not None and fill.priority != DEMAND:
                 await self.gate(want, fill.priority)
             try:
@@ -295,13 +320,20 @@ class Reader:
                 raise UpstreamUnavailable(f"upstream body interrupted: {e}") from e
             if not piece:
                 raise UpstreamUnavailable("upstream body ended early")
+            fill.received(piece, received)
+            received += len(piece)
+            self.metrics.upstream_bytes.labels(purpose).inc(len(piece))
             try:
+                # Written on the loop: a page-cache write costs less than a hop to a thread.
                 writer.write(piece)
             except OSError as e:
                 self.metrics.disk_errors.labels("write").inc()
                 raise DiskFault(str(e)) from e
-            self.metrics.upstream_bytes.labels(purpose).inc(len(piece))
             fill.progressed(len(piece))
+            if fill.refs and received < fill.length:  # (the last piece: commit first)
+                # A ready read does not yield: let attached readers send this piece from memory
+                # before the next one replaces it.
+                await asyncio.sleep(0)
         kept = store.commit(writer)
         self._ended(fill)
         fill.finish(kept)
@@ -389,16 +421,17 @@ class Reader:
         return chunk
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
-        """Bytes lo..hi of a chunk being filled, as they land in its temp file."""
+        """Bytes lo..hi of a chunk being filled, as they arrive."""
         fill.attach()
         try:
             pos = lo
             while pos <= hi:
-                if fill.written <= pos:
-                    await fill.wait_beyond(pos)
-                avail = min(fill.written - 1, hi)
-                yield Segment(avail - pos + 1, fd=fill.fd, offset=pos, from_cache=False)
-                pos = avail + 1
+                seg = fill.segment_at(pos, hi)
+                if seg is None:
+                    await fill.changed()
+                    continue
+                yield seg
+                pos += seg.length
         finally:
             fill.detach()
 

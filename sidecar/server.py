@@ -125,7 +125,7 @@ class Sidecar:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         self._runners.clear()
-        await self.reader.close()
+        await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
         self.executor.shutdown(wait=True)

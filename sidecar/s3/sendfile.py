@@ -43,7 +43,7 @@ class BodySender:
     thread (sendfile releases the GIL), so copying into the socket runs beside the loop.
     """
 
-    THREAD_MIN = 128 * 1024
+    THREAD_MIN = 1024 * 1024  # below this a worker-thread hop costs more than it saves
 
     def __init__(self, request: web.BaseRequest, response: web.StreamResponse,
                  executor: concurrent.futures.Executor | None = None) -> None:
