@@ -251,6 +251,10 @@ OPTIONS: tuple[Option, ...] = (
            "chunks up to this size are also kept in memory once verified"),
     Option("ram_cache_size", 64 * 1024**2, parse_size, SIZE_FORM,
            "memory budget of the verified small-chunk cache (0 disables)"),
+    Option("chunk_verification", "every-read", _choice("every-read", "when-changed"),
+           "every-read or when-changed",
+           "every-read: a chunk's CRC32C is computed on each read; when-changed: recomputed only "
+           "when the file's inode, size, mtime or ctime differ from its last good check"),
     Option("policy", "lru", _choice("lru", "lru-k"), "lru or lru-k", "eviction policy"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
     # --- prefetch and bandwidth
@@ -295,6 +299,7 @@ class Settings:
     readahead_max_bytes: int
     ram_chunk_max: int
     ram_cache_size: int
+    chunk_verification: str
     policy: str
     lru_k: int
     prefetch: bool

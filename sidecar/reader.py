@@ -418,6 +418,7 @@ class Reader:
             self.store.discard(vid, index, chunk)
             self.metrics.crc_failures.inc()
             return None
+        self.store.note_verified(vid, index, chunk)
         return chunk
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:

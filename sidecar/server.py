@@ -54,6 +54,7 @@ class Sidecar:
         self.store = ChunkStore(
             settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
             policy=self._policy(), ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
+            verify_every_read=settings.chunk_verification == "every-read",
             on_evict=self._on_evict)
         self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: settings.metadata_ttl,
                                on_obsolete=self.drop_version)

@@ -160,13 +160,17 @@ def test_kill_during_writes_leaves_no_partial_chunks(make_sidecar, moto_s3, buck
     assert _get(sc.client(), bucket, "crash") == data
 
 
+@pytest.mark.parametrize("verification", ["every-read", "when-changed"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
-def test_damaged_chunk_files_are_never_served(make_sidecar, tap, moto_s3, bucket, tmp_path, damage):
+def test_damaged_chunk_files_are_never_served(make_sidecar, tap, moto_s3, bucket, tmp_path, damage, verification):
     data = os.urandom(3 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="rot", Body=data)
-    sc = make_sidecar(cache_dir=tmp_path / damage, chunk_size="1MiB", ram_cache_size=0)
+    sc = make_sidecar(cache_dir=tmp_path / damage, chunk_size="1MiB", ram_cache_size=0,
+                      chunk_verification=verification)
     s3 = sc.client()
     assert _get(s3, bucket, "rot") == data
+    assert _get(s3, bucket, "rot") == data  # a verified hit: when-changed remembers the file
+    time.sleep(0.05)  # file times have a coarse clock; a change must land on a later tick
     files = _chunk_files(tmp_path / damage)
     assert len(files) == 3
     victim = files[1]

@@ -42,6 +42,10 @@ def crc32c(data, value: int = 0) -> int:
     return _crc32c.crc32c(data, value)
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
     h = hashlib.sha256()
     for part in (bucket, key, etag, str(size), str(chunk_size)):
@@ -84,19 +88,23 @@ class VerifiedChunk:
     fd: int = -1
     crc: int = 0
     verified: bool = True
+    stamp: tuple[int, int, int, int] | None = None  # (inode, size, mtime_ns, ctime_ns) once checked
 
     def verify(self) -> bool:
         """Check the file's bytes against their CRC32C (mmap, no copy into Python)."""
         if self.verified:
             return True
         try:
-            if os.fstat(self.fd).st_size != self.length:
+            st = os.fstat(self.fd)
+            if st.st_size != self.length:
                 return False
             with mmap.mmap(self.fd, self.length, prot=mmap.PROT_READ,
                            flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as m:
                 self.verified = crc32c(m) == self.crc
         except (OSError, ValueError):
             return False
+        if self.verified:
+            self.stamp = _stamp(st)
         return self.verified
 
     def close(self) -> None:
@@ -165,6 +173,7 @@ class ChunkStore:
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
+                 verify_every_read: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  on_evict: Callable[[str, int, int], None] | None = None) -> None:
         self.root = Path(root) / FORMAT
@@ -177,6 +186,10 @@ class ChunkStore:
         self.on_evict = on_evict
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
+        # when-changed verification: the file identity at each chunk's last good CRC check. Any
+        # write through the file system changes mtime/ctime; a match means the same bytes.
+        self._verify_every_read = verify_every_read
+        self._checked: dict[ChunkKey, tuple[int, int, int, int]] = {}
         self._ram_bytes = 0
         self._ram_max = ram_cache_size
         self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
@@ -365,7 +378,20 @@ class ChunkStore:
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
         self.space.hit(key, now)
-        return VerifiedChunk(length, fd=fd, crc=crc, verified=False)
+        chunk = VerifiedChunk(length, fd=fd, crc=crc, verified=False)
+        if not self._verify_every_read:
+            known = self._checked.get(key)
+            if known is not None:
+                try:
+                    chunk.verified = _stamp(os.fstat(fd)) == known
+                except OSError:
+                    chunk.verified = False
+        return chunk
+
+    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
+        """Remember a good check (when-changed verification)."""
+        if not self._verify_every_read and chunk.stamp is not None:
+            self._checked[(vid, index)] = chunk.stamp
 
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
         """A chunk failed verification: count it, close it, and delete it."""
@@ -392,6 +418,7 @@ class ChunkStore:
             self._ram_bytes -= len(dropped)
 
     def _ram_drop(self, key: ChunkKey) -> None:
+        self._checked.pop(key, None)
         old = self._ram.pop(key, None)
         if old is not None:
             self._ram_bytes -= len(old)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import select
 
 from aiohttp import web
 
@@ -20,14 +21,24 @@ class ClientGone(Exception):
     """The client closed the connection mid-response."""
 
 
-def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int) -> int:
-    """Send file bytes until done or the socket is full (never blocks); returns bytes sent."""
+def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: float = 0.0) -> int:
+    """Send file bytes until done or the socket stays full for ``wait`` seconds; returns bytes
+    sent. With ``wait`` (in a worker thread) a fast client is fed without returning to the
+    event loop at every full socket buffer; a slow one hands the thread back soon."""
     sent = 0
+    poller = None
     while sent < count:
         try:
             n = os.sendfile(sock_fd, fd, offset + sent, count - sent)
         except (BlockingIOError, InterruptedError):
-            break
+            if not wait:
+                break
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock_fd, select.POLLOUT)
+            if not poller.poll(wait * 1000):
+                break
+            continue
         if n == 0:
             raise EOFError("chunk file shorter than its index entry")
         sent += n
@@ -80,7 +91,7 @@ class BodySender:
             try:
                 if count >= self.THREAD_MIN and self._executor is not None:
                     n = await self._loop.run_in_executor(self._executor, _sendfile_until_full,
-                                                         self._fd, fd, offset, count)
+                                                         self._fd, fd, offset, count, 0.05)
                 else:
                     n = _sendfile_until_full(self._fd, fd, offset, count)
             except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
