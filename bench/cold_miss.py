@@ -1,0 +1,106 @@
+"""Cold-miss time to last byte: the sidecar against a direct upstream GET of the same object.
+
+    .venv/bin/python bench/cold_miss.py [--size 64MiB] [--count 8] [--stream-mbps 0]
+
+Each round GETs a fresh object straight from the upstream (moto) and a different fresh object
+through a sidecar with an empty cache, alternating so both see the same machine state. Prints
+the median time to last byte of each, their ratio, and the CPU seconds the sidecar, moto and
+the client spent per object — on a 2-core machine all three share the cores, which bounds the
+ratio. With ``--stream-mbps N`` both paths go through a proxy that limits each upstream
+response to N MB/s, as a single S3 connection delivers (typically 50-100 MB/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from get_bench import sign  # noqa: E402
+
+from sidecar.config import format_size, parse_size  # noqa: E402
+from sidecar.testing import MotoServer, Sidecar  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def ttlb(session: aiohttp.ClientSession, url: str, signed: bool, size: int) -> float:
+    t0 = time.perf_counter()
+    async with session.get(url, headers=sign(url) if signed else {}) as r:
+        n = 0
+        async for piece in r.content.iter_chunked(1 << 20):
+            n += len(piece)
+    if r.status != 200 or n != size:
+        raise RuntimeError(f"{url}: HTTP {r.status}, {n} bytes")
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="64MiB")
+    ap.add_argument("--count", type=int, default=8)
+    ap.add_argument("--stream-mbps", type=float, default=0.0)
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="sidecar-cold-"))
+    moto = MotoServer(work)
+    upstream_url, tap = moto.url, None
+    if args.stream_mbps:
+        from support.tap import Fault, Tap  # noqa: PLC0415
+
+        tap = Tap(moto.url)
+        tap.fault = lambda seen: Fault(throttle_bps=args.stream_mbps * 1e6)
+        upstream_url = tap.url
+    s3 = moto.client()
+    s3.create_bucket(Bucket="cold")
+    body = os.urandom(size)
+    for i in range(2 * args.count):
+        s3.put_object(Bucket="cold", Key=f"o{i}", Body=body[:-8] + i.to_bytes(8, "big"))
+    sc = Sidecar(upstream_url, work / "cache", work, cache_size="20GiB")
+    direct, cold = [], []
+    cpu = {"sidecar": 0.0, "moto": 0.0, "client": 0.0}
+
+    async def run() -> None:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            for i in range(args.count):
+                direct.append(await ttlb(session, f"{upstream_url}/cold/o{2 * i}", True, size))
+                c0 = (cpu_seconds(sc.proc.pid), cpu_seconds(moto.proc.pid), time.process_time())
+                cold.append(await ttlb(session, f"{sc.url}/cold/o{2 * i + 1}", False, size))
+                cpu["sidecar"] += cpu_seconds(sc.proc.pid) - c0[0]
+                cpu["moto"] += cpu_seconds(moto.proc.pid) - c0[1]
+                cpu["client"] += time.process_time() - c0[2]
+
+    try:
+        asyncio.run(run())
+    finally:
+        sc.stop()
+        if tap is not None:
+            tap.close()
+        moto.stop()
+    d, c = statistics.median(direct), statistics.median(cold)
+    limit = f", upstream limited to {args.stream_mbps:g} MB/s per response" if args.stream_mbps else ""
+    print(f"cold miss of {format_size(size)} objects ({args.count} each{limit}):")
+    print(f"  direct upstream GET  p50 {d * 1e3:8.1f} ms")
+    print(f"  through the sidecar  p50 {c * 1e3:8.1f} ms   ratio {c / d:.2f}")
+    if tap is not None:
+        cpu["client and proxy"] = cpu.pop("client")  # the proxy runs in this process
+    print("  CPU per object through the sidecar: " +
+          ", ".join(f"{k} {v / args.count * 1e3:.0f} ms" for k, v in cpu.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
