@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 
 from ..cache.lruk import LRUKPolicy
 from ..cache.policy import EvictionPolicy, LRUPolicy
-from ..config import SIZE_FORM, ConfigError, format_size, parse_duration, parse_size
+from ..cache.qos import QoSPolicy
+from ..cache.rules import RuleSet
+from ..config import SIZE_FORM, ConfigError, format_size, parse_duration, parse_size, read_yaml
 from .oracle import BeladyPolicy, BeladySizePolicy
 from .replay import Replay, ReplayResult, Workload
 from .trace import TraceError, read_trace
@@ -23,8 +26,13 @@ PolicyFactory = Callable[[], EvictionPolicy]
 
 def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     """``lru``, ``lru-K`` (``lru-k``: K from --lru-k), ``lru-K-forget`` (no retained history,
-    as libCacheSim's LRU-K), ``belady``, ``belady-size``."""
+    as libCacheSim's LRU-K), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
+    INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
+    if spec.startswith("qos:"):
+        inner = policy_factory(spec[len("qos:"):], args)
+        rules = load_rules(args.rules)
+        return lambda: QoSPolicy(rules, inner, locate=locate_in_trace)
     if spec == "lru":
         return LRUPolicy
     if spec == "belady":
@@ -39,7 +47,25 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
         history = 0 if m.group(2) else args.history_size
         return lambda: LRUKPolicy(k, correlated_period=args.correlated_period,
                                   retained_period=args.retained_period, history_size=history)
-    raise ConfigError("policy", spec, "lru, lru-K (e.g. lru-2), lru-K-forget, belady or belady-size")
+    raise ConfigError("policy", spec, "lru, lru-K (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
+
+
+def load_rules(path: str | None) -> RuleSet:
+    """Rules from a YAML file with a ``rules:`` section (a sidecar configuration file will do)."""
+    if not path:
+        return RuleSet()
+    data = read_yaml(Path(path))
+    return RuleSet.from_config(data.get("rules"))
+
+
+def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
+    """(bucket, key) of a trace item: CSV keys are ``bucket/key``; chunks are (key, index)."""
+    if isinstance(key, tuple):
+        key = key[0]
+    if isinstance(key, str) and "/" in key:
+        bucket, _, name = key.partition("/")
+        return bucket, name
+    return None
 
 
 def parse_capacity(text: str, unique_bytes: int) -> int:
@@ -166,7 +192,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"cache sizes, comma-separated: bytes (4GiB) or %% of unique bytes [{DEFAULT_SIZES}]")
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help="comma-separated: lru, lru-K (lru-k: K from --lru-k), lru-K-forget (no retained "
-                        f"history), belady, belady-size [{DEFAULT_POLICIES}]")
+                        "history), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                        f"--rules over INNER) [{DEFAULT_POLICIES}]")
+    p.add_argument("--rules", metavar="FILE.yaml",
+                   help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")
     p.add_argument("--lru-k", type=int, default=2, help="K for the policy named lru-k [2]")
     p.add_argument("--correlated-period", type=parse_duration, default=0.0, metavar="SECONDS",
                    help="LRU-K: references closer than this count as one [0]")

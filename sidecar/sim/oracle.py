@@ -1,8 +1,9 @@
 """Offline-optimal reference policies (Belady's MIN), for the simulator only: they need the future.
 
 Both implement the policy interface plus ``foresee(key, next_use, now_index)``, which the replay
-loop calls before each reference with the index of the key's next use (-1: never). The replay
-loop also never caches an item an oracle knows is not read again.
+loop calls before each reference with the index of the key's next use (-1: never), and
+``admits(size, space)``, asked before caching the foreseen key: MIN caches a missed item only
+if it is used again before the entry it would displace.
 
 - ``BeladyPolicy``: evict the entry used again furthest in the future. Optimal when all
   entries have the same size (the OLTP trace, fixed-size chunks of large objects).
@@ -43,6 +44,12 @@ class BeladyPolicy:
         if len(self._heap) > 2 * len(self._next) + 64:
             self._heap = [(-n, next(self._seq), k) for k, n in self._next.items()]
             heapq.heapify(self._heap)
+
+    def admits(self, size: int, space) -> bool:
+        if space.used + space.reserved + size <= space.capacity:
+            return True
+        victim = self.victim()
+        return victim is None or self._upcoming[1] < self._next[victim]
 
     def admit(self, key: Hashable, size: int, now: float) -> None:
         self._reference(key)
@@ -95,6 +102,14 @@ class BeladySizePolicy:
         self._next[key] = upcoming[1]
         if upcoming[1] == NEVER:
             self._never[key] = None
+
+    def admits(self, size: int, space) -> bool:
+        if space.used + space.reserved + size <= space.capacity:
+            return True
+        victim = self.victim()
+        if victim is None:
+            return True
+        return (self._upcoming[1] - self._now) * size < (self._next[victim] - self._now) * self._size[victim]
 
     def admit(self, key: Hashable, size: int, now: float) -> None:
         self._pos[key] = len(self._keys)

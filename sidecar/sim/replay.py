@@ -11,7 +11,8 @@ chunks its byte range covers, as the daemon caches them. ``Replay.run`` then fee
 Hooks see every request and a tick every ``tick`` simulated seconds (the predictor's period),
 so a prefetcher can watch the requests and insert into ``replay.space`` on its ticks without
 touching this loop. Oracle policies (Belady) are told each item's next use through ``foresee``
-and never cache an item that will not be read again.
+and decide admission through ``admits``: an item not read again, or read again later than
+what it would displace, is not cached.
 """
 
 from __future__ import annotations
@@ -79,11 +80,7 @@ class Workload:
     def next_access(self) -> list[int]:
         """Per item, the index of the next item with the same key (-1: never)."""
         if self._next is None:
-            trace = self.trace
-            if self.first is None and trace.next_access is not None and trace.offsets is None:
-                self._next = trace.next_access
-            else:
-                self._next = next_accesses(self.keys)
+            self._next = next_accesses(self.keys)
         return self._next
 
     def unique_bytes(self) -> int:
@@ -140,6 +137,7 @@ class Replay:
         capacity = space.capacity
         oracle = getattr(space.policy, "foresee", None)
         upcoming = w.next_access if oracle is not None else None
+        admits = getattr(space.policy, "admits", None)
         hooks, tick = self.hooks, self.tick
         next_tick = times[0] + tick if times else 0.0
         hit, insert = space.hit, space.insert
@@ -164,8 +162,10 @@ class Replay:
                 item_misses += 1
                 missed_bytes += wanted[j]
                 size = sizes[j]
-                if size > capacity or (oracle is not None and upcoming[j] < 0):
-                    continue  # never fits, or (an oracle knows) never read again
+                if size > capacity:
+                    continue
+                if oracle is not None and (upcoming[j] < 0 or not admits(size, space)):
+                    continue  # an oracle knows it is not read again before what it would evict
                 try:
                     insert(key, size, now)
                 except NoRoom:

@@ -5,7 +5,9 @@ the requested byte range (``offset``, ``length``; the whole object when ``length
 
 oracleGeneral (github.com/1a1a11a/libCacheSim): little-endian records of 24 bytes,
 ``uint32 timestamp, uint64 obj_id, uint32 obj_size, int64 next_access_vtime``; the last field
-(index of the next request to the object, -1 for none) is kept as ``next_access``.
+is the virtual time of the next request to the object, counted from 1 (so request i's next
+access at index j is stored as j + 1), or -1 for none. It is kept, as in the file, in
+``next_access``; the simulator computes its own (``next_accesses``), which also covers chunks.
 
 CSV: a header naming the columns ``time``, ``key``, ``size`` and optionally ``offset`` and
 ``length`` (the requested range; empty means the whole object), in any order; or no header
@@ -36,7 +38,7 @@ class Trace:
     sizes: list[int]
     offsets: list[int] | None = None  # None: every request reads whole objects
     lengths: list[int | None] | None = None
-    next_access: list[int] | None = None  # from the file, when it has them
+    next_access: list[int] | None = None  # the file's next_access_vtime (1-based), when it has them
     name: str = ""
 
     def __len__(self) -> int:
@@ -99,7 +101,9 @@ def write_oracle_general(path: str | Path, times, keys, sizes, next_access=None)
     """Write records (for tests and for converting other traces)."""
     records = np.zeros(len(keys), dtype=ORACLE_GENERAL)
     records["time"], records["obj_id"], records["obj_size"] = times, keys, sizes
-    records["next_access"] = next_access if next_access is not None else next_accesses(keys)
+    if next_access is None:
+        next_access = [j + 1 if j >= 0 else -1 for j in next_accesses(keys)]
+    records["next_access"] = next_access
     records.tofile(path)
 
 
