@@ -13,8 +13,11 @@ Terms as in the paper:
   Entries inside a correlated burst are not eligible while a burst-free one exists.
 - retained information: the history of an evicted key is kept (at most ``retained_period``
   seconds and at most ``history_size`` keys) so that a key that returns keeps its past instead
-  of starting over as a one-reference stranger. This is what makes LRU-K scan resistant across
-  evictions; without it (``history_size=0``) LRU-2 degenerates into "evict newcomers first".
+  of starting over as a one-reference stranger. Without it (``history_size=0``, libCacheSim's
+  LRU-K) a key evicted before its K-th reference can only ever gain a K-distance by being
+  re-read while still cached. By default as many keys as are resident keep history: on the
+  cloudPhysics trace 1x beats 0.25x, 0.5x and 2x, and an unbounded history is worse than
+  none at 20 % (stale histories outrank every newcomer).
 
 Ordering uses a logical clock (one tick per reference) rather than ``now``: trace times are
 coarse (many references share a second, some traces have none) and the paper's "time" is the
@@ -26,10 +29,10 @@ slot``, the value of ``_entries[key]``; the slot bits make it unique and lead ba
 The order itself is a binary heap of those integers with lazy deletion: a reference pushes the
 entry's new value and leaves the old one behind, stale; ``victim`` discards stale values it
 meets at the top, and the heap is rebuilt from ``_entries`` when stale values outnumber live
-ones. Measured (bench/policy_bench.py) against a ``SortedList`` holding exactly the live
-values: a touch costs one C ``heappush`` (~0.1 µs) instead of ``remove`` + ``add`` (~3 µs at
-200k entries), which is what keeps a touch under 5 µs; the price is at most one stale integer
-(~45 bytes) per entry, still within about 180 bytes per entry in all.
+ones. Measured (bench/policy_bench.py, 1M entries) against a ``SortedList`` of exactly the
+live values: moving an entry costs one C ``heappush`` (~0.1 µs) instead of ``remove`` + ``add``
+(~2.6 µs), which is most of the difference between ~360k and ~150k touches/s; the price is at
+most one stale integer (~45 bytes) per entry: 124 bytes per entry after admission, ~175 at worst.
 """
 
 from __future__ import annotations
