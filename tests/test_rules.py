@@ -257,3 +257,14 @@ def test_qos_policy_keeps_hotness_per_object():
         policy.admit(("b", "obj", index), 1, 0.0)  # one read, four chunks
     policy.touch(("b", "obj", 0), 5.0)
     assert policy.hotness.at(("b", "obj"), 5.0) > policy.hotness.at(("b", "obj"), 0.0) * 0.9 > 0
+
+
+def test_reloading_drops_a_quota_group_and_applies_new_quotas():
+    policy = QoSPolicy(QOS_RULES, LRUPolicy)
+    space = CacheSpace(20, policy)
+    t = fill(space, [("g", str(i)) for i in range(4)] + [("b", "1")])
+    tighter = RuleSet.from_config([{"bucket": "g", "qos": "Guaranteed", "quota": 2}])
+    assert policy.set_rules(tighter, now=t) == 0  # same group, smaller quota
+    assert policy.victim() == ("g", "0")  # two over quota: before Burstable
+    assert policy.set_rules(RuleSet(), now=t + 1) == 4
+    assert policy._guaranteed == {} and policy.usage()["Burstable"] == 5

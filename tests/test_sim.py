@@ -230,6 +230,27 @@ def test_hooks_see_every_request_and_a_tick_every_period():
     assert hook.ticks == [30.0, 60.0]
 
 
+def test_a_prefetching_hook_turns_misses_into_hits():
+    class NextObject:
+        """On each tick, prefetch the object after the last one read (keys are 0, 1, 2...)."""
+
+        def __init__(self):
+            self.last = None
+
+        def request(self, replay, index, missed):
+            self.last = replay.workload.keys[index]
+
+        def tick(self, replay, now):
+            if self.last is not None:
+                replay.prefetch(self.last + 1, 10, now)
+
+    trace = Trace(times=[40.0 * i for i in range(10)], keys=list(range(10)), sizes=[10] * 10)
+    plain = Replay(Workload.build(trace), 100, LRUPolicy()).run()
+    ahead = Replay(Workload.build(trace), 100, LRUPolicy(), hooks=[NextObject()], tick=30.0).run()
+    assert plain.request_misses == 10
+    assert ahead.request_misses == 1 and ahead.prefetched_items == 9 and ahead.prefetched_bytes == 90
+
+
 # --- the command -------------------------------------------------------------------------------
 
 def test_sim_command_prints_a_table_and_draws_the_curve(tmp_path, capsys):

@@ -154,9 +154,9 @@ class QoSPolicy:
         for owner, group in self._guaranteed.items():
             group.quota = quotas.get(owner, group.quota)
         moved = self._reclassify(now)
-        for owner in [o for o, g in self._guaranteed.items() if o not in quotas and not g.bytes]:
-            if not any(g is self._guaranteed[owner] for g in self._where.values()):
-                del self._guaranteed[owner]
+        in_use = {id(g) for g in self._where.values()}
+        for owner in [o for o, g in self._guaranteed.items() if o not in quotas and id(g) not in in_use]:
+            del self._guaranteed[owner]
         return moved
 
     def rule_for(self, key: Hashable) -> Rule:
@@ -182,12 +182,12 @@ class QoSPolicy:
     def _group(self, rule: Rule) -> _Group:
         if rule.qos is QoSClass.BEST_EFFORT:
             return self._best_effort
-        if rule.qos is QoSClass.BURSTABLE or rule.quota_owner is None:
+        if rule.qos is QoSClass.BURSTABLE:
             return self._burstable
-        group = self._guaranteed.get(rule.quota_owner)
+        owner = rule.quota_owner or (rule.bucket, rule.prefix)
+        group = self._guaranteed.get(owner)
         if group is None:
-            group = self._guaranteed[rule.quota_owner] = _Group(QoSClass.GUARANTEED, self._new_policy(),
-                                                                rule.quota_owner, rule.quota)
+            group = self._guaranteed[owner] = _Group(QoSClass.GUARANTEED, self._new_policy(), owner, rule.quota)
         return group
 
     def _pinned_by(self, rule: Rule, obj: tuple[str, str] | None) -> bool:

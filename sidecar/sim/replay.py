@@ -9,8 +9,8 @@ chunks its byte range covers, as the daemon caches them. ``Replay.run`` then fee
 - item miss ratio: missed items / items (chunks, with a chunk size).
 
 Hooks see every request and a tick every ``tick`` simulated seconds (the predictor's period),
-so a prefetcher can watch the requests and insert into ``replay.space`` on its ticks without
-touching this loop. Oracle policies (Belady) are told each item's next use through ``foresee``
+so a prefetcher can watch the requests and, on its ticks, cache items through
+``Replay.prefetch`` (counted apart as prefetched bytes) without touching this loop. Oracle policies (Belady) are told each item's next use through ``foresee``
 and decide admission through ``admits``: an item not read again, or read again later than
 what it would displace, is not cached.
 """
@@ -104,6 +104,8 @@ class ReplayResult:
     item_misses: int = 0
     wanted_bytes: int = 0
     missed_bytes: int = 0
+    prefetched_items: int = 0  # inserted by hooks through Replay.prefetch
+    prefetched_bytes: int = 0
     seconds: float = 0.0
 
     @property
@@ -129,6 +131,20 @@ class Replay:
         self.hooks = list(hooks)
         self.tick = tick
         self.result = ReplayResult(label or policy.name, capacity)
+
+    def prefetch(self, key, size: int, now: float) -> bool:
+        """Cache an item ahead of demand (a prefetching hook's way in); False if it was cached
+        already or cannot fit. Its bytes count as upstream traffic in the result."""
+        space = self.space
+        if key in space or size > space.capacity:
+            return False
+        try:
+            space.insert(key, size, now)
+        except NoRoom:
+            return False
+        self.result.prefetched_items += 1
+        self.result.prefetched_bytes += size
+        return True
 
     def run(self, progress: Callable[[int], None] | None = None, every: int = 16384) -> ReplayResult:
         """Replay every request; ``progress(n)`` is called with the requests done since last."""
