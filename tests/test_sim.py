@@ -269,6 +269,12 @@ def test_sim_command_prints_a_table_and_draws_the_curve(tmp_path, capsys):
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sim_command_has_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sim", "--help"])
+    assert e.value.code == 0 and "--chunk-size" in capsys.readouterr().out
+
+
 def test_sim_command_rejects_bad_arguments(tmp_path, capsys):
     path = tmp_path / "t.csv"
     path.write_text("0,a,10\n")

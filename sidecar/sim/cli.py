@@ -189,7 +189,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("trace", help="trace file: oracleGeneral (.bin) or CSV (time,key,size[,offset,length])")
     p.add_argument("--format", choices=("auto", "oracle", "csv"), default="auto", help="trace format")
     p.add_argument("--sizes", default=DEFAULT_SIZES,
-                   help=f"cache sizes, comma-separated: bytes (4GiB) or %% of unique bytes [{DEFAULT_SIZES}]")
+                   help="cache sizes, comma-separated: bytes (4GiB) or %% of unique bytes "
+                        f"[{DEFAULT_SIZES.replace('%', '%%')}]")
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help="comma-separated: lru, lru-K (lru-k: K from --lru-k), lru-K-forget (no retained "
                         "history), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "

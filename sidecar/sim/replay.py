@@ -96,6 +96,8 @@ class Workload:
 
 @dataclasses.dataclass
 class ReplayResult:
+    """Counts of one replay; the ratios are what the table prints."""
+
     policy: str
     capacity: int
     requests: int = 0
