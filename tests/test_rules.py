@@ -268,3 +268,13 @@ def test_reloading_drops_a_quota_group_and_applies_new_quotas():
     assert policy.victim() == ("g", "0")  # two over quota: before Burstable
     assert policy.set_rules(RuleSet(), now=t + 1) == 4
     assert policy._guaranteed == {} and policy.usage()["Burstable"] == 5
+
+
+def test_forget_drops_the_inner_policys_history():
+    policy = QoSPolicy(QOS_RULES, lambda: LRUKPolicy(2))
+    policy.admit(("b", "dead"), 1, 0.0)
+    policy.admit(("b", "gone"), 1, 0.0)
+    policy.forget(("b", "dead"))
+    policy.remove(("b", "gone"))
+    assert ("b", "dead") not in policy and policy._burstable.policy.history(("b", "dead")) == ()
+    assert policy._burstable.policy.history(("b", "gone")) != ()

@@ -121,6 +121,14 @@ class QoSPolicy:
             self._detach(key)
             del self._sizes[key]
 
+    def forget(self, key: Hashable) -> None:
+        """Remove a key that will never return (a dead version): no history is kept for it."""
+        group = self._where.get(key)
+        self.remove(key)
+        forget = getattr(group.policy, "forget", None) if group is not None else None
+        if forget is not None:
+            forget(key)
+
     def __len__(self) -> int:
         return len(self._where)
 
