@@ -2,6 +2,7 @@
 
 A policy sees entry keys and sizes, never files. ``CacheSpace`` (space.py) enforces the byte
 budget by asking the policy for victims; the daemon and the simulator run the same objects.
+``LRUKPolicy`` is in lruk.py; ``QoSPolicy`` (qos.py) composes one policy per QoS class.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class LRUPolicy:
 
 
 def make_policy(name: str, **options: object) -> EvictionPolicy:
-    """Build a policy by its configuration name."""
+    """Build a policy by its configuration name. ``lru-k`` takes ``k`` and the keywords of
+    ``LRUKPolicy`` (``correlated_period``, ``retained_period``, ``history_size``)."""
     if name == "lru":
         return LRUPolicy()
     if name == "lru-k":

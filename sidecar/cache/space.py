@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 from .policy import EvictionPolicy
 
@@ -61,9 +62,11 @@ class CacheSpace:
     def release(self, size: int) -> None:
         self.reserved = max(0, self.reserved - size)
 
-    def insert(self, key: Hashable, size: int, now: float, *, reserved: bool = False) -> list[Hashable]:
+    def insert(self, key: Hashable, size: int, now: float, *, reserved: bool = False,
+               **admit: Any) -> list[Hashable]:
         """Add an entry (replacing one with the same key). With ``reserved`` its bytes were
-        already held by ``reserve``. Returns what was evicted to make room."""
+        already held by ``reserve``. Returns what was evicted to make room. Other keywords go
+        to the policy's ``admit`` (e.g. ``rule=`` for ``QoSPolicy``)."""
         if key in self.sizes:
             self.remove(key)
         if reserved:
@@ -71,7 +74,7 @@ class CacheSpace:
         evicted = self.make_room(size)
         self.sizes[key] = size
         self.used += size
-        self.policy.admit(key, size, now)
+        self.policy.admit(key, size, now, **admit)
         return evicted
 
     def remove(self, key: Hashable) -> int:

@@ -1,0 +1,248 @@
+"""LRU-K eviction (O'Neil, O'Neil & Weikum, SIGMOD 1993): evict the entry whose K-th most recent
+reference lies furthest in the past.
+
+Terms as in the paper:
+
+- ``HIST(p, i)``: the time of the i-th most recent *uncorrelated* reference to ``p``.
+- correlated reference period: a reference less than ``correlated_period`` seconds after the
+  previous one belongs to the same burst (a client reading one chunk in several ranges, a retry)
+  and does not count as a new reference. When a new burst starts, the history is shifted by the
+  length of the previous burst, so distances run from the end of one burst to the next.
+- backward K-distance: now − ``HIST(p, K)``; infinite while ``p`` has fewer than K references.
+  Those entries go first, the one referenced longest ago first (the paper's subsidiary policy).
+  Entries inside a correlated burst are not eligible while a burst-free one exists.
+- retained information: the history of an evicted key is kept (at most ``retained_period``
+  seconds and at most ``history_size`` keys) so that a key that returns keeps its past instead
+  of starting over as a one-reference stranger. Without it (``history_size=0``, libCacheSim's
+  LRU-K) a key evicted before its K-th reference can only ever gain a K-distance by being
+  re-read while still cached. By default as many keys as are resident keep history: on the
+  cloudPhysics trace 1x beats 0.25x, 0.5x and 2x, and an unbounded history is worse than
+  none at 20 % (stale histories outrank every newcomer).
+
+Ordering uses a logical clock (one tick per reference) rather than ``now``: trace times are
+coarse (many references share a second, some traces have none) and the paper's "time" is the
+reference count anyway. ``now`` (seconds) only measures the correlated and retained periods.
+
+Layout, for speed and memory: each resident entry owns a slot in flat ``array``s (its history,
+last reference seq and time). Its place in the eviction order is one integer, ``rank << 32 |
+slot``, the value of ``_entries[key]``; the slot bits make it unique and lead back to the key.
+The order itself is a binary heap of those integers with lazy deletion: a reference pushes the
+entry's new value and leaves the old one behind, stale; ``victim`` discards stale values it
+meets at the top, and the heap is rebuilt from ``_entries`` when stale values outnumber live
+ones. Measured (bench/policy_bench.py, 1M entries) against a ``SortedList`` of exactly the
+live values: moving an entry costs one C ``heappush`` (~0.1 µs) instead of ``remove`` + ``add``
+(~2.6 µs): ~360k touches/s against ~180k for the SortedList version (at 200k entries); the price is at
+most one stale integer (~45 bytes) per entry: 124 bytes per entry after admission, ~175 at worst.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from array import array
+from collections import OrderedDict
+from collections.abc import Hashable
+
+_SLOT_BITS = 32
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
+# Entries with a full history rank above every entry with fewer than K references.
+_FULL = 1 << 62
+# Entries examined for one not inside a correlated burst before settling for the oldest.
+_ELIGIBLE_SCAN = 32
+
+
+class LRUKPolicy:
+    """LRU-K with correlated-reference period and retained history of evicted keys."""
+
+    name = "lru-k"
+
+    def __init__(self, k: int = 2, *, correlated_period: float = 0.0, retained_period: float | None = 3600.0,
+                 history_size: int | None = None) -> None:
+        """``history_size`` bounds how many evicted keys keep their history; None keeps as
+        many as there are resident entries (the paper's advice is a retained period; the count
+        bound keeps memory at most twice the resident index). 0 forgets at once."""
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"K of LRU-K must be a positive integer, not {k!r}")
+        if correlated_period < 0:
+            raise ValueError(f"correlated_period must be >= 0, not {correlated_period!r}")
+        if retained_period is not None and retained_period < 0:
+            raise ValueError(f"retained_period must be >= 0 or None, not {retained_period!r}")
+        if history_size is not None and history_size < 0:
+            raise ValueError(f"history_size must be >= 0 or None, not {history_size!r}")
+        self.k = k
+        self.correlated_period = float(correlated_period)
+        self.retained_period = retained_period
+        self.history_size = history_size
+        self._entries: dict[Hashable, int] = {}  # key -> order value (rank << 32 | slot)
+        self._heap: list[int] = []  # live and stale order values, a min-heap
+        self._keys: list[Hashable | None] = []  # slot -> key
+        self._free: list[int] = []
+        self._hist = array("q")  # slot * k + i -> seq of HIST(p, i + 1); 0 = no such reference
+        self._last_seq = array("q")
+        self._last_time = array("d")
+        # evicted key -> packed (evicted at, last time, last seq, *HIST seqs), oldest eviction first
+        self._retained: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._packed = struct.Struct(f"<dd{k + 1}q")
+        self._clock = 0
+        self._now = 0.0
+
+    # --- the policy interface ----------------------------------------------------------------
+
+    def admit(self, key: Hashable, size: int, now: float) -> None:
+        if key in self._entries:
+            self.touch(key, now)
+            return
+        k = self.k
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+        else:
+            slot = len(self._keys)
+            if slot > _SLOT_MASK:
+                raise OverflowError("LRU-K index is full")
+            self._keys.append(key)
+            self._hist.extend(itertools.repeat(0, k))
+            self._last_seq.append(0)
+            self._last_time.append(0.0)
+        base = slot * k
+        hist: list[int] | tuple[int, ...] = (0,) * k
+        past = self._retained.pop(key, None) if self._retained else None
+        if past is not None:
+            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
+            if self.retained_period is None or now - evicted_at <= self.retained_period:
+                hist = kept
+                self._last_time[slot] = last_time
+                self._last_seq[slot] = last_seq
+        self._hist[base:base + k] = array("q", hist)
+        rank = self._reference(slot, now)
+        value = rank << _SLOT_BITS | slot
+        self._entries[key] = value
+        self._push(value)
+        self._expire(now)
+
+    def touch(self, key: Hashable, now: float) -> None:
+        value = self._entries.get(key)
+        if value is None:
+            return
+        rank = self._reference(value & _SLOT_MASK, now)
+        new = rank << _SLOT_BITS | (value & _SLOT_MASK)
+        if new != value:
+            self._entries[key] = new
+            self._push(new)
+
+    def victim(self) -> Hashable | None:
+        heap, entries, keys = self._heap, self._entries, self._keys
+        skipped: list[int] = []
+        found = None
+        while heap:
+            value = heap[0]
+            key = keys[value & _SLOT_MASK]
+            if key is None or entries.get(key) != value:
+                heapq.heappop(heap)  # stale: the entry moved on or left
+                continue
+            if found is None:
+                found = key
+            if self.correlated_period <= 0 or len(skipped) >= _ELIGIBLE_SCAN:
+                break
+            # The paper never evicts a page inside a correlated burst if it can help it.
+            if self._now - self._last_time[value & _SLOT_MASK] >= self.correlated_period:
+                found = key
+                break
+            skipped.append(heapq.heappop(heap))
+        for value in skipped:
+            heapq.heappush(heap, value)
+        return found
+
+    def remove(self, key: Hashable) -> None:
+        value = self._entries.pop(key, None)
+        if value is None:
+            return
+        slot = value & _SLOT_MASK
+        self._keys[slot] = None
+        self._free.append(slot)
+        limit = len(self._entries) + 1 if self.history_size is None else self.history_size
+        if limit > 0:
+            base = slot * self.k
+            self._retained[key] = self._packed.pack(self._now, self._last_time[slot], self._last_seq[slot],
+                                                    *self._hist[base:base + self.k])
+            while len(self._retained) > limit:
+                self._retained.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop a key and its retained history (it will never come back, e.g. a dead version)."""
+        self.remove(key)
+        self._retained.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    # --- inspection, for tests, the simulator and the daemon's stats ---------------------------
+
+    @property
+    def retained(self) -> int:
+        """How many evicted keys still have their history."""
+        return len(self._retained)
+
+    def history(self, key: Hashable) -> tuple[int, ...]:
+        """Logical times (reference counts) of the key's last K uncorrelated references, newest
+        first; 0 where there is none. Works for resident and retained keys, () for strangers."""
+        value = self._entries.get(key)
+        if value is not None:
+            base = (value & _SLOT_MASK) * self.k
+            return tuple(self._hist[base:base + self.k])
+        past = self._retained.get(key)
+        return tuple(self._packed.unpack(past)[3:]) if past is not None else ()
+
+    def order(self) -> list[Hashable]:
+        """Resident keys, next victim first (ignoring the correlated-period exemption)."""
+        return [self._keys[v & _SLOT_MASK] for v in sorted(self._entries.values())]
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _reference(self, slot: int, now: float) -> int:
+        """Record a reference at ``now`` and return the slot's new rank."""
+        self._clock += 1
+        seq = self._clock
+        if now > self._now:
+            self._now = now
+        k = self.k
+        base = slot * k
+        hist = self._hist
+        last_seq = self._last_seq[slot]
+        if hist[base] and now - self._last_time[slot] < self.correlated_period:
+            # Same burst: it moves LAST, not the history.
+            self._last_seq[slot] = seq
+            self._last_time[slot] = now
+        else:
+            if hist[base]:
+                burst = last_seq - hist[base]
+                for i in range(k - 1, 0, -1):
+                    prev = hist[base + i - 1]
+                    hist[base + i] = prev + burst if prev else 0
+            hist[base] = seq
+            self._last_seq[slot] = seq
+            self._last_time[slot] = now
+        oldest = hist[base + k - 1]
+        return _FULL + oldest if oldest else self._last_seq[slot]
+
+    def _push(self, value: int) -> None:
+        heap = self._heap
+        heapq.heappush(heap, value)
+        if len(heap) > 2 * len(self._entries) + 64:
+            heap[:] = self._entries.values()
+            heapq.heapify(heap)
+
+    def _expire(self, now: float) -> None:
+        if self.retained_period is None:
+            return
+        retained = self._retained
+        horizon = now - self.retained_period
+        while retained:
+            key = next(iter(retained))
+            if self._packed.unpack_from(retained[key])[0] >= horizon:
+                break
+            del retained[key]

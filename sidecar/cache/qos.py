@@ -1,0 +1,248 @@
+"""QoS-aware eviction: one policy per QoS class (and per Guaranteed quota), pins, object hotness.
+
+``QoSPolicy`` implements the same interface as every policy, so ``CacheSpace``, the daemon and
+the simulator run it unchanged. Inside, entries are grouped by the ``Rule`` of their object:
+
+- BestEffort entries are the first victims;
+- a Guaranteed group holding more than its quota gives up its own victims next, down to the
+  quota (like a Kubernetes pod above its request);
+- then Burstable entries;
+- Guaranteed entries within their quota only when nothing else is left.
+
+Within a group the group's own policy (LRU-K, LRU…) picks the victim. Pinned entries sit
+outside every group's policy, so no policy can ever name them. Pins come from rules
+(``pin: true``) and from ``pin(bucket, prefix)`` at run time.
+
+Chunk keys are opaque here: ``locate(key)`` tells which (bucket, object key) a chunk belongs
+to; it decides the rule, the pins and the hotness counter of the object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .hotness import HotnessTable, half_life_to_lambda
+from .policy import EvictionPolicy, LRUPolicy, make_policy
+from .rules import PrefixMap, QoSClass, Rule, RuleSet
+
+Locate = Callable[[Hashable], "tuple[str, str] | None"]
+
+
+def object_of(key: Hashable) -> tuple[str, str] | None:
+    """The default ``locate``: keys shaped ``(bucket, key, ...)`` or with ``.bucket`` and ``.key``."""
+    if isinstance(key, tuple) and len(key) >= 2 and isinstance(key[0], str) and isinstance(key[1], str):
+        return key[0], key[1]
+    bucket, name = getattr(key, "bucket", None), getattr(key, "key", None)
+    if isinstance(bucket, str) and isinstance(name, str):
+        return bucket, name
+    return None
+
+
+class _Group:
+    """Entries of one QoS class (one quota, for Guaranteed) under their own policy."""
+
+    __slots__ = ("qos", "owner", "quota", "policy", "bytes")
+
+    def __init__(self, qos: QoSClass, policy: EvictionPolicy, owner: tuple[str, str] | None = None,
+                 quota: int | None = None) -> None:
+        self.qos = qos
+        self.owner = owner
+        self.quota = quota
+        self.policy = policy
+        self.bytes = 0  # evictable bytes; pinned entries are not counted
+
+    @property
+    def over_quota(self) -> int:
+        return self.bytes - self.quota if self.quota is not None else 0
+
+
+class QoSPolicy:
+    """Eviction by QoS class over one inner policy per class; see the module docstring."""
+
+    name = "qos"
+
+    def __init__(self, rules: RuleSet | None = None, class_policy: Callable[[], EvictionPolicy] = LRUPolicy, *,
+                 locate: Locate = object_of, hotness: HotnessTable | None = None) -> None:
+        self.rules = rules or RuleSet()
+        self.hotness = hotness if hotness is not None else HotnessTable(half_life_to_lambda(600.0))
+        self._new_policy = class_policy
+        self._locate = locate
+        self._best_effort = _Group(QoSClass.BEST_EFFORT, class_policy())
+        self._burstable = _Group(QoSClass.BURSTABLE, class_policy())
+        self._guaranteed: dict[tuple[str, str], _Group] = {}
+        self._where: dict[Hashable, _Group] = {}
+        self._sizes: dict[Hashable, int] = {}
+        self._pinned: set[Hashable] = set()
+        self.pinned_bytes = 0
+        self._pin_prefixes: set[tuple[str, str]] = set()
+        self._pins: PrefixMap[bool] = PrefixMap()
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, locate: Locate = object_of, rules: RuleSet | None = None,
+                      hotness_half_life: float = 600.0) -> "QoSPolicy":
+        """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
+        options = {"k": settings.lru_k} if settings.policy == "lru-k" else {}
+        return cls(rules if rules is not None else RuleSet.from_settings(settings),
+                   lambda: make_policy(settings.policy, **options), locate=locate,
+                   hotness=HotnessTable(half_life_to_lambda(hotness_half_life)))
+
+    # --- the policy interface ----------------------------------------------------------------
+
+    def admit(self, key: Hashable, size: int, now: float, *, rule: Rule | None = None) -> None:
+        """``rule``: the object's rule when the caller already looked it up (saves a lookup)."""
+        if key in self._where:
+            self.touch(key, now)
+            return
+        obj = self._locate(key)
+        if rule is None:
+            rule = self.rules.match(*obj) if obj is not None else self.rules.default
+        self._sizes[key] = size
+        self._attach(key, self._group(rule), self._pinned_by(rule, obj), now)
+        if obj is not None:
+            self.hotness.touch(obj, now)
+
+    def touch(self, key: Hashable, now: float) -> None:
+        group = self._where.get(key)
+        if group is None:
+            return
+        if key not in self._pinned:
+            group.policy.touch(key, now)
+        obj = self._locate(key)
+        if obj is not None:
+            self.hotness.touch(obj, now)
+
+    def victim(self) -> Hashable | None:
+        group = self._victim_group()
+        return group.policy.victim() if group is not None else None
+
+    def remove(self, key: Hashable) -> None:
+        if key in self._where:
+            self._detach(key)
+            del self._sizes[key]
+
+    def forget(self, key: Hashable) -> None:
+        """Remove a key that will never return (a dead version): no history is kept for it."""
+        group = self._where.get(key)
+        self.remove(key)
+        forget = getattr(group.policy, "forget", None) if group is not None else None
+        if forget is not None:
+            forget(key)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    # --- pins, rules, figures --------------------------------------------------------------------
+
+    def pin(self, bucket: str, prefix: str = "", now: float = 0.0) -> int:
+        """Keep every chunk under bucket/prefix (``*`` for any bucket), cached now or later,
+        out of eviction. Returns how many resident entries became pinned."""
+        self._pin_prefixes.add((bucket, prefix))
+        self._pins = PrefixMap((b, p, True) for b, p in self._pin_prefixes)
+        return self._reclassify(now)
+
+    def unpin(self, bucket: str, prefix: str = "", now: float = 0.0) -> int:
+        """Undo ``pin(bucket, prefix)``; entries still covered by another pin or a ``pin: true``
+        rule stay pinned. Returns how many entries became evictable again."""
+        self._pin_prefixes.discard((bucket, prefix))
+        self._pins = PrefixMap((b, p, True) for b, p in self._pin_prefixes)
+        return self._reclassify(now)
+
+    def pins(self) -> list[tuple[str, str]]:
+        return sorted(self._pin_prefixes)
+
+    def set_rules(self, rules: RuleSet, now: float) -> int:
+        """Swap in a reloaded rule set; entries whose class, quota group or pin changed move
+        (re-admitted at ``now`` in their new group). Returns how many moved."""
+        self.rules = rules
+        quotas = rules.quotas()
+        for owner, group in self._guaranteed.items():
+            group.quota = quotas.get(owner, group.quota)
+        moved = self._reclassify(now)
+        in_use = {id(g) for g in self._where.values()}
+        for owner in [o for o, g in self._guaranteed.items() if o not in quotas and id(g) not in in_use]:
+            del self._guaranteed[owner]
+        return moved
+
+    def rule_for(self, key: Hashable) -> Rule:
+        obj = self._locate(key)
+        return self.rules.match(*obj) if obj is not None else self.rules.default
+
+    def is_pinned(self, key: Hashable) -> bool:
+        return key in self._pinned
+
+    def usage(self) -> dict[str, int]:
+        """Evictable bytes per QoS class, and pinned bytes."""
+        out = {c.value: 0 for c in QoSClass}
+        for group in self._groups():
+            out[group.qos.value] += group.bytes
+        out["pinned"] = self.pinned_bytes
+        return out
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _groups(self) -> list[_Group]:
+        return [self._best_effort, self._burstable, *self._guaranteed.values()]
+
+    def _group(self, rule: Rule) -> _Group:
+        if rule.qos is QoSClass.BEST_EFFORT:
+            return self._best_effort
+        if rule.qos is QoSClass.BURSTABLE:
+            return self._burstable
+        owner = rule.quota_owner or (rule.bucket, rule.prefix)
+        group = self._guaranteed.get(owner)
+        if group is None:
+            group = self._guaranteed[owner] = _Group(QoSClass.GUARANTEED, self._new_policy(), owner, rule.quota)
+        return group
+
+    def _pinned_by(self, rule: Rule, obj: tuple[str, str] | None) -> bool:
+        return rule.pin or (obj is not None and len(self._pins) > 0 and self._pins.match(*obj) is not None)
+
+    def _attach(self, key: Hashable, group: _Group, pinned: bool, now: float) -> None:
+        size = self._sizes[key]
+        self._where[key] = group
+        if pinned:
+            self._pinned.add(key)
+            self.pinned_bytes += size
+        else:
+            group.policy.admit(key, size, now)
+            group.bytes += size
+
+    def _detach(self, key: Hashable) -> None:
+        group = self._where.pop(key)
+        size = self._sizes[key]
+        if key in self._pinned:
+            self._pinned.discard(key)
+            self.pinned_bytes -= size
+        else:
+            group.policy.remove(key)
+            group.bytes -= size
+
+    def _reclassify(self, now: float) -> int:
+        moved = 0
+        for key, group in list(self._where.items()):
+            obj = self._locate(key)
+            rule = self.rules.match(*obj) if obj is not None else self.rules.default
+            new_group, pinned = self._group(rule), self._pinned_by(rule, obj)
+            if new_group is not group or pinned != (key in self._pinned):
+                self._detach(key)
+                self._attach(key, new_group, pinned, now)
+                moved += 1
+        return moved
+
+    def _victim_group(self) -> _Group | None:
+        if len(self._best_effort.policy):
+            return self._best_effort
+        over = [g for g in self._guaranteed.values() if g.over_quota > 0 and len(g.policy)]
+        if over:
+            return max(over, key=lambda g: g.over_quota)
+        if len(self._burstable.policy):
+            return self._burstable
+        left = [g for g in self._guaranteed.values() if len(g.policy)]
+        if left:
+            # Nothing else is left: the group using most of its quota gives way first.
+            return max(left, key=lambda g: (g.bytes / g.quota if g.quota else 0.0, g.bytes))
+        return None
