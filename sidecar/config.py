@@ -255,8 +255,17 @@ OPTIONS: tuple[Option, ...] = (
            "every-read or when-changed",
            "every-read: a chunk's CRC32C is computed on each read; when-changed: recomputed only "
            "when the file's inode, size, mtime or ctime differ from its last good check"),
-    Option("policy", "lru", _choice("lru", "lru-k"), "lru or lru-k", "eviction policy"),
+    Option("policy", "lru-k", _choice("lru", "lru-k"), "lru or lru-k",
+           "eviction policy within each QoS class of the cache rules"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
+    Option("lru_k_correlated_period", 1.0, parse_duration, DURATION_FORM,
+           "LRU-K: references to a chunk closer than this count as one (a client reading a "
+           "chunk in small ranges touches it many times at once)"),
+    Option("lru_k_retained_period", 3600.0, parse_ttl, DURATION_FORM + ", or indefinite",
+           "LRU-K: how long an evicted chunk's reference history is kept, so it keeps its past "
+           "when it returns"),
+    Option("hotness_half_life", 600.0, parse_duration, DURATION_FORM,
+           "half-life of the decayed per-object hotness used by the policy and the predictor"),
     # --- prefetch and bandwidth
     Option("prefetch", True, parse_bool, "true or false", "run the access predictor and prefetch"),
     Option("prefetch_interval", 30.0, parse_duration, DURATION_FORM, "how often the predictor runs"),
@@ -302,6 +311,9 @@ class Settings:
     chunk_verification: str
     policy: str
     lru_k: int
+    lru_k_correlated_period: float
+    lru_k_retained_period: float | None
+    hotness_half_life: float
     prefetch: bool
     prefetch_interval: float
     prefetch_threshold: float
@@ -349,7 +361,7 @@ class Settings:
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
                             "bandwidth_cap"):
                 v = format_size(v)
-            elif o.name == "metadata_ttl" and v is None:
+            elif o.name in ("metadata_ttl", "lru_k_retained_period") and v is None:
                 v = "indefinite"
             out[o.name] = v
         for k, v in self.extra.items():

@@ -16,7 +16,10 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config.load({"config": args.file}, env={})
+    from .cache.rules import RuleSet  # noqa: PLC0415
+
+    settings = config.load({"config": args.file}, env={})
+    RuleSet.from_settings(settings)
     print(f"{args.file}: ok")
     return 0
 

@@ -48,7 +48,7 @@ class ChunkFill:
     bytes from the temp file via ``fd``."""
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
-                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start")
+                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -66,6 +66,7 @@ class ChunkFill:
         self._waiters: list[asyncio.Future] = []
         self.priority = priority
         self.readahead = False  # counted in Reader.readahead_in_flight until it ends
+        self.keep = True  # false: streamed to its readers but not kept (a do-not-cache rule)
 
     @property
     def fd(self) -> int:
@@ -150,6 +151,7 @@ class ReadStats:
     hit_bytes: int = 0
     miss_bytes: int = 0
     joined: int = 0
+    label: str = ""  # the cache rule's metrics label
 
 
 class Reader:
@@ -175,15 +177,17 @@ class Reader:
 
     # --- public -------------------------------------------------------------------------
 
-    def read(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats | None = None) -> AsyncIterator[Segment]:
-        """Segments covering bytes start..end (inclusive) of ``meta``'s version, in order."""
+    def read(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats | None = None, *,
+             keep: bool = True) -> AsyncIterator[Segment]:
+        """Segments covering bytes start..end (inclusive) of ``meta``'s version, in order.
+        ``keep=False``: bytes fetched for this read are not kept in the cache."""
         version = self.store.version_for(meta)
-        if end >= start:
+        if end >= start and keep:
             self._note_sequential(version, start, end)
-        return self._segments(version, start, end, stats if stats is not None else ReadStats())
+        return self._segments(version, start, end, stats if stats is not None else ReadStats(), keep=keep)
 
     def read_opened(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats,
-                    opened: OpenedObject) -> AsyncIterator[Segment]:
+                    opened: OpenedObject, *, keep: bool = True) -> AsyncIterator[Segment]:
         """Like ``read``, with a cold GET's answer already open (``opened.first`` chunk-aligned):
         its bytes fill the chunks it covers, so the read costs one upstream request in all.
         Takes ownership of ``opened``."""
@@ -191,11 +195,11 @@ class Reader:
         cs = self.chunk_size
         first = opened.first // cs
         last = min(opened.last // cs, first + MAX_SPAN_CHUNKS - 1)
-        fills = self._register_span(version, first, last, DEMAND)
+        fills = self._register_span(version, first, last, DEMAND, keep)
         self._launch(self._run_span(version, fills, opened) if fills else opened.close())
-        if end >= start:
+        if end >= start and keep:
             self._note_sequential(version, start, end)
-        return self._segments(version, start, end, stats, {f.index for f in fills})
+        return self._segments(version, start, end, stats, {f.index for f in fills}, keep=keep)
 
     def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
@@ -226,15 +230,17 @@ class Reader:
 
     # --- spans --------------------------------------------------------------------------
 
-    def _start_span(self, version: Version, first: int, last: int, priority: int) -> list[ChunkFill]:
+    def _start_span(self, version: Version, first: int, last: int, priority: int,
+                    keep: bool = True) -> list[ChunkFill]:
         """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
         start one upstream GET for them."""
-        fills = self._register_span(version, first, last, priority)
+        fills = self._register_span(version, first, last, priority, keep)
         if fills:
             self._launch(self._run_span(version, fills))
         return fills
 
-    def _register_span(self, version: Version, first: int, last: int, priority: int) -> list[ChunkFill]:
+    def _register_span(self, version: Version, first: int, last: int, priority: int,
+                       keep: bool = True) -> list[ChunkFill]:
         fills: list[ChunkFill] = []
         i = first
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
@@ -242,6 +248,7 @@ class Reader:
                 break
             c0, c1 = chunk_bounds(i, self.chunk_size, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
+            fill.keep = keep
             self.fills[fill.key] = fill
             fills.append(fill)
             i += 1
@@ -302,7 +309,7 @@ class Reader:
         store = self.store
         if fill.writer is None:
             try:
-                fill.writer = store.begin_write(fill.version, fill.index)
+                fill.writer = store.begin_write(fill.version, fill.index, keep=fill.keep)
             except OSError as e:
                 self.metrics.disk_errors.labels("create").inc()
                 raise DiskFault(str(e)) from e
@@ -354,7 +361,7 @@ class Reader:
     # --- readers ------------------------------------------------------------------------
 
     async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
-                        mine: set[int] | None = None) -> AsyncIterator[Segment]:
+                        mine: set[int] | None = None, *, keep: bool = True) -> AsyncIterator[Segment]:
         if end < start:
             return
         cs = self.chunk_size
@@ -366,8 +373,8 @@ class Reader:
             c0, c1 = chunk_bounds(index, cs, size)
             lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
-                mine.update(f.index for f in self._start_span(version, index, last, DEMAND))
-            mine.update(self._look_ahead(version, index, last))
+                mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
+            mine.update(self._look_ahead(version, index, last, keep))
             chunk = await self._open_verified(version.vid, index)
             if chunk is not None:
                 # A chunk this read fetched may be committed before the read reaches it: it
@@ -388,7 +395,7 @@ class Reader:
                 continue
             fill = self.fills.get((version.vid, index))
             if fill is None:  # the cached copy failed verification (and was dropped): refetch
-                fill = self._start_span(version, index, last, DEMAND)[0]
+                fill = self._start_span(version, index, last, DEMAND, keep)[0]
                 mine.add(index)
             elif index not in mine:
                 stats.joined += 1
@@ -457,11 +464,11 @@ class Reader:
             if f.version is fill.version and f.index >= fill.index:
                 f.priority = DEMAND
 
-    def _look_ahead(self, version: Version, index: int, last: int) -> list[int]:
+    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[int]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""
         for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
             if not self.store.has(version.vid, j) and (version.vid, j) not in self.fills:
-                return [f.index for f in self._start_span(version, j, last, DEMAND)]
+                return [f.index for f in self._start_span(version, j, last, DEMAND, keep)]
         return []
 
     # --- sequential readahead -------------------------------------------------------------

@@ -13,7 +13,8 @@ import time
 from aiohttp import web
 
 from . import admin, config
-from .cache.policy import make_policy
+from .cache.qos import QoSPolicy
+from .cache.rules import RuleSet
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .reader import Reader
@@ -48,15 +49,18 @@ class Sidecar:
     def __init__(self, settings: config.Settings, upstream: Upstream | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.rules = RuleSet.from_settings(settings)
+        self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
+                                              hotness_half_life=settings.hotness_half_life)
         # Large-chunk verification and sendfile run here; both release the GIL.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         self.upstream = MeteredUpstream(upstream or make_upstream(settings), self.metrics)
         self.store = ChunkStore(
             settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
-            policy=self._policy(), ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
+            policy=self.policy, ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
             verify_every_read=settings.chunk_verification == "every-read",
             on_evict=self._on_evict)
-        self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: settings.metadata_ttl,
+        self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: self.rules.match(bucket, key).metadata_ttl,
                                on_obsolete=self.drop_version)
         self.reader = Reader(self.store, self.upstream, self.metrics,
                              readahead_chunks=settings.readahead_chunks,
@@ -65,6 +69,7 @@ class Sidecar:
                              executor=self.executor)
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
+                           read_policy=self.read_policy,
                            executor=self.executor)
         self.started_at = time.time()
         self.ready = False
@@ -72,9 +77,23 @@ class Sidecar:
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
-    def _policy(self):
-        s = self.settings
-        return make_policy(s.policy, k=s.lru_k) if s.policy == "lru-k" else make_policy(s.policy)
+    def _locate(self, chunk_key) -> tuple[str, str] | None:
+        """The object a chunk belongs to, for the rules and hotness the policy keeps per object."""
+        v = self.store.versions.get(chunk_key[0])
+        return (v.meta.bucket, v.meta.key) if v is not None else None
+
+    def read_policy(self, bucket: str, key: str, size: int) -> tuple[bool, str]:
+        """Whether an object may be cached, and the metrics label of its rule."""
+        rule = self.rules.match(bucket, key)
+        return rule.caches(size), ",".join(f"{k}={v}" for k, v in sorted(rule.labels.items()))
+
+    def apply_rules(self, raw_rules) -> RuleSet:
+        """Swap in a new rule set (a reload): TTLs, classes, pins and limits apply from now on.
+        Raises ConfigError and keeps the old rules if ``raw_rules`` is invalid."""
+        rules = RuleSet.from_config(raw_rules, metadata_ttl=self.settings.metadata_ttl)
+        self.rules = rules
+        self.policy.set_rules(rules, time.monotonic())
+        return rules
 
     def _on_evict(self, reason: str, chunks: int, nbytes: int) -> None:
         self.metrics.evictions.labels(reason).inc(chunks)

@@ -82,7 +82,10 @@ class QoSPolicy:
     def from_settings(cls, settings: Any, *, locate: Locate = object_of, rules: RuleSet | None = None,
                       hotness_half_life: float = 600.0) -> "QoSPolicy":
         """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
-        options = {"k": settings.lru_k} if settings.policy == "lru-k" else {}
+        options = {"k": settings.lru_k,
+                   "correlated_period": getattr(settings, "lru_k_correlated_period", 0.0),
+                   "retained_period": getattr(settings, "lru_k_retained_period", 3600.0)} \
+            if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
                    lambda: make_policy(settings.policy, **options), locate=locate,
                    hotness=HotnessTable(half_life_to_lambda(hotness_half_life)))

@@ -84,3 +84,14 @@ class CacheSpace:
         self.used -= size
         self.policy.remove(key)
         return size
+
+    def forget(self, key: Hashable) -> int:
+        """Remove an entry that will never return (a dead version): the policy keeps no
+        history of it."""
+        size = self.sizes.pop(key, None)
+        if size is None:
+            return 0
+        self.used -= size
+        forget = getattr(self.policy, "forget", None)
+        (forget or self.policy.remove)(key)
+        return size

@@ -306,7 +306,7 @@ class ChunkStore:
             return
         v.dropped = True
         for index in list(v.chunks):
-            self.space.remove((vid, index))
+            self.space.forget((vid, index))
             self._ram_drop((vid, index))
         paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
         v.chunks.clear()
@@ -425,16 +425,19 @@ class ChunkStore:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def begin_write(self, v: Version, index: int) -> ChunkWriter:
+    def begin_write(self, v: Version, index: int, keep: bool = True) -> ChunkWriter:
         """Open a temp file for a chunk and reserve its bytes in the budget (evicting as needed).
-        When nothing can be evicted the writer still works but its chunk is not kept.
+        When nothing can be evicted, or ``keep`` is false (a do-not-cache rule), the writer
+        still works — readers tail it — but its chunk is not kept.
         Raises OSError when the disk refuses the temp file."""
         length = v.length(index)
-        try:
-            evicted = self.space.reserve(length)
-            reserved = True
-        except NoRoom:
-            evicted, reserved = [], False
+        evicted, reserved = [], False
+        if keep:
+            try:
+                evicted = self.space.reserve(length)
+                reserved = True
+            except NoRoom:
+                pass
         self._evicted(evicted, "capacity")
         path = self.tmp / f"{v.vid}.{index}.{secrets.token_hex(6)}"
         try:

@@ -56,6 +56,7 @@ class S3Face:
                  virtual_host_suffixes: tuple[str, ...],
                  drop_version: Callable[[ObjectMeta], None],
                  executor: concurrent.futures.Executor | None = None,
+                 read_policy: Callable[[str, str, int], tuple[bool, str]] | None = None,
                  on_read: Callable[[str, str, ObjectMeta, ByteRange | None, ReadStats], None] | None = None) -> None:
         self.upstream = upstream
         self.catalog = catalog
@@ -65,6 +66,8 @@ class S3Face:
         self.drop_version = drop_version
         self.on_read = on_read
         self.executor = executor
+        # (bucket, key, size) -> (may be cached, metrics label): the cache rules, seen from here
+        self.read_policy = read_policy or (lambda bucket, key, size: (True, ""))
         self.in_flight = 0
 
     # --- entry point --------------------------------------------------------------------
@@ -83,7 +86,7 @@ class S3Face:
                 resp = await self._read_object(request, target, rid, stats)
                 outcome = "hit" if stats.miss_bytes == 0 else ("miss" if stats.hit_bytes == 0 else "partial")
                 if request.method == "GET" and resp.status in (200, 206):
-                    self._count_read(stats)
+                    self._count_read(stats, stats.label)
             else:
                 op = operation_name(request.method, target)
                 outcome = "pass"
@@ -200,7 +203,8 @@ class S3Face:
                 resp = web.StreamResponse(status=status, headers=headers)
                 resp.content_length = length
                 return resp
-            segments = self.reader.read(meta, start, end, stats)
+            keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
+            segments = self.reader.read(meta, start, end, stats, keep=keep)
             try:
                 first = await anext(segments, None)
             except ObjectChanged:
@@ -248,7 +252,8 @@ class S3Face:
             return None
         headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers, rid)
         first, last = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-        segments = self.reader.read_opened(meta, first, last, stats, opened)
+        keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
+        segments = self.reader.read_opened(meta, first, last, stats, opened, keep=keep)
         try:
             seg = await anext(segments, None)
             resp = await self._send_body(request, 206 if rng is not None else 200, headers, last - first + 1,
