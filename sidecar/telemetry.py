@@ -84,7 +84,8 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
         fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if fmt == "console"
                      else structlog.processors.JSONRenderer())
-    numeric = logging.CRITICAL + 10 if level == "off" else getattr(logging, level.upper())
+    # "off": nothing the sidecar logs is CRITICAL, so filtering at CRITICAL silences it
+    numeric = logging.CRITICAL if level == "off" else getattr(logging, level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

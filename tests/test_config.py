@@ -67,3 +67,11 @@ def test_every_option_has_a_flag_and_env_name():
     names = config.option_names()
     assert len(set(names)) == len(names)
     assert config.env_name("cache_size") == "SIDECAR_CACHE_SIZE"
+
+
+def test_every_log_level_starts(tmp_path):
+    from sidecar.telemetry import get_logger, setup_logging
+
+    for level in ("debug", "info", "warning", "error", "off"):
+        setup_logging(level, "json")
+        get_logger().info("probe")

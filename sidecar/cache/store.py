@@ -342,6 +342,16 @@ class ChunkStore:
             return None
         return chunk
 
+    def ram_chunk(self, vid: str, index: int) -> bytes | None:
+        """The chunk's verified bytes if it is held in memory (a hit), else None."""
+        key = (vid, index)
+        data = self._ram.get(key)
+        if data is not None:
+            self._ram.move_to_end(key)
+            self.space.hit(key, self.clock())
+            self.stats.ram_hits += 1
+        return data
+
     def open_chunk(self, vid: str, index: int) -> VerifiedChunk | None:
         """The chunk, or None (a miss). Small chunks come back in memory and verified; larger
         ones as an open file the caller must ``verify()`` (and ``discard`` if that fails)

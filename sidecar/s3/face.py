@@ -204,6 +204,12 @@ class S3Face:
                 resp.content_length = length
                 return resp
             keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
+            small = self.reader.read_small(meta, start, end, stats) if length else b""
+            if small is not None:
+                resp = web.Response(status=status, headers=headers, body=bytes(small))
+                if self.on_read is not None:
+                    self.on_read(target.bucket, target.key, meta, rng, stats)
+                return resp
             segments = self.reader.read(meta, start, end, stats, keep=keep)
             try:
                 first = await anext(segments, None)
