@@ -160,3 +160,19 @@ def test_presigned_urls_work_through_the_sidecar(sidecar, moto_s3, bucket, tap, 
     assert requests.put(put_url, data=b"uploaded", timeout=10).status_code == 200
     assert moto_s3.get_object(Bucket=bucket, Key="upload.txt")["Body"].read() == b"uploaded"
     assert all("Signature" not in s.path and "AWSAccessKeyId" not in s.path for s in tap.requests())
+
+
+@pytest.mark.parametrize("size", [1000, 3 * MiB])
+def test_unsigned_payload_uploads_like_rclone(sidecar, moto_s3, bucket, tap, size):
+    """rclone sends x-amz-content-sha256: UNSIGNED-PAYLOAD with a plain body; large bodies are
+    streamed upstream unsigned, small ones hashed and signed."""
+    from support import raw
+
+    payload = os.urandom(size)
+    tap.clear()
+    r = raw.request(sidecar.url, "PUT", f"/{bucket}/rclone-{size}", {"x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+                                                                   "Accept-Encoding": "gzip"}, payload, sign=False)
+    assert r.status == 200
+    sent = tap.requests("PUT", f"/{bucket}/rclone-{size}")[0].headers["x-amz-content-sha256"]
+    assert sent == (hashlib.sha256(payload).hexdigest() if size < MiB else "UNSIGNED-PAYLOAD")
+    assert moto_s3.get_object(Bucket=bucket, Key=f"rclone-{size}")["Body"].read() == payload
