@@ -1,66 +1,147 @@
-"""The admin endpoint (its own port): health, readiness, Prometheus metrics and cache stats."""
+"""The admin endpoint (its own port, JSON): health, readiness, Prometheus metrics, stats, and the
+operator's actions — purge, pin, warm, hot objects, configuration reload. ``docs/operations.md``
+describes every route with curl examples."""
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from .server import Sidecar
 
 SIDECAR = web.AppKey("sidecar", object)
+VERSION = "0.1.0"
 
 
 def _sc(request: web.Request) -> "Sidecar":
     return request.app[SIDECAR]  # type: ignore[return-value]
 
 
-def refresh_gauges(sc: "Sidecar") -> None:
-    m = sc.metrics
-    m.cache_bytes.set(sc.store.used_bytes)
-    m.cache_entries.set(sc.store.entries)
+class DaemonCollector:
+    """Metrics read from the parts that own the figures, at scrape time: nothing is copied on
+    the hot path. Registered on the daemon's registry by ``create_app``."""
+
+    def __init__(self, sc: "Sidecar") -> None:
+        self.sc = sc
+
+    def describe(self) -> list:
+        return []  # collected only at scrape time; names are checked by promtool in the tests
+
+    def collect(self):
+        sc = self.sc
+        store, st = sc.store, sc.store.stats
+
+        def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+            g.add_metric(list((labels or {}).values()), value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            return c
+
+        yield gauge("sidecar_build_info", "Version of the running sidecar (always 1)", 1, {"version": VERSION})
+        yield gauge("sidecar_start_time_seconds", "When this sidecar started (Unix time)", sc.started_at)
+        yield gauge("sidecar_ready", "1 while the sidecar is started and not draining (see /readyz for every check)",
+                    1 if sc.ready and not sc.ops.draining else 0)
+        yield gauge("sidecar_requests_in_flight", "S3 requests being answered", sc.face.in_flight)
+        yield gauge("sidecar_cache_bytes", "Bytes of chunks in the cache", store.used_bytes)
+        yield gauge("sidecar_cache_capacity_bytes", "Byte budget of the cache", store.space.capacity)
+        yield gauge("sidecar_cache_entries", "Chunks in the cache", store.entries)
+        yield gauge("sidecar_cache_objects", "Object versions with at least one chunk in the cache",
+                    len(store.versions))
+        policy = sc.policy
+        yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)",
+                    getattr(policy, "pinned_bytes", 0))
+        usage = getattr(policy, "usage", None)
+        if usage is not None:
+            g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
+                                  labels=["qos"])
+            for qos, n in usage().items():
+                if qos != "pinned":
+                    g.add_metric([qos], n)
+            yield g
+        yield counter("sidecar_cache_crc_failures", "Cached chunks whose bytes did not match their CRC32C "
+                                                    "(dropped, refetched on demand)", st.crc_failures)
+        c = CounterMetricFamily("sidecar_cache_store_errors", "Chunk store file operations that failed, by "
+                                                              "operation", labels=["op"])
+        c.add_metric(["read"], st.read_errors)
+        c.add_metric(["write"], st.write_errors)
+        yield c
+        yield counter("sidecar_cache_ram_hits", "Chunk reads answered from the in-memory copy of small chunks",
+                      st.ram_hits)
+        yield counter("sidecar_cache_restored_chunks", "Chunks found on disk and indexed at start",
+                      st.rebuilt_chunks)
+        yield gauge("sidecar_hot_objects_tracked", "Objects whose decayed read hotness is tracked (for /hot)",
+                    len(sc.ops.hotness))
+        yield gauge("sidecar_catalog_entries", "Objects whose current version (ETag, size) is known",
+                    len(sc.catalog.entries))
+        yield counter("sidecar_catalog_revalidations", "Conditional HEADs sent to revalidate expired metadata",
+                      sc.catalog.revalidations)
+        yield counter("sidecar_catalog_shared_lookups", "Metadata lookups that joined one already in flight",
+                      sc.catalog.shared_lookups)
+        yield gauge("sidecar_fills_in_flight", "Chunks being fetched from the upstream", len(sc.reader.fills))
+        yield gauge("sidecar_readahead_in_flight_bytes", "Bytes being read ahead of sequential readers",
+                    sc.reader.readahead_in_flight)
+        yield gauge("sidecar_warm_jobs_running", "Warm jobs (admin API) in progress", sc.ops.warm.running)
+        probe = sc.ops.readiness.upstream_probe.last
+        if probe is not None:
+            yield gauge("sidecar_upstream_up", "1 if the last upstream probe got an answer (readiness)",
+                        1 if probe.ok else 0)
+
+
+# --- health ------------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive: the event loop answers. Never depends on the disk or the upstream."""
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    sc = _sc(request)
-    checks = {
-        "started": sc.ready,
-        "cache_dir_writable": os.access(sc.store.root, os.W_OK),
-    }
-    ok = all(checks.values())
-    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+    ok, body = await _sc(request).ops.ready()
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     sc = _sc(request)
-    refresh_gauges(sc)
     return web.Response(body=generate_latest(sc.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# --- stats -------------------------------------------------------------------------------------
+
+
 def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
-    refresh_gauges(sc)
     st = sc.store.stats
     counters = sc.metrics.stats()
 
     def total(prefix: str) -> float:
         return sum(v for k, v in counters.items() if k.split("{")[0] == prefix)
 
+    def by_label(prefix: str) -> dict[str, float]:
+        return {k.split("{", 1)[1].rstrip("}"): v for k, v in counters.items() if k.startswith(prefix + "{")}
+
+    policy = sc.policy
+    reload = sc.ops.reloader.last
     return {
         "uptime_s": round(time.time() - sc.started_at, 3),
+        "ready": sc.ready and not sc.ops.draining,
+        "in_flight": sc.face.in_flight,
         "cache": {
             "used_bytes": sc.store.used_bytes,
             "capacity_bytes": sc.store.space.capacity,
             "chunks": sc.store.entries,
             "objects": len(sc.store.versions),
             "chunk_size": sc.store.chunk_size,
+            "pinned_bytes": getattr(policy, "pinned_bytes", 0),
+            "by_qos": {k: v for k, v in getattr(policy, "usage", dict)().items() if k != "pinned"},
             "evictions": st.evictions,
             "evicted_bytes": st.evicted_bytes,
             "crc_failures": st.crc_failures,
@@ -76,14 +157,17 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
             "readahead_bytes": total("sidecar_readahead_bytes_total"),
         },
         "upstream": {
-            "requests": {k.split("{", 1)[1].rstrip("}"): v for k, v in counters.items()
-                         if k.startswith("sidecar_upstream_requests_total{")},
+            "requests": by_label("sidecar_upstream_requests_total"),
+            "errors": by_label("sidecar_upstream_errors_total"),
             "bytes": total("sidecar_upstream_bytes_total"),
             "metadata_lookups_shared": sc.catalog.shared_lookups,
             "revalidations": sc.catalog.revalidations,
         },
-        "requests": {k.split("{", 1)[1].rstrip("}"): v for k, v in counters.items()
-                     if k.startswith("sidecar_requests_total{")},
+        "requests": by_label("sidecar_requests_total"),
+        "pins": sc.ops.pins()["pins"],
+        "warm_jobs_running": sc.ops.warm.running,
+        "config": {"log_level": sc.settings.log_level,
+                   "last_reload": reload.as_json() if reload is not None else None},
     }
 
 
@@ -91,11 +175,144 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(stats_snapshot(_sc(request)))
 
 
+async def effective_config(request: web.Request) -> web.Response:
+    return web.json_response(_sc(request).settings.as_dict(redact=True), dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+class BadRequest(Exception):
+    pass
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of a POST (query parameters fill in when there is no body)."""
+    data: Any = dict(request.query)
+    if request.can_read_body:
+        try:
+            data = {**data, **(await request.json())}
+        except (ValueError, TypeError):
+            raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _bucket_prefix(data: dict[str, Any]) -> tuple[str, str]:
+    bucket, prefix = data.get("bucket"), data.get("prefix", "") or ""
+    if not isinstance(bucket, str) or not bucket or "/" in bucket:
+        raise BadRequest("'bucket' is required: a bucket name")
+    if not isinstance(prefix, str):
+        raise BadRequest("'prefix' must be a string")
+    return bucket, prefix
+
+
+@web.middleware
+async def _errors(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as e:
+        return web.json_response({"error": str(e)}, status=400)
+    except NotImplementedError as e:
+        return web.json_response({"error": str(e)}, status=501)
+
+
+async def purge(request: web.Request) -> web.Response:
+    bucket, prefix = _bucket_prefix(await _body(request))
+    return web.json_response({"bucket": bucket, "prefix": prefix, **_sc(request).ops.purge(bucket, prefix)})
+
+
+async def pin(request: web.Request) -> web.Response:
+    bucket, prefix = _bucket_prefix(await _body(request))
+    return web.json_response(_sc(request).ops.pin(bucket, prefix))
+
+
+async def unpin(request: web.Request) -> web.Response:
+    bucket, prefix = _bucket_prefix(await _body(request))
+    return web.json_response(_sc(request).ops.unpin(bucket, prefix))
+
+
+async def pins(request: web.Request) -> web.Response:
+    return web.json_response(_sc(request).ops.pins())
+
+
+async def warm_start(request: web.Request) -> web.Response:
+    data = await _body(request)
+    keys = data.get("keys")
+    if keys is not None:
+        if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+            raise BadRequest("'keys' must be a list of object keys")
+        if "prefix" in data:
+            raise BadRequest("give 'keys' or 'prefix', not both")
+        bucket = data.get("bucket")
+        if not isinstance(bucket, str) or not bucket or "/" in bucket:
+            raise BadRequest("'bucket' is required: a bucket name")
+        prefix = None
+    else:
+        bucket, prefix = _bucket_prefix(data)
+    job = _sc(request).ops.warm.start(bucket, prefix, keys)
+    return web.json_response(job.as_json(), status=202, headers={"Location": f"/warm/{job.id}"})
+
+
+def _job(request: web.Request):
+    job = _sc(request).ops.warm.get(request.match_info["id"])
+    if job is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": "no such warm job"}), content_type="application/json")
+    return job
+
+
+async def warm_status(request: web.Request) -> web.Response:
+    return web.json_response(_job(request).as_json())
+
+
+async def warm_cancel(request: web.Request) -> web.Response:
+    job = _job(request)
+    _sc(request).ops.warm.cancel(job.id)
+    return web.json_response(job.as_json())
+
+
+async def warm_list(request: web.Request) -> web.Response:
+    return web.json_response({"jobs": [j.as_json() for j in _sc(request).ops.warm.jobs.values()]})
+
+
+async def hot(request: web.Request) -> web.Response:
+    try:
+        n = int(request.query.get("n", "20"))
+    except ValueError:
+        raise BadRequest("'n' must be an integer") from None
+    if not 1 <= n <= 10000:
+        raise BadRequest("'n' must be between 1 and 10000")
+    return web.json_response({"objects": _sc(request).ops.hot(n)})
+
+
+async def reload(request: web.Request) -> web.Response:
+    report = _sc(request).ops.reloader.reload("admin-api")
+    return web.json_response(report.as_json(), status=200 if report.ok else 422)
+
+
 def create_app(sc: "Sidecar") -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
     app[SIDECAR] = sc
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/stats", stats)
+    sc.metrics.registry.register(DaemonCollector(sc))
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/stats", stats)
+    r.add_get("/config", effective_config)
+    r.add_post("/reload", reload)
+    r.add_post("/purge", purge)
+    r.add_post("/pin", pin)
+    r.add_post("/unpin", unpin)
+    r.add_get("/pins", pins)
+    r.add_post("/warm", warm_start)
+    r.add_get("/warm", warm_list)
+    r.add_get("/warm/{id}", warm_status)
+    r.add_delete("/warm/{id}", warm_cancel)
+    r.add_get("/hot", hot)
     return app

@@ -27,7 +27,21 @@ class ConfigError(ValueError):
         self.value = value
         self.accepted = accepted
         where = f" ({flag_name(setting)} / {env_name(setting)})" if setting in _BY_NAME else ""
-        super().__init__(f"invalid {setting}{where}: {value!r} (expected {accepted})")
+        shown: object = value
+        if setting in _BY_NAME and _BY_NAME[setting].secret:
+            shown = REDACTED
+        elif isinstance(value, str):
+            shown = redact_url(value)
+        super().__init__(f"invalid {setting}{where}: {shown!r} (expected {accepted})")
+
+
+REDACTED = "<redacted>"
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user:password part of any URL in it replaced."""
+    return _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
 
 
 # --- value parsers -----------------------------------------------------------------------------
@@ -282,6 +296,18 @@ OPTIONS: tuple[Option, ...] = (
            "log format; auto is console on a terminal and JSON otherwise"),
     Option("shutdown_grace", 20.0, parse_duration, DURATION_FORM,
            "on SIGTERM, how long in-flight responses may take to finish"),
+    # --- operations
+    Option("log_keys", "plain", _choice("plain", "hash"), "plain or hash",
+           "object keys in request logs: as they are, or hashed (sha256: and 16 hex digits of bucket/key)"),
+    Option("config_watch_interval", 5.0, parse_duration, DURATION_FORM + " (0 disables)",
+           "how often the --config file is checked for changes to reload (SIGHUP reloads at once)"),
+    Option("ready_requires_upstream", False, parse_bool, "true or false",
+           "readiness fails while the upstream is unreachable (by default the sidecar stays ready and "
+           "serves what it has cached)"),
+    Option("upstream_probe_interval", 5.0, parse_duration, DURATION_FORM,
+           "readiness probes the upstream at most this often and reuses the answer in between"),
+    Option("event_interval", 10.0, parse_duration, DURATION_FORM,
+           "how often notable events (eviction bursts, upstream errors, CRC failures) are summarised in the log"),
     # --- file
     Option("config", None, _optional_path, "a YAML file path", "YAML configuration file", yaml=False),
 )
@@ -322,6 +348,11 @@ class Settings:
     log_level: str
     log_format: str
     shutdown_grace: float
+    log_keys: str
+    config_watch_interval: float
+    ready_requires_upstream: bool
+    upstream_probe_interval: float
+    event_interval: float
     config: Path | None
     # sections of the YAML file that other modules interpret (e.g. ``rules``)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -351,7 +382,9 @@ class Settings:
         for o in OPTIONS:
             v = getattr(self, o.name)
             if o.secret and redact and v:
-                v = "<redacted>"
+                v = REDACTED
+            elif isinstance(v, str) and redact:
+                v = redact_url(v)
             elif isinstance(v, tuple) and o.name.endswith("listen"):
                 v = f"{v[0]}:{v[1]}"
             elif isinstance(v, tuple):

@@ -17,9 +17,10 @@ from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
 from .cache.store import ChunkStore
 from .catalog import Catalog
+from .operations import Operations
 from .reader import Reader
 from .s3.face import S3Face
-from .telemetry import Metrics, get_logger, setup_logging
+from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
 from .upstream.base import ObjectMeta, Upstream
 from .upstream.metered import MeteredUpstream
 
@@ -46,7 +47,8 @@ class Sidecar:
     """One running sidecar. ``async with Sidecar(settings) as sc:`` opens everything it needs
     and serves until the block exits; nothing here is global."""
 
-    def __init__(self, settings: config.Settings, upstream: Upstream | None = None) -> None:
+    def __init__(self, settings: config.Settings, upstream: Upstream | None = None, *,
+                 flags: dict | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.rules = RuleSet.from_settings(settings)
@@ -71,6 +73,10 @@ class Sidecar:
                            virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
                            read_policy=self.read_policy,
                            executor=self.executor)
+        self.face.access_log = AccessLog(settings.log_keys)
+        # Admin actions, readiness, reload (``flags``: the command line's, kept on reload).
+        self.ops = Operations(self, flags)
+        self.face.on_read = self.ops.on_read
         self.started_at = time.time()
         self.ready = False
         self._runners: list[web.BaseRunner] = []
@@ -118,7 +124,7 @@ class Sidecar:
         versions = await loop.run_in_executor(None, self.store.open)
         for v in versions:
             self.catalog.restore(v.meta)
-        self.metrics.cache_capacity.set(s.cache_size)
+        await self.ops.start()
         await self.upstream.start()
         s3_server = web.Server(self.face.handle, max_line_size=16384, max_field_size=16384,
                                access_log=None)
@@ -140,16 +146,25 @@ class Sidecar:
                  cache_size=s.cache_size, chunk_size=s.chunk_size, restored_chunks=self.store.stats.rebuilt_chunks)
 
     async def stop(self) -> None:
+        """Stop accepting, let responses in flight finish (up to ``shutdown_grace``; the admin
+        endpoint answers /readyz 503 meanwhile), then close everything."""
+        t0 = time.monotonic()
         self.ready = False
+        self.ops.draining = True
+        in_flight = self.face.in_flight
         for runner in self._runners:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         self._runners.clear()
+        drained = time.monotonic() - t0
+        await self.ops.stop()
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
         self.executor.shutdown(wait=True)
-        log.info("stopped")
+        log.info("stopped", in_flight_at_stop=in_flight, drain_s=round(drained, 3),
+                 total_s=round(time.monotonic() - t0, 3))
+        flush_logs()
 
 
 def _bound(runner: web.BaseRunner) -> tuple[str, int]:
@@ -161,25 +176,29 @@ def _bound(runner: web.BaseRunner) -> tuple[str, int]:
     raise RuntimeError("server is not listening")
 
 
-async def run(settings: config.Settings) -> None:
+async def run(settings: config.Settings, flags: dict | None = None) -> None:
     stop = asyncio.Event()
+    received: list[str] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with Sidecar(settings):
+        loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig.name), stop.set()))
+    async with Sidecar(settings, flags=flags) as sc:
+        loop.add_signal_handler(signal.SIGHUP, lambda: sc.ops.reloader.reload("SIGHUP"))
         await stop.wait()
-        log.info("stopping", reason="signal")
+        log.info("stopping", signal=received[0] if received else None, in_flight=sc.face.in_flight,
+                 grace_s=sc.settings.shutdown_grace)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = config.load({k: getattr(args, k) for k in config.option_names()})
+    flags = {k: getattr(args, k) for k in config.option_names() if getattr(args, k) is not None}
+    settings = config.load(flags)
     setup_logging(settings.log_level, settings.log_format)
     try:
         import uvloop  # noqa: PLC0415
     except ImportError:  # pragma: no cover - uvloop is a dependency; run on asyncio's loop without it
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, flags))
     else:
-        uvloop.run(run(settings))
+        uvloop.run(run(settings, flags))
     return 0
 
 

@@ -1,31 +1,53 @@
-"""Prometheus metrics and structlog logging.
+"""Prometheus metrics and structured logs: the metric families, the per-request access log,
+and structlog set up to write JSON lines (or console lines) to stdout.
 
 Metrics live in a per-process ``CollectorRegistry`` owned by ``Metrics`` (never the global
-default registry), so tests can build several apps side by side.
+default registry), so tests can build several apps side by side. Values other parts own (cache
+bytes, entries, CRC failures...) are read at scrape time by a collector (``admin.py``) instead
+of being copied into gauges on every change.
+
+Logging is process-wide, as stdout is: ``setup_logging`` configures it, ``set_level`` changes
+the level of every logger at run time (a config reload). The hit path's one line per request
+is written by ``AccessLog`` without structlog's processor chain and is flushed in batches;
+every other event goes through structlog, flushes at once, and passes ``redact_secrets``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import hashlib
 import logging
+import re
 import sys
-from typing import Any
+import threading
+import time
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import IO, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import ProcessCollector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
-    """Every metric the daemon exports. Names and units follow Prometheus conventions."""
+    """Every metric family the daemon updates itself. Names and units follow Prometheus
+    conventions (``promtool check metrics`` runs in the tests); ``docs/operations.md`` lists them."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, fds...
+        # --- requests
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
                                 ["operation", "status"], registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
-                                          "Time to answer S3 requests, by operation and cache outcome",
+                                          "Time to answer S3 requests (to the last body byte), by operation and "
+                                          "cache outcome (hit, miss, partial, pass...)",
                                           ["operation", "outcome"], buckets=_LATENCY_BUCKETS, registry=r)
+        # --- cache reads (label: the cache rule's labels, "" without rules)
         self.cache_hits = Counter("sidecar_cache_hits", "Object reads served entirely from the cache",
                                   ["label"], registry=r)
         self.cache_misses = Counter("sidecar_cache_misses",
@@ -36,27 +58,6 @@ class Metrics:
         self.cache_miss_bytes = Counter("sidecar_cache_miss_bytes",
                                         "Bytes served to clients as they arrived from the upstream", ["label"],
                                         registry=r)
-        self.upstream_requests = Counter("sidecar_upstream_requests",
-                                         "Requests sent to the upstream, by operation and outcome",
-                                         ["operation", "outcome"], registry=r)
-        self.upstream_duration = Histogram("sidecar_upstream_request_duration_seconds",
-                                           "Upstream time to response headers, by operation",
-                                           ["operation"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.upstream_bytes = Counter("sidecar_upstream_bytes", "Object bytes received from the upstream",
-                                      ["purpose"], registry=r)
-        self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream failures, by kind", ["kind"],
-                                       registry=r)
-        self.cache_bytes = Gauge("sidecar_cache_bytes", "Bytes of chunks in the cache", registry=r)
-        self.cache_capacity = Gauge("sidecar_cache_capacity_bytes", "Byte budget of the cache", registry=r)
-        self.cache_entries = Gauge("sidecar_cache_entries", "Chunks in the cache", registry=r)
-        self.evictions = Counter("sidecar_cache_evictions", "Chunks evicted, by reason", ["reason"], registry=r)
-        self.evicted_bytes = Counter("sidecar_cache_evicted_bytes", "Bytes evicted, by reason", ["reason"],
-                                     registry=r)
-        self.crc_failures = Counter("sidecar_cache_crc_failures",
-                                    "Chunks whose bytes did not match their CRC32C (dropped, refetched)",
-                                    registry=r)
-        self.disk_errors = Counter("sidecar_cache_disk_errors", "Cache disk operations that failed", ["op"],
-                                   registry=r)
         self.coalesced = Counter("sidecar_coalesced_waiters",
                                  "Reads that joined a fetch already in flight instead of starting one",
                                  ["kind"], registry=r)
@@ -64,11 +65,90 @@ class Metrics:
                                        registry=r)
         self.invalidations = Counter("sidecar_invalidations", "Objects invalidated by writes through the sidecar",
                                      ["kind"], registry=r)
+        # --- cache space
+        self.evictions = Counter("sidecar_cache_evictions", "Chunks evicted, by reason", ["reason"], registry=r)
+        self.evicted_bytes = Counter("sidecar_cache_evicted_bytes", "Bytes evicted, by reason", ["reason"],
+                                     registry=r)
+        self.disk_errors = Counter("sidecar_cache_disk_errors", "Cache disk operations of chunk fills that failed",
+                                   ["op"], registry=r)
+        # --- upstream
+        self.upstream_requests = Counter("sidecar_upstream_requests",
+                                         "Requests sent to the upstream, by operation and outcome",
+                                         ["operation", "outcome"], registry=r)
+        self.upstream_duration = Histogram("sidecar_upstream_request_duration_seconds",
+                                           "Upstream time to response headers, by operation",
+                                           ["operation"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_bytes = Counter("sidecar_upstream_bytes",
+                                      "Object bytes received from the upstream, by purpose "
+                                      "(demand, readahead, prefetch, direct)", ["purpose"], registry=r)
+        self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream failures, by kind", ["kind"],
+                                       registry=r)
+        # --- prediction and bandwidth (fed by the predictor and the token bucket)
+        self.prefetch_bytes = Counter("sidecar_prefetch_bytes", "Bytes the predictor had fetched ahead of demand",
+                                      registry=r)
+        self.prefetch_useful_bytes = Counter("sidecar_prefetch_useful_bytes",
+                                             "Prefetched bytes later read by a client", registry=r)
+        self.prefetch_wasted_bytes = Counter("sidecar_prefetch_wasted_bytes",
+                                             "Prefetched bytes evicted or invalidated before any client read them",
+                                             registry=r)
+        self.prefetch_objects = Counter("sidecar_prefetch_objects", "Objects the predictor chose to prefetch",
+                                        registry=r)
+        self.prefetch_runs = Counter("sidecar_prefetch_runs", "Predictor runs, by result", ["result"], registry=r)
+        self.prefetch_run_duration = Histogram("sidecar_prefetch_run_duration_seconds",
+                                               "Time one predictor run takes (scoring and planning)",
+                                               buckets=_RUN_BUCKETS, registry=r)
+        self.bandwidth_rate = Gauge("sidecar_bandwidth_rate_bytes",
+                                    "Current refill rate of the upstream token bucket, in bytes per second "
+                                    "(0: no bucket)", registry=r)
+        # --- operations
+        self.warm_jobs = Counter("sidecar_warm_jobs", "Warm jobs (admin API) finished, by result", ["result"],
+                                 registry=r)
+        self.config_reloads = Counter("sidecar_config_reloads", "Configuration reloads, by result", ["result"],
+                                      registry=r)
+        self.config_reload_time = Gauge("sidecar_config_last_reload_success_timestamp_seconds",
+                                        "When the configuration was last loaded successfully (Unix time)",
+                                        registry=r)
+        self.config_restart_required = Gauge("sidecar_config_restart_required",
+                                             "1 when the configuration file asks for changes that only a "
+                                             "restart applies", registry=r)
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._read_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+
+    # The per-request updates, with label children looked up once per label set (a ``labels()``
+    # call costs more than the increment itself).
+
+    def observe_request(self, operation: str, status: int, outcome: str, seconds: float) -> None:
+        children = self._request_children.get((operation, status, outcome))
+        if children is None:
+            children = (self.requests.labels(operation, str(status)),
+                        self.request_duration.labels(operation, outcome))
+            self._request_children[(operation, status, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def count_read(self, label: str, hit_bytes: int, miss_bytes: int) -> None:
+        children = self._read_children.get(label)
+        if children is None:
+            children = (self.cache_hits.labels(label), self.cache_misses.labels(label),
+                        self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
+            self._read_children[label] = children
+        children[1 if miss_bytes else 0].inc()
+        if hit_bytes:
+            children[2].inc(hit_bytes)
+        if miss_bytes:
+            children[3].inc(miss_bytes)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample's current value (0 if absent), e.g. ``value("sidecar_upstream_errors_total", {"kind": k})``."""
+        v = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if v is None else v
 
     def stats(self) -> dict[str, Any]:
         """A flat JSON-able snapshot of counters, for the admin API and the demo."""
         out: dict[str, Any] = {}
         for metric in self.registry.collect():
+            if metric.name.startswith("process_"):
+                continue
             for s in metric.samples:
                 if s.name.endswith("_created") or s.name.endswith("_bucket"):
                     continue
@@ -78,27 +158,313 @@ class Metrics:
         return out
 
 
-def setup_logging(level: str = "info", fmt: str = "auto") -> None:
-    """JSON lines to stdout by default; human-readable console on a terminal or on request."""
+# --- secrets never logged ----------------------------------------------------------------------
+
+# Query-string authentication parameters and header forms of credentials: whatever follows them
+# up to a separator is replaced.
+_SECRET_VALUE = re.compile(
+    r"(?i)((?:x-amz-signature|x-amz-credential|x-amz-security-token|awsaccesskeyid|signature|credential"
+    r"|aws_secret_access_key|aws_session_token|secretaccesskey|sessiontoken)\s*[=:]\s*\"?)[^&\s,;\"'<>]+")
+_SECRET_WORDS = ("signature", "credential", "token", "secret", "accesskey")
+_SECRET_FIELDS = frozenset({"authorization", "x-amz-security-token", "x-amz-signature", "x-amz-credential",
+                            "secret", "secret_key", "secret_access_key", "aws_secret_access_key", "password",
+                            "token", "session_token", "aws_session_token", "signature", "credentials"})
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+REDACTED = "<redacted>"
+
+
+def scrub(text: str) -> str:
+    """``text`` with credential-looking values replaced (presigned query strings, auth headers,
+    passwords in URLs). Cheap when there is nothing to find: every form needs a ``=`` or ``:``."""
+    if "=" not in text and ":" not in text:
+        return text
+    if "://" in text:
+        text = _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
+    lower = text.lower()
+    if not any(w in lower for w in _SECRET_WORDS):
+        return text
+    return _SECRET_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def redact_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no credential, signature or token reaches a log line."""
+    for k, v in event_dict.items():
+        if k.lower() in _SECRET_FIELDS:
+            event_dict[k] = REDACTED
+        elif isinstance(v, str):
+            event_dict[k] = scrub(v)
+        elif isinstance(v, (list, tuple, dict)):
+            text = repr(v)
+            if scrub(text) != text:
+                event_dict[k] = scrub(text)
+    return event_dict
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+class LogSink:
+    """Where log lines go. ``write`` is immediate (and first writes anything buffered, so lines
+    stay in order); ``write_batched`` (the access log) collects lines and writes them together
+    at most ``interval`` seconds later, one system call per batch instead of one per request."""
+
+    def __init__(self, stream: IO[str], batched: bool, interval: float = 0.1, max_lines: int = 512) -> None:
+        self.stream = stream
+        self.batched = batched
+        self.interval = interval
+        self.max_lines = max_lines
+        self._buf: list[str] = []
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._buf.append(line)
+            self._flush_locked()
+
+    def write_batched(self, line: str) -> None:
+        if not self.batched:
+            self.write(line)
+            return
+        with self._lock:
+            self._buf.append(line)
+            if len(self._buf) >= self.max_lines:
+                self._flush_locked()
+                return
+            if self._scheduled:
+                return
+            loop = asyncio._get_running_loop()
+            if loop is None:  # not on an event loop: nothing would flush later
+                self._flush_locked()
+                return
+            self._scheduled = True
+        loop.call_later(self.interval, self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buf:
+            return
+        text = "".join(self._buf)
+        self._buf.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # stdout closed or gone: logging must never take the daemon down
+            pass
+
+
+class _SinkLogger:
+    """The structlog output logger: every level writes the rendered line to the sink."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str = "sidecar") -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        _STATE.sink.write(message + "\n")
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
+
+
+class _State:
+    __slots__ = ("level", "sink", "fmt", "renderer")
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.sink = LogSink(sys.stdout, batched=False)
+        self.fmt = "json"
+        self.renderer: Any = structlog.processors.JSONRenderer()
+
+
+_STATE = _State()
+_OFF = logging.CRITICAL + 10
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
+          "off": _OFF}
+
+
+class SwitchableLogger(structlog.BoundLoggerBase):
+    """A bound logger whose level is read at each call from the process-wide setting, so
+    ``set_level`` reaches loggers structlog has already cached. A filtered call costs one
+    comparison."""
+
+    def _log(self, level: int, method: str, event: Any, args: tuple, kw: dict[str, Any]) -> Any:
+        if level < _STATE.level:
+            return None
+        if args:
+            event = event % args
+        return self._proxy_to_logger(method, event, **kw)
+
+    def debug(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return None if logging.DEBUG < _STATE.level else self._log(logging.DEBUG, "debug", event, args, kw)
+
+    def info(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return None if logging.INFO < _STATE.level else self._log(logging.INFO, "info", event, args, kw)
+
+    def warning(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return None if logging.WARNING < _STATE.level else self._log(logging.WARNING, "warning", event, args, kw)
+
+    warn = warning
+
+    def error(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return None if logging.ERROR < _STATE.level else self._log(logging.ERROR, "error", event, args, kw)
+
+    def exception(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self.error(event, *args, **kw)
+
+    def critical(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._log(logging.CRITICAL, "critical", event, args, kw)
+
+    def is_enabled_for(self, level: int) -> bool:
+        return level >= _STATE.level
+
+
+def _add_logger_name(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    name = getattr(logger, "name", None)
+    if name:
+        event_dict.setdefault("logger", name)
+    return event_dict
+
+
+class _SinkHandler(logging.Handler):
+    """Standard-library log records (aiohttp, asyncio, the local upstream) as the same lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _STATE.sink.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+# Libraries whose debug logs print signed request headers: never below WARNING.
+_CHATTY = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
+
+
+def setup_logging(level: str = "info", fmt: str = "auto", *, stream: IO[str] | None = None) -> None:
+    """JSON lines to stdout by default; human-readable console on a terminal or on request.
+    ``stream`` replaces stdout (benchmarks, tests)."""
+    out = stream if stream is not None else sys.stdout
     if fmt == "auto":
-        fmt = "console" if sys.stdout.isatty() else "json"
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()) if fmt == "console"
-                     else structlog.processors.JSONRenderer())
-    # "off": nothing the sidecar logs is CRITICAL, so filtering at CRITICAL silences it
-    numeric = logging.CRITICAL if level == "off" else getattr(logging, level.upper())
+        fmt = "console" if out.isatty() else "json"
+    _STATE.sink.flush()
+    _STATE.fmt = fmt
+    _STATE.sink = LogSink(out, batched=fmt == "json")
+    _STATE.renderer = (structlog.dev.ConsoleRenderer(colors=out.isatty()) if fmt == "console"
+                       else structlog.processors.JSONRenderer())
+    set_level(level)
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_logger_name,
+            timestamper,
             structlog.processors.format_exc_info,
-            renderer,
+            redact_secrets,
+            _STATE.renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        wrapper_class=SwitchableLogger,
+        logger_factory=lambda name="sidecar", *args: _SinkLogger(name),
         cache_logger_on_first_use=True,
     )
+    handler = _SinkHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.format_exc_info,
+                    redact_secrets, _STATE.renderer],
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, timestamper]))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, _SinkHandler):
+            root.removeHandler(h)
+    root.addHandler(handler)
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """Change the level of every logger, at once (a config reload)."""
+    _STATE.level = LEVELS[level]
+    logging.getLogger().setLevel(min(_STATE.level, logging.CRITICAL + 1))
+
+
+def flush_logs() -> None:
+    _STATE.sink.flush()
+
+
+atexit.register(flush_logs)
 
 
 def get_logger(name: str = "sidecar") -> Any:
     return structlog.get_logger(name)
+
+
+# --- the access log ----------------------------------------------------------------------------
+
+
+class AccessLog:
+    """One line per S3 request. In JSON mode the line is formatted here (no processor chain) and
+    written in batches; in console mode it goes through structlog like any event.
+
+    ``key_mode``: ``plain`` logs object keys as they are; ``hash`` logs ``sha256:`` and the first
+    16 hex digits of SHA-256 over ``bucket/key`` (same key, same hash, across pods)."""
+
+    __slots__ = ("key_mode", "_sec", "_stamp", "_log")
+
+    def __init__(self, key_mode: str = "plain") -> None:
+        self.key_mode = key_mode
+        self._sec = -1
+        self._stamp = ""
+        self._log = get_logger("sidecar.access")
+
+    @property
+    def enabled(self) -> bool:
+        return _STATE.level <= logging.INFO
+
+    def _key(self, bucket: str | None, key: str | None) -> str | None:
+        if key is None:
+            return None
+        if self.key_mode == "hash":
+            return "sha256:" + hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return key
+
+    def _timestamp(self) -> str:
+        t = time.time()
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._stamp}.{int((t - sec) * 1e6):06d}Z"
+
+    def emit(self, request_id: str, method: str, operation: str, bucket: str | None, key: str | None,
+             range_: str | None, status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int,
+             seconds: float) -> None:
+        if _STATE.level > logging.INFO:
+            return
+        key = self._key(bucket, key)
+        if _STATE.fmt != "json":
+            self._log.info("request", request_id=request_id, method=method, operation=operation, bucket=bucket,
+                           key=key, range=range_, status=status, outcome=outcome, bytes=nbytes,
+                           bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
+            return
+        # Field values a client controls are JSON-escaped and scrubbed; the rest are ours.
+        _STATE.sink.write_batched(
+            f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
+            f'"event": "request", "request_id": "{request_id}", "method": {_json_str(method)}, '
+            f'"operation": "{operation}", "bucket": {_opt(bucket)}, "key": {_opt(key)}, '
+            f'"range": {_opt(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
+            f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "ms": {seconds * 1000:.3f}}}\n')
+
+
+def _opt(value: str | None) -> str:
+    if value is None:
+        return "null"
+    return _json_str(scrub(value))

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from ..catalog import Catalog
 from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
 from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
-from ..telemetry import Metrics, get_logger
+from ..telemetry import AccessLog, Metrics, get_logger
 from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
 from . import conditions
 from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
@@ -69,6 +69,7 @@ class S3Face:
         # (bucket, key, size) -> (may be cached, metrics label): the cache rules, seen from here
         self.read_policy = read_policy or (lambda bucket, key, size: (True, ""))
         self.in_flight = 0
+        self.access_log = AccessLog()  # the daemon sets its own (key hashing per settings)
 
     # --- entry point --------------------------------------------------------------------
 
@@ -108,22 +109,18 @@ class S3Face:
             self.in_flight -= 1
             status = resp.status if resp is not None else 0
             elapsed = time.monotonic() - t0
-            self.metrics.requests.labels(op, str(status)).inc()
-            self.metrics.request_duration.labels(op, outcome).observe(elapsed)
-            log.info("request", request_id=rid, method=request.method, operation=op,
-                     bucket=target.bucket if target else None, key=target.key if target else None,
-                     range=request.headers.get("range"), status=status, outcome=outcome,
-                     bytes_cache=stats.hit_bytes, bytes_upstream=stats.miss_bytes,
-                     ms=round(elapsed * 1000, 3))
+            self.metrics.observe_request(op, status, outcome, elapsed)
+            if self.access_log.enabled:
+                body = stats.hit_bytes + stats.miss_bytes
+                if not body and resp is not None and request.method != "HEAD" and outcome == "pass":
+                    body = resp.content_length or 0
+                self.access_log.emit(rid, request.method, op, target.bucket if target else None,
+                                     target.key if target else None, request.headers.get("range"), status,
+                                     outcome, body, stats.hit_bytes, stats.miss_bytes, elapsed)
         return resp
 
     def _count_read(self, stats: ReadStats, label: str = "") -> None:
-        m = self.metrics
-        (m.cache_misses if stats.miss_bytes else m.cache_hits).labels(label).inc()
-        if stats.hit_bytes:
-            m.cache_hit_bytes.labels(label).inc(stats.hit_bytes)
-        if stats.miss_bytes:
-            m.cache_miss_bytes.labels(label).inc(stats.miss_bytes)
+        self.metrics.count_read(label, stats.hit_bytes, stats.miss_bytes)
 
     def _error(self, request: web.BaseRequest, e: S3Error, rid: str, target: Target | None) -> web.Response:
         headers = {"x-amz-request-id": rid, "Server": SERVER, **e.headers}

@@ -1,0 +1,223 @@
+"""What an operator does to a running sidecar, in one place: readiness, purge, pins, warm jobs,
+the hottest objects, configuration reload, and notable events summarised in the log.
+
+``Operations`` belongs to one ``Sidecar`` and is started and stopped with it; the admin API
+(``admin.py``) and the signal handlers call into it. Pins are the policy's own (``QoSPolicy.pin``:
+pinned chunks sit outside every eviction queue); here they are also kept in
+``<cache_dir>/pins.json`` so they outlive a restart, as the cached chunks do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cache.hotness import HotnessTable, half_life_to_lambda
+from .cache.store import version_id
+from .health import Readiness
+from .reload import Reloader
+from .telemetry import get_logger
+from .warm import WarmJobs
+
+if TYPE_CHECKING:
+    from .server import Sidecar
+
+log = get_logger("sidecar.ops")
+
+PINS_FILE = "pins.json"
+HOT_OBJECTS_TRACKED = 100_000  # bound on per-object read counters (the coldest half goes when full)
+BURST_FRACTION = 0.05  # evicting this share of the cache within one event interval is a burst
+
+
+class Operations:
+    def __init__(self, sc: "Sidecar", flags: Mapping[str, Any] | None = None) -> None:
+        self.sc = sc
+        s = sc.settings
+        self.readiness = Readiness(sc.upstream, sc.store.tmp, interval=s.upstream_probe_interval,
+                                   requires_upstream=s.ready_requires_upstream)
+        self.warm = WarmJobs(upstream=sc.upstream, catalog=sc.catalog, reader=sc.reader, store=sc.store,
+                             metrics=sc.metrics, may_cache=lambda b, k, size: sc.read_policy(b, k, size)[0])
+        self.reloader = Reloader(sc, flags)
+        # Client reads per object, decayed; correlated_period 0: every read counts.
+        self.hotness = HotnessTable(half_life_to_lambda(s.hotness_half_life), correlated_period=0.0,
+                                    limit=HOT_OBJECTS_TRACKED)
+        self.index_loaded = False
+        self.draining = False
+        self._tasks: list[asyncio.Task] = []
+        self._pins_path = Path(s.cache_dir) / PINS_FILE
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """After the store is open: restore runtime pins, start the watchers."""
+        s = self.sc.settings
+        self.index_loaded = True
+        for bucket, prefix in self._load_pins():
+            self._policy_call("pin", bucket, prefix)
+        self._tasks = [asyncio.ensure_future(self.reloader.watch()),
+                       asyncio.ensure_future(EventMonitor(self.sc, s.event_interval).run())]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._tasks.clear()
+        await self.warm.close()
+
+    # --- readiness ---------------------------------------------------------------------------
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        return await self.readiness.report(started=self.sc.ready, index_loaded=self.index_loaded,
+                                           draining=self.draining)
+
+    # --- purge -------------------------------------------------------------------------------
+
+    def purge(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Forget every cached version under bucket/prefix: catalog entries, chunks and files."""
+        sc = self.sc
+        if prefix:
+            entries = 0
+            for b, k in [k for k in list(sc.catalog.entries) if k[0] == bucket and k[1].startswith(prefix)]:
+                if sc.catalog.invalidate(b, k) is not None:
+                    entries += 1
+        else:
+            entries = len(sc.catalog.invalidate_bucket(bucket))
+        objects = chunks = nbytes = 0
+        for v in sc.store.iter_versions():
+            if v.meta.bucket == bucket and v.meta.key.startswith(prefix):
+                objects += 1
+                chunks += len(v.chunks)
+                nbytes += v.cached_bytes
+                sc.store.drop_version(v.vid)
+        out = {"catalog_entries": entries, "objects": objects, "chunks": chunks, "bytes": nbytes}
+        log.info("purged", bucket=bucket, prefix=prefix, **out)
+        return out
+
+    # --- pins --------------------------------------------------------------------------------
+
+    def _policy_call(self, method: str, bucket: str, prefix: str) -> int:
+        fn = getattr(self.sc.policy, method, None)
+        if fn is None:
+            raise NotImplementedError(f"the eviction policy has no {method}")
+        return fn(bucket, prefix, time.monotonic())
+
+    def pin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
+        n = self._policy_call("pin", bucket, prefix)
+        self._save_pins()
+        log.info("pinned", bucket=bucket, prefix=prefix, entries=n)
+        return {"entries_pinned": n, **self.pins()}
+
+    def unpin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
+        n = self._policy_call("unpin", bucket, prefix)
+        self._save_pins()
+        log.info("unpinned", bucket=bucket, prefix=prefix, entries=n)
+        return {"entries_unpinned": n, **self.pins()}
+
+    def pins(self) -> dict[str, Any]:
+        policy = self.sc.policy
+        runtime = getattr(policy, "pins", lambda: [])()
+        from_rules = [{"bucket": r.bucket, "prefix": r.prefix} for r in getattr(self.sc, "rules", ()) if r.pin]
+        return {"pins": [{"bucket": b, "prefix": p} for b, p in runtime], "rule_pins": from_rules,
+                "pinned_bytes": getattr(policy, "pinned_bytes", 0)}
+
+    def _load_pins(self) -> list[tuple[str, str]]:
+        try:
+            data = json.loads(self._pins_path.read_text())
+            return [(str(p["bucket"]), str(p.get("prefix", ""))) for p in data.get("pins", [])]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("pins_unreadable", path=str(self._pins_path), error=repr(e))
+            return []
+
+    def _save_pins(self) -> None:
+        body = json.dumps({"pins": self.pins()["pins"]}, indent=1).encode()
+        tmp = self._pins_path.with_name(f".{PINS_FILE}.{secrets.token_hex(4)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._pins_path)
+        except OSError as e:
+            log.error("pins_not_saved", path=str(self._pins_path), error=repr(e))
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    # --- hot objects -------------------------------------------------------------------------
+
+    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
+        """The S3 face's hook, after every object read answered (hit or miss)."""
+        self.hotness.touch((bucket, key), time.monotonic())
+
+    def hot(self, n: int = 20) -> list[dict[str, Any]]:
+        """The ``n`` objects clients read most, by decayed hotness (half-life
+        ``hotness_half_life``): H = sum of exp(-lambda * age) over the object's reads."""
+        sc = self.sc
+        out = []
+        for obj, heat in self.hotness.hottest(n, time.monotonic()):
+            bucket, key = obj  # type: ignore[misc]
+            entry = sc.catalog.peek(bucket, key)
+            cached = size = None
+            if entry is not None:
+                size = entry.meta.size
+                v = sc.store.versions.get(version_id(bucket, key, entry.meta.etag, size, sc.store.chunk_size))
+                cached = v.cached_bytes if v is not None else 0
+            out.append({"bucket": bucket, "key": key, "hotness": round(heat, 4), "size": size,
+                        "cached_bytes": cached})
+        return out
+
+
+class EventMonitor:
+    """Every ``interval`` seconds, one log line per kind of notable change since the last look:
+    eviction bursts, upstream errors, CRC failures, cache disk errors."""
+
+    def __init__(self, sc: "Sidecar", interval: float) -> None:
+        self.sc = sc
+        self.interval = interval
+        self._last = self._sample()
+
+    def _sample(self) -> dict[str, Any]:
+        st = self.sc.store.stats
+        errors: dict[str, float] = {}
+        for metric in self.sc.metrics.upstream_errors.collect():
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    errors[s.labels["kind"]] = s.value
+        return {"evictions": st.evictions, "evicted_bytes": st.evicted_bytes, "crc": st.crc_failures,
+                "disk": st.write_errors + st.read_errors, "upstream": errors}
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.check()
+
+    def check(self) -> None:
+        now, was = self._sample(), self._last
+        self._last = now
+        sc = self.sc
+        chunks, nbytes = now["evictions"] - was["evictions"], now["evicted_bytes"] - was["evicted_bytes"]
+        if nbytes > 0:
+            burst = nbytes >= BURST_FRACTION * sc.store.space.capacity
+            (log.info if burst else log.debug)(
+                "eviction_burst" if burst else "evictions", chunks=chunks, bytes=nbytes, window_s=self.interval,
+                used_bytes=sc.store.used_bytes, capacity_bytes=sc.store.space.capacity,
+                pinned_bytes=getattr(sc.policy, "pinned_bytes", 0))
+        upstream = {k: int(v - was["upstream"].get(k, 0.0)) for k, v in now["upstream"].items()
+                    if v > was["upstream"].get(k, 0.0)}
+        if upstream:
+            log.warning("upstream_errors", by_kind=upstream, window_s=self.interval)
+        if now["crc"] > was["crc"]:
+            log.warning("crc_failures", chunks=now["crc"] - was["crc"], window_s=self.interval,
+                        detail="cached chunks failed verification and were dropped (refetched on demand)")
+        if now["disk"] > was["disk"]:
+            log.warning("cache_disk_errors", count=now["disk"] - was["disk"], window_s=self.interval)

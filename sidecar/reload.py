@@ -1,0 +1,165 @@
+"""Configuration reload without a restart: on SIGHUP, on a change of the ``--config`` file, or on
+``POST /reload``.
+
+The settings are rebuilt from the same sources as at start (defaults < YAML < ``SIDECAR_*``
+environment < the original flags) and validated whole, cache rules included, before anything
+changes: a bad file keeps the running configuration and logs one error. Settings in
+``APPLIERS`` take effect at once; a change to any other (listen address, cache dir, chunk
+size...) is reported as needing a restart and the running value is kept. Connections are
+never touched.
+
+Other parts make their settings reloadable by adding an applier::
+
+    from sidecar import reload
+    reload.APPLIERS["prefetch_threshold"] = lambda sc, settings: sc.predictor.set_threshold(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import config, telemetry
+from .telemetry import get_logger
+
+if TYPE_CHECKING:
+    from .server import Sidecar
+
+log = get_logger("sidecar.reload")
+
+
+def _set_readahead_chunks(sc: "Sidecar", s: config.Settings) -> None:
+    sc.reader.readahead_chunks = s.readahead_chunks
+
+
+def _set_readahead_max_bytes(sc: "Sidecar", s: config.Settings) -> None:
+    sc.reader.readahead_max_bytes = s.readahead_max_bytes
+
+
+def _set_log_level(sc: "Sidecar", s: config.Settings) -> None:
+    telemetry.set_level(s.log_level)
+
+
+def _set_nothing(sc: "Sidecar", s: config.Settings) -> None:
+    """Read from ``sc.settings`` where used; replacing the settings object is enough."""
+
+
+# Setting name -> applier(sidecar, new settings), run after ``sc.settings`` is replaced.
+# ``metadata_ttl`` and the ``rules`` section are applied together through ``Sidecar.apply_rules``.
+APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
+    "metadata_ttl": _set_nothing,
+    "readahead_chunks": _set_readahead_chunks,
+    "readahead_max_bytes": _set_readahead_max_bytes,
+    "log_level": _set_log_level,
+    "log_keys": lambda sc, s: setattr(sc.face.access_log, "key_mode", s.log_keys),
+    "config_watch_interval": _set_nothing,
+    "ready_requires_upstream": lambda sc, s: setattr(sc.ops.readiness, "requires_upstream",
+                                                     s.ready_requires_upstream),
+}
+# YAML sections other than scalar settings that can change at run time.
+SECTIONS = ("rules",)
+
+
+@dataclasses.dataclass
+class ReloadReport:
+    ok: bool
+    reason: str
+    changed: list[str] = dataclasses.field(default_factory=list)
+    restart_required: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Reloader:
+    """Rebuilds and applies the settings of one running ``Sidecar``. ``flags`` are the command
+    line's (they keep their precedence over the file); ``env`` defaults to the process's."""
+
+    def __init__(self, sc: "Sidecar", flags: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.sc = sc
+        self.flags = dict(flags or {})
+        if not self.flags and sc.settings.config is not None:
+            self.flags["config"] = str(sc.settings.config)
+        self.env = env
+        self.last: ReloadReport | None = None
+        self._stamp = self._file_stamp()
+
+    def reload(self, reason: str) -> ReloadReport:
+        sc, m = self.sc, self.sc.metrics
+        current = sc.settings
+        self._stamp = self._file_stamp()  # this version of the file has been seen
+        try:
+            new = config.load(self.flags, env=os.environ if self.env is None else self.env)
+            changed, restart = [], []
+            for name in config.option_names():
+                if getattr(new, name) != getattr(current, name):
+                    (changed if name in APPLIERS else restart).append(name)
+            sections = {k: new.extra.get(k) for k in SECTIONS}
+            changed += [k for k in SECTIONS if sections[k] != current.extra.get(k)]
+            extra = dict(current.extra)
+            for k, v in sections.items():
+                if v is None:
+                    extra.pop(k, None)
+                else:
+                    extra[k] = v
+            merged = dataclasses.replace(current, **{n: getattr(new, n) for n in changed if n in APPLIERS},
+                                         extra=extra)
+            rules_change = "rules" in changed or "metadata_ttl" in changed
+            if rules_change:
+                from .cache.rules import RuleSet  # noqa: PLC0415
+
+                RuleSet.from_config(sections["rules"], metadata_ttl=merged.metadata_ttl)  # validate first
+        except config.ConfigError as e:
+            m.config_reloads.labels("error").inc()
+            report = ReloadReport(False, reason, error=str(e))
+            log.error("config_reload_failed", reason=reason, error=str(e), kept="the running configuration")
+            self.last = report
+            return report
+        sc.settings = merged
+        if rules_change:
+            sc.apply_rules(sections["rules"])
+        for name in changed:
+            if name in APPLIERS:
+                APPLIERS[name](sc, merged)
+        m.config_reloads.labels("ok").inc()
+        m.config_reload_time.set(time.time())
+        m.config_restart_required.set(1 if restart else 0)
+        report = ReloadReport(True, reason, changed, restart)
+        log.info("config_reloaded", reason=reason, changed=changed, restart_required=restart)
+        if restart:
+            log.warning("config_restart_required", settings=restart,
+                        detail="these settings only change on a restart; the running values are kept")
+        self.last = report
+        return report
+
+    # --- watching the file -------------------------------------------------------------------
+
+    def _path(self) -> Path | None:
+        return self.sc.settings.config
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        path = self._path()
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)  # follows symlinks: a ConfigMap update swaps the link's target
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    async def watch(self) -> None:
+        """Reload when the file changes (checked every ``config_watch_interval`` seconds)."""
+        while True:
+            interval = self.sc.settings.config_watch_interval
+            await asyncio.sleep(interval if interval > 0 else 5.0)
+            if interval <= 0 or self._path() is None:
+                continue
+            if self._file_stamp() != self._stamp:
+                self.reload("file-changed")
