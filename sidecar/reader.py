@@ -394,6 +394,12 @@ class Reader:
                 # A chunk this read fetched may be committed before the read reaches it: it
                 # is served from disk but its bytes still came from the upstream for this read.
                 fetched = index in mine
+                # Counted as handed out: a caller that needs only this segment closes the
+                # generator at the yield, and nothing after it runs.
+                if fetched:
+                    stats.miss_bytes += hi - lo + 1
+                else:
+                    stats.hit_bytes += hi - lo + 1
                 try:
                     if chunk.data is not None:
                         yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
@@ -401,10 +407,6 @@ class Reader:
                         yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
                 finally:
                     chunk.close()
-                if fetched:
-                    stats.miss_bytes += hi - lo + 1
-                else:
-                    stats.hit_bytes += hi - lo + 1
                 pos = c0 + hi + 1
                 continue
             fill = self.fills.get((version.vid, index))
