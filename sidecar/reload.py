@@ -125,19 +125,26 @@ class Reloader:
         sc.settings = merged
         if rules_change:
             sc.apply_rules(sections["rules"])
-        for name in changed:
+        # The log level changes last: the reload itself is logged under the level it replaces.
+        for name in sorted(changed, key=lambda n: n == "log_level"):
             if name in APPLIERS:
+                if name == "log_level":
+                    self._log_done(reason, changed, restart)
                 APPLIERS[name](sc, merged)
+        if "log_level" not in changed:
+            self._log_done(reason, changed, restart)
         m.config_reloads.labels("ok").inc()
         m.config_reload_time.set(time.time())
         m.config_restart_required.set(1 if restart else 0)
-        report = ReloadReport(True, reason, changed, restart)
+        self.last = ReloadReport(True, reason, changed, restart)
+        return self.last
+
+    @staticmethod
+    def _log_done(reason: str, changed: list[str], restart: list[str]) -> None:
         log.info("config_reloaded", reason=reason, changed=changed, restart_required=restart)
         if restart:
             log.warning("config_restart_required", settings=restart,
                         detail="these settings only change on a restart; the running values are kept")
-        self.last = report
-        return report
 
     # --- watching the file -------------------------------------------------------------------
 
