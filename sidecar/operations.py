@@ -62,7 +62,7 @@ class Operations:
         for bucket, prefix in self._load_pins():
             self._policy_call("pin", bucket, prefix)
         self._tasks = [asyncio.ensure_future(self.reloader.watch()),
-                       asyncio.ensure_future(EventMonitor(self.sc, s.event_interval).run())]
+                       asyncio.ensure_future(EventMonitor(self.sc).run())]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -178,13 +178,16 @@ class Operations:
 
 
 class EventMonitor:
-    """Every ``interval`` seconds, one log line per kind of notable change since the last look:
-    eviction bursts, upstream errors, CRC failures, cache disk errors."""
+    """Every ``event_interval`` seconds, one log line per kind of notable change since the last
+    look: eviction bursts, upstream errors, CRC failures, cache disk errors."""
 
-    def __init__(self, sc: "Sidecar", interval: float) -> None:
+    def __init__(self, sc: "Sidecar") -> None:
         self.sc = sc
-        self.interval = interval
         self._last = self._sample()
+
+    @property
+    def interval(self) -> float:
+        return self.sc.settings.event_interval
 
     def _sample(self) -> dict[str, Any]:
         st = self.sc.store.stats

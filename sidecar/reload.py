@@ -58,6 +58,9 @@ APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
     "log_level": _set_log_level,
     "log_keys": lambda sc, s: setattr(sc.face.access_log, "key_mode", s.log_keys),
     "config_watch_interval": _set_nothing,
+    "event_interval": _set_nothing,
+    "upstream_probe_interval": lambda sc, s: [setattr(p, "interval", s.upstream_probe_interval)
+                                              for p in (sc.ops.readiness.upstream_probe, sc.ops.readiness.disk_probe)],
     "ready_requires_upstream": lambda sc, s: setattr(sc.ops.readiness, "requires_upstream",
                                                      s.ready_requires_upstream),
 }

@@ -257,3 +257,28 @@ def test_credentials_never_appear_in_logs_metrics_errors_or_config(make_sidecar,
         for marker in ("X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "AWS4-HMAC-SHA256",
                        "Authorization"):
             assert marker.lower() not in places[where].lower(), f"{marker} in {where}"
+
+
+def test_notable_events_are_logged(make_sidecar, tap, moto_s3, bucket):
+    from support.tap import Fault
+
+    sc = make_sidecar(chunk_size="1MiB", cache_size="4MiB", event_interval="0.3")
+    s3 = sc.client()
+    for i in range(8):
+        moto_s3.put_object(Bucket=bucket, Key=f"o{i}", Body=os.urandom(1024 * KiB))
+    for i in range(8):
+        get = s3.get_object(Bucket=bucket, Key=f"o{i}")["Body"].read()
+        assert len(get) == 1024 * KiB
+    burst = wait_for(lambda: next((e for e in sc.log_events() if e.get("event") == "eviction_burst"), None),
+                     what="an eviction_burst event")
+    assert burst["bytes"] >= 4 * 1024 * KiB and burst["capacity_bytes"] == 4 * 1024 * KiB
+    moto_s3.put_object(Bucket=bucket, Key="unreachable", Body=b"x")
+    tap.fault = lambda seen: Fault(drop=True)
+    try:
+        with pytest.raises(Exception):
+            s3.get_object(Bucket=bucket, Key="unreachable")
+        trouble = wait_for(lambda: next((e for e in sc.log_events() if e.get("event") == "upstream_errors"), None),
+                           what="an upstream_errors event")
+    finally:
+        tap.fault = None
+    assert trouble["level"] == "warning" and sum(trouble["by_kind"].values()) >= 1
