@@ -26,8 +26,10 @@ from json.encoder import encode_basestring_ascii as _json_str
 from typing import IO, Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+
+# ``*_created`` series (one more per counter child) carry nothing a dashboard or alert uses.
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -218,47 +220,37 @@ class LogSink:
         self._lock = threading.Lock()
 
     def write(self, line: str) -> None:
-        with self._lock:
-            self._buf.append(line)
-            self._flush_locked()
+        self._buf.append(line)
+        self.flush()
 
     def write_batched(self, line: str) -> None:
-        if not self.batched:
-            self.write(line)
-            return
-        with self._lock:
-            self._buf.append(line)
-            if len(self._buf) >= self.max_lines:
-                self._flush_locked()
-                return
-            if self._scheduled:
-                return
+        # No lock here: list.append is atomic, and flush takes the list before joining it.
+        buf = self._buf
+        buf.append(line)
+        if not self.batched or len(buf) >= self.max_lines:
+            self.flush()
+        elif not self._scheduled:
             loop = asyncio._get_running_loop()
             if loop is None:  # not on an event loop: nothing would flush later
-                self._flush_locked()
+                self.flush()
                 return
             self._scheduled = True
-        loop.call_later(self.interval, self._scheduled_flush)
+            loop.call_later(self.interval, self._scheduled_flush)
 
     def _scheduled_flush(self) -> None:
-        with self._lock:
-            self._scheduled = False
-            self._flush_locked()
+        self._scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         with self._lock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        if not self._buf:
-            return
-        text = "".join(self._buf)
-        self._buf.clear()
-        try:
-            self.stream.write(text)
-            self.stream.flush()
-        except (OSError, ValueError):  # stdout closed or gone: logging must never take the daemon down
-            pass
+            buf, self._buf = self._buf, []
+            if not buf:
+                return
+            try:
+                self.stream.write("".join(buf))
+                self.stream.flush()
+            except (OSError, ValueError):  # stdout closed or gone: logging must never take the daemon down
+                pass
 
 
 class _SinkLogger:
@@ -437,12 +429,12 @@ class AccessLog:
         return key
 
     def _timestamp(self) -> str:
-        t = time.time()
-        sec = int(t)
+        us = int(time.time() * 1e6)
+        sec = us // 1_000_000
         if sec != self._sec:
             self._sec = sec
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._stamp}.{int((t - sec) * 1e6):06d}Z"
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        return "%s%06dZ" % (self._stamp, us - sec * 1_000_000)
 
     def emit(self, request_id: str, method: str, operation: str, bucket: str | None, key: str | None,
              range_: str | None, status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int,
@@ -455,12 +447,12 @@ class AccessLog:
                            key=key, range=range_, status=status, outcome=outcome, bytes=nbytes,
                            bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
             return
-        # Field values a client controls are JSON-escaped and scrubbed; the rest are ours.
+        # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
         _STATE.sink.write_batched(
             f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
             f'"event": "request", "request_id": "{request_id}", "method": {_json_str(method)}, '
             f'"operation": "{operation}", "bucket": {_opt(bucket)}, "key": {_opt(key)}, '
-            f'"range": {_opt(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
+            f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
             f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "ms": {seconds * 1000:.3f}}}\n')
 
 
@@ -468,3 +460,12 @@ def _opt(value: str | None) -> str:
     if value is None:
         return "null"
     return _json_str(scrub(value))
+
+
+_PLAIN_RANGE = re.compile(r"bytes=[0-9, -]{1,64}")
+
+
+def _range(value: str | None) -> str:
+    if value is None:
+        return "null"
+    return _json_str(value if _PLAIN_RANGE.fullmatch(value) else scrub(value))
