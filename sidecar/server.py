@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import signal
 import time
 
@@ -180,8 +181,17 @@ async def run(settings: config.Settings, flags: dict | None = None) -> None:
     stop = asyncio.Event()
     received: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:  # a second signal: the operator will not wait for the drain
+            log.warning("stopping_now", signal=sig.name, detail="second signal: responses in flight are cut")
+            flush_logs()
+            os._exit(1)
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     async with Sidecar(settings, flags=flags) as sc:
         loop.add_signal_handler(signal.SIGHUP, lambda: sc.ops.reloader.reload("SIGHUP"))
         await stop.wait()

@@ -184,3 +184,23 @@ def test_a_changed_file_is_reloaded(make_sidecar, moto_s3, bucket, tmp_path):
     r = urllib.request.urlopen(urllib.request.Request(sc.admin_url + "/reload", data=b"{}", method="POST"), timeout=5)
     assert json.loads(r.read()) == {"ok": True, "reason": "admin-api", "changed": [], "restart_required": [],
                                     "error": None}
+
+
+def test_a_second_sigterm_stops_at_once(make_sidecar, tap, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="1MiB", shutdown_grace="30")
+    moto_s3.put_object(Bucket=bucket, Key="long", Body=os.urandom(4 * MiB))
+    tap.fault = lambda seen: Fault(throttle_bps=MiB) if "/long" in seen.path else None
+    try:
+        dl = SlowDownload(sc, bucket, "long")
+        dl.start()
+        assert dl.started.wait(10)
+        sc.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: event(sc, "stopping"), what="stopping")
+        t0 = time.monotonic()
+        sc.proc.send_signal(signal.SIGTERM)
+        assert sc.proc.wait(10) == 1
+        assert time.monotonic() - t0 < 2
+        dl.join(10)
+    finally:
+        tap.fault = None
+    assert event(sc, "stopping_now")[0]["level"] == "warning"
