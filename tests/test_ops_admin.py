@@ -163,6 +163,11 @@ def test_hot_objects_by_decayed_reads(make_sidecar, moto_s3, bucket):
     assert r.returncode == 0
     assert [line.split()[-1] for line in r.stdout.splitlines()[1:]] == [f"s3://{bucket}/b", f"s3://{bucket}/d"]
     assert call(sc, "GET", "/hot?n=zero")[0] == 400
+    # Without --admin, the CLI finds the endpoint where the daemon's settings put it.
+    r = subprocess.run([sys.executable, "-m", "sidecar", "admin", "stats"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "SIDECAR_ADMIN_LISTEN": sc.admin_url.split("//")[1]})
+    reads = json.loads(r.stdout)["reads"] if r.returncode == 0 else r.stderr
+    assert (reads["hits"], reads["misses"]) == (6, 4), reads
 
 
 def test_readiness_follows_the_upstream_only_when_required(make_sidecar, tap, moto_s3, bucket):
