@@ -57,7 +57,6 @@ class Operations:
 
     async def start(self) -> None:
         """After the store is open: restore runtime pins, start the watchers."""
-        s = self.sc.settings
         self.index_loaded = True
         for bucket, prefix in self._load_pins():
             self._policy_call("pin", bucket, prefix)

@@ -21,6 +21,8 @@ import pytest
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
+from support.tap import Fault
+
 ROOT = Path(__file__).resolve().parents[1]
 KiB = 1024
 
@@ -260,15 +262,12 @@ def test_credentials_never_appear_in_logs_metrics_errors_or_config(make_sidecar,
 
 
 def test_notable_events_are_logged(make_sidecar, tap, moto_s3, bucket):
-    from support.tap import Fault
-
     sc = make_sidecar(chunk_size="1MiB", cache_size="4MiB", event_interval="0.3")
     s3 = sc.client()
     for i in range(8):
         moto_s3.put_object(Bucket=bucket, Key=f"o{i}", Body=os.urandom(1024 * KiB))
     for i in range(8):
-        get = s3.get_object(Bucket=bucket, Key=f"o{i}")["Body"].read()
-        assert len(get) == 1024 * KiB
+        assert len(s3.get_object(Bucket=bucket, Key=f"o{i}")["Body"].read()) == 1024 * KiB
     burst = wait_for(lambda: next((e for e in sc.log_events() if e.get("event") == "eviction_burst"), None),
                      what="an eviction_burst event")
     assert burst["bytes"] >= 4 * 1024 * KiB and burst["capacity_bytes"] == 4 * 1024 * KiB
