@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "sidecar.server",
     "sidecar.demo",
     "sidecar.config_cli",
+    "sidecar.inject.cli",
 )
 
 
