@@ -326,10 +326,14 @@ def test_aws_credentials_follow_the_app(webhook) -> None:
 
 
 def test_exclude_containers_annotation(webhook) -> None:
-    before = pod(app("a"), app("istio-proxy"), annotations={f"{PREFIX}/exclude-containers": "istio-proxy, x"})
+    proxy = app("istio-proxy", env=[{"name": "AWS_REGION", "value": "wrong"}])
+    before = pod(proxy, app("a", env=[{"name": "AWS_REGION", "value": "eu-west-1"}]),
+                 annotations={f"{PREFIX}/exclude-containers": "istio-proxy, x"})
     after, _ = inject(webhook, before)
-    assert "AWS_ENDPOINT_URL" in env_of(after["spec"]["containers"][0])
-    assert "env" not in after["spec"]["containers"][1]
+    assert after["spec"]["containers"][0] == proxy
+    assert env_of(after["spec"]["containers"][1])["AWS_ENDPOINT_URL"] == ENDPOINT
+    # credentials come from the first container that is not excluded
+    assert env_of(sidecar_of(after))["AWS_REGION"] == "eu-west-1"
 
 
 def test_regular_container_mode(webhook) -> None:

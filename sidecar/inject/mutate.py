@@ -138,7 +138,8 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
                 patch += _endpoint_env_ops(("spec", "initContainers", i), c, endpoint)
 
     run_as_group, pod_security_ops = _volume_ownership(pod_spec, spec)
-    sidecar = _container(spec, settings, env_settings, port, admin_port, containers[0], run_as_group)
+    app = next((c for c in containers if c.get("name") not in excluded), containers[0])
+    sidecar = _container(spec, settings, env_settings, port, admin_port, app, run_as_group)
     field = "initContainers" if spec.native_sidecar else "containers"
     existing = init_containers if spec.native_sidecar else containers
     if existing:
@@ -279,7 +280,8 @@ def _container(spec: InjectSpec, settings: config.Settings, env_settings: Mappin
         {"name": config.env_name("admin_listen"), "value": f"0.0.0.0:{admin_port}"},
         {"name": config.env_name("cache_dir"), "value": CACHE_MOUNT_PATH},
     ]
-    env += [{"name": k, "value": v} for k, v in sorted(env_settings.items())]
+    # Ordered by setting name, as the chart's hand-injection snippet orders them.
+    env += [{"name": k, "value": v} for k, v in sorted(env_settings.items(), key=lambda kv: kv[0].lower())]
     aws_env, aws_mounts = _credentials(app, spec)
     names = {e["name"] for e in env}
     env += [e for e in aws_env if e["name"] not in names]
