@@ -100,8 +100,21 @@ async def over_https(url: str, ca: Path, n: int, concurrency: int) -> None:
                     times.append(time.perf_counter() - t)
                     assert doc["response"]["allowed"] and "patch" in doc["response"]
 
+            before = await server_seconds(session, url)
             await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
-            print(line(name, times))
+            after = await server_seconds(session, url)
+            server_ms = (after[0] - before[0]) / max(1, after[1] - before[1]) * 1000
+            print(line(name, times) + f"  (server side: mean {server_ms:.3f} ms)")
+
+
+async def server_seconds(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """(sum, count) of the webhook's own review-duration histogram: time spent inside the handler."""
+    async with session.get(url.replace("/mutate", "/metrics")) as r:
+        text = await r.text()
+    values = {}
+    for metric in ("sidecar_inject_review_duration_seconds_sum", "sidecar_inject_review_duration_seconds_count"):
+        values[metric] = float(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith(metric)))
+    return values["sidecar_inject_review_duration_seconds_sum"], values["sidecar_inject_review_duration_seconds_count"]
 
 
 def free_port() -> int:
