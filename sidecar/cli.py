@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "sidecar.demo",
     "sidecar.config_cli",
     "sidecar.sim.cli",
+    "sidecar.inject.cli",
 )
 
 
