@@ -160,7 +160,7 @@ def test_schema_knows_every_sidecar_setting() -> None:
     expected = [n for n in config.option_names() if n not in inject_spec.OWNED_SETTINGS]
     assert sorted(listed) == sorted(expected), (
         "charts/sidecar/values.schema.json sidecar.settings must list the sidecar's options "
-        "(sidecar/config.py OPTIONS, less the ones the webhook sets)")
+        "(sidecar/config.py OPTIONS, less the ones the webhook sets): run scripts/sync-chart-schema.py")
 
 
 # --- the chart and the webhook agree -------------------------------------------------------------
