@@ -169,6 +169,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="4KiB,1MiB,64MiB")
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--chunk-size", default="4MiB")
+    ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                    help="extra sidecar setting, e.g. --set chunk_verification=when-changed")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -207,7 +209,7 @@ def main() -> int:
             for c in levels:
                 # cold misses: a fresh sidecar cache each round, one distinct object per request
                 sc = Sidecar(moto.url, work / f"cache-{size}-{c}", work, chunk_size=args.chunk_size,
-                             cache_size="20GiB")
+                             cache_size="20GiB", **dict(kv.split("=", 1) for kv in args.set))
                 n = requests_for(size, c)
                 urls = [f"{sc.url}/{BUCKET}/cold-{size}-{i}" for i in range(n)]
                 with RssSampler(sc.proc.pid) as rss:

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "sidecar.config_cli",
     "sidecar.admin_cli",
     "sidecar.sim.cli",
+    "sidecar.inject.cli",
 )
 
 

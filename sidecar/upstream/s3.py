@@ -55,18 +55,27 @@ class _Signer(SigV4Auth):
 
 
 class _Body:
-    """A ranged GET body; transport failures surface as UpstreamUnavailable."""
+    """A GET body read as the transport delivered it (no joining of buffers: every byte is
+    copied once less); transport failures surface as UpstreamUnavailable."""
 
-    __slots__ = ("_body",)
+    __slots__ = ("_content", "_rest")
 
-    def __init__(self, body) -> None:
-        self._body = body
+    def __init__(self, content: aiohttp.StreamReader) -> None:
+        self._content = content
+        self._rest: memoryview | None = None
 
-    async def read(self, n: int) -> bytes:
-        try:
-            return await self._body.read(n)
-        except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise UpstreamUnavailable(f"upstream body interrupted: {type(e).__name__}") from e
+    async def read(self, n: int) -> bytes | memoryview:
+        rest = self._rest
+        if rest is None:
+            try:
+                data = await self._content.readany()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                raise UpstreamUnavailable(f"upstream body interrupted: {type(e).__name__}") from e
+            if len(data) <= n:
+                return data
+            rest = memoryview(data)
+        self._rest = rest[n:] if len(rest) > n else None
+        return rest[:n]
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int, int] | None:
