@@ -4,6 +4,7 @@ describes every route with curl examples."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -212,6 +213,25 @@ def _bucket_prefix(data: dict[str, Any]) -> tuple[str, str]:
     return bucket, prefix
 
 
+def _is_loopback(peer: str | None) -> bool:
+    try:
+        return peer is not None and ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def _local_control(request: web.Request, handler) -> web.StreamResponse:
+    """Reads (health, metrics, stats) are open to whoever reaches the port — kubelet probes and
+    Prometheus come from the pod network. Changes (purge, pin, warm, reload) come from the pod
+    itself unless ``admin_remote_control`` allows more."""
+    if request.method not in ("GET", "HEAD") and not _is_loopback(request.remote) \
+            and not _sc(request).settings.admin_remote_control:
+        return web.json_response({"error": "admin changes are accepted from loopback only "
+                                           "(set admin_remote_control to allow others)"}, status=403)
+    return await handler(request)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler) -> web.StreamResponse:
     try:
@@ -296,7 +316,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 def create_app(sc: "Sidecar") -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[_local_control, _errors], client_max_size=4 * 1024 * 1024)
     app[SIDECAR] = sc
     sc.metrics.registry.register(DaemonCollector(sc))
     r = app.router

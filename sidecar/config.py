@@ -233,6 +233,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen", "127.0.0.1:9400", parse_hostport, "host:port", "address of the S3 endpoint"),
     Option("admin_listen", "127.0.0.1:9401", parse_hostport, "host:port",
            "address of the admin endpoint (health, metrics, stats)"),
+    Option("admin_remote_control", False, parse_bool, "true or false",
+           "accept purge, pin, warm and reload from other hosts than loopback (reads are always open)"),
     Option("virtual_host_suffixes", "localhost,s3.amazonaws.com", lambda t: tuple(
         s.strip().lower() for s in (t if isinstance(t, (list, tuple)) else str(t).split(",")) if s.strip()),
            "a comma-separated list of domain names",
@@ -319,6 +321,7 @@ _BY_NAME = {o.name: o for o in OPTIONS}
 class Settings:
     listen: tuple[str, int]
     admin_listen: tuple[str, int]
+    admin_remote_control: bool
     virtual_host_suffixes: tuple[str, ...]
     upstream: str | None
     region: str | None

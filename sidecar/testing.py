@@ -96,14 +96,16 @@ class Sidecar:
     def start(self) -> None:
         self.log_path = self.log_dir / f"sidecar-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
-        self.port, admin_port = free_port(), free_port()
+        self.port = free_port()
+        admin = self.flags.get("admin_listen")
+        admin_port = int(str(admin).rsplit(":", 1)[1]) if admin else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}"
         args = [sys.executable, "-m", "sidecar", "serve", "--upstream", self.upstream,
                 "--cache-dir", str(self.cache_dir), "--listen", f"127.0.0.1:{self.port}",
                 "--admin-listen", f"127.0.0.1:{admin_port}", "--log-format", "json"]
         for k, v in self.flags.items():
-            args += ["--" + k.replace("_", "-"), str(v)]
+            args += ["--" + k.replace("_", "-"), str(v)]  # later flags win: these override the above
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**CHILD_ENV, **self.extra_env})
         deadline = time.monotonic() + 30

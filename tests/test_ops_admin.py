@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
 import yaml
 
 from support.tap import Fault
@@ -198,3 +199,44 @@ def test_readiness_follows_the_upstream_only_when_required(make_sidecar, tap, mo
     events = [e["event"] for e in strict.log_events() if e.get("logger") == "sidecar.health"]
     assert events == ["upstream_unreachable", "upstream_reachable"]
 
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outbound interface
+            addr = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if addr.startswith("127.") else addr
+
+
+def test_admin_changes_only_from_loopback(tmp_path, logs_dir):
+    import json as _json
+    import urllib.error
+    import urllib.request
+
+    from sidecar.testing import Sidecar, free_port
+
+    addr = _non_loopback_address()
+    if addr is None:
+        pytest.skip("no non-loopback address on this machine")
+    (tmp_path / "up" / "b").mkdir(parents=True)
+    port = free_port()
+    sc = Sidecar(f"file://{tmp_path / 'up'}", tmp_path / "c", logs_dir, admin_listen=f"0.0.0.0:{port}")
+    try:
+        remote = f"http://{addr}:{port}"
+        with urllib.request.urlopen(remote + "/stats", timeout=5) as r:
+            assert r.status == 200
+        req = urllib.request.Request(remote + "/purge", data=_json.dumps({"bucket": "b"}).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 403
+        local = urllib.request.Request(f"http://127.0.0.1:{port}/purge", data=_json.dumps({"bucket": "b"}).encode(),
+                                       method="POST")
+        with urllib.request.urlopen(local, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        sc.stop()
