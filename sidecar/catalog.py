@@ -25,6 +25,7 @@ ObjectKey = tuple[str, str]
 class Entry:
     meta: ObjectMeta
     learned_at: float  # monotonic time of the last upstream confirmation; -inf when restored from disk
+    confirmed: float = dataclasses.field(default_factory=time.time)  # wall time of that confirmation
     parts: dict[int, PartInfo] = dataclasses.field(default_factory=dict)
     stale: bool = False  # served past its TTL because the upstream could not be reached
 
@@ -40,6 +41,7 @@ class _Lookup:
 class Catalog:
     def __init__(self, upstream: Upstream, *, ttl: Callable[[str, str], float | None],
                  max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
+                 stale_if_error: float | None = 3600.0,
                  on_obsolete: Callable[[ObjectMeta], None] | None = None) -> None:
         self.upstream = upstream
         self.ttl = ttl  # seconds for (bucket, key); None = indefinite
@@ -48,12 +50,17 @@ class Catalog:
         self.entries: OrderedDict[ObjectKey, Entry] = OrderedDict()
         self._lookups: dict[ObjectKey, _Lookup] = {}
         self.on_obsolete = on_obsolete  # a version is known to be replaced or deleted upstream
+        # how old (seconds since the upstream last confirmed it) metadata may be and still be
+        # served while the upstream cannot be reached; None: no limit
+        self.stale_if_error = stale_if_error
+        self.stale_served = 0
         self.shared_lookups = 0
         self.revalidations = 0
 
-    def restore(self, meta: ObjectMeta) -> None:
-        """Seed an entry from disk at start: known, but to be revalidated on first use."""
-        self._put((meta.bucket, meta.key), Entry(meta, float("-inf")))
+    def restore(self, meta: ObjectMeta, confirmed: float = 0.0) -> None:
+        """Seed an entry from disk at start: known, but to be revalidated on first use.
+        ``confirmed``: when it was stored (wall time), for stale-if-error's limit."""
+        self._put((meta.bucket, meta.key), Entry(meta, float("-inf"), confirmed=confirmed))
 
     def _put(self, k: ObjectKey, entry: Entry) -> None:
         self.entries[k] = entry
@@ -97,11 +104,14 @@ class Catalog:
                 assert old is not None
                 if not call.poisoned and self.entries.get(k) is old:
                     old.learned_at = self.clock()
+                    old.confirmed = time.time()
                     old.stale = False
                 return old
             except UpstreamUnavailable:
-                if old is not None and not call.poisoned:
+                if old is not None and not call.poisoned and (
+                        self.stale_if_error is None or time.time() - old.confirmed <= self.stale_if_error):
                     old.stale = True  # stale-if-error: the cached version is the best answer
+                    self.stale_served += 1
                     return old
                 raise
             except S3Error as err:
@@ -117,6 +127,7 @@ class Catalog:
             if current is not None and current.meta.etag == meta.etag and current.meta.size == meta.size:
                 current.meta = meta  # headers may have changed (tagging, metadata copy)
                 current.learned_at = entry.learned_at
+                current.confirmed = entry.confirmed
                 current.stale = False
                 return current
             self._put(k, entry)

@@ -250,6 +250,14 @@ OPTIONS: tuple[Option, ...] = (
            "time allowed to connect to the upstream"),
     Option("upstream_read_timeout", 60.0, parse_duration, DURATION_FORM,
            "time allowed between bytes from the upstream"),
+    Option("upstream_answer_within", 2.0, parse_duration, DURATION_FORM,
+           "longest a client waits on an unreachable or silent upstream before S3's 503 "
+           "ServiceUnavailable (retries of idempotent reads happen within it)"),
+    Option("upstream_retries", 3, _int_range(0, 10), "an integer from 0 to 10",
+           "retries of idempotent upstream reads (HEAD, ranged GET), with jittered backoff"),
+    Option("stale_if_error", 3600.0, parse_ttl, DURATION_FORM + ", or indefinite",
+           "while the upstream cannot be reached, cached objects whose metadata the upstream "
+           "confirmed at most this long ago are still served"),
     Option("upstream_max_connections", 128, _int_range(1, 10000), "an integer from 1 to 10000",
            "connection pool size towards the upstream"),
     # --- cache
@@ -328,6 +336,9 @@ class Settings:
     upstream_addressing: str
     upstream_connect_timeout: float
     upstream_read_timeout: float
+    upstream_answer_within: float
+    upstream_retries: int
+    stale_if_error: float | None
     upstream_max_connections: int
     cache_dir: Path
     cache_size: int
@@ -397,7 +408,7 @@ class Settings:
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
                             "bandwidth_cap"):
                 v = format_size(v)
-            elif o.name in ("metadata_ttl", "lru_k_retained_period") and v is None:
+            elif o.name in ("metadata_ttl", "lru_k_retained_period", "stale_if_error") and v is None:
                 v = "indefinite"
             out[o.name] = v
         for k, v in self.extra.items():

@@ -24,6 +24,7 @@ from .s3.face import S3Face
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
 from .upstream.base import ObjectMeta, Upstream
 from .upstream.metered import MeteredUpstream
+from .upstream.resilient import ResilientUpstream
 
 log = get_logger("sidecar.server")
 
@@ -57,13 +58,17 @@ class Sidecar:
                                               hotness_half_life=settings.hotness_half_life)
         # Large-chunk verification and sendfile run here; both release the GIL.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
-        self.upstream = MeteredUpstream(upstream or make_upstream(settings), self.metrics)
+        # Every attempt is metered; the resilience layer above bounds retries and waits.
+        self.upstream = ResilientUpstream(MeteredUpstream(upstream or make_upstream(settings), self.metrics),
+                                          answer_within=settings.upstream_answer_within,
+                                          retries=settings.upstream_retries)
         self.store = ChunkStore(
             settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
             policy=self.policy, ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
             verify_every_read=settings.chunk_verification == "every-read",
             on_evict=self._on_evict)
         self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: self.rules.match(bucket, key).metadata_ttl,
+                               stale_if_error=settings.stale_if_error,
                                on_obsolete=self.drop_version)
         self.reader = Reader(self.store, self.upstream, self.metrics,
                              readahead_chunks=settings.readahead_chunks,
@@ -124,7 +129,7 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         versions = await loop.run_in_executor(None, self.store.open)
         for v in versions:
-            self.catalog.restore(v.meta)
+            self.catalog.restore(v.meta, confirmed=v.stored_at)
         await self.ops.start()
         await self.upstream.start()
         s3_server = web.Server(self.face.handle, max_line_size=16384, max_field_size=16384,

@@ -64,6 +64,7 @@ class Version:
     meta_written: bool = False
     dropped: bool = False  # invalidated: nothing may be committed to it any more
     writers: int = 0  # chunks being written
+    stored_at: float = 0.0  # wall time its metadata was written (restored versions)
 
     @property
     def cached_bytes(self) -> int:
@@ -250,7 +251,7 @@ class ChunkStore:
             if vid not in live or version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
                 self._unlink_all([p for _, _, p in files] + [str(self._meta_path(vid))])
                 continue
-            v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size)
+            v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
             n = chunk_count(meta.size, self.chunk_size)
             for index, crc, path in sorted(files):
                 if index >= n or index in v.chunks:

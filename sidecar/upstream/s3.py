@@ -113,7 +113,7 @@ class S3Upstream:
             region_name=self.region,
             signature_version=("s3v4" if self._credentials is not None else botocore.UNSIGNED),
             s3={"addressing_style": self.addressing},
-            retries={"mode": "standard", "max_attempts": 3},
+            retries={"mode": "standard", "max_attempts": 1},  # ResilientUpstream retries, within a deadline
             connect_timeout=s.upstream_connect_timeout,
             read_timeout=s.upstream_read_timeout,
             max_pool_connections=s.upstream_max_connections,

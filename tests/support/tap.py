@@ -88,7 +88,7 @@ class Tap:
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
         server = web.Server(self._handle, max_line_size=16384, max_field_size=16384, access_log=None)
-        self._runner = web.ServerRunner(server)
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)  # faults may hold requests for long
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
