@@ -8,26 +8,13 @@ true is 304, as S3 documents.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Mapping
+
+from ..upstream.base import http_date_to_ts
 
 PRECONDITION_FAILED = 412
 NOT_MODIFIED = 304
 HEADERS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
-
-
-def _parse_date(value: str) -> float | None:
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if dt is None:
-        return None
-    if dt.tzinfo is None:  # HTTP dates are GMT
-        import datetime as _dt
-
-        dt = dt.replace(tzinfo=_dt.timezone.utc)
-    return dt.timestamp()
 
 
 def _opaque(tag: str) -> str:
@@ -63,7 +50,7 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: float | None)
     else:
         ius = headers.get("if-unmodified-since")
         if ius is not None and last_modified is not None:
-            t = _parse_date(ius)
+            t = http_date_to_ts(ius)
             if t is not None and int(last_modified) > int(t):
                 return PRECONDITION_FAILED
     if_none_match = headers.get("if-none-match")
@@ -73,7 +60,7 @@ def evaluate(headers: Mapping[str, str], etag: str, last_modified: float | None)
     else:
         ims = headers.get("if-modified-since")
         if ims is not None and last_modified is not None:
-            t = _parse_date(ims)
+            t = http_date_to_ts(ims)
             if t is not None and int(last_modified) <= int(t):
                 return NOT_MODIFIED
     return None

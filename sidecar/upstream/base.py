@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import email.utils
 import functools
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -198,6 +199,7 @@ def _parsed_date(value: str) -> float | None:
 
 
 def http_date_to_ts(value: str | None) -> float | None:
+    """An HTTP date (RFC 9110: IMF-fixdate, or the obsolete forms) as a Unix time; None if invalid."""
     if not value:
         return None
     try:
@@ -206,6 +208,8 @@ def http_date_to_ts(value: str | None) -> float | None:
         return None
     if dt is None:
         return None
+    if dt.tzinfo is None:  # HTTP dates are GMT
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
     return dt.timestamp()
 
 

@@ -43,6 +43,27 @@ _STATUS_CODES = {301: "PermanentRedirect", 307: "TemporaryRedirect", 400: "Inval
                  412: "PreconditionFailed", 416: "InvalidRange", 501: "NotImplemented"}
 
 
+def _answer_error(status: int, code: str | None, message: str | None, bucket: str | None,
+                  key: str | None) -> Exception:
+    """The client-facing error for an upstream's error answer. ``code`` is None when the answer
+    had no body (HEAD): the status alone then names it, in S3's own words. 5xx other than
+    SlowDown mean the upstream is failing: UpstreamUnavailable (503 to the client)."""
+    if code == "SlowDown":
+        return S3Error("SlowDown", message)
+    if status >= 500:
+        return UpstreamUnavailable(f"The upstream answered {status} {code or ''}".strip() + ".")
+    if code is None:
+        code = ("NoSuchKey" if key is not None else "NoSuchBucket") if status == 404 else \
+            _STATUS_CODES.get(status, "InvalidRequest")
+        message = None
+    fields = {}
+    if code == "NoSuchKey" and key is not None:
+        fields["Key"] = key
+    elif code == "NoSuchBucket" and bucket is not None:
+        fields["BucketName"] = bucket
+    return S3Error(code, message, status=status, **fields)
+
+
 class _Signer(SigV4Auth):
     """SigV4 for S3 with the payload hash we choose (a body hash, UNSIGNED-PAYLOAD or a
     streaming mode) and the path used as sent, as S3 canonicalises it."""
@@ -150,18 +171,7 @@ class S3Upstream:
             message = err.get("Message") or None
             if status == 304:
                 return NotModified()
-            if code.isdigit():  # a body-less answer (HEAD): S3's own words for the status
-                message = None
-                code = ("NoSuchKey" if key is not None else "NoSuchBucket") if status == 404 else \
-                    _STATUS_CODES.get(status, "ServiceUnavailable" if status >= 500 else "InvalidRequest")
-            if status >= 500 and code != "SlowDown":
-                return UpstreamUnavailable(f"The upstream answered {status} {code}.")
-            fields = {}
-            if code == "NoSuchKey" and key is not None:
-                fields["Key"] = key
-            elif code == "NoSuchBucket" and bucket is not None:
-                fields["BucketName"] = bucket
-            return S3Error(code, message, status=status, **fields)
+            return _answer_error(status, None if code.isdigit() else code, message, bucket, key)
         if isinstance(e, ParamValidationError):
             return S3Error("InvalidBucketName" if "Bucket" in str(e) else "InvalidArgument",
                            str(e).splitlines()[0][:200], BucketName=bucket)
@@ -275,22 +285,7 @@ class S3Upstream:
                 code, message = root.findtext("Code"), root.findtext("Message")
         except (ET.ParseError, aiohttp.ClientError, asyncio.TimeoutError, OSError):
             pass
-        status = resp.status
-        if code == "SlowDown" or (status == 503 and code is None):
-            return S3Error("SlowDown", message) if code == "SlowDown" else UpstreamUnavailable(
-                f"The upstream answered {status}.")
-        if status >= 500:
-            return UpstreamUnavailable(f"The upstream answered {status} {code or ''}".strip() + ".")
-        if not code:
-            code = ("NoSuchKey" if key is not None else "NoSuchBucket") if status == 404 else \
-                _STATUS_CODES.get(status, "InvalidRequest")
-            message = None
-        fields = {}
-        if code == "NoSuchKey" and key is not None:
-            fields["Key"] = key
-        elif code == "NoSuchBucket" and bucket is not None:
-            fields["BucketName"] = bucket
-        return S3Error(code, message, status=status, **fields)
+        return _answer_error(resp.status, code or None, message, bucket, key)
 
     # --- pass-through -------------------------------------------------------------------
 
