@@ -167,6 +167,7 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
         "requests": by_label("sidecar_requests_total"),
         "pins": sc.ops.pins()["pins"],
         "warm_jobs_running": sc.ops.warm.running,
+        "prefetch": sc.prefetch.state() if getattr(sc, "prefetch", None) is not None else None,
         "config": {"log_level": sc.settings.log_level,
                    "last_reload": reload.as_json() if reload is not None else None},
     }
@@ -310,6 +311,19 @@ async def hot(request: web.Request) -> web.Response:
     return web.json_response({"objects": _sc(request).ops.hot(n)})
 
 
+async def verify(request: web.Request) -> web.Response:
+    """Check cached chunks (one object, a bucket, or everything); corrupt ones are dropped and,
+    unless ``repair`` is false, refetched. ``ok`` is false when corruption is left."""
+    from .verify import targets, verify_online  # noqa: PLC0415
+
+    try:
+        bucket, key, repair = targets(await _body(request))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    report = await verify_online(_sc(request), bucket, key, repair=repair)
+    return web.json_response(report.as_json())
+
+
 async def reload(request: web.Request) -> web.Response:
     report = _sc(request).ops.reloader.reload("admin-api")
     return web.json_response(report.as_json(), status=200 if report.ok else 422)
@@ -335,4 +349,5 @@ def create_app(sc: "Sidecar") -> web.Application:
     r.add_get("/warm/{id}", warm_status)
     r.add_delete("/warm/{id}", warm_cancel)
     r.add_get("/hot", hot)
+    r.add_post("/verify", verify)
     return app

@@ -5,6 +5,7 @@
     sidecar admin pin BUCKET [PREFIX]      /  unpin BUCKET [PREFIX]  /  pins
     sidecar admin warm BUCKET [PREFIX] [--key KEY ...] [--no-wait]
     sidecar admin jobs [ID]                /  hot [-n N]  /  ready  /  reload  /  config
+    sidecar admin verify [BUCKET [KEY]] [--no-repair] [--json]
 
 ``--admin HOST:PORT`` names the admin endpoint; by default the ``admin_listen`` setting (from
 ``SIDECAR_ADMIN_LISTEN`` or ``--config``), as the daemon beside it reads it.
@@ -157,6 +158,15 @@ def _run(args: argparse.Namespace) -> int:
             _print(client.call("GET", f"/warm/{urllib.parse.quote(args.id)}" if args.id else "/warm"))
         elif a == "hot":
             return _hot(client, args)
+        elif a == "verify":
+            from .verify import print_report  # noqa: PLC0415
+
+            body = {"repair": not args.no_repair, **({"bucket": args.bucket} if args.bucket else {}),
+                    **({"key": args.key} if args.key else {})}
+            client.timeout = 3600
+            out = client.call("POST", "/verify", body)
+            print_report(out, args.json)
+            return 0 if out["ok"] else 1
     except AdminError as e:
         print(f"sidecar admin: {e}", file=sys.stderr)
         return 1
@@ -190,4 +200,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     h = asub.add_parser("hot", help="objects clients read most (decayed hotness)")
     h.add_argument("-n", type=int, default=20)
     h.add_argument("--json", action="store_true")
+    v = asub.add_parser("verify", help="check cached chunks against their CRC32Cs; corrupt ones are refetched")
+    v.add_argument("bucket", nargs="?", default=None)
+    v.add_argument("key", nargs="?", default=None)
+    v.add_argument("--no-repair", action="store_true", help="drop corrupt chunks but do not refetch them")
+    v.add_argument("--json", action="store_true")
     p.set_defaults(func=_run)

@@ -16,8 +16,10 @@ COMMAND_MODULES = (
     "sidecar.demo",
     "sidecar.config_cli",
     "sidecar.admin_cli",
+    "sidecar.verify",
     "sidecar.sim.cli",
     "sidecar.inject.cli",
+    "sidecar.predict.train_cli",
 )
 
 

@@ -183,6 +183,15 @@ def _int_range(lo: int, hi: int | None = None) -> Callable[[Any], int]:
     return parse
 
 
+def _size_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(text: Any) -> int:
+        v = parse_size(text)
+        if not lo <= v <= hi:
+            raise ValueError(text)
+        return v
+    return parse
+
+
 def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
     def parse(text: Any) -> float:
         if isinstance(text, bool):
@@ -239,6 +248,25 @@ OPTIONS: tuple[Option, ...] = (
         s.strip().lower() for s in (t if isinstance(t, (list, tuple)) else str(t).split(",")) if s.strip()),
            "a comma-separated list of domain names",
            "Host suffixes under which <bucket>.<suffix> is a virtual-hosted-style request"),
+    Option("max_header_size", 16 * 1024, _size_range(1024, 1024**2), SIZE_FORM + " between 1KiB and 1MiB",
+           "longest request line and longest header accepted; longer ones get 400 RequestHeaderSectionTooLarge"),
+    Option("max_header_count", 128, _int_range(8, 10000), "an integer from 8 to 10000",
+           "most headers a request may have; more get 400 RequestHeaderSectionTooLarge"),
+    Option("max_client_connections", 1024, _int_range(1, 1000000), "an integer from 1 to 1000000",
+           "client connections served at once; requests on further connections get 503 SlowDown"),
+    Option("client_request_rate", 0.0, _float_range(0.0, 1e9), "a number of requests per second (0 is unlimited)",
+           "requests per second each client address may make; more get 503 SlowDown, as S3 throttles"),
+    Option("client_request_burst", 100, _int_range(1, 1000000), "an integer from 1 to 1000000",
+           "requests a client address may make at once above client_request_rate"),
+    # --- client authentication
+    Option("auth", "off", _choice("off", "sigv4"), "off or sigv4",
+           "verify clients' AWS Signature Version 4 (headers, presigned URLs, signed aws-chunked "
+           "uploads) against auth_keys_dir; off accepts any request"),
+    Option("auth_keys_dir", None, _optional_path, "a directory path",
+           "client access keys for auth: one file per key, named by the access key id and holding "
+           "the secret (a mounted Kubernetes Secret has this shape)"),
+    Option("auth_region", None, lambda t: str(t).strip() or None, "an AWS region name such as eu-west-1",
+           "region clients must sign for (default: the region setting's value)"),
     # --- upstream
     Option("upstream", None, parse_upstream, UPSTREAM_FORM,
            "upstream S3 endpoint; AWS's regional endpoint when unset"),
@@ -295,10 +323,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("prefetch_interval", 30.0, parse_duration, DURATION_FORM, "how often the predictor runs"),
     Option("prefetch_threshold", 0.7, _float_range(0.0, 1.0), "a number from 0 to 1",
            "minimum predicted probability of a read for an object to be prefetched"),
+    Option("prefetch_max_bytes", 1024**3, parse_size, SIZE_FORM,
+           "bound on the bytes one predictor run may plan to prefetch"),
+    Option("prefetch_candidates", 100_000, _int_range(1, 10_000_000), "an integer from 1 to 10000000",
+           "bound on the objects the predictor scores in one run"),
     Option("model", None, _optional_path, "a path to an .onnx file",
            "access predictor model (default: the shipped models/predictor.onnx)"),
     Option("bandwidth_cap", 0, parse_size, SIZE_FORM + " (per second; 0 is unlimited)",
            "upstream bandwidth cap shared by demand reads and prefetch, bytes per second"),
+    Option("bandwidth_floor", 0, parse_size, SIZE_FORM + " (per second; 0 is 5% of bandwidth_cap, or 1MiB "
+           "without a cap)",
+           "lowest rate background fetches (prefetch, readahead, warm) are slowed to when the upstream "
+           "is congested, bytes per second"),
+    Option("bandwidth_latency_tolerance", 0.5, _float_range(0.0, 100.0), "a number from 0 to 100",
+           "background fetches back off when the upstream's latency (EMA) exceeds its baseline by more "
+           "than this fraction (0.5: 1.5 times)"),
     # --- logging
     Option("log_level", "info", _choice("debug", "info", "warning", "error", "off"),
            "debug, info, warning, error or off", "log level"),
@@ -331,6 +370,14 @@ class Settings:
     admin_listen: tuple[str, int]
     admin_remote_control: bool
     virtual_host_suffixes: tuple[str, ...]
+    max_header_size: int
+    max_header_count: int
+    max_client_connections: int
+    client_request_rate: float
+    client_request_burst: int
+    auth: str
+    auth_keys_dir: Path | None
+    auth_region: str | None
     upstream: str | None
     region: str | None
     upstream_addressing: str
@@ -357,8 +404,12 @@ class Settings:
     prefetch: bool
     prefetch_interval: float
     prefetch_threshold: float
+    prefetch_max_bytes: int
+    prefetch_candidates: int
     model: Path | None
     bandwidth_cap: int
+    bandwidth_floor: int
+    bandwidth_latency_tolerance: float
     log_level: str
     log_format: str
     shutdown_grace: float
@@ -406,7 +457,7 @@ class Settings:
             elif isinstance(v, Path):
                 v = str(v)
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
-                            "bandwidth_cap"):
+                            "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes"):
                 v = format_size(v)
             elif o.name in ("metadata_ttl", "lru_k_retained_period", "stale_if_error") and v is None:
                 v = "indefinite"
@@ -440,6 +491,8 @@ def _validate(setting: str, raw: Any) -> Any:
 
 
 def _check_consistency(values: dict[str, Any]) -> None:
+    if values["auth"] == "sigv4" and values["auth_keys_dir"] is None:
+        raise ConfigError("auth_keys_dir", "", "a directory of access keys when auth is sigv4")
     cs = values["chunk_size"]
     if not 64 * 1024 <= cs <= 256 * 1024**2:
         raise ConfigError("chunk_size", format_size(cs), _BY_NAME["chunk_size"].accepted)

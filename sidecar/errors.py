@@ -8,6 +8,7 @@ from xml.sax.saxutils import escape
 S3_ERRORS: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
+    "AuthorizationQueryParametersError": (400, "Error parsing the query-string authentication parameters."),
     "BadDigest": (400, "The Content-MD5 or checksum value that you specified did not match what the server received."),
     "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed size."),
     "ExpiredToken": (400, "The provided token has expired."),
@@ -89,3 +90,17 @@ class NotModified(Exception):
 
 class ObjectChanged(Exception):
     """The upstream object no longer has the ETag being read (it was replaced meanwhile)."""
+
+
+def client_fault(e: BaseException) -> BaseException | None:
+    """The client's own doing among the causes of ``e`` (an upstream failure, however wrapped):
+    a 4xx S3Error, such as a malformed body found while it was sent on, or an exception marked
+    ``client_fault`` (a client gone mid-body). None when the fault is not the client's."""
+    cause: BaseException | None = e
+    for _ in range(12):
+        if cause is None:
+            return None
+        if getattr(cause, "client_fault", False) or (isinstance(cause, S3Error) and cause.status < 500):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -157,6 +157,9 @@ class Operations:
     def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
         """The S3 face's hook, after every object read answered (hit or miss)."""
         self.hotness.touch((bucket, key), time.monotonic())
+        prefetch = getattr(self.sc, "prefetch", None)
+        if prefetch is not None:
+            prefetch.on_read(bucket, key, meta, rng, stats)  # access log and predictor features
 
     def hot(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` objects clients read most, by decayed hotness (half-life

@@ -48,7 +48,7 @@ class ChunkFill:
     bytes from the temp file via ``fd``."""
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
-                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep")
+                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep", "gate_wait")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -67,6 +67,7 @@ class ChunkFill:
         self.priority = priority
         self.readahead = False  # counted in Reader.readahead_in_flight until it ends
         self.keep = True  # false: streamed to its readers but not kept (a do-not-cache rule)
+        self.gate_wait: asyncio.Future | None = None  # the gate being awaited; a promotion cancels it
 
     @property
     def fd(self) -> int:
@@ -152,6 +153,7 @@ class ReadStats:
     miss_bytes: int = 0
     joined: int = 0
     label: str = ""  # the cache rule's metrics label
+    prefetched: int = 0  # bytes of chunks a prefetch brought, read for the first time
 
 
 class Reader:
@@ -159,6 +161,7 @@ class Reader:
                  readahead_chunks: int = 4, readahead_max_bytes: int = 256 * 1024 * 1024,
                  on_object_changed: Callable[[ObjectMeta], None] | None = None,
                  gate: Callable[[int, int], Awaitable[None]] | None = None,
+                 spend_demand: Callable[[int], None] | None = None,
                  executor: concurrent.futures.Executor | None = None) -> None:
         self.store = store
         self.upstream = upstream
@@ -171,6 +174,8 @@ class Reader:
         self.on_object_changed = on_object_changed
         # gate(nbytes, priority) is awaited before background spans read a piece (token bucket)
         self.gate = gate
+        # spend_demand(nbytes) counts demand bytes against the same budget; it never waits
+        self.spend_demand = spend_demand
         self.executor = executor  # verifies large chunks off the event loop
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
@@ -197,6 +202,8 @@ class Reader:
         if data is None:
             return None
         stats.hit_bytes += end - start + 1
+        if self.store.prefetched:
+            self._prefetch_read(self.store.version_for(meta).vid, index, stats)
         lo = start - index * cs
         return data if lo == 0 and end - start + 1 == len(data) else memoryview(data)[lo:end - index * cs + 1]
 
@@ -282,6 +289,10 @@ class Reader:
             while pending:
                 start = chunk_bounds(pending[0].index, self.chunk_size, meta.size)[0] + pending[0].written
                 end = chunk_bounds(pending[-1].index, self.chunk_size, meta.size)[1]
+                if opened is None:
+                    # Before the upstream request: a disk that refuses the temp file (read-only,
+                    # full) makes the readers fetch directly, and this request would be wasted.
+                    self._open_writer(pending[0])
                 try:
                     if opened is not None and opened.first == start:
                         body_cm = contextlib.nullcontext(opened.body)
@@ -321,18 +332,20 @@ class Reader:
     async def _fill_chunk(self, fill: ChunkFill, body, purpose: str) -> None:
         """Receive one chunk's bytes into its temp file and commit it."""
         store = self.store
-        if fill.writer is None:
-            try:
-                fill.writer = store.begin_write(fill.version, fill.index, keep=fill.keep)
-            except OSError as e:
-                self.metrics.disk_errors.labels("create").inc()
-                raise DiskFault(str(e)) from e
-        writer = fill.writer
+        writer = self._open_writer(fill)
         received = fill.written
         while received < fill.length:
             want = min(PIECE, fill.length - received)
-            if self.gate is not None and fill.priority != DEMAND:
-                await self.gate(want, fill.priority)
+            background = fill.priority != DEMAND
+            if self.gate is not None and background:
+                # A demand reader joining this fill cancels the wait (``_promote``): demand never waits.
+                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want, fill.priority))
+                try:
+                    await asyncio.wait((waiter,))
+                finally:
+                    fill.gate_wait = None
+                    waiter.cancel()
+                background = not waiter.cancelled()
             try:
                 piece = await body.read(want)
             except S3Error:
@@ -344,20 +357,35 @@ class Reader:
             fill.received(piece, received)
             received += len(piece)
             self.metrics.upstream_bytes.labels(purpose).inc(len(piece))
+            if self.spend_demand is not None and not background:
+                self.spend_demand(len(piece))
             try:
                 # Written on the loop: a page-cache write costs less than a hop to a thread.
                 writer.write(piece)
             except OSError as e:
                 self.metrics.disk_errors.labels("write").inc()
+                store.stats.write_errors += 1  # summarised in the log as cache_disk_errors
                 raise DiskFault(str(e)) from e
             fill.progressed(len(piece))
             if fill.refs and received < fill.length:  # (the last piece: commit first)
                 # A ready read does not yield: let attached readers send this piece from memory
                 # before the next one replaces it.
                 await asyncio.sleep(0)
-        kept = store.commit(writer)
+        prefetched = fill.priority == PREFETCH  # not promoted: no client was waiting for it
+        kept = store.commit(writer, prefetched=prefetched)
+        if kept and prefetched:
+            self.metrics.prefetch_bytes.inc(fill.length)
         self._ended(fill)
         fill.finish(kept)
+
+    def _open_writer(self, fill: ChunkFill) -> ChunkWriter:
+        if fill.writer is None:
+            try:
+                fill.writer = self.store.begin_write(fill.version, fill.index, keep=fill.keep)
+            except OSError as e:
+                self.metrics.disk_errors.labels("create").inc()
+                raise DiskFault(str(e)) from e
+        return fill.writer
 
     def _abandon(self, fill: ChunkFill, err: Exception) -> None:
         self._ended(fill)
@@ -400,6 +428,8 @@ class Reader:
                     stats.miss_bytes += hi - lo + 1
                 else:
                     stats.hit_bytes += hi - lo + 1
+                    if self.store.prefetched:
+                        self._prefetch_read(version.vid, index, stats)
                 try:
                     if chunk.data is not None:
                         yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
@@ -421,8 +451,8 @@ class Reader:
             try:
                 async for seg in self._tail(fill, lo, hi):
                     stats.miss_bytes += seg.length
+                    pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
                     yield seg
-                pos = c0 + hi + 1
             except (DiskFault, RuntimeError):
                 # The cache disk failed under this chunk: serve the rest straight from upstream.
                 async for seg in self._direct(version.meta, pos, end, stats):
@@ -471,13 +501,23 @@ class Reader:
                 remaining -= len(piece)
                 stats.miss_bytes += len(piece)
                 self.metrics.upstream_bytes.labels("direct").inc(len(piece))
+                if self.spend_demand is not None:
+                    self.spend_demand(len(piece))
                 yield Segment(len(piece), data=piece, from_cache=False)
+
+    def _prefetch_read(self, vid: str, index: int, stats: ReadStats) -> None:
+        n = self.store.take_prefetched(vid, index)
+        if n:
+            stats.prefetched += n
+            self.metrics.prefetch_useful_bytes.inc(n)
 
     def _promote(self, fill: ChunkFill) -> None:
         """A demand reader joined a background fill: the rest of its span stops waiting on the gate."""
         for f in self.fills.values():
             if f.version is fill.version and f.index >= fill.index:
                 f.priority = DEMAND
+                if f.gate_wait is not None:
+                    f.gate_wait.cancel()
 
     def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[int]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""

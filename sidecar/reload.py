@@ -45,6 +45,10 @@ def _set_log_level(sc: "Sidecar", s: config.Settings) -> None:
     telemetry.set_level(s.log_level)
 
 
+def _set_bandwidth(sc: "Sidecar", s: config.Settings) -> None:
+    sc.bandwidth.configure(s.bandwidth_cap, floor=s.bandwidth_floor or None, tolerance=s.bandwidth_latency_tolerance)
+
+
 def _set_nothing(sc: "Sidecar", s: config.Settings) -> None:
     """Read from ``sc.settings`` where used; replacing the settings object is enough."""
 
@@ -63,6 +67,15 @@ APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
                                               for p in (sc.ops.readiness.upstream_probe, sc.ops.readiness.disk_probe)],
     "ready_requires_upstream": lambda sc, s: setattr(sc.ops.readiness, "requires_upstream",
                                                      s.ready_requires_upstream),
+    # The prefetch loop reads these from ``sc.settings`` on each run; a new interval also
+    # restarts the wait in progress.
+    "prefetch_interval": lambda sc, s: sc.prefetch.interval_changed(),
+    "prefetch_threshold": _set_nothing,
+    "bandwidth_cap": _set_bandwidth,
+    "bandwidth_floor": _set_bandwidth,
+    "bandwidth_latency_tolerance": _set_bandwidth,
+    "prefetch_max_bytes": _set_nothing,
+    "prefetch_candidates": _set_nothing,
 }
 # YAML sections other than scalar settings that can change at run time.
 SECTIONS = ("rules",)
@@ -136,6 +149,8 @@ class Reloader:
                 APPLIERS[name](sc, merged)
         if "log_level" not in changed:
             self._log_done(reason, changed, restart)
+        if getattr(sc.face, "auth", None) is not None:
+            sc.face.auth.keys.refresh()  # a rotated client keys directory counts at once, not at its next check
         m.config_reloads.labels("ok").inc()
         m.config_reload_time.set(time.time())
         m.config_restart_required.set(1 if restart else 0)

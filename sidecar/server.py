@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import os
 import signal
 import time
@@ -14,13 +15,16 @@ import time
 from aiohttp import web
 
 from . import admin, config
+from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .operations import Operations
 from .reader import Reader
+from .s3 import auth
 from .s3.face import S3Face
+from .s3.limits import RateLimit, S3Server
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
 from .upstream.base import ObjectMeta, Upstream
 from .upstream.metered import MeteredUpstream
@@ -58,8 +62,16 @@ class Sidecar:
                                               hotness_half_life=settings.hotness_half_life)
         # Large-chunk verification and sendfile run here; both release the GIL.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
+        # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
+        # the rate follows the upstream's latency, errors and throttling (docs/bandwidth.md).
+        self.bandwidth = TokenBucket(settings.bandwidth_cap, floor=settings.bandwidth_floor or None,
+                                     tolerance=settings.bandwidth_latency_tolerance,
+                                     on_decrease=lambda reason: self.metrics.bandwidth_decreases.labels(reason).inc())
+        self.metrics.bandwidth_rate.set_function(lambda: _finite(self.bandwidth.rate))
+        self.metrics.bandwidth_tokens.set_function(lambda: _finite(self.bandwidth.tokens))
         # Every attempt is metered; the resilience layer above bounds retries and waits.
-        self.upstream = ResilientUpstream(MeteredUpstream(upstream or make_upstream(settings), self.metrics),
+        self.upstream = ResilientUpstream(MeteredUpstream(upstream or make_upstream(settings), self.metrics,
+                                                          observe=self.bandwidth.observe),
                                           answer_within=settings.upstream_answer_within,
                                           retries=settings.upstream_retries)
         self.store = ChunkStore(
@@ -74,15 +86,23 @@ class Sidecar:
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
                              on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
+                             gate=lambda nbytes, priority: self.bandwidth.acquire(nbytes),
+                             spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
                            read_policy=self.read_policy,
                            executor=self.executor)
         self.face.access_log = AccessLog(settings.log_keys)
+        self.face.auth = auth.from_settings(settings, self.metrics)
         # Admin actions, readiness, reload (``flags``: the command line's, kept on reload).
         self.ops = Operations(self, flags)
         self.face.on_read = self.ops.on_read
+        # The predictor loop (predict/loop.py); Operations.on_read feeds it every read.
+        from .predict.loop import PrefetchLoop  # noqa: PLC0415  (numpy/onnxruntime load only with prefetch)
+
+        self.prefetch = PrefetchLoop(self)
+        self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self.started_at = time.time()
         self.ready = False
         self._runners: list[web.BaseRunner] = []
@@ -132,8 +152,13 @@ class Sidecar:
             self.catalog.restore(v.meta, confirmed=v.stored_at)
         await self.ops.start()
         await self.upstream.start()
-        s3_server = web.Server(self.face.handle, max_line_size=16384, max_field_size=16384,
-                               access_log=None)
+        await self.prefetch.start()
+        s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
+                             rate=RateLimit(s.client_request_rate, s.client_request_burst),
+                             max_line_size=s.max_header_size, max_field_size=s.max_header_size,
+                             max_headers=s.max_header_count, access_log=None,
+                             # S3 stores a Content-Encoding: gzip body as sent; never inflate it
+                             auto_decompress=False)
         s3_runner = web.ServerRunner(s3_server, handle_signals=False, shutdown_timeout=s.shutdown_grace)
         await s3_runner.setup()
         site = web.TCPSite(s3_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True)
@@ -164,6 +189,7 @@ class Sidecar:
         self._runners.clear()
         drained = time.monotonic() - t0
         await self.ops.stop()
+        await self.prefetch.stop()
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
@@ -171,6 +197,11 @@ class Sidecar:
         log.info("stopped", in_flight_at_stop=in_flight, drain_s=round(drained, 3),
                  total_s=round(time.monotonic() - t0, 3))
         flush_logs()
+
+
+def _finite(value: float) -> float:
+    """A bucket value for a gauge: 0 while background fetches are not limited (inf)."""
+    return value if math.isfinite(value) else 0.0
 
 
 def _bound(runner: web.BaseRunner) -> tuple[str, int]:

@@ -99,9 +99,27 @@ class Metrics:
         self.prefetch_run_duration = Histogram("sidecar_prefetch_run_duration_seconds",
                                                "Time one predictor run takes (scoring and planning)",
                                                buckets=_RUN_BUCKETS, registry=r)
+        self.prefetch_inference = Histogram("sidecar_prefetch_inference_seconds",
+                                            "Time the model takes to score one run's candidates",
+                                            buckets=_RUN_BUCKETS, registry=r)
+        self.prefetch_candidates = Counter("sidecar_prefetch_candidates",
+                                           "Candidate objects the predictor scored", registry=r)
+        self.prefetch_fetches = Counter("sidecar_prefetch_fetches",
+                                        "Object prefetches, by event (issued, completed, cancelled, failed)",
+                                        ["event"], registry=r)
         self.bandwidth_rate = Gauge("sidecar_bandwidth_rate_bytes",
                                     "Current refill rate of the upstream token bucket, in bytes per second "
-                                    "(0: no bucket)", registry=r)
+                                    "(0: background fetches not limited)", registry=r)
+        self.bandwidth_tokens = Gauge("sidecar_bandwidth_tokens_bytes",
+                                      "Bytes background fetches may take from the token bucket now; negative: "
+                                      "the debt demand reads ran up (0 while not limited)", registry=r)
+        self.bandwidth_decreases = Counter("sidecar_bandwidth_decreases",
+                                           "Multiplicative cuts of the token bucket's rate, by cause (latency, "
+                                           "error, throttled)", ["reason"], registry=r)
+        # --- client authentication
+        self.auth_rejections = Counter("sidecar_auth_rejections",
+                                       "Requests refused by client signature verification, by S3 error code",
+                                       ["code"], registry=r)
         # --- operations
         self.warm_jobs = Counter("sidecar_warm_jobs", "Warm jobs (admin API) finished, by result", ["result"],
                                  registry=r)

@@ -19,9 +19,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import mmap
 import os
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -40,6 +40,39 @@ ChunkKey = tuple[str, int]
 
 def crc32c(data, value: int = 0) -> int:
     return _crc32c.crc32c(data, value)
+
+
+_VERIFY_PIECE = 1024 * 1024
+_buffers = threading.local()
+
+
+def file_crc32c(fd: int, length: int) -> int | None:
+    """CRC32C of a file's first ``length`` bytes, or None if it is not exactly that long.
+    Read with pread into a reused per-thread buffer, not mmap: a page that fails to read
+    (EIO) raises SIGBUS under mmap, which Python cannot turn into an error and which wedges
+    the thread; pread reports it as OSError, which callers treat as a bad chunk."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = bytearray(_VERIFY_PIECE)
+    view = memoryview(buf)
+    crc, pos = 0, 0
+    while pos < length:
+        n = os.preadv(fd, [view[:min(_VERIFY_PIECE, length - pos)]], pos)
+        if n <= 0:
+            return None
+        crc = crc32c(view[:n], crc)
+        pos += n
+    if os.pread(fd, 1, length):
+        return None  # longer than its index entry
+    return crc
+
+
+def _mkdir_private(path: Path) -> None:
+    """A cache directory, 0700 whatever the umask (umask can only take bits away, and one
+    that takes the owner's would make the directory unusable)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -92,16 +125,14 @@ class VerifiedChunk:
     stamp: tuple[int, int, int, int] | None = None  # (inode, size, mtime_ns, ctime_ns) once checked
 
     def verify(self) -> bool:
-        """Check the file's bytes against their CRC32C (mmap, no copy into Python)."""
+        """Check the file's bytes against their CRC32C."""
         if self.verified:
             return True
         try:
             st = os.fstat(self.fd)
             if st.st_size != self.length:
                 return False
-            with mmap.mmap(self.fd, self.length, prot=mmap.PROT_READ,
-                           flags=mmap.MAP_SHARED | mmap.MAP_POPULATE) as m:
-                self.verified = crc32c(m) == self.crc
+            self.verified = file_crc32c(self.fd, self.length) == self.crc
         except (OSError, ValueError):
             return False
         if self.verified:
@@ -185,6 +216,10 @@ class ChunkStore:
         self.clock = clock
         self.stats = StoreStats()
         self.on_evict = on_evict
+        # Chunks a prefetch committed that no client has read yet -> their length. The first
+        # read counts them useful (``take_prefetched``); leaving before that counts them wasted.
+        self.prefetched: dict[ChunkKey, int] = {}
+        self.on_prefetch_wasted: Callable[[int], None] | None = None
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
         # when-changed verification: the file identity at each chunk's last good CRC check. Any
@@ -206,12 +241,18 @@ class ChunkStore:
     def _meta_path(self, vid: str) -> Path:
         return self._dir(vid) / f"{vid}.meta"
 
+    def chunk_file(self, vid: str, index: int) -> Path | None:
+        """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
+        v = self.versions.get(vid)
+        crc = v.chunks.get(index) if v is not None else None
+        return None if crc is None else self._chunk_path(vid, index, crc)
+
     # --- start ------------------------------------------------------------------------------
 
     def open(self) -> list[Version]:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
         for d in (self.root.parent, self.root, self.tmp):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _mkdir_private(d)
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -309,6 +350,8 @@ class ChunkStore:
         for index in list(v.chunks):
             self.space.forget((vid, index))
             self._ram_drop((vid, index))
+            if self.prefetched:
+                self._prefetch_left((vid, index))
         paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
         v.chunks.clear()
         self._unlink_all(paths + [str(self._meta_path(vid))])
@@ -323,10 +366,11 @@ class ChunkStore:
         tmp = self.tmp / (secrets.token_hex(8) + ".meta")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
             os.write(fd, body)
         finally:
             os.close(fd)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        _mkdir_private(path.parent)
         os.replace(tmp, path)
 
     # --- reads ------------------------------------------------------------------------------
@@ -411,6 +455,12 @@ class ChunkStore:
         if v is not None and index in v.chunks and v.chunks[index] == chunk.crc:
             self._corrupt(v, index)
 
+    def drop_corrupt(self, vid: str, index: int) -> None:
+        """A check (``sidecar verify``) found the chunk's bytes bad: count it and delete it."""
+        v = self.versions.get(vid)
+        if v is not None and index in v.chunks:
+            self._corrupt(v, index)
+
     def _corrupt(self, v: Version, index: int) -> None:
         self.stats.crc_failures += 1
         self._drop_chunk(v, index)
@@ -453,6 +503,7 @@ class ChunkStore:
         path = self.tmp / f"{v.vid}.{index}.{secrets.token_hex(6)}"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)  # exactly, whatever the umask
         except OSError:
             if reserved:
                 self.space.release(length)
@@ -461,8 +512,9 @@ class ChunkStore:
         v.writers += 1
         return ChunkWriter(v, index, length, path, fd, reserved)
 
-    def commit(self, w: ChunkWriter) -> bool:
-        """Make a complete chunk visible under its final name. Returns whether it was kept."""
+    def commit(self, w: ChunkWriter, prefetched: bool = False) -> bool:
+        """Make a complete chunk visible under its final name. Returns whether it was kept.
+        ``prefetched``: fetched ahead of demand, watched until a client reads it."""
         if w.closed:
             return False
         v = w.version
@@ -475,7 +527,8 @@ class ChunkStore:
             if not v.meta_written:
                 self._write_meta(v)
             final = self._chunk_path(w.vid, w.index, w.crc)
-            final.parent.mkdir(mode=0o700, exist_ok=True)
+            if not final.parent.is_dir():
+                _mkdir_private(final.parent)
             os.replace(w.path, final)
         except OSError:
             self.stats.write_errors += 1
@@ -487,6 +540,8 @@ class ChunkStore:
         if old_crc is not None and old_crc != w.crc:
             self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
+        if prefetched:
+            self.prefetched[(w.vid, w.index)] = w.length
         evicted = self.space.insert((w.vid, w.index), w.length, self.clock(), reserved=True)
         self._evicted(evicted, "capacity")
         return True
@@ -523,6 +578,8 @@ class ChunkStore:
 
     def _drop_chunk(self, v: Version, index: int, in_space: bool = True) -> None:
         crc = v.chunks.pop(index, None)
+        if self.prefetched:
+            self._prefetch_left((v.vid, index))
         if in_space:
             self.space.remove((v.vid, index))
         self._ram_drop((v.vid, index))
@@ -535,6 +592,16 @@ class ChunkStore:
                 v.meta_written = False
             if not v.writers and self.versions.get(v.vid) is v:
                 del self.versions[v.vid]
+
+    def take_prefetched(self, vid: str, index: int) -> int:
+        """A client read the chunk: its length if a prefetch brought it and this is the first
+        read since (then it is no longer watched), else 0."""
+        return self.prefetched.pop((vid, index), 0) if self.prefetched else 0
+
+    def _prefetch_left(self, key: ChunkKey) -> None:
+        n = self.prefetched.pop(key, 0)
+        if n and self.on_prefetch_wasted is not None:
+            self.on_prefetch_wasted(n)
 
     def _unlink_all(self, paths: list[str]) -> None:
         for p in paths:

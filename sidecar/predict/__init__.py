@@ -1,0 +1,1 @@
+"""Predictive prefetch: access log, per-object features, the ONNX access predictor and its training."""

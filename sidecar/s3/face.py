@@ -15,15 +15,17 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from ..catalog import Catalog
-from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
+from ..errors import ObjectChanged, S3Error, UpstreamUnavailable, client_fault
 from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
 from ..telemetry import AccessLog, Metrics, get_logger
 from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
 from . import conditions
 from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
+from .auth import Payload, SigV4Verifier
 from .sendfile import BodySender, ClientGone
 from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
 
@@ -39,6 +41,11 @@ _DROP_REQUEST_HEADERS = frozenset({
 _DROP_RESPONSE_HEADERS = frozenset({"server", "date", "connection", "keep-alive", "transfer-encoding",
                                     "content-length"})
 DELETE_OBJECTS_MAX_BODY = 4 * 1024 * 1024
+S3_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS"})
+_BODY_HEADERS = frozenset({"content-encoding", "content-md5", "x-amz-content-sha256", "x-amz-decoded-content-length",
+                           "x-amz-trailer"})
+# as S3 accepts them; another value is answered 400 before it reaches an upstream
+CHECKSUM_ALGORITHMS = frozenset({"CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"})
 SERVER = "sidecar"
 
 
@@ -70,6 +77,7 @@ class S3Face:
         self.read_policy = read_policy or (lambda bucket, key, size: (True, ""))
         self.in_flight = 0
         self.access_log = AccessLog()  # the daemon sets its own (key hashing per settings)
+        self.auth: SigV4Verifier | None = None  # the daemon sets one when client signatures are verified
 
     # --- entry point --------------------------------------------------------------------
 
@@ -82,6 +90,11 @@ class S3Face:
         resp: web.StreamResponse | None = None
         try:
             target = parse_target(request.raw_path, request.headers.get("host"), self.suffixes)
+            payload = None
+            if self.auth is not None:
+                payload = self.auth.verify(request.method, request.raw_path, request.headers)
+                if not request.body_exists:
+                    payload.check_empty()
             if is_cacheable_read(request.method, target, request.headers):
                 op = "GetObject" if request.method == "GET" else "HeadObject"
                 resp = await self._read_object(request, target, rid, stats)
@@ -91,7 +104,10 @@ class S3Face:
             else:
                 op = operation_name(request.method, target)
                 outcome = "pass"
-                resp = await self._forward(request, target, rid)
+                if request.method not in S3_METHODS:  # an upstream may fail on them (moto: 500)
+                    raise S3Error("MethodNotAllowed", Method=request.method,
+                                  ResourceType="OBJECT" if target.key is not None else "BUCKET")
+                resp = await self._forward(request, target, rid, payload)
         except S3Error as e:
             resp = self._error(request, e, rid, target)
         except ClientGone:
@@ -121,6 +137,12 @@ class S3Face:
 
     def _count_read(self, stats: ReadStats, label: str = "") -> None:
         self.metrics.count_read(label, stats.hit_bytes, stats.miss_bytes)
+
+    def reject(self, request: web.BaseRequest, e: S3Error) -> web.Response:
+        """An error answer to a request refused before routing (HTTP it cannot parse, limits)."""
+        resp = self._error(request, e, new_request_id(), None)
+        self.metrics.observe_request("Unknown", resp.status, "rejected", 0.0)
+        return resp
 
     def _error(self, request: web.BaseRequest, e: S3Error, rid: str, target: Target | None) -> web.Response:
         headers = {"x-amz-request-id": rid, "Server": SERVER, **e.headers}
@@ -326,26 +348,55 @@ class S3Face:
 
     # --- pass-through -------------------------------------------------------------------
 
-    async def _forward(self, request: web.BaseRequest, target: Target, rid: str) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, target: Target, rid: str,
+                       payload: Payload | None = None) -> web.StreamResponse:
         method = request.method
         headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST_HEADERS]
         if request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body: AsyncIterator[bytes] | None = None
         length = request.content_length
-        if request.body_exists:
-            body = request.content.iter_chunked(256 * 1024)
+        client_body = ClientBody(request)
+        if method in ("GET", "HEAD"):
+            # S3 reads take no body: none goes upstream, nor headers describing one (an upstream
+            # told of an aws-chunked body it does not get may fail on it: moto answers 500)
+            headers = [(k, v) for k, v in headers if k not in _BODY_HEADERS]
+            length = None
+        elif request.body_exists:
+            body = client_body.pieces(256 * 1024)
+        for name in ("x-amz-sdk-checksum-algorithm", "x-amz-checksum-algorithm"):
+            algorithm = request.headers.get(name)
+            if algorithm is not None and algorithm.upper() not in CHECKSUM_ALGORITHMS:
+                raise S3Error("InvalidRequest", f"Value for {name} header is invalid.")
         deleted_keys: list[str] = []
         if method == "POST" and target.key is None and target.has("delete") and body is not None:
-            data = await self._read_limited(request, DELETE_OBJECTS_MAX_BODY)
+            data = await self._read_limited(client_body, DELETE_OBJECTS_MAX_BODY)
+            if payload is not None:
+                payload.check_bytes(data)
             deleted_keys = delete_objects_keys(data)
             body, length = _once(data), len(data)
+        elif body is not None and payload is not None:  # hash or chunk signatures checked as it streams
+            headers, body, length = payload.wrap(headers, body, length)
         writes = method in ("PUT", "POST", "DELETE")
         if writes:
             self._invalidate(method, target, request.headers, deleted_keys)
-        upstream_resp = await self.upstream.forward(ForwardRequest(
-            method=method, bucket=target.bucket, key=target.key, query=target.query, headers=headers,
-            body=body, content_length=length))
+        try:
+            upstream_resp = await self.upstream.forward(ForwardRequest(
+                method=method, bucket=target.bucket, key=target.key, query=target.query, headers=headers,
+                body=body, content_length=length))
+        except Exception as e:
+            # However the upstream layers wrapped it, a broken or abandoned body is the client's.
+            if client_body.error is not None:
+                raise client_body.error from None
+            if payload is not None and payload.failure is not None:
+                raise payload.failure from None
+            cause = client_fault(e)
+            if cause is not None:
+                raise cause from None
+            raise
+        if payload is not None and payload.failure is not None:
+            await upstream_resp.close()
+            raise payload.failure
         try:
             if writes:  # again: lookups that started while the write was in flight are void
                 self._invalidate(method, target, request.headers, deleted_keys)
@@ -375,9 +426,9 @@ class S3Face:
         finally:
             await upstream_resp.close()
 
-    async def _read_limited(self, request: web.BaseRequest, limit: int) -> bytes:
+    async def _read_limited(self, client_body: "ClientBody", limit: int) -> bytes:
         parts, n = [], 0
-        async for piece in request.content.iter_chunked(64 * 1024):
+        async for piece in client_body.pieces(64 * 1024):
             n += len(piece)
             if n > limit:
                 raise S3Error("MalformedXML", "The DeleteObjects request body is too large.")
@@ -405,6 +456,29 @@ class S3Face:
                 if method == "DELETE":
                     self.drop_version(entry.meta)
             self.metrics.invalidations.labels("bucket").inc()
+
+
+class ClientBody:
+    """A client's request body as the upstream reads it. Bad framing (chunked, Content-Length,
+    Content-Encoding) is the client's error, 400, and a client that goes away mid-body is
+    ClientGone; ``error`` keeps it, as layers between may wrap it in an upstream failure."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self.error: Exception | None = None
+
+    async def pieces(self, size: int) -> AsyncIterator[bytes]:
+        try:
+            async for piece in self.request.content.iter_chunked(size):
+                yield piece
+        except RequestPayloadError as e:
+            self.error = S3Error("IncompleteBody") if "Not enough data" in str(e) else \
+                S3Error("InvalidRequest", "The request body does not match its Transfer-Encoding or Content-Length.")
+            raise self.error from None
+        except ConnectionError:
+            self.error = ClientGone()
+            self.error.client_fault = True  # type: ignore[attr-defined]  # not the upstream's failure
+            raise self.error from None
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:

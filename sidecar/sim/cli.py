@@ -97,6 +97,13 @@ def _optional_duration(text: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prefetch or args.workload:
+        from .prefetch import run_cli  # noqa: PLC0415  (numpy, onnxruntime and scikit-learn)
+
+        return run_cli(args)
+    if args.trace is None:
+        print("sidecar sim: a trace file (or --workload KIND) is required", file=sys.stderr)
+        return 2
     try:
         trace = read_trace(args.trace, args.format, args.limit)
     except TraceError as e:
@@ -186,7 +193,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sim", help="replay a trace through the eviction policies and print miss ratios",
                        description="Replay a trace (libCacheSim oracleGeneral or CSV) through the cache's "
                                    "own CacheSpace and policies on simulated time.")
-    p.add_argument("trace", help="trace file: oracleGeneral (.bin) or CSV (time,key,size[,offset,length])")
+    p.add_argument("trace", nargs="?",
+                   help="trace file: oracleGeneral (.bin) or CSV (time,key,size[,offset,length])")
     p.add_argument("--format", choices=("auto", "oracle", "csv"), default="auto", help="trace format")
     p.add_argument("--sizes", default=DEFAULT_SIZES,
                    help="cache sizes, comma-separated: bytes (4GiB) or %% of unique bytes "
@@ -210,7 +218,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="replay only the first N requests")
     p.add_argument("--tick", type=parse_duration, default=30.0, metavar="SECONDS",
                    help="period of the replay's ticks (the predictor's period) [30]")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling policies (belady-size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling policies (belady-size) and of --workload")
     p.add_argument("--plot", metavar="FILE.png", help="draw the miss-ratio curves to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("prefetch", "replay with the access predictor in the loop (--prefetch)")
+    g.add_argument("--prefetch", action="store_true",
+                   help="train on the first part of the trace, replay the rest without and with the "
+                        "predictor's prefetch (every --tick seconds) at each --sizes, and compare")
+    g.add_argument("--workload", choices=("periodic", "zipf", "mixed"), default=None,
+                   help="use the workload generator's reads (seeded by --seed) instead of a trace file")
+    g.add_argument("--duration", type=parse_duration, default=None, metavar="SECONDS",
+                   help="length of the generated workload [6h]")
+    g.add_argument("--train-fraction", type=float, default=0.5, metavar="F",
+                   help="share of the trace's time span the model is trained on [0.5]")
+    g.add_argument("--model", default=None, metavar="FILE.onnx",
+                   help="score with this model instead of training one on the first part")
+    g.add_argument("--threshold", type=float, default=0.7, help="prefetch threshold [0.7]")
     p.set_defaults(func=run)

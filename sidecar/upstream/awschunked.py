@@ -223,12 +223,21 @@ class AwsChunkedDecoder:
             raise incomplete_body("body ended " + where[self._state])
 
     async def stream(self, source: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        """Payload bytes of an aws-chunked body, as they arrive. Raises S3Error on bad framing,
-        after the last good byte; trailers are in ``self.trailers`` once the iterator ends."""
+        """Payload bytes of an aws-chunked body, as they arrive. Raises S3Error on bad framing
+        or a rejected signature; trailers are in ``self.trailers`` once the iterator ends.
+
+        The latest piece is held back until the next one or the proper end of the body: whoever
+        forwards the payload never gets all of it from a body whose last chunk, final chunk or
+        trailers fail (an upstream would commit a payload it received whole)."""
+        held: bytes | None = None
         async for data in source:
             for piece in self.feed(data):
-                yield piece
+                if held is not None:
+                    yield held
+                held = piece
         self.close()
+        if held is not None:
+            yield held
 
     # --- internals ---------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from ..errors import NotModified, S3Error, UpstreamUnavailable
 from ..telemetry import Metrics
@@ -24,18 +25,36 @@ def _outcome(e: BaseException | None) -> str:
     return "error"
 
 
+# Object reads whose time to response headers tells how loaded the upstream is (the token bucket's signal).
+_OBJECT_READS = frozenset({"HeadObject", "HeadObjectPart", "GetObject"})
+
+
 class MeteredUpstream:
-    def __init__(self, inner: Upstream, metrics: Metrics) -> None:
+    """``observe(latency=None, *, error=False, throttled=False, kind=...)``, if given, hears of
+    every object read: its time to response headers (``kind``: which series it belongs to), or
+    that it failed or was throttled. The token bucket adapts its rate to these."""
+
+    def __init__(self, inner: Upstream, metrics: Metrics, observe: Callable[..., None] | None = None) -> None:
         self.inner = inner
         self.name = inner.name
         self.m = metrics
+        self.observe = observe
 
-    def _done(self, op: str, t0: float, e: BaseException | None) -> None:
+    def _done(self, op: str, t0: float, e: BaseException | None, kind: str | None = None) -> None:
         outcome = _outcome(e)
+        elapsed = time.monotonic() - t0
         self.m.upstream_requests.labels(op, outcome).inc()
-        self.m.upstream_duration.labels(op).observe(time.monotonic() - t0)
+        self.m.upstream_duration.labels(op).observe(elapsed)
         if outcome in ("unavailable", "SlowDown", "error"):
             self.m.upstream_errors.labels(outcome).inc()
+        if self.observe is not None and op in _OBJECT_READS:
+            if outcome in ("ok", "not-modified") or (isinstance(e, S3Error) and e.status < 500):
+                self.observe(elapsed, kind=kind or op)  # an answer, even NoSuchKey: its latency counts
+            elif outcome == "SlowDown":
+                self.observe(throttled=True)
+            elif not isinstance(e, (asyncio.CancelledError, GeneratorExit)):
+                # (A cancelled call says nothing: the client left, or the deadline above cut it.)
+                self.observe(error=True)
 
     async def start(self) -> None:
         if hasattr(self.inner, "start"):
@@ -78,6 +97,8 @@ class MeteredUpstream:
                 self._done("GetObject", t0, err)
             elif err is not None and not isinstance(err, GeneratorExit):
                 self.m.upstream_errors.labels("body").inc()
+                if self.observe is not None and isinstance(err, (UpstreamUnavailable, OSError)):
+                    self.observe(error=True)  # the body broke off
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
                           checksum_mode: bool) -> OpenedObject:
@@ -91,7 +112,8 @@ class MeteredUpstream:
             err = e
             raise
         finally:
-            self._done("GetObject", t0, err)
+            # Its own latency series: a GET with its object's metadata may cost more than a ranged GET.
+            self._done("GetObject", t0, err, kind="OpenObject")
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
         t0, err = time.monotonic(), None

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from ..errors import NotModified, S3Error, UpstreamUnavailable
+from ..errors import NotModified, S3Error, UpstreamUnavailable, client_fault
 from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream
 
 T = TypeVar("T")
@@ -167,8 +167,9 @@ class ResilientUpstream:
             raise UpstreamUnavailable("The upstream is failing; try again shortly.")
         try:
             resp = await self.inner.forward(request)
-        except UpstreamUnavailable:
-            self.breaker.failure()
+        except UpstreamUnavailable as e:
+            if client_fault(e) is None:  # a client's broken or abandoned body says nothing of the upstream
+                self.breaker.failure()
             raise
         self.breaker.success()
         return resp

@@ -1,0 +1,410 @@
+"""The daemon's prefetch loop: every ``prefetch_interval``, score candidates, plan, and prefetch.
+
+Reads reach the loop through ``on_read`` (the S3 face's hook, via ``Operations``): each becomes
+an ``Access`` recorded in the ``AccessLog`` ring (training data, flushed to
+``<cache_dir>/access-log/`` by the loop) and queued for the ``FeatureTracker``. The tracker is
+only ever touched from the loop's one worker thread, so the request path pays one append and
+features, candidates, the feature matrix and the onnxruntime call never block the event loop.
+
+Each run: drain the queued reads into the tracker, take candidates, score them with the
+``Predictor``, build ``Candidate``s and the cache's ``Room`` and ``plan`` (planner.py). On the
+event loop again, objects of the previous plan that are not in the new one are cancelled
+(their fetches stopped unless a client has joined them), and the new plan's objects are
+prefetched through ``Reader.ensure(meta, first, last, PREFETCH)``, the one fetch-and-commit
+path, at low priority and under the reader's gate (the token bucket).
+
+A model that cannot be loaded (missing file, schema mismatch) disables prefetch with one log
+line; the sidecar serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Hashable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..cache.rules import QoSClass, RuleSet
+from ..errors import S3Error, UpstreamUnavailable
+from ..reader import PREFETCH, ChunkFill
+from ..s3.ranges import chunk_count
+from ..telemetry import get_logger
+from .planner import Candidate, PrefetchPlan, Room, plan
+
+if TYPE_CHECKING:
+    from ..server import Sidecar
+
+log = get_logger("sidecar.prefetch")
+
+ACCESS_LOG_DIR = "access-log"
+PENDING_MAX = 262_144  # reads queued for the tracker between runs; beyond, the oldest are dropped
+CONCURRENT_OBJECTS = 4  # objects being prefetched at once; the rest of a plan waits its turn
+LOOKUP_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What one run did (also the ``predictor_run`` log line)."""
+
+    candidates: int = 0
+    eligible: int = 0
+    chosen: int = 0
+    nbytes: int = 0
+    cancelled: int = 0
+    inference_s: float = 0.0
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+
+
+class PrefetchLoop:
+    """The predictor loop of one ``Sidecar``; ``start``/``stop`` with it."""
+
+    def __init__(self, sc: "Sidecar", *, model_path: Path | None = None) -> None:
+        self.sc = sc
+        s = sc.settings
+        self.enabled = bool(s.prefetch)
+        self.model_path = model_path if model_path is not None else s.model
+        self.predictor: Any = None
+        self.disabled_reason: str | None = None if self.enabled else "prefetch=false"
+        self.access_log: Any = None
+        self.features: Any = None
+        if self.enabled:
+            try:
+                from .accesslog import AccessLog  # noqa: PLC0415  (numpy loads only with prefetch on)
+                from .features import FeatureTracker  # noqa: PLC0415
+
+                self.access_log = AccessLog(Path(s.cache_dir) / ACCESS_LOG_DIR)
+                self.features = FeatureTracker(half_life=s.hotness_half_life)
+            except (ImportError, OSError) as e:
+                self.enabled = False
+                self.access_log = None
+                self.disabled_reason = f"{type(e).__name__}: {e}"
+        self.last: RunReport | None = None
+        self.runs = 0
+        # One worker: the tracker and the model are used by one thread only, in order.
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-predict")
+        self._pending: deque = deque(maxlen=PENDING_MAX)
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._plan: PrefetchPlan | None = None
+        self._queue: list = []  # plan items not yet issued, best first
+        self._active: dict[Hashable, list[ChunkFill]] = {}  # object -> fills its prefetch started
+        self._spans: dict[Hashable, set[asyncio.Task]] = {}  # object -> reader tasks filling them
+        self._issuer: asyncio.Task | None = None
+        self._expected: dict[Hashable, float] = {}  # planned object -> its probability, until read
+
+    # --- the request path ----------------------------------------------------------------
+
+    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
+        """After every object read: O(1), no I/O."""
+        if self.access_log is None:
+            return
+        from .accesslog import Access  # noqa: PLC0415  (cached import: a dict lookup)
+
+        size = meta.size
+        start, end = (rng.start, rng.end) if rng is not None else (0, size - 1)
+        if getattr(stats, "prefetched", 0):
+            outcome = "prefetched"
+        elif stats.miss_bytes == 0:
+            outcome = "hit"
+        elif stats.hit_bytes == 0:
+            outcome = "miss"
+        else:
+            outcome = "partial"
+        access = Access(time.time(), bucket, key, start, end, size, outcome)
+        self.access_log.record(access)
+        self._pending.append(access)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.enabled:
+            if self.disabled_reason == "prefetch=false":
+                log.info("prefetch_disabled", reason="prefetch=false")
+            else:
+                log.error("prefetch_disabled", reason="the predictor could not start", error=self.disabled_reason)
+            return
+        # The model loads in the background: onnxruntime's import must not delay serving.
+        self._task = asyncio.ensure_future(self._run_forever())
+
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.predictor = await loop.run_in_executor(self._worker, self._load_model)
+        except Exception as e:  # noqa: BLE001 - any model problem disables prefetch, never the sidecar
+            self.disabled_reason = f"{type(e).__name__}: {e}"
+            self.sc.metrics.prefetch_runs.labels("disabled").inc()
+            log.error("prefetch_disabled", reason="the predictor model could not be loaded",
+                      model=str(self.model_path) if self.model_path else "shipped", error=str(e),
+                      error_type=type(e).__name__,
+                      detail="the sidecar serves without prefetch; fix or retrain the model and restart")
+        else:
+            log.info("prefetch_started", model=str(self.model_path) if self.model_path else "shipped",
+                     interval_s=self.sc.settings.prefetch_interval,
+                     threshold=self.sc.settings.prefetch_threshold)
+
+    def _load_model(self) -> Any:
+        from .model import Predictor  # noqa: PLC0415  (onnxruntime loads only when prefetch is on)
+
+        return Predictor.load(self.model_path)
+
+    async def stop(self) -> None:
+        for t in (self._task, self._issuer):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
+        self._task = self._issuer = None
+        self._cancel(set(self._active))
+        if self.access_log is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._worker, self.access_log.close)
+        self._worker.shutdown(wait=True)
+
+    def interval_changed(self) -> None:
+        """A reload changed ``prefetch_interval``: the wait in progress restarts with it."""
+        self._wake.set()
+
+    async def _run_forever(self) -> None:
+        await self._load()
+        while True:
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, self.sc.settings.prefetch_interval))
+                continue  # woken by a reload: wait the new interval
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one bad run must not end the loop
+                self.sc.metrics.prefetch_runs.labels("error").inc()
+                log.error("predictor_run_failed", error=repr(e))
+
+    # --- one run -------------------------------------------------------------------------------
+
+    async def run_once(self) -> RunReport:
+        """Flush the access log, score and plan (in the worker thread), then issue the plan."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        loop = asyncio.get_running_loop()
+        snapshot = self._snapshot()
+        on_loop = time.thread_time() - c0  # the event loop's own share (other tasks run during the await)
+        report: RunReport
+        new_plan: PrefetchPlan | None
+        new_plan, report = await loop.run_in_executor(self._worker, self._score_and_plan, snapshot)
+        if new_plan is None:
+            return report  # no model: the run only kept the access log (training data) flowing
+        c1 = time.thread_time()
+        report.cancelled = self._adopt(new_plan)
+        report.duration_s = time.perf_counter() - t0
+        report.cpu_s += on_loop + time.thread_time() - c1
+        m = self.sc.metrics
+        m.prefetch_runs.labels("ok").inc()
+        m.prefetch_run_duration.observe(report.duration_s)
+        self.runs += 1
+        self.last = report
+        log.info("predictor_run", candidates=report.candidates, eligible=report.eligible, chosen=report.chosen,
+                 bytes=report.nbytes, cancelled=report.cancelled, inference_ms=round(report.inference_s * 1e3, 2),
+                 duration_ms=round(report.duration_s * 1e3, 2))
+        return report
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What the worker needs from the cache, read on the event loop (which owns it)."""
+        sc = self.sc
+        store, policy = sc.store, sc.policy
+        cs = store.chunk_size
+        cached: dict[tuple[str, str], float] = {}
+        displaceable: list[tuple[tuple[str, str], int]] = []
+        # Guaranteed groups over their quota are evicted before Burstable data: while any is,
+        # making room would take Guaranteed bytes, so only BestEffort data may be displaced.
+        burstable_ok = not _guaranteed_over_quota(policy)
+        for v in store.iter_versions():
+            if not v.chunks or v.meta.size <= 0:
+                continue
+            obj = (v.meta.bucket, v.meta.key)
+            nbytes = min(v.meta.size, len(v.chunks) * cs)
+            cached[obj] = max(cached.get(obj, 0.0), nbytes / v.meta.size)
+            rule = sc.rules.match(*obj)
+            if rule.qos is QoSClass.GUARANTEED or (rule.qos is QoSClass.BURSTABLE and not burstable_ok):
+                continue
+            if rule.pin or policy.is_pinned((v.vid, next(iter(v.chunks)))):
+                continue
+            displaceable.append((obj, nbytes))
+        space = store.space
+        s = sc.settings
+        # Objects still holding prefetched chunks no client has read yet.
+        unread = {(v.meta.bucket, v.meta.key) for v in (store.versions.get(vid) for vid, _ in store.prefetched)
+                  if v is not None}
+        self._expected = {o: p for o, p in self._expected.items() if o in unread or o in self._active}
+        return {"now": time.time(), "cached": cached, "displaceable": displaceable,
+                "expected": dict(self._expected),
+                "free": space.capacity - space.used - space.reserved, "rules": sc.rules,
+                "threshold": s.prefetch_threshold, "max_bytes": s.prefetch_max_bytes,
+                "limit": s.prefetch_candidates}
+
+    def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
+        """In the worker thread: everything numeric."""
+        c0 = time.thread_time()
+        report = RunReport()
+        tracker = self.features
+        pending = self._pending
+        while pending:
+            tracker.observe(pending.popleft())
+        if self.access_log is not None:
+            try:
+                self.access_log.flush()
+            except OSError as e:
+                log.warning("access_log_not_written", error=repr(e))
+        if self.predictor is None:
+            report.cpu_s = time.thread_time() - c0
+            return None, report
+        chosen, scored = choose(tracker, self.predictor, snap["now"], snap["cached"], snap["free"],
+                                snap["displaceable"], snap["rules"], threshold=snap["threshold"],
+                                max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"])
+        scored.cpu_s = time.thread_time() - c0
+        m = self.sc.metrics
+        m.prefetch_candidates.inc(scored.candidates)
+        if scored.candidates:
+            m.prefetch_inference.observe(scored.inference_s)
+        return chosen, scored
+
+    # --- issuing and cancelling ----------------------------------------------------------------
+
+    def _adopt(self, new: PrefetchPlan) -> int:
+        """Replace the plan: cancel what the new one dropped, queue what it adds."""
+        keep = new.objects()
+        dropped = {o for o in self._active if o not in keep}
+        cancelled = self._cancel(dropped)
+        # Queued but never issued items of the old plan simply leave the queue.
+        self._plan = new
+        self._queue = [i for i in new.items if i.obj not in self._active]
+        for i in new.items:
+            self._expected[i.obj] = i.probability
+        self.sc.metrics.prefetch_objects.inc(len(new.items))
+        if self._queue and (self._issuer is None or self._issuer.done()):
+            self._issuer = asyncio.ensure_future(self._issue())
+        return cancelled
+
+    def _cancel(self, objs: set) -> int:
+        """Stop the prefetch of these objects; fills a client joined (promoted to demand) go on."""
+        n = 0
+        for obj in objs:
+            fills = self._active.pop(obj, [])
+            tasks = self._spans.pop(obj, set())
+            if any(f.priority != PREFETCH or f.refs for f in fills if not f.done):
+                continue  # a client is reading it now: it is demand
+            live = [t for t in tasks if not t.done()]
+            for t in live:
+                t.cancel()
+            if live:
+                n += 1
+                self.sc.metrics.prefetch_fetches.labels("cancelled").inc()
+        return n
+
+    async def _issue(self) -> None:
+        sem = asyncio.Semaphore(CONCURRENT_OBJECTS)
+        running: set[asyncio.Task] = set()
+        try:
+            while self._queue:
+                await sem.acquire()
+                if not self._queue:
+                    sem.release()
+                    break
+                item = self._queue.pop(0)
+                t = asyncio.ensure_future(self._prefetch(item.obj))
+                running.add(t)
+                t.add_done_callback(lambda t: (running.discard(t), sem.release()))
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            for t in running:
+                t.cancel()
+
+    async def _prefetch(self, obj: tuple[str, str]) -> None:
+        sc, m = self.sc, self.sc.metrics
+        bucket, key = obj
+        rule = sc.rules.match(bucket, key)
+        if not rule.prefetchable:
+            return
+        try:
+            entry = await asyncio.wait_for(sc.catalog.lookup(bucket, key), LOOKUP_TIMEOUT)
+        except (S3Error, UpstreamUnavailable, asyncio.TimeoutError):
+            m.prefetch_fetches.labels("failed").inc()
+            return
+        meta = entry.meta
+        if not rule.caches(meta.size) or meta.size <= 0:
+            return
+        reader = sc.reader
+        before = set(reader._tasks)  # the span tasks ensure() starts are ours to cancel
+        fills = reader.ensure(meta, 0, chunk_count(meta.size, reader.chunk_size) - 1, PREFETCH)
+        if not fills:
+            return
+        self._active[obj] = fills
+        self._spans[obj] = set(reader._tasks) - before
+        m.prefetch_fetches.labels("issued").inc()
+        try:
+            for fill in fills:
+                while not fill.done:
+                    await fill.changed()
+        finally:
+            cancelled = self._active.get(obj) is not fills  # _cancel took it (and counted it)
+            if not cancelled:
+                del self._active[obj]
+                self._spans.pop(obj, None)
+        if all(f.error is None for f in fills):
+            m.prefetch_fetches.labels("completed").inc()
+        elif not cancelled:
+            m.prefetch_fetches.labels("failed").inc()
+
+    # --- state for /stats ----------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        last = dataclasses.asdict(self.last) if self.last is not None else None
+        return {"enabled": self.enabled and self.predictor is not None, "disabled_reason": self.disabled_reason,
+                "runs": self.runs, "last_run": last, "in_flight_objects": len(self._active),
+                "queued_objects": len(self._queue),
+                "planned_bytes": self._plan.nbytes if self._plan is not None else 0}
+
+
+def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
+           displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
+           max_bytes: int | None, limit: int,
+           expected: Mapping[Hashable, float] | None = None) -> tuple[PrefetchPlan, RunReport]:
+    """Candidates from the tracker, scored by the predictor, planned into the room: the one
+    decision the daemon's loop and the simulator share. ``cached``: fraction of each object
+    cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
+    that a prefetch may push out (neither Guaranteed nor pinned), their hotness from the tracker;
+    ``expected``: objects prefetched and not read since, with the probability they were fetched
+    at, which stands for their hotness when higher (a new plan does not evict the last one's
+    unread objects for ones no likelier)."""
+    report = RunReport()
+    objs = [o for o in tracker.candidates(now, limit) if cached.get(o, 0.0) < 1.0]
+    report.candidates = len(objs)
+    cands: list[Candidate] = []
+    if objs:
+        X = tracker.matrix(objs, now, lambda o: cached.get(o, 0.0))
+        t = time.perf_counter()
+        probs = predictor.score(X)
+        report.inference_s = time.perf_counter() - t
+        for obj, prob in zip(objs, probs.tolist()):
+            if prob < threshold:
+                continue
+            size = tracker.size(obj)
+            if not size:
+                continue
+            cands.append(Candidate(obj, size, cached.get(obj, 0.0), prob, tracker.hotness(obj, now),
+                                   rules.match(*obj)))
+    expected = expected or {}
+    room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
+    chosen = plan(cands, room, threshold=threshold, max_bytes=max_bytes)
+    report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
+    return chosen, report
+
+
+def _guaranteed_over_quota(policy: Any) -> bool:
+    groups = getattr(policy, "_guaranteed", None)
+    return bool(groups) and any(g.over_quota > 0 for g in groups.values())

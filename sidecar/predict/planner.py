@@ -1,0 +1,135 @@
+"""The prefetch planner: which scored objects to fetch ahead of demand, within the cache's room.
+
+Pure: it sees candidates (an object, its size, how much of it is cached, the predicted
+probability of a read within the horizon, its hotness and its cache rule) and a ``Room`` (free
+bytes plus the bytes it may displace), and returns a ``PrefetchPlan``. The daemon's loop
+(loop.py) and the simulator (sim/prefetch.py) build both from their own state and run this same
+function.
+
+Expected benefit of fetching an object's missing bytes m with read probability p is p × m bytes
+not fetched on demand later; per byte fetched that is p. So candidates go in order of p, ties to
+the hotter. A plan never makes room by displacing Guaranteed data, pinned data, or data hotter
+than what the prefetch brings: ``Room`` lists only what may be displaced, coldest first, and an
+item may only use displaceable bytes colder than itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Hashable, Iterable, Sequence
+
+from ..cache.rules import Rule
+
+ObjectId = tuple[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidate:
+    """An object the predictor scored."""
+
+    obj: Hashable
+    size: int  # the object's size in bytes
+    cached_fraction: float  # share of its bytes already cached (0..1)
+    probability: float  # predicted P(read within the horizon)
+    hotness: float  # decayed read count, on the same scale as ``Room``'s
+    rule: Rule  # its cache rule (do-not-cache, max size, QoS class)
+
+    @property
+    def missing(self) -> int:
+        """Bytes a prefetch would fetch."""
+        return max(0, round(self.size * (1.0 - min(1.0, max(0.0, self.cached_fraction)))))
+
+    @property
+    def worth(self) -> float:
+        """How hot the prefetched bytes are taken to be when they displace cached data: the
+        hotness it has, or, for an object never read (the next shard), its chance of a read
+        soon, counted as that share of one read made now."""
+        return max(self.hotness, self.probability)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Room:
+    """What a prefetch may occupy: ``free`` bytes, plus cached bytes it may displace, as
+    (hotness, bytes) pairs sorted coldest first. Guaranteed and pinned data are never listed."""
+
+    free: int
+    displaceable: tuple[tuple[float, int], ...] = ()
+
+    @classmethod
+    def build(cls, free: int, entries: Iterable[tuple[float, int]]) -> "Room":
+        return cls(max(0, free), tuple(sorted((h, n) for h, n in entries if n > 0)))
+
+    @property
+    def total(self) -> int:
+        return self.free + sum(n for _, n in self.displaceable)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlanItem:
+    obj: Hashable
+    nbytes: int  # missing bytes to fetch
+    probability: float
+    hotness: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrefetchPlan:
+    """The objects to prefetch, best benefit per byte first."""
+
+    items: tuple[PlanItem, ...]
+    considered: int  # candidates seen
+    eligible: int  # above the threshold, prefetchable, with bytes missing
+    skipped_room: int  # eligible but no room left for them
+
+    @property
+    def nbytes(self) -> int:
+        return sum(i.nbytes for i in self.items)
+
+    def objects(self) -> set[Hashable]:
+        return {i.obj for i in self.items}
+
+
+def eligible(c: Candidate, threshold: float) -> bool:
+    """Whether a candidate may be prefetched at all, whatever the room."""
+    return (c.probability >= threshold and c.rule.prefetchable and c.rule.caches(c.size)
+            and c.missing > 0)
+
+
+def plan(candidates: Sequence[Candidate], room: Room, *, threshold: float = 0.7,
+         max_bytes: int | None = None, max_items: int | None = None) -> PrefetchPlan:
+    """Choose what to prefetch; see the module docstring. ``max_bytes``: at most this many
+    bytes in one plan; ``max_items``: at most this many objects."""
+    chosen = sorted((c for c in candidates if eligible(c, threshold)),
+                    key=lambda c: (-c.probability, -c.hotness, c.missing))
+    # Cumulative displaceable bytes, coldest first, and their hotness, for "colder than x".
+    heat = [h for h, _ in room.displaceable]
+    cumulative: list[int] = []
+    acc = 0
+    for _, n in room.displaceable:
+        acc += n
+        cumulative.append(acc)
+    free = room.free
+    displaced = 0  # bytes taken from the cold end of ``displaceable``
+    budget = max_bytes if max_bytes is not None else float("inf")
+    items: list[PlanItem] = []
+    skipped = 0
+    for c in chosen:
+        if max_items is not None and len(items) >= max_items:
+            skipped += 1
+            continue
+        need = c.missing
+        if need > budget:
+            skipped += 1
+            continue
+        colder = bisect.bisect_left(heat, c.worth)  # entries strictly colder than the item
+        may_displace = max(0, (cumulative[colder - 1] if colder else 0) - displaced)
+        if need > free + may_displace:
+            skipped += 1
+            continue
+        from_free = min(free, need)
+        free -= from_free
+        displaced += need - from_free
+        budget -= need
+        items.append(PlanItem(c.obj, need, c.probability, c.hotness))
+    return PrefetchPlan(tuple(items), len(candidates), len(chosen), skipped)
