@@ -353,6 +353,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ready_requires_upstream", False, parse_bool, "true or false",
            "readiness fails while the upstream is unreachable (by default the sidecar stays ready and "
            "serves what it has cached)"),
+    Option("ready_requires_cache", False, parse_bool, "true or false",
+           "readiness fails while the cache disk takes no writes (by default the sidecar stays ready "
+           "and passes reads through to the upstream)"),
     Option("upstream_probe_interval", 5.0, parse_duration, DURATION_FORM,
            "readiness probes the upstream at most this often and reuses the answer in between"),
     Option("event_interval", 10.0, parse_duration, DURATION_FORM,
@@ -416,6 +419,7 @@ class Settings:
     log_keys: str
     config_watch_interval: float
     ready_requires_upstream: bool
+    ready_requires_cache: bool
     upstream_probe_interval: float
     event_interval: float
     config: Path | None

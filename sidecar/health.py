@@ -71,13 +71,16 @@ class CachedProbe:
 class Readiness:
     """What /readyz reports. The upstream only counts when ``requires_upstream``: by default a
     sidecar that cannot reach its upstream stays ready, serving what it has cached (stale if
-    need be) and answering the rest with a fast 503 ServiceUnavailable."""
+    need be) and answering the rest with a fast 503 ServiceUnavailable. Likewise the cache disk
+    only counts when ``requires_cache``: a sidecar whose disk fails carries on as a pass-through
+    proxy, and taking the pod out of service for that would turn a cache fault into an outage."""
 
     def __init__(self, upstream: Upstream, scratch_dir: Path, *, interval: float, requires_upstream: bool,
-                 timeout: float = 2.0) -> None:
+                 requires_cache: bool = False, timeout: float = 2.0) -> None:
         self.upstream = upstream
         self.scratch_dir = Path(scratch_dir)
         self.requires_upstream = requires_upstream
+        self.requires_cache = requires_cache
         self.upstream_probe = CachedProbe(self._probe_upstream, interval, timeout)
         self.disk_probe = CachedProbe(self._probe_disk, interval, timeout)
         self._was_reachable: bool | None = None
@@ -129,9 +132,9 @@ class Readiness:
         upstream, disk = await asyncio.gather(self.upstream_probe.get(), self.disk_probe.get())
         now = time.monotonic()
         checks = {"started": started and not draining, "index_loaded": index_loaded,
-                  "cache_dir_writable": disk.ok,
+                  "cache_dir_writable": disk.ok or not self.requires_cache,
                   "upstream_reachable": upstream.ok or not self.requires_upstream}
         ok = all(checks.values())
         return ok, {"ready": ok, "draining": draining, "checks": checks,
                     "upstream": {**upstream.as_json(now), "required": self.requires_upstream},
-                    "cache_dir": disk.as_json(now)}
+                    "cache_dir": {**disk.as_json(now), "required": self.requires_cache}}

@@ -41,7 +41,8 @@ class Operations:
         self.sc = sc
         s = sc.settings
         self.readiness = Readiness(sc.upstream, sc.store.tmp, interval=s.upstream_probe_interval,
-                                   requires_upstream=s.ready_requires_upstream)
+                                   requires_upstream=s.ready_requires_upstream,
+                                   requires_cache=s.ready_requires_cache)
         self.warm = WarmJobs(upstream=sc.upstream, catalog=sc.catalog, reader=sc.reader, store=sc.store,
                              metrics=sc.metrics, may_cache=lambda b, k, size: sc.read_policy(b, k, size)[0])
         self.reloader = Reloader(sc, flags)

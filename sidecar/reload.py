@@ -67,6 +67,7 @@ APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
                                               for p in (sc.ops.readiness.upstream_probe, sc.ops.readiness.disk_probe)],
     "ready_requires_upstream": lambda sc, s: setattr(sc.ops.readiness, "requires_upstream",
                                                      s.ready_requires_upstream),
+    "ready_requires_cache": lambda sc, s: setattr(sc.ops.readiness, "requires_cache", s.ready_requires_cache),
     # The prefetch loop reads these from ``sc.settings`` on each run; a new interval also
     # restarts the wait in progress.
     "prefetch_interval": lambda sc, s: sc.prefetch.interval_changed(),

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
+
+from sidecar.testing import free_port
 
 MiB = 1024 * 1024
 
@@ -261,3 +264,32 @@ def test_upstream_bytes_are_counted_once(sidecar, moto_s3, bucket):
     assert after["upstream"]["bytes"] - before["upstream"]["bytes"] == len(data)
     assert after["reads"]["hit_bytes"] - before["reads"]["hit_bytes"] == 3 * len(data)
     assert after["reads"]["miss_bytes"] - before["reads"]["miss_bytes"] == len(data)
+
+
+def test_read_overtaken_by_a_write_leaves_no_old_chunks(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    """A cold read whose upstream answer (the old version) arrives only after a PUT through the
+    sidecar replaced the object is served as it began, but none of it is kept: after a restart
+    with the upstream gone, stale-if-error must not bring the replaced version back."""
+    from support.tap import Fault
+
+    old, new = os.urandom(300 * 1024), os.urandom(200 * 1024)
+    moto_s3.put_object(Bucket=bucket, Key="race", Body=old)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="64KiB", metadata_ttl="indefinite",
+                      prefetch="false", readahead_chunks=0)
+    s3 = sc.client()
+    tap.fault = lambda seen: Fault(answer_delay=1.0) if seen.method == "GET" and "/race" in seen.path else None
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            reading = pool.submit(_get, s3, bucket, "race")
+            time.sleep(0.4)  # the upstream has answered with the old version; the sidecar waits
+            s3.put_object(Bucket=bucket, Key="race", Body=new)
+            assert reading.result(timeout=30) == old, "a read that began before the write ends on what it began"
+    finally:
+        tap.fault = None
+    assert not [p for p in (tmp_path / "c" / "v1").glob("??/*") if p.name.endswith(".meta")], \
+        "the replaced version's chunks and metadata are gone"
+    sc.stop()
+    gone = make_sidecar(upstream=f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path / "c")
+    with pytest.raises(ClientError) as err:  # the new version was never read, so nothing may answer
+        _get(gone.client(), bucket, "race")
+    assert err.value.response["Error"]["Code"] == "ServiceUnavailable"

@@ -67,7 +67,7 @@ def file_crc32c(fd: int, length: int) -> int | None:
     return crc
 
 
-def _mkdir_private(path: Path) -> None:
+def mkdir_private(path: Path) -> None:
     """A cache directory, 0700 whatever the umask (umask can only take bits away, and one
     that takes the owner's would make the directory unusable)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ class ChunkStore:
     def open(self) -> list[Version]:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
         for d in (self.root.parent, self.root, self.tmp):
-            _mkdir_private(d)
+            mkdir_private(d)
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
@@ -370,7 +370,7 @@ class ChunkStore:
             os.write(fd, body)
         finally:
             os.close(fd)
-        _mkdir_private(path.parent)
+        mkdir_private(path.parent)
         os.replace(tmp, path)
 
     # --- reads ------------------------------------------------------------------------------
@@ -528,7 +528,7 @@ class ChunkStore:
                 self._write_meta(v)
             final = self._chunk_path(w.vid, w.index, w.crc)
             if not final.parent.is_dir():
-                _mkdir_private(final.parent)
+                mkdir_private(final.parent)
             os.replace(w.path, final)
         except OSError:
             self.stats.write_errors += 1

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..cache.store import mkdir_private
+
 _FILE = re.compile(r"^access-(\d{8})\.jsonl$")
 
 
@@ -66,7 +68,7 @@ class AccessLog:
         self._file_bytes = 0
         self._seq = 1
         if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            mkdir_private(self.directory)  # reads name keys: as private as the chunks
             existing = log_files(self.directory)
             if existing:
                 self._seq = int(_FILE.match(existing[-1].name).group(1))
@@ -133,7 +135,9 @@ class AccessLog:
             self._file = None
             self._seq += 1
         path = self.directory / f"access-{self._seq:08d}.jsonl"
-        self._file = open(path, "ab")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # exactly, whatever the umask
+        self._file = os.fdopen(fd, "ab")
         self._file_bytes = path.stat().st_size
         for old in log_files(self.directory)[: -self.files_kept]:
             try:

@@ -240,6 +240,7 @@ class S3Face:
                 resp = await self._send_body(request, status, headers, length, first, segments)
             finally:
                 await segments.aclose()
+                self._drop_if_replaced(meta, stats)
             if self.on_read is not None:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
@@ -287,9 +288,21 @@ class S3Face:
             raise S3Error("ServiceUnavailable", "The object changed while being read; retry.") from None
         finally:
             await segments.aclose()
+            self._drop_if_replaced(meta, stats)
         if self.on_read is not None:
             self.on_read(target.bucket, target.key, meta, rng, stats)
         return resp
+
+    def _drop_if_replaced(self, meta: ObjectMeta, stats: ReadStats) -> None:
+        """A read that was already under way when a write through the sidecar replaced or
+        deleted its object finishes on the old version, and the chunks it fetched were kept.
+        Forget them now: the catalog no longer points at them, and after a restart with the
+        upstream out of reach, stale-if-error would otherwise serve a version known to be dead."""
+        if stats.miss_bytes == 0:
+            return
+        current = self.catalog.peek(meta.bucket, meta.key)
+        if current is None or current.meta.etag != meta.etag or current.meta.size != meta.size:
+            self.drop_version(meta)
 
     def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
                         extra, h, rid: str) -> CIMultiDict:

@@ -44,6 +44,7 @@ class Fault:
     cut_after: int | None = None
     drop: bool = False
     throttle_bps: float | None = None
+    answer_delay: float = 0.0  # hold the upstream's whole answer this long before relaying it
 
 
 class Tap:
@@ -114,6 +115,12 @@ class Tap:
                                          headers=headers,
                                          data=data, allow_redirects=False) as up:
             seen.status = up.status
+            if fault is not None and fault.answer_delay:
+                held = await up.read()  # the upstream answered now; the sidecar hears it later
+                await asyncio.sleep(fault.answer_delay)
+                return web.Response(status=up.status, body=held,
+                                    headers={k: v for k, v in up.headers.items()
+                                             if k.lower() not in HOP and k.lower() != "content-length"})
             out = web.StreamResponse(status=up.status,
                                      headers={k: v for k, v in up.headers.items() if k.lower() not in HOP})
             if up.content_length is not None:
