@@ -17,8 +17,14 @@ Phases 1 and 2 alternate ``--rounds`` times, so that whatever else loads the mac
 on both alike; latencies are pooled over the rounds.
 
 Prints the warm job's bandwidth as a ratio of the cap (alone: goal 1.00 +- 0.05; with demand,
-warm plus demand against the cap), and demand p50/p99 time to last byte off and on (goal: p99
-on <= 1.1x off).
+warm plus demand against the cap), and demand p50/p90/p95/p99 time to last byte off and on
+(goal: p99 on <= 1.1x off). A p99 of a few hundred GETs is their third-worst: on a shared
+machine it moves by tens of percent between runs of the same build, so read it with p90/p95.
+
+The throttled upstream runs inside the sidecar's process. That does not flatter or penalise
+background: with ``--upstream-bandwidth 4GiB`` (the pipe no longer shared in any way that
+matters) the same warm job leaves demand p50/p90 unchanged, so what slowdown remains at 48MiB/s
+is the shared pipe, which a remote upstream has too.
 """
 
 from __future__ import annotations
@@ -105,6 +111,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="demand off/on phase pairs, alternated")
     ap.add_argument("--demand-size", default="1MiB")
     ap.add_argument("--demand-rate", type=float, default=6.0, help="demand GETs per second")
+    ap.add_argument("--log-level", default="warning", help="the sidecar's (its log is kept in the work dir)")
     args = ap.parse_args()
     cap, up_bw = parse_size(args.cap), parse_size(args.upstream_bandwidth)
     size, latency = parse_size(args.demand_size), parse_duration(args.latency)
@@ -127,7 +134,7 @@ def main() -> int:
                 (bk / f"d-{phase}-{k}-{i:05d}").write_bytes(dblock[:-12] + k.to_bytes(4, "big") + i.to_bytes(8, "big"))
     upstream = f"file://{work / 'up'}?latency={latency}&bandwidth={up_bw}"
     sc = Sidecar(upstream, work / "cache", work, bandwidth_cap=cap, chunk_size="1MiB", cache_size="64GiB",
-                 prefetch="false", readahead_chunks=0, log_level="warning")
+                 prefetch="false", readahead_chunks=0, log_level=args.log_level)
     print(f"upstream {format_size(up_bw)}/s, {latency * 1000:g} ms; bandwidth_cap {format_size(cap)}/s; "
           f"demand {args.demand_rate:g}/s x {format_size(size)} (uncached); {args.rounds} rounds of "
           f"{args.seconds:g} s off + {args.seconds:g} s on")
@@ -159,6 +166,7 @@ def main() -> int:
             out[name] = statistics.mean(out[name])
         return out
 
+    print(f"sidecar log: {sc.log_path}")
     try:
         r = asyncio.run(run())
         metrics = sc.metrics_text()
@@ -175,6 +183,10 @@ def main() -> int:
     print(f"demand off:          p50 {p50_off * 1000:7.1f} ms  p99 {p99_off * 1000:7.1f} ms  ({len(r['off'])} GETs)")
     print(f"demand on:           p50 {p50_on * 1000:7.1f} ms  p99 {p99_on * 1000:7.1f} ms  ({len(r['on'])} GETs)")
     print(f"p99 on / off:        {p99_on / p99_off:.3f}   (p50 {p50_on / p50_off:.3f})")
+    # p99 of a few hundred GETs is the third-worst of them: p90/p95 tell whether a change is noise.
+    print("p90, p95 on / off:   " + ", ".join(f"{pct(r['on'], q) / pct(r['off'], q):.3f}" for q in (0.90, 0.95))
+          + f"   (off {pct(r['off'], 0.90) * 1000:.1f}, {pct(r['off'], 0.95) * 1000:.1f} ms;"
+          f" on {pct(r['on'], 0.90) * 1000:.1f}, {pct(r['on'], 0.95) * 1000:.1f} ms)")
     print(f"bucket at the end:   {rate_line or 'n/a'}; cuts: {', '.join(cuts) or 'none'}")
     return 0
 

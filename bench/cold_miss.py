@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,6 +91,7 @@ def main() -> int:
         if tap is not None:
             tap.close()
         moto.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the cache holds 2 x count objects' chunks
     d, c = statistics.median(direct), statistics.median(cold)
     limit = f", upstream limited to {args.stream_mbps:g} MB/s per response" if args.stream_mbps else ""
     print(f"cold miss of {format_size(size)} objects ({args.count} each{limit}):")

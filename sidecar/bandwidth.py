@@ -13,6 +13,14 @@ EMA stays within ``(1 + tolerance)`` times the baseline and nothing failed, the 
 it is multiplied by ``decrease`` (at most once per ``cooldown``), never below the floor.
 Inflation smaller than ``latency_slack`` seconds is ignored: it is scheduling noise, not a queue.
 
+Demand in flight goes first. Background and demand share the upstream's pipe, so a background
+piece read while demand bytes are arriving delays them even when the tokens allow it. For
+``demand_hold`` seconds after each demand byte, background is therefore held to the floor rate
+(its own small allowance, ``hold_burst`` seconds of the floor); the tokens it did not take
+meanwhile stay in the bucket (up to one burst) and are taken once demand pauses, so over any
+window longer than the gaps between demand reads background still gets what demand leaves of
+the rate, and never less than the floor while demand lasts.
+
 With ``cap == 0`` (no fixed cap) background is not limited at all until the upstream fails
 or throttles (latency alone is too weak a sign without a known budget); then the rate is set
 to ``decrease`` times the throughput measured through the bucket and adapts from there, and
@@ -46,7 +54,7 @@ class TokenBucket:
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tolerance: float = 0.5,
                  burst: float = 1.0, increase: float | None = None, decrease: float = 0.5,
                  ema_alpha: float = 0.2, baseline_aging: float = 300.0, cooldown: float = 1.0,
-                 latency_slack: float = 0.005,
+                 latency_slack: float = 0.005, demand_hold: float = 0.05, hold_burst: float = 0.05,
                  on_decrease: Callable[[str], None] | None = None) -> None:
         self.clock = clock
         self.sleep = sleep
@@ -58,6 +66,10 @@ class TokenBucket:
         self.cooldown = cooldown
         self.latency_slack = latency_slack  # seconds of inflation too small to mean congestion (scheduling noise)
         self.on_decrease = on_decrease
+        self.demand_hold = demand_hold  # seconds after a demand byte during which background gets only the floor
+        self.hold_burst = hold_burst  # seconds of the floor that background may take at once while held
+        self._demand_until = -math.inf  # demand counts as in flight until then
+        self._held = 0.0  # background's allowance while demand is in flight, bytes (refills at the floor)
         self._increase = increase
         self.ema: float | None = None  # latency EMA of the series observed last, seconds
         self.baseline: float | None = None
@@ -98,6 +110,7 @@ class TokenBucket:
         elif self.limited:  # backing off without a cap: the new floor applies
             self._rate = max(self._rate, self.floor)
         self._tokens = min(self._tokens, self._capacity())
+        self._held = min(self._held, self._held_capacity())
         self._wake_head()
 
     @property
@@ -129,12 +142,22 @@ class TokenBucket:
     def _capacity(self) -> float:
         return self.burst * self._rate
 
+    def _held_capacity(self) -> float:
+        return self.hold_burst * self.floor
+
+    @property
+    def demand_in_flight(self) -> bool:
+        """Whether demand bytes arrived within the last ``demand_hold`` seconds (background is held)."""
+        self._refill()
+        return self._now < self._demand_until
+
     def _refill(self) -> None:
         now = self.clock()
         dt = now - self._now
         if dt <= 0:
             return
         self._now = now
+        self._held = min(self._held + self.floor * dt, self._held_capacity())
         if self._rate == math.inf:
             return
         r0 = self._rate
@@ -173,13 +196,15 @@ class TokenBucket:
     # --- spending ----------------------------------------------------------------------------
 
     def spend_demand(self, n: int) -> None:
-        """Demand bytes: taken at once, never waited for. Debt is bounded by one burst."""
+        """Demand bytes: taken at once, never waited for. Debt is bounded by one burst. While
+        limited, background is held to the floor for ``demand_hold`` seconds after them."""
         if n <= 0:
             return
         self._refill()
         self._count(n)
         if not self.limited:
             return
+        self._demand_until = self._now + self.demand_hold
         t = self._tokens - n
         low = -self._capacity()
         if t < low:
@@ -206,8 +231,7 @@ class TokenBucket:
                 self._refill()
                 if self._take(n):
                     return
-                need = min(n, self._capacity()) - self._tokens
-                await self.sleep(min(MAX_SLEEP, max(need / max(self._rate, 1e-9), 0.001)))
+                await self.sleep(min(MAX_SLEEP, max(self._wait_for(n), 0.001)))
         finally:
             was_head = bool(self._waiters) and self._waiters[0] is w
             try:
@@ -223,9 +247,23 @@ class TokenBucket:
             return True
         if self._tokens < min(n, self._capacity()):
             return False
+        held = self._now < self._demand_until
+        if held:
+            if self._held < min(n, self._held_capacity()):
+                return False
+            self._held -= n  # (may go negative: a piece larger than the allowance is paid off at the floor)
         self._tokens -= n
         self._count(n)
         return True
+
+    def _wait_for(self, n: int) -> float:
+        """Seconds until ``_take(n)`` may succeed, at the current rate and floor."""
+        wait = (min(n, self._capacity()) - self._tokens) / max(self._rate, 1e-9)
+        if self._now < self._demand_until:
+            # Held: the end of the hold, or the floor's allowance, whichever comes first.
+            allowance = (min(n, self._held_capacity()) - self._held) / max(self.floor, 1e-9)
+            wait = max(wait, min(self._demand_until - self._now, allowance))
+        return wait
 
     def _wake_head(self) -> None:
         if self._waiters and not self._waiters[0].turn.done():

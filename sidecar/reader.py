@@ -179,6 +179,7 @@ class Reader:
         self.executor = executor  # verifies large chunks off the event loop
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
+        self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
 
     # --- public -------------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class Reader:
 
     def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
-        in the background. Returns the fills started."""
+        in the background. Returns the fills started (``cancel`` stops them)."""
         version = self.store.version_for(meta)
         n = chunk_count(meta.size, self.chunk_size)
         started: list[ChunkFill] = []
@@ -234,10 +235,36 @@ class Reader:
             if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
                 i += 1
                 continue
-            fills = self._start_span(version, i, last, priority)
+            fills = self._register_span(version, i, last, priority)
+            task = self._launch(self._run_span(version, fills))
+            keys = [f.key for f in fills]
+            for k in keys:
+                self._ensured[k] = task
+            task.add_done_callback(lambda t, keys=keys: self._ensured_done(t, keys))
             started.extend(fills)
             i = fills[-1].index + 1
         return started
+
+    def cancel(self, fills: list[ChunkFill]) -> int:
+        """Stop the upstream fetches of fills ``ensure`` started, span by span, except spans a
+        client has joined (promoted to demand: they go on). Returns how many spans stopped."""
+        spans: dict[asyncio.Task, list[ChunkFill]] = {}
+        for f in fills:
+            task = self._ensured.get(f.key)
+            if task is not None and not task.done():
+                spans.setdefault(task, []).append(f)
+        stopped = 0
+        for task, span in spans.items():
+            if any(f.priority == DEMAND or f.refs for f in span if not f.done):
+                continue
+            task.cancel()
+            stopped += 1
+        return stopped
+
+    def _ensured_done(self, task: asyncio.Task, keys: list) -> None:
+        for k in keys:
+            if self._ensured.get(k) is task:
+                del self._ensured[k]
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop fetching: fetches in flight get ``grace`` seconds to finish and commit."""
@@ -275,10 +302,11 @@ class Reader:
             i += 1
         return fills
 
-    def _launch(self, coro) -> None:
+    def _launch(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None) -> None:
         meta = version.meta
@@ -356,7 +384,8 @@ class Reader:
                 raise UpstreamUnavailable("upstream body ended early")
             fill.received(piece, received)
             received += len(piece)
-            self.metrics.upstream_bytes.labels(purpose).inc(len(piece))
+            # Promoted (a client joined): the rest is demand's, in the counter as in the bucket.
+            self.metrics.upstream_bytes.labels(purpose if background else "demand").inc(len(piece))
             if self.spend_demand is not None and not background:
                 self.spend_demand(len(piece))
             try:

@@ -238,6 +238,9 @@ async def run(settings: config.Settings, flags: dict | None = None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in config.option_names() if getattr(args, k) is not None}
     settings = config.load(flags)
+    local = settings.local_upstream_dir
+    if local is not None and not local.is_dir():  # checked here, not by `config check` on another machine
+        raise config.ConfigError("upstream", settings.upstream or "", "file:// and the path of an existing directory")
     setup_logging(settings.log_level, settings.log_format)
     try:
         import uvloop  # noqa: PLC0415

@@ -324,3 +324,63 @@ def test_inflation_within_the_slack_is_noise_not_congestion():
     for _ in range(5):
         b.observe(0.050)
     assert not b.healthy and b.rate == 5 * MB
+
+
+# --- demand in flight goes first --------------------------------------------------------------
+
+@pytest.mark.parametrize("hold", [0.05, 0.0])
+def test_demand_in_flight_holds_background_to_the_floor_and_the_share_comes_back_after(hold):
+    cap, floor, piece = 10 * MB, 1 * MB, 256 * 1024
+
+    async def scenario() -> tuple[int, int, int]:
+        ft = FakeTime()
+        b = bucket(ft, cap, floor=floor, demand_hold=hold)
+        b.spend_demand(int(b.tokens))  # empty: what background gets from here on is refill only
+        got = {"bg": 0, "demand": 0}
+
+        async def background() -> None:
+            while True:
+                await b.acquire(piece)
+                got["bg"] += piece
+
+        async def demand() -> None:  # 64 KB every 10 ms for 1 s: 6.4 MB/s, steadily in flight
+            while ft.now < 1.0 - 1e-9:
+                b.spend_demand(64_000)
+                got["demand"] += 64_000
+                await ft.sleep(0.01)
+
+        tasks = [asyncio.ensure_future(background()) for _ in range(3)] + [asyncio.ensure_future(demand())]
+        await ft.run_until(1.0)
+        during = got["bg"]
+        assert b.demand_in_flight == (hold > 0)
+        await ft.run_until(1.5)
+        for t in tasks:
+            t.cancel()
+        await ft.settle()
+        return during, got["bg"], got["demand"]
+
+    during, total, dem = run(scenario())
+    left = cap * 1.5 - dem  # what demand left of the cap over the whole window
+    if hold:
+        # Held to the floor while demand is in flight, but never starved below it.
+        assert floor * 1.0 - 2 * piece <= during <= floor * 1.0 + 2 * piece
+    else:
+        assert during >= (cap - 6.4 * MB) * 1.0 - 2 * piece, "no hold: background takes what is left at once"
+    # Either way the tokens not taken during the hold are taken afterwards: the share is kept.
+    assert left - 2 * piece <= total <= left + piece
+
+
+def test_a_held_waiter_wakes_when_demand_pauses():
+    async def scenario() -> None:
+        ft = FakeTime()
+        b = bucket(ft, 10 * MB, floor=1000, demand_hold=0.05)  # a floor too low to matter here
+        b.spend_demand(1000)  # tokens to spare, but demand is in flight
+        assert b.demand_in_flight
+        task = asyncio.ensure_future(b.acquire(256 * 1024))
+        await ft.run_until(0.049)
+        assert not task.done()
+        await ft.run_until(0.051)
+        assert task.done() and not b.demand_in_flight
+        # Taken at the end of the hold, from a full burst (plus 1 ms of refill since).
+        assert b.tokens == pytest.approx(10 * MB - 256 * 1024 + 10 * MB * 0.001, abs=1000)
+    run(scenario())

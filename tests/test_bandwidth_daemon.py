@@ -170,4 +170,24 @@ def test_a_demand_read_joining_a_background_fill_stops_its_wait_for_tokens(make_
         time.sleep(0.05)
     took = timed_get(sc.client(), "warm/part-00", 4 * MiB)
     assert took < 2.0, f"the demand read waited on the gate ({took:.2f} s)"
-    assert admin(sc, "GET", f"/warm/{job['id']}")["state"] == "done", "the fill it joined completed it"
+    # The fill commits just after its last byte reaches the client; at 64 KiB/s the job alone would need a minute.
+    deadline = time.monotonic() + 1.0
+    while admin(sc, "GET", f"/warm/{job['id']}")["state"] != "done":
+        assert time.monotonic() < deadline, "the fill it joined did not complete the job"
+        time.sleep(0.02)
+    # The promoted rest of the fill was a client's read: counted as demand, not as prefetch.
+    prefetched = metric(sc, "sidecar_upstream_bytes_total", {"purpose": "prefetch"})
+    demand = metric(sc, "sidecar_upstream_bytes_total", {"purpose": "demand"})
+    assert prefetched + demand == 4 * MiB and prefetched <= 1 * MiB, (prefetched, demand)
+
+
+def test_a_passed_through_object_get_counts_against_the_cap(make_sidecar, upstream_dir):
+    sc = make_sidecar(f"file://{upstream_dir}?latency=5ms&bandwidth={UPSTREAM_BANDWIDTH}", chunk_size="1MiB",
+                      bandwidth_cap=f"{CAP}", prefetch="false", readahead_chunks=0)
+    assert metric(sc, "sidecar_bandwidth_tokens_bytes") == pytest.approx(CAP, rel=0.01)
+    # ExpectedBucketOwner is answered by the upstream itself: the bytes pass through, uncached.
+    body = sc.client().get_object(Bucket="bk", Key="demand-before", ExpectedBucketOwner="123456789012")["Body"]
+    assert len(body.read()) == 16 * MiB
+    assert metric(sc, "sidecar_upstream_bytes_total", {"purpose": "demand"}, default=0) == 0, "not a fill"
+    # 16 MiB of demand took the full burst and left a burst of debt (less what refilled since).
+    assert metric(sc, "sidecar_bandwidth_tokens_bytes") < 0

@@ -63,6 +63,13 @@ def test_cli_exit_code_and_one_line():
     assert r.stderr.strip().count("\n") == 0 and "cache_size" in r.stderr and "20XB" in r.stderr
 
 
+def test_missing_local_upstream_dir_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sidecar", "serve", "--upstream", f"file://{tmp_path}/absent",
+                        "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "upstream" in r.stderr and "existing directory" in r.stderr
+
+
 def test_every_option_has_a_flag_and_env_name():
     names = config.option_names()
     assert len(set(names)) == len(names)

@@ -67,3 +67,12 @@ def test_cacheable_reads(method, raw, headers, want):
 ])
 def test_data_changing_writes(method, raw, want):
     assert changes_object_data(method, parse_target(raw, None, SUFFIXES), {}) is want
+
+
+def test_raw_bytes_that_are_not_utf8_are_an_invalid_uri():
+    # aiohttp hands raw non-UTF-8 bytes of a request line over as lone surrogates
+    with pytest.raises(S3Error) as e:
+        parse_target("/\udcff", None, ("localhost",))
+    assert e.value.code == "InvalidURI" and e.value.status == 400
+    with pytest.raises(S3Error):
+        parse_target("/bkt/k\udcff", None, ("localhost",))

@@ -13,12 +13,20 @@ Within a group the group's own policy (LRU-K, LRU…) picks the victim. Pinned e
 outside every group's policy, so no policy can ever name them. Pins come from rules
 (``pin: true``) and from ``pin(bucket, prefix)`` at run time.
 
+Prefetched entries (``admit(..., credit_until=t)``) hold a credit: until ``t`` (the predicted
+read's horizon) or their first read, they sit outside their group's policy, so demand data is
+evicted before them. A prefetch is no reference: the first read is the entry's first reference
+in the group's policy (LRU-K's retained history included). Once its credit lapses unread, the
+guess was wrong and the entry is the first victim of all. Only when nothing but credited
+entries is left does one go, the one whose credit runs longest (predicted to be read last).
+
 Chunk keys are opaque here: ``locate(key)`` tells which (bucket, object key) a chunk belongs
 to; it decides the rule, the pins and the hotness counter of the object.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -77,6 +85,14 @@ class QoSPolicy:
         self.pinned_bytes = 0
         self._pin_prefixes: set[tuple[str, str]] = set()
         self._pins: PrefixMap[bool] = PrefixMap()
+        # Prefetched, unread entries -> end of their credit; heaps (lazy) by soonest and latest end.
+        self._credit: dict[Hashable, float] = {}
+        self._credit_soon: list[tuple[float, int, Hashable]] = []
+        self._credit_late: list[tuple[float, int, Hashable]] = []
+        self._credit_seq = 0
+        self.credited_bytes = 0
+        self.admitted_bytes = 0  # bytes admitted on demand (not credited), ever
+        self._now = 0.0
 
     @classmethod
     def from_settings(cls, settings: Any, *, locate: Locate = object_of, rules: RuleSet | None = None,
@@ -92,16 +108,37 @@ class QoSPolicy:
 
     # --- the policy interface ----------------------------------------------------------------
 
-    def admit(self, key: Hashable, size: int, now: float, *, rule: Rule | None = None) -> None:
-        """``rule``: the object's rule when the caller already looked it up (saves a lookup)."""
+    def admit(self, key: Hashable, size: int, now: float, *, rule: Rule | None = None,
+              credit_until: float | None = None) -> None:
+        """``rule``: the object's rule when the caller already looked it up (saves a lookup).
+        ``credit_until``: a prefetched entry, protected until then or its first read."""
+        if now > self._now:
+            self._now = now
         if key in self._where:
-            self.touch(key, now)
+            if credit_until is None:
+                self.touch(key, now)
             return
         obj = self._locate(key)
         if rule is None:
             rule = self.rules.match(*obj) if obj is not None else self.rules.default
         self._sizes[key] = size
-        self._attach(key, self._group(rule), self._pinned_by(rule, obj), now)
+        pinned = self._pinned_by(rule, obj)
+        if credit_until is not None and not pinned and credit_until > now:
+            self._credit[key] = credit_until
+            self.credited_bytes += size
+            self._credit_seq += 1
+            heapq.heappush(self._credit_soon, (credit_until, self._credit_seq, key))
+            heapq.heappush(self._credit_late, (-credit_until, self._credit_seq, key))
+            if len(self._credit_soon) > 2 * len(self._credit) + 64:
+                # Entries read or evicted since leave stale heap items behind: rebuild from the live ones.
+                live = [(t, self._credit_seq + i, k) for i, (k, t) in enumerate(self._credit.items(), 1)]
+                self._credit_seq += len(live)
+                self._credit_soon = sorted(live)
+                self._credit_late = sorted((-t, i, k) for t, i, k in live)
+            self._attach(key, self._group(rule), False, now)
+            return  # a prefetch is no read: neither a reference nor hotness
+        self._attach(key, self._group(rule), pinned, now)
+        self.admitted_bytes += size
         if obj is not None:
             self.hotness.touch(obj, now)
 
@@ -109,15 +146,44 @@ class QoSPolicy:
         group = self._where.get(key)
         if group is None:
             return
-        if key not in self._pinned:
+        if now > self._now:
+            self._now = now
+        if key in self._credit:
+            # First read of a prefetched entry: from now on an ordinary one, this its first reference.
+            self.credited_bytes -= self._sizes[key]
+            del self._credit[key]
+            group.policy.admit(key, self._sizes[key], now)
+        elif key not in self._pinned:
             group.policy.touch(key, now)
         obj = self._locate(key)
         if obj is not None:
             self.hotness.touch(obj, now)
 
     def victim(self) -> Hashable | None:
+        credit = self._credit
+        if credit:
+            soon = self._credit_soon
+            while soon and credit.get(soon[0][2]) != soon[0][0]:
+                heapq.heappop(soon)  # read, removed or re-credited since
+            if soon and soon[0][0] <= self._now:
+                return soon[0][2]  # its credit lapsed unread: a wrong guess goes first
         group = self._victim_group()
-        return group.policy.victim() if group is not None else None
+        if group is not None:
+            return group.policy.victim()
+        late = self._credit_late
+        while late and credit.get(late[0][2]) != -late[0][0]:
+            heapq.heappop(late)
+        return late[0][2] if late else None
+
+    def advance(self, now: float) -> None:
+        """Time moved on (``CacheSpace`` calls it before choosing victims): credits may lapse."""
+        if now > self._now:
+            self._now = now
+
+    def is_credited(self, key: Hashable) -> bool:
+        """Whether the entry is prefetched, unread, and still protected by its credit."""
+        until = self._credit.get(key)
+        return until is not None and until > self._now
 
     def remove(self, key: Hashable) -> None:
         if key in self._where:
@@ -177,6 +243,10 @@ class QoSPolicy:
     def is_pinned(self, key: Hashable) -> bool:
         return key in self._pinned
 
+    def guaranteed_over_quota(self) -> bool:
+        """Whether some Guaranteed group holds more than its quota (its bytes go before Burstable ones)."""
+        return any(g.over_quota > 0 for g in self._guaranteed.values())
+
     def usage(self) -> dict[str, int]:
         """Evictable bytes per QoS class, and pinned bytes."""
         out = {c.value: 0 for c in QoSClass}
@@ -211,13 +281,17 @@ class QoSPolicy:
             self._pinned.add(key)
             self.pinned_bytes += size
         else:
-            group.policy.admit(key, size, now)
+            if key not in self._credit:
+                group.policy.admit(key, size, now)
             group.bytes += size
 
     def _detach(self, key: Hashable) -> None:
         group = self._where.pop(key)
         size = self._sizes[key]
-        if key in self._pinned:
+        if self._credit.pop(key, None) is not None:
+            self.credited_bytes -= size
+            group.bytes -= size
+        elif key in self._pinned:
             self._pinned.discard(key)
             self.pinned_bytes -= size
         else:

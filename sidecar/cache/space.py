@@ -54,7 +54,9 @@ class CacheSpace:
             evicted.append(key)
         return evicted
 
-    def reserve(self, size: int) -> list[Hashable]:
+    def reserve(self, size: int, now: float | None = None) -> list[Hashable]:
+        if now is not None:
+            self._advance(now)
         evicted = self.make_room(size)
         self.reserved += size
         return evicted
@@ -71,11 +73,18 @@ class CacheSpace:
             self.remove(key)
         if reserved:
             self.release(size)
+        self._advance(now)
         evicted = self.make_room(size)
         self.sizes[key] = size
         self.used += size
         self.policy.admit(key, size, now, **admit)
         return evicted
+
+    def _advance(self, now: float) -> None:
+        # Victims may depend on the time (QoSPolicy: a prefetch's credit lapses).
+        advance = getattr(self.policy, "advance", None)
+        if advance is not None:
+            advance(now)
 
     def remove(self, key: Hashable) -> int:
         size = self.sizes.pop(key, None)

@@ -220,6 +220,9 @@ class ChunkStore:
         # read counts them useful (``take_prefetched``); leaving before that counts them wasted.
         self.prefetched: dict[ChunkKey, int] = {}
         self.on_prefetch_wasted: Callable[[int], None] | None = None
+        # Seconds a prefetched chunk is protected from eviction by demand data while unread:
+        # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
+        self.prefetch_credit = 300.0
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
         # when-changed verification: the file identity at each chunk's last good CRC check. Any
@@ -495,7 +498,7 @@ class ChunkStore:
         evicted, reserved = [], False
         if keep:
             try:
-                evicted = self.space.reserve(length)
+                evicted = self.space.reserve(length, self.clock())
                 reserved = True
             except NoRoom:
                 pass
@@ -540,9 +543,14 @@ class ChunkStore:
         if old_crc is not None and old_crc != w.crc:
             self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
+        now = self.clock()
+        credit = {}
         if prefetched:
             self.prefetched[(w.vid, w.index)] = w.length
-        evicted = self.space.insert((w.vid, w.index), w.length, self.clock(), reserved=True)
+            # Protected from demand data until read or the predicted read's horizon (QoSPolicy).
+            if self.prefetch_credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
+                credit["credit_until"] = now + self.prefetch_credit
+        evicted = self.space.insert((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
 

@@ -34,6 +34,7 @@ from ..errors import S3Error, UpstreamUnavailable
 from ..reader import PREFETCH, ChunkFill
 from ..s3.ranges import chunk_count
 from ..telemetry import get_logger
+from .accesslog import Access, AccessLog
 from .planner import Candidate, PrefetchPlan, Room, plan
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ class PrefetchLoop:
         self.features: Any = None
         if self.enabled:
             try:
-                from .accesslog import AccessLog  # noqa: PLC0415  (numpy loads only with prefetch on)
                 from .features import FeatureTracker  # noqa: PLC0415
 
                 self.access_log = AccessLog(Path(s.cache_dir) / ACCESS_LOG_DIR)
@@ -94,9 +94,9 @@ class PrefetchLoop:
         self._plan: PrefetchPlan | None = None
         self._queue: list = []  # plan items not yet issued, best first
         self._active: dict[Hashable, list[ChunkFill]] = {}  # object -> fills its prefetch started
-        self._spans: dict[Hashable, set[asyncio.Task]] = {}  # object -> reader tasks filling them
         self._issuer: asyncio.Task | None = None
         self._expected: dict[Hashable, float] = {}  # planned object -> its probability, until read
+        self._admitted: int | None = None  # the policy's demand-admitted bytes at the last snapshot
 
     # --- the request path ----------------------------------------------------------------
 
@@ -104,8 +104,6 @@ class PrefetchLoop:
         """After every object read: O(1), no I/O."""
         if self.access_log is None:
             return
-        from .accesslog import Access  # noqa: PLC0415  (cached import: a dict lookup)
-
         size = meta.size
         start, end = (rng.start, rng.end) if rng is not None else (0, size - 1)
         if getattr(stats, "prefetched", 0):
@@ -144,6 +142,8 @@ class PrefetchLoop:
                       error_type=type(e).__name__,
                       detail="the sidecar serves without prefetch; fix or retrain the model and restart")
         else:
+            # Prefetched chunks are protected from demand data for as long as the model predicts.
+            self.sc.store.prefetch_credit = float(getattr(self.predictor, "horizon", None) or 300.0)
             log.info("prefetch_started", model=str(self.model_path) if self.model_path else "shipped",
                      interval_s=self.sc.settings.prefetch_interval,
                      threshold=self.sc.settings.prefetch_threshold)
@@ -221,7 +221,7 @@ class PrefetchLoop:
         displaceable: list[tuple[tuple[str, str], int]] = []
         # Guaranteed groups over their quota are evicted before Burstable data: while any is,
         # making room would take Guaranteed bytes, so only BestEffort data may be displaced.
-        burstable_ok = not _guaranteed_over_quota(policy)
+        burstable_ok = not policy.guaranteed_over_quota()
         for v in store.iter_versions():
             if not v.chunks or v.meta.size <= 0:
                 continue
@@ -236,6 +236,10 @@ class PrefetchLoop:
             displaceable.append((obj, nbytes))
         space = store.space
         s = sc.settings
+        admitted = policy.admitted_bytes
+        demand_recent = admitted - (self._admitted if self._admitted is not None else admitted)
+        self._admitted = admitted
+        max_bytes = prefetch_budget(space.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
         # Objects still holding prefetched chunks no client has read yet.
         unread = {(v.meta.bucket, v.meta.key) for v in (store.versions.get(vid) for vid, _ in store.prefetched)
                   if v is not None}
@@ -243,7 +247,7 @@ class PrefetchLoop:
         return {"now": time.time(), "cached": cached, "displaceable": displaceable,
                 "expected": dict(self._expected),
                 "free": space.capacity - space.used - space.reserved, "rules": sc.rules,
-                "threshold": s.prefetch_threshold, "max_bytes": s.prefetch_max_bytes,
+                "threshold": s.prefetch_threshold, "max_bytes": max_bytes,
                 "limit": s.prefetch_candidates}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
@@ -292,15 +296,10 @@ class PrefetchLoop:
     def _cancel(self, objs: set) -> int:
         """Stop the prefetch of these objects; fills a client joined (promoted to demand) go on."""
         n = 0
+        reader = self.sc.reader
         for obj in objs:
             fills = self._active.pop(obj, [])
-            tasks = self._spans.pop(obj, set())
-            if any(f.priority != PREFETCH or f.refs for f in fills if not f.done):
-                continue  # a client is reading it now: it is demand
-            live = [t for t in tasks if not t.done()]
-            for t in live:
-                t.cancel()
-            if live:
+            if reader.cancel(fills):
                 n += 1
                 self.sc.metrics.prefetch_fetches.labels("cancelled").inc()
         return n
@@ -339,12 +338,10 @@ class PrefetchLoop:
         if not rule.caches(meta.size) or meta.size <= 0:
             return
         reader = sc.reader
-        before = set(reader._tasks)  # the span tasks ensure() starts are ours to cancel
         fills = reader.ensure(meta, 0, chunk_count(meta.size, reader.chunk_size) - 1, PREFETCH)
         if not fills:
             return
         self._active[obj] = fills
-        self._spans[obj] = set(reader._tasks) - before
         m.prefetch_fetches.labels("issued").inc()
         try:
             for fill in fills:
@@ -354,7 +351,6 @@ class PrefetchLoop:
             cancelled = self._active.get(obj) is not fills  # _cancel took it (and counted it)
             if not cancelled:
                 del self._active[obj]
-                self._spans.pop(obj, None)
         if all(f.error is None for f in fills):
             m.prefetch_fetches.labels("completed").inc()
         elif not cancelled:
@@ -370,6 +366,15 @@ class PrefetchLoop:
                 "planned_bytes": self._plan.nbytes if self._plan is not None else 0}
 
 
+def prefetch_budget(capacity: int, credited: int, demand_recent: int, max_bytes: int | None) -> int:
+    """Bytes one run may plan: what the cache holds beside the prefetched chunks still unread
+    (credited, protected from demand) and room for the demand data that will arrive before the
+    next run, taken to be as much as arrived since the last (``demand_recent``). Beyond that a
+    prefetch would only push out another one not yet read."""
+    room = max(0, capacity - credited - demand_recent)
+    return room if max_bytes is None else min(max_bytes, room)
+
+
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
@@ -381,22 +386,31 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     ``expected``: objects prefetched and not read since, with the probability they were fetched
     at, which stands for their hotness when higher (a new plan does not evict the last one's
     unread objects for ones no likelier)."""
+    import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
+
     report = RunReport()
-    objs = [o for o in tracker.candidates(now, limit) if cached.get(o, 0.0) < 1.0]
-    report.candidates = len(objs)
+    every = tracker.candidates(now, limit)
+    # Fractions once, over the list as ``candidates`` returned it (``matrix`` maps that list to
+    # slots without a look-up per object); wholly cached objects leave the matrix by a mask.
+    get = cached.get
+    fractions = np.fromiter((get(o, 0.0) for o in every), dtype=np.float64, count=len(every))
+    keep = np.flatnonzero(fractions < 1.0)
+    report.candidates = len(keep)
     cands: list[Candidate] = []
-    if objs:
-        X = tracker.matrix(objs, now, lambda o: cached.get(o, 0.0))
+    if len(keep):
+        X = tracker.matrix(every, now, fractions)
+        if len(keep) < len(every):
+            X = X[keep]
         t = time.perf_counter()
         probs = predictor.score(X)
         report.inference_s = time.perf_counter() - t
-        for obj, prob in zip(objs, probs.tolist()):
-            if prob < threshold:
-                continue
+        for i in np.flatnonzero(probs >= threshold).tolist():
+            j = int(keep[i])
+            obj = every[j]
             size = tracker.size(obj)
             if not size:
                 continue
-            cands.append(Candidate(obj, size, cached.get(obj, 0.0), prob, tracker.hotness(obj, now),
+            cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
                                    rules.match(*obj)))
     expected = expected or {}
     room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
@@ -404,7 +418,3 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
     return chosen, report
 
-
-def _guaranteed_over_quota(policy: Any) -> bool:
-    groups = getattr(policy, "_guaranteed", None)
-    return bool(groups) and any(g.over_quota > 0 for g in groups.values())

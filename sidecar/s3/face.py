@@ -424,8 +424,13 @@ class S3Face:
                 resp.content_length = int(clen)
             await resp.prepare(request)
             if method != "HEAD":
+                # An object's bytes passed through are a client's read: they count against the
+                # upstream cap like demand fills (the token bucket), so background leaves them room.
+                spend = self.reader.spend_demand if method == "GET" and target.key is not None else None
                 try:
                     async for piece in upstream_resp.body:
+                        if spend is not None:
+                            spend(len(piece))
                         await resp.write(piece)
                 except (S3Error, OSError) as e:
                     log.warning("response_aborted", error=repr(e))

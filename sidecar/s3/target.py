@@ -66,7 +66,7 @@ class Target:
 def _decode(component: str, what: str) -> str:
     try:
         return unquote_to_bytes(component).decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:  # undecodable escapes, or raw bytes that were not UTF-8 (lone surrogates)
         raise S3Error("InvalidURI", f"The {what} is not valid UTF-8.") from None
 
 

@@ -6,7 +6,8 @@ through the same ``Replay``, ``CacheSpace`` and ``QoSPolicy`` over LRU-K that th
 at the same capacity: once as is, once with ``PrefetchHook``. Every ``interval`` of simulated
 time the hook makes the daemon loop's decision (``loop.choose``: tracker candidates, predictor
 scores, ``planner.plan`` within the room) and puts the planned objects' chunks in the cache
-through ``Replay.prefetch``. The tracker is fed every request as it is replayed (and the training
+through ``Replay.prefetch``, with the daemon's credit (``QoSPolicy``: protected from demand data
+until read or the model's horizon) and its budget (``loop.prefetch_budget``). The tracker is fed every request as it is replayed (and the training
 part beforehand, as a running daemon would have seen it).
 
 A prefetch lands at once here: the simulation measures what the predictor chooses, not how fast
@@ -119,7 +120,10 @@ class PrefetchHook:
     """The daemon loop's decision on simulated time; see the module docstring."""
 
     def __init__(self, predictor: Any, tracker: Any, rules: RuleSet, chunk_size: int | None, *,
-                 threshold: float = 0.7, max_bytes: int | None = None, limit: int = 100_000) -> None:
+                 threshold: float = 0.7, max_bytes: int | None = None, limit: int = 100_000,
+                 credit: float | None = None) -> None:
+        """``credit``: seconds a prefetched chunk is protected from demand data while unread (as
+        the daemon's ``ChunkStore.prefetch_credit``): the predictor's horizon unless given; 0: none."""
         self.predictor = predictor
         self.tracker = tracker
         self.rules = rules
@@ -127,9 +131,11 @@ class PrefetchHook:
         self.threshold = threshold
         self.max_bytes = max_bytes
         self.limit = limit
+        self.credit = credit if credit is not None else (getattr(predictor, "horizon", None) or 300.0)
         self.stats = PrefetchStats()
         self.watching: dict[Hashable, int] = {}  # prefetched item -> bytes, until read or evicted
         self.expected: dict[tuple[str, str], float] = {}  # object -> probability it was prefetched at
+        self._admitted = 0  # the policy's demand-admitted bytes at the last run
 
     def on_remove(self, key: Hashable) -> None:
         n = self.watching.pop(key, 0)
@@ -156,7 +162,7 @@ class PrefetchHook:
                                     "miss" if missed else "hit"))
 
     def tick(self, replay: Replay, now: float) -> None:
-        from ..predict.loop import choose  # noqa: PLC0415
+        from ..predict.loop import choose, prefetch_budget  # noqa: PLC0415
 
         c0 = time.thread_time()
         space = replay.space
@@ -180,14 +186,19 @@ class PrefetchHook:
         for obj in [o for o in expected if o not in cached_bytes]:
             del expected[obj]
         free = space.capacity - space.used - space.reserved
+        admitted = space.policy.admitted_bytes
+        budget = prefetch_budget(space.capacity, space.policy.credited_bytes, admitted - self._admitted,
+                                 self.max_bytes)
+        self._admitted = admitted
         chosen, report = choose(tracker, self.predictor, now, cached, free, displaceable, self.rules,
-                                threshold=self.threshold, max_bytes=self.max_bytes, limit=self.limit,
+                                threshold=self.threshold, max_bytes=budget, limit=self.limit,
                                 expected=expected)
         st = self.stats
         st.runs += 1
         st.candidates += report.candidates
         st.inference_s += report.inference_s
         st.planned_objects += len(chosen.items)
+        until = now + self.credit if self.credit > 0 else None
         for item in chosen.items:
             expected[item.obj] = item.probability
             bucket, name = item.obj
@@ -199,10 +210,10 @@ class PrefetchHook:
                     if ikey in space:
                         continue
                     n = min(cs, size - index * cs)
-                    if replay.prefetch(ikey, n, now):
+                    if replay.prefetch(ikey, n, now, until):
                         self.watching[ikey] = n
                         st.prefetched_bytes += n
-            elif key not in space and replay.prefetch(key, size, now):
+            elif key not in space and replay.prefetch(key, size, now, until):
                 self.watching[key] = size
                 st.prefetched_bytes += size
         st.cpu_s += time.thread_time() - c0

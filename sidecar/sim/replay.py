@@ -134,14 +134,18 @@ class Replay:
         self.tick = tick
         self.result = ReplayResult(label or policy.name, capacity)
 
-    def prefetch(self, key, size: int, now: float) -> bool:
+    def prefetch(self, key, size: int, now: float, credit_until: float | None = None) -> bool:
         """Cache an item ahead of demand (a prefetching hook's way in); False if it was cached
-        already or cannot fit. Its bytes count as upstream traffic in the result."""
+        already or cannot fit. Its bytes count as upstream traffic in the result.
+        ``credit_until``: protected from demand data until then or its first read (QoSPolicy)."""
         space = self.space
         if key in space or size > space.capacity:
             return False
         try:
-            space.insert(key, size, now)
+            if credit_until is not None:
+                space.insert(key, size, now, credit_until=credit_until)
+            else:
+                space.insert(key, size, now)
         except NoRoom:
             return False
         self.result.prefetched_items += 1
