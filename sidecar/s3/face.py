@@ -335,7 +335,10 @@ class S3Face:
             return web.Response(status=status, headers=headers, body=body)
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = length
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionError as e:  # the client left before the headers went out
+            raise ClientGone() from e
         sender = BodySender(request, resp, self.executor)
         try:
             seg: Segment | None = first
@@ -422,7 +425,10 @@ class S3Face:
             clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
             if clen is not None and clen.isdigit():
                 resp.content_length = int(clen)
-            await resp.prepare(request)
+            try:
+                await resp.prepare(request)
+            except ConnectionError as e:  # the client left before the headers went out
+                raise ClientGone() from e
             if method != "HEAD":
                 # An object's bytes passed through are a client's read: they count against the
                 # upstream cap like demand fills (the token bucket), so background leaves them room.
@@ -436,8 +442,6 @@ class S3Face:
                     log.warning("response_aborted", error=repr(e))
                     if request.transport is not None:
                         request.transport.abort()
-                    raise ClientGone() from e
-                except ConnectionResetError as e:
                     raise ClientGone() from e
             await resp.write_eof()
             return resp
