@@ -35,7 +35,10 @@ MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 
-DEMAND, READAHEAD, PREFETCH = 0, 1, 2
+# WARM: background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
+# prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
+# and not in the predictor's prefetched/useful bytes.
+DEMAND, READAHEAD, PREFETCH, WARM = 0, 1, 2, 3
 
 
 class DiskFault(Exception):

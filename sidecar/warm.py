@@ -2,7 +2,7 @@
 
 A job lists the prefix upstream (ListObjectsV2 pages through the pass-through path), looks
 each object up in the catalog and has the reader fetch its missing chunks — through
-``Reader.ensure``, the one fetch path, at prefetch priority, one span window at a time and a
+``Reader.ensure``, the one fetch path, at background (WARM) priority, one span window at a time and a
 few objects at once, so a warm never floods the upstream or the cache with concurrent fills.
 Progress (objects and bytes, done and total) is kept on the job for ``GET /warm/<id>``.
 """
@@ -22,7 +22,7 @@ from typing import Any
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .errors import ObjectChanged, S3Error
-from .reader import MAX_SPAN_CHUNKS, PREFETCH, Reader
+from .reader import MAX_SPAN_CHUNKS, WARM, Reader
 from .s3.ranges import chunk_bounds, chunk_count
 from .telemetry import Metrics, get_logger
 from .upstream.base import ForwardRequest, ObjectMeta, Upstream
@@ -216,7 +216,7 @@ class WarmJobs:
         # One span window at a time: at most MAX_SPAN_CHUNKS chunks of this object in flight.
         for w in range(0, len(missing), MAX_SPAN_CHUNKS):
             window = missing[w:w + MAX_SPAN_CHUNKS]
-            self.reader.ensure(meta, window[0], window[-1], PREFETCH)
+            self.reader.ensure(meta, window[0], window[-1], WARM)
             for i in window:
                 fill = self.reader.fills.get((vid, i))
                 if fill is not None:

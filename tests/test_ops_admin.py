@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -128,6 +129,10 @@ def test_warm_a_prefix_and_keys_with_progress(make_sidecar, tap, moto_s3, bucket
     assert (job["objects_total"], job["objects_done"], job["objects_skipped"], job["objects_failed"]) == (5, 4, 1, 0)
     assert job["bytes_total"] == job["bytes_done"] == job["bytes_fetched"] == cached
     assert len(tap.requests("GET", "list-type=2")) == 1
+    text = sc.metrics_text()  # an operator's warm is no guess of the predictor's
+    assert re.search(r"^sidecar_prefetch_bytes_total 0\.0$", text, re.M), text
+    background = re.search(r'^sidecar_upstream_bytes_total\{purpose="prefetch"\} (\S+)$', text, re.M)
+    assert float(background.group(1)) == cached, "warm bytes are counted as background (prefetch-purpose) bytes"
     tap.clear()
     s3 = sc.client()
     for k, v in blobs.items():

@@ -499,7 +499,6 @@ class ClientBody:
             raise self.error from None
         except ConnectionError:
             self.error = ClientGone()
-            self.error.client_fault = True  # type: ignore[attr-defined]  # not the upstream's failure
             raise self.error from None
 
 

@@ -20,6 +20,8 @@ from aiohttp import web
 class ClientGone(Exception):
     """The client closed the connection mid-response."""
 
+    client_fault = True  # never the upstream's failure (``errors.client_fault``)
+
 
 def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: float = 0.0) -> int:
     """Send file bytes until done or the socket stays full for ``wait`` seconds; returns bytes
