@@ -21,7 +21,7 @@ from sidecar.cache.policy import LRUPolicy
 from sidecar.cache.store import ChunkStore
 from sidecar.config import parse_size
 from sidecar.testing import Sidecar
-from sidecar.upstream.base import ObjectMeta
+from sidecar.objects import ObjectMeta
 
 
 def fill(root: Path, objects: int, per_object: int, cs: int) -> int:

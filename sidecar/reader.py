@@ -22,11 +22,12 @@ import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from .cache.layout import ChunkLayout
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
-from .s3.ranges import chunk_bounds, chunk_count
+from .objects import ObjectMeta
 from .telemetry import Metrics, get_logger
-from .upstream.base import ObjectMeta, OpenedObject, Upstream
+from .upstream.base import OpenedObject, Upstream
 
 log = get_logger("sidecar.reader")
 
@@ -170,6 +171,7 @@ class Reader:
         self.upstream = upstream
         self.metrics = metrics
         self.chunk_size = store.chunk_size
+        self.layout = ChunkLayout(store.chunk_size)
         self.fills: dict[tuple[str, int], ChunkFill] = {}
         self.readahead_chunks = readahead_chunks
         self.readahead_max_bytes = readahead_max_bytes
@@ -211,6 +213,11 @@ class Reader:
         lo = start - index * cs
         return data if lo == 0 and end - start + 1 == len(data) else memoryview(data)[lo:end - index * cs + 1]
 
+    def cold_window(self, start: int, end: int | None) -> tuple[int, int]:
+        """The bytes a cold GET of ``start``..``end`` (``end`` None: to the end) asks the upstream
+        for before the object's size is known: whole chunks, at most one span's worth."""
+        return self.layout.window(start, end, MAX_SPAN_CHUNKS)
+
     def read_opened(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats,
                     opened: OpenedObject, *, keep: bool = True) -> AsyncIterator[Segment]:
         """Like ``read``, with a cold GET's answer already open (``opened.first`` chunk-aligned):
@@ -230,7 +237,7 @@ class Reader:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
         in the background. Returns the fills started (``cancel`` stops them)."""
         version = self.store.version_for(meta)
-        n = chunk_count(meta.size, self.chunk_size)
+        n = self.layout.count(meta.size)
         started: list[ChunkFill] = []
         i = max(0, first)
         last = min(last, n - 1)
@@ -297,7 +304,7 @@ class Reader:
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
             if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
                 break
-            c0, c1 = chunk_bounds(i, self.chunk_size, version.meta.size)
+            c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
             fill.keep = keep
             self.fills[fill.key] = fill
@@ -318,8 +325,8 @@ class Reader:
         attempt = 0
         try:
             while pending:
-                start = chunk_bounds(pending[0].index, self.chunk_size, meta.size)[0] + pending[0].written
-                end = chunk_bounds(pending[-1].index, self.chunk_size, meta.size)[1]
+                start = self.layout.bounds(pending[0].index, meta.size)[0] + pending[0].written
+                end = self.layout.bounds(pending[-1].index, meta.size)[1]
                 if opened is None:
                     # Before the upstream request: a disk that refuses the temp file (read-only,
                     # full) makes the readers fetch directly, and this request would be wasted.
@@ -444,7 +451,7 @@ class Reader:
         pos = start
         mine = set() if mine is None else mine  # chunks whose fetch this read started
         for index in range(first, last + 1):
-            c0, c1 = chunk_bounds(index, cs, size)
+            c0, c1 = self.layout.bounds(index, size)
             lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
@@ -569,7 +576,7 @@ class Reader:
             self._sequential.popitem(last=False)
         if self.readahead_chunks <= 0 or expected is None or not (expected - 1 <= first <= expected):
             return
-        n = chunk_count(version.meta.size, cs)
+        n = self.layout.count(version.meta.size)
         ahead_first, ahead_last = last + 1, min(n - 1, last + self.readahead_chunks)
         if ahead_first > ahead_last:
             return

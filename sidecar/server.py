@@ -20,13 +20,14 @@ from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
 from .cache.store import ChunkStore
 from .catalog import Catalog
+from .objects import ObjectMeta
 from .operations import Operations
 from .reader import Reader
 from .s3 import auth
 from .s3.face import S3Face
 from .s3.limits import RateLimit, S3Server
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
-from .upstream.base import ObjectMeta, Upstream
+from .upstream.base import Upstream
 from .upstream.metered import MeteredUpstream
 from .upstream.resilient import ResilientUpstream
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cache.layout import ChunkLayout
 from .cache.merkle import MerkleTree
 from .cache.store import FORMAT, file_crc32c, version_id
-from .s3.ranges import chunk_bounds, chunk_count
+from .objects import ObjectMeta
 from .telemetry import get_logger
-from .upstream.base import ObjectMeta
 
 if TYPE_CHECKING:
     from .server import Sidecar
@@ -71,12 +71,13 @@ class ObjectCheck:
 def check_version(meta: ObjectMeta, chunk_size: int, recorded: dict[int, int],
                   path_of: Callable[[int, int], Path | str | None]) -> ObjectCheck:
     """Read every recorded chunk of a version (blocking) and compare trees of CRCs."""
-    n = chunk_count(meta.size, chunk_size)
+    layout = ChunkLayout(chunk_size)
+    n = layout.count(meta.size)
     actual: dict[int, int] = {}
     problems: dict[int, str] = {}
     nbytes = 0
     for index, crc in sorted(recorded.items()):
-        c0, c1 = chunk_bounds(index, chunk_size, meta.size)
+        c0, c1 = layout.bounds(index, meta.size)
         got, problem = check_file(path_of(index, crc), c1 - c0 + 1)
         nbytes += c1 - c0 + 1
         if problem is not None:

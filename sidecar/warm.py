@@ -22,10 +22,10 @@ from typing import Any
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .errors import ObjectChanged, S3Error
+from .objects import ObjectMeta
 from .reader import MAX_SPAN_CHUNKS, WARM, Reader
-from .s3.ranges import chunk_bounds, chunk_count
 from .telemetry import Metrics, get_logger
-from .upstream.base import ForwardRequest, ObjectMeta, Upstream
+from .upstream.base import ForwardRequest, Upstream
 
 log = get_logger("sidecar.warm")
 
@@ -201,12 +201,12 @@ class WarmJobs:
             job.objects_skipped += 1
             job.bytes_total -= meta.size
             return
-        cs = self.store.chunk_size
-        n = chunk_count(meta.size, cs)
+        layout = self.reader.layout
+        n = layout.count(meta.size)
         vid = self.store.version_for(meta).vid
         missing = []
         for i in range(n):
-            c0, c1 = chunk_bounds(i, cs, meta.size)
+            c0, c1 = layout.bounds(i, meta.size)
             if self.store.has(vid, i):
                 job.bytes_done += c1 - c0 + 1
                 job.bytes_already_cached += c1 - c0 + 1
@@ -222,7 +222,7 @@ class WarmJobs:
                 if fill is not None:
                     while not fill.done:
                         await fill.changed()
-                c0, c1 = chunk_bounds(i, cs, meta.size)
+                c0, c1 = layout.bounds(i, meta.size)
                 if self.store.has(vid, i):
                     job.bytes_done += c1 - c0 + 1
                     job.bytes_fetched += c1 - c0 + 1

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
 from ..reader import PREFETCH, ChunkFill
-from ..s3.ranges import chunk_count
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog
 from .planner import Candidate, PrefetchPlan, Room, plan
@@ -338,7 +337,7 @@ class PrefetchLoop:
         if not rule.caches(meta.size) or meta.size <= 0:
             return
         reader = sc.reader
-        fills = reader.ensure(meta, 0, chunk_count(meta.size, reader.chunk_size) - 1, PREFETCH)
+        fills = reader.ensure(meta, 0, reader.layout.count(meta.size) - 1, PREFETCH)
         if not fills:
             return
         self._active[obj] = fills

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..upstream.base import http_date_to_ts
+from ..objects import http_date_to_ts
 
 PRECONDITION_FAILED = 412
 NOT_MODIFIED = 304

@@ -49,8 +49,9 @@ from sortedcontainers import SortedList
 
 from sidecar.errors import NotModified, S3Error
 
+from ..objects import ObjectMeta, http_date_to_ts
 from . import awschunked, checksums
-from .base import ForwardRequest, ForwardResponse, ObjectMeta, PartInfo, http_date_to_ts
+from .base import ForwardRequest, ForwardResponse, PartInfo
 
 log = logging.getLogger(__name__)
 
