@@ -59,16 +59,13 @@ class DaemonCollector:
         yield gauge("sidecar_cache_objects", "Object versions with at least one chunk in the cache",
                     len(store.versions))
         policy = sc.policy
-        yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)",
-                    getattr(policy, "pinned_bytes", 0))
-        usage = getattr(policy, "usage", None)
-        if usage is not None:
-            g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
-                                  labels=["qos"])
-            for qos, n in usage().items():
-                if qos != "pinned":
-                    g.add_metric([qos], n)
-            yield g
+        yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)", policy.pinned_bytes)
+        g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
+                              labels=["qos"])
+        for qos, n in policy.usage().items():
+            if qos != "pinned":
+                g.add_metric([qos], n)
+        yield g
         yield counter("sidecar_cache_crc_failures", "Cached chunks whose bytes did not match their CRC32C "
                                                     "(dropped, refetched on demand)", st.crc_failures)
         c = CounterMetricFamily("sidecar_cache_store_errors", "Chunk store file operations that failed, by "
@@ -141,8 +138,8 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
             "chunks": sc.store.entries,
             "objects": len(sc.store.versions),
             "chunk_size": sc.store.chunk_size,
-            "pinned_bytes": getattr(policy, "pinned_bytes", 0),
-            "by_qos": {k: v for k, v in getattr(policy, "usage", dict)().items() if k != "pinned"},
+            "pinned_bytes": policy.pinned_bytes,
+            "by_qos": {k: v for k, v in policy.usage().items() if k != "pinned"},
             "evictions": st.evictions,
             "evicted_bytes": st.evicted_bytes,
             "crc_failures": st.crc_failures,
@@ -167,7 +164,7 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
         "requests": by_label("sidecar_requests_total"),
         "pins": sc.ops.pins()["pins"],
         "warm_jobs_running": sc.ops.warm.running,
-        "prefetch": sc.prefetch.state() if getattr(sc, "prefetch", None) is not None else None,
+        "prefetch": sc.prefetch.state(),
         "config": {"log_level": sc.settings.log_level,
                    "last_reload": reload.as_json() if reload is not None else None},
     }
@@ -239,8 +236,6 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as e:
         return web.json_response({"error": str(e)}, status=400)
-    except NotImplementedError as e:
-        return web.json_response({"error": str(e)}, status=501)
 
 
 async def purge(request: web.Request) -> web.Response:

@@ -60,7 +60,7 @@ class Operations:
         """After the store is open: restore runtime pins, start the watchers."""
         self.index_loaded = True
         for bucket, prefix in self._load_pins():
-            self._policy_call("pin", bucket, prefix)
+            self.sc.policy.pin(bucket, prefix, time.monotonic())
         self._tasks = [asyncio.ensure_future(self.reloader.watch()),
                        asyncio.ensure_future(EventMonitor(self.sc).run())]
 
@@ -104,30 +104,23 @@ class Operations:
 
     # --- pins --------------------------------------------------------------------------------
 
-    def _policy_call(self, method: str, bucket: str, prefix: str) -> int:
-        fn = getattr(self.sc.policy, method, None)
-        if fn is None:
-            raise NotImplementedError(f"the eviction policy has no {method}")
-        return fn(bucket, prefix, time.monotonic())
-
     def pin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
-        n = self._policy_call("pin", bucket, prefix)
+        n = self.sc.policy.pin(bucket, prefix, time.monotonic())
         self._save_pins()
         log.info("pinned", bucket=bucket, prefix=prefix, entries=n)
         return {"entries_pinned": n, **self.pins()}
 
     def unpin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
-        n = self._policy_call("unpin", bucket, prefix)
+        n = self.sc.policy.unpin(bucket, prefix, time.monotonic())
         self._save_pins()
         log.info("unpinned", bucket=bucket, prefix=prefix, entries=n)
         return {"entries_unpinned": n, **self.pins()}
 
     def pins(self) -> dict[str, Any]:
         policy = self.sc.policy
-        runtime = getattr(policy, "pins", lambda: [])()
-        from_rules = [{"bucket": r.bucket, "prefix": r.prefix} for r in getattr(self.sc, "rules", ()) if r.pin]
-        return {"pins": [{"bucket": b, "prefix": p} for b, p in runtime], "rule_pins": from_rules,
-                "pinned_bytes": getattr(policy, "pinned_bytes", 0)}
+        from_rules = [{"bucket": r.bucket, "prefix": r.prefix} for r in self.sc.rules if r.pin]
+        return {"pins": [{"bucket": b, "prefix": p} for b, p in policy.pins()], "rule_pins": from_rules,
+                "pinned_bytes": policy.pinned_bytes}
 
     def _load_pins(self) -> list[tuple[str, str]]:
         try:
@@ -217,7 +210,7 @@ class EventMonitor:
             (log.info if burst else log.debug)(
                 "eviction_burst" if burst else "evictions", chunks=chunks, bytes=nbytes, window_s=self.interval,
                 used_bytes=sc.store.used_bytes, capacity_bytes=sc.store.space.capacity,
-                pinned_bytes=getattr(sc.policy, "pinned_bytes", 0))
+                pinned_bytes=sc.policy.pinned_bytes)
         upstream = {k: int(v - was["upstream"].get(k, 0.0)) for k, v in now["upstream"].items()
                     if v > was["upstream"].get(k, 0.0)}
         if upstream:

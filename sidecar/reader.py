@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -164,7 +163,7 @@ class Reader:
     def __init__(self, store: ChunkStore, upstream: Upstream, metrics: Metrics, *,
                  readahead_chunks: int = 4, readahead_max_bytes: int = 256 * 1024 * 1024,
                  on_object_changed: Callable[[ObjectMeta], None] | None = None,
-                 gate: Callable[[int, int], Awaitable[None]] | None = None,
+                 gate: Callable[[int], Awaitable[None]] | None = None,
                  spend_demand: Callable[[int], None] | None = None,
                  executor: concurrent.futures.Executor | None = None) -> None:
         self.store = store
@@ -177,7 +176,7 @@ class Reader:
         self.readahead_max_bytes = readahead_max_bytes
         self.readahead_in_flight = 0
         self.on_object_changed = on_object_changed
-        # gate(nbytes, priority) is awaited before background spans read a piece (token bucket)
+        # gate(nbytes) is awaited before background spans read a piece (the token bucket)
         self.gate = gate
         # spend_demand(nbytes) counts demand bytes against the same budget; it never waits
         self.spend_demand = spend_demand
@@ -377,7 +376,7 @@ class Reader:
             background = fill.priority != DEMAND
             if self.gate is not None and background:
                 # A demand reader joining this fill cancels the wait (``_promote``): demand never waits.
-                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want, fill.priority))
+                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want))
                 try:
                     await asyncio.wait((waiter,))
                 finally:
@@ -588,6 +587,3 @@ class Reader:
             self.readahead_in_flight += f.length
             self.metrics.readahead_bytes.inc(f.length)
 
-
-def is_disk_full(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)

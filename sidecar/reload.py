@@ -8,10 +8,10 @@ changes: a bad file keeps the running configuration and logs one error. Settings
 size...) is reported as needing a restart and the running value is kept. Connections are
 never touched.
 
-Other parts make their settings reloadable by adding an applier::
+A setting becomes reloadable by an entry in ``APPLIERS``: a function that makes the running
+parts follow the new value (``_set_nothing`` when they read it from the settings each time)::
 
-    from sidecar import reload
-    reload.APPLIERS["prefetch_threshold"] = lambda sc, settings: sc.predictor.set_threshold(...)
+    "readahead_chunks": _set_readahead_chunks,   # sc.reader.readahead_chunks = s.readahead_chunks
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class Reloader:
                 APPLIERS[name](sc, merged)
         if "log_level" not in changed:
             self._log_done(reason, changed, restart)
-        if getattr(sc.face, "auth", None) is not None:
+        if sc.face.auth is not None:
             sc.face.auth.keys.refresh()  # a rotated client keys directory counts at once, not at its next check
         m.config_reloads.labels("ok").inc()
         m.config_reload_time.set(time.time())

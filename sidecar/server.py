@@ -87,7 +87,7 @@ class Sidecar:
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
                              on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
-                             gate=lambda nbytes, priority: self.bandwidth.acquire(nbytes),
+                             gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
