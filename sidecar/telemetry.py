@@ -117,6 +117,20 @@ class Metrics:
                                            "Multiplicative cuts of the token bucket's rate, by cause (latency, "
                                            "error, throttled)", ["reason"], registry=r)
         # --- client authentication
+        # --- shared tier (docs/shared-tier.md)
+        self.tier_reads = Counter("sidecar_tier_reads",
+                                  "Block reads from the shared tier, by result: hit, miss, and the causes of "
+                                  "falling through to the upstream (timeout, error, breaker_open, corrupt, "
+                                  "misbound, unsigned)", ["result"], registry=r)
+        self.tier_read_bytes = Counter("sidecar_tier_read_bytes", "Verified bytes read from the shared tier",
+                                       registry=r)
+        self.tier_writes = Counter("sidecar_tier_writes",
+                                   "Blocks offered to the shared tier, by result (written, dropped, failed)",
+                                   ["result"], registry=r)
+        self.tier_write_bytes = Counter("sidecar_tier_write_bytes", "Bytes written to the shared tier",
+                                        registry=r)
+        self.tier_write_queue = Gauge("sidecar_tier_write_queue_blocks",
+                                      "Blocks waiting to be written to the shared tier", registry=r)
         self.auth_rejections = Counter("sidecar_auth_rejections",
                                        "Requests refused by client signature verification, by S3 error code",
                                        ["code"], registry=r)

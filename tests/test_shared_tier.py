@@ -1,0 +1,147 @@
+"""The shared tier over real HTTP: two sidecars (two pods), moto as the upstream and a second
+moto server as the tier's store; faults injected by a tap in front of the tier."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+from support.tap import Fault
+
+CHUNK = 1024 * 1024
+
+
+@pytest.fixture
+def tier_bucket(tier_moto) -> str:
+    name = "tier-" + uuid.uuid4().hex[:12]
+    tier_moto.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def pods(make_sidecar, tier_bucket, tier_tap):
+    """Start sidecars sharing one tier (each its own cache directory)."""
+    def start(**flags):
+        return make_sidecar(shared_tier=f"s3://{tier_bucket}/job", shared_tier_endpoint=tier_tap.url,
+                            chunk_size="1MiB", metadata_ttl=60, prefetch="false", readahead_chunks=0, **flags)
+    return start
+
+
+def blocks(tier_moto, tier_bucket) -> list[str]:
+    r = tier_moto.client().list_objects_v2(Bucket=tier_bucket)
+    return sorted(o["Key"] for o in r.get("Contents", []))
+
+
+def wait_blocks(tier_moto, tier_bucket, n: int) -> list[str]:
+    """The tier is written in the background: wait (bounded) for ``n`` blocks to land."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        got = blocks(tier_moto, tier_bucket)
+        if len(got) >= n:
+            return got
+        time.sleep(0.05)
+    return blocks(tier_moto, tier_bucket)
+
+
+def tier_reads(sc, result: str) -> float:
+    """Block reads of the tier with this result, as ``sidecar admin stats`` shows them."""
+    return float(sc.admin("/stats")["tier"]["reads"].get(result, 0.0))
+
+
+def put(moto_s3, bucket: str, key: str, size: int) -> bytes:
+    body = os.urandom(size)
+    moto_s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return body
+
+
+def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, bucket, tap, tier_moto,
+                                                               tier_bucket):
+    body = put(moto_s3, bucket, "data/shard-0", 3 * CHUNK + 1234)
+    a, b = pods(), pods()
+    assert a.client().get_object(Bucket=bucket, Key="data/shard-0")["Body"].read() == body
+    assert len(wait_blocks(tier_moto, tier_bucket, 4)) == 4
+    tap.clear()
+    assert b.client().get_object(Bucket=bucket, Key="data/shard-0")["Body"].read() == body
+    # ranged reads across block boundaries, from the second pod's local cache now
+    got = b.client().get_object(Bucket=bucket, Key="data/shard-0", Range=f"bytes={CHUNK - 10}-{2 * CHUNK + 9}")
+    assert got["Body"].read() == body[CHUNK - 10:2 * CHUNK + 10]
+    to_upstream = tap.requests(path_contains="shard-0")
+    assert [s.method for s in to_upstream] == ["HEAD"]  # metadata only: the bytes came from the tier
+    assert tier_reads(b, "hit") == 4
+
+
+def test_overwritten_object_never_gets_the_old_versions_blocks(pods, moto_s3, bucket, tier_moto, tier_bucket):
+    old = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == old
+    wait_blocks(tier_moto, tier_bucket, 2)
+    new = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    b = pods()
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == new
+    assert tier_reads(b, "hit") == 0
+
+
+def _copy_block(tier_moto, tier_bucket, src: str, dst: str, body: bytes | None = None) -> None:
+    """Rewrite block ``dst`` with ``src``'s metadata (and ``body``, else ``src``'s bytes)."""
+    c = tier_moto.client()
+    got = c.get_object(Bucket=tier_bucket, Key=src)
+    c.put_object(Bucket=tier_bucket, Key=dst, Body=body if body is not None else got["Body"].read(),
+                 Metadata=got["Metadata"])
+
+
+def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    body = put(moto_s3, bucket, "obj", 3 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    keys = wait_blocks(tier_moto, tier_bucket, 3)
+    by_index = {int(k.rsplit("/", 1)[1]): k for k in keys}
+    # block 0: bytes flipped under intact metadata; block 1: block 2's bytes and metadata
+    # under block 1's key (bytes and binding agree, but bound to another chunk)
+    flipped = bytearray(body[:CHUNK])
+    flipped[1000] ^= 0xFF
+    _copy_block(tier_moto, tier_bucket, by_index[0], by_index[0], bytes(flipped))
+    _copy_block(tier_moto, tier_bucket, by_index[2], by_index[1])
+    tap.clear()
+    b = pods()
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    assert tier_reads(b, "corrupt") == 1
+    assert tier_reads(b, "misbound") == 1
+    assert tier_reads(b, "hit") == 1
+    # chunks 0 and 1 came from the upstream in one ranged GET (one request per missing span)
+    gets = [s for s in tap.requests("GET", "obj") if "range" in s.headers]
+    assert [s.headers["range"] for s in gets] == [f"bytes=0-{2 * CHUNK - 1}"]
+
+
+def test_unsigned_blocks_refused_with_a_shared_key(pods, moto_s3, bucket, tier_moto, tier_bucket, tmp_path):
+    key_file = tmp_path / "tier.key"
+    key_file.write_text("job-secret-1")
+    body = put(moto_s3, bucket, "obj", CHUNK)
+    a = pods()  # writes blocks without a key: an intruder's view
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 1)
+    b = pods(shared_tier_hmac_key_file=key_file)
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    assert tier_reads(b, "unsigned") == 1
+
+
+@pytest.mark.parametrize("fault", ["down", "silent"])
+def test_tier_outage_falls_through_to_the_upstream(pods, moto_s3, bucket, tier_tap, fault):
+    bodies = {f"o{i}": put(moto_s3, bucket, f"o{i}", CHUNK // 2) for i in range(6)}
+    b = pods(shared_tier_read_within="300ms")
+    tier_tap.fault = (lambda s: Fault(drop=True)) if fault == "down" else (lambda s: Fault(delay=30))
+    try:
+        c = b.client()
+        t0 = time.monotonic()
+        for k, v in bodies.items():
+            assert c.get_object(Bucket=bucket, Key=k)["Body"].read() == v
+        elapsed = time.monotonic() - t0
+    finally:
+        tier_tap.fault = None
+    results = {r: tier_reads(b, r) for r in ("timeout", "error", "breaker_open")}
+    assert results["breaker_open"] >= 1  # after a few failures the tier is not asked at all
+    failed = results["timeout"] + results["error"]
+    assert 1 <= failed <= 3
+    print(f"tier {fault}: 6 reads in {elapsed:.2f} s, {results}")
