@@ -313,6 +313,9 @@ OPTIONS: tuple[Option, ...] = (
            "region to sign shared tier requests for (default: the profile's, else AWS_REGION, else us-east-1)"),
     Option("shared_tier_profile", None, lambda t: str(t).strip() or None, "an AWS profile name",
            "credentials profile for the shared tier (default: the standard credential chain)"),
+    Option("shared_tier_credentials_file", None, _optional_path, "a file path",
+           "an AWS shared credentials file used for the shared tier only (its shared_tier_profile, else "
+           "default); unset: the standard credential chain"),
     Option("shared_tier_read_within", 1.0, parse_duration, DURATION_FORM,
            "deadline of one block read from the shared tier; past it the read falls through to the upstream"),
     Option("shared_tier_connect_timeout", 1.0, parse_duration, DURATION_FORM,
@@ -427,6 +430,7 @@ class Settings:
     shared_tier_endpoint: str | None
     shared_tier_region: str | None
     shared_tier_profile: str | None
+    shared_tier_credentials_file: Path | None
     shared_tier_read_within: float
     shared_tier_connect_timeout: float
     shared_tier_write_queue: int

@@ -101,6 +101,7 @@ class SharedTier:
 
     def __init__(self, location: str, *, chunk_size: int, upstream_id: str, metrics: Metrics,
                  endpoint: str | None = None, region: str | None = None, profile: str | None = None,
+                 credentials_file: Path | None = None,
                  read_within: float = 1.0, connect_timeout: float = 1.0, write_queue: int = 64,
                  hmac_key: bytes | None = None, max_connections: int = 64,
                  gate: Callable[[int], Awaitable[None]] | None = None,
@@ -112,6 +113,7 @@ class SharedTier:
         self.endpoint = endpoint
         self.region = region
         self.profile = profile
+        self.credentials_file = credentials_file
         self.read_within = read_within
         self.connect_timeout = connect_timeout
         self.hmac_key = hmac_key
@@ -135,7 +137,8 @@ class SharedTier:
         upstream_id = settings.upstream or f"aws:{settings.effective_region}"
         return cls(settings.shared_tier, chunk_size=settings.chunk_size, upstream_id=upstream_id, metrics=metrics,
                    endpoint=settings.shared_tier_endpoint, region=settings.shared_tier_region,
-                   profile=settings.shared_tier_profile, read_within=settings.shared_tier_read_within,
+                   profile=settings.shared_tier_profile,
+                   credentials_file=settings.shared_tier_credentials_file, read_within=settings.shared_tier_read_within,
                    connect_timeout=settings.shared_tier_connect_timeout,
                    write_queue=settings.shared_tier_write_queue, hmac_key=key, gate=gate)
 
@@ -145,7 +148,11 @@ class SharedTier:
         from aiobotocore.config import AioConfig  # noqa: PLC0415
         from aiobotocore.session import AioSession  # noqa: PLC0415
 
-        session = AioSession(profile=self.profile) if self.profile else AioSession()
+        session = AioSession()
+        if self.credentials_file is not None:  # the tier's own keys, apart from the upstream's
+            session.set_config_variable("credentials_file", str(self.credentials_file))
+        if self.profile:
+            session.set_config_variable("profile", self.profile)
         region = self.region or session.get_config_variable("region") or os.environ.get("AWS_REGION") \
             or "us-east-1"
         config = AioConfig(
