@@ -145,3 +145,35 @@ def test_tier_outage_falls_through_to_the_upstream(pods, moto_s3, bucket, tier_t
     failed = results["timeout"] + results["error"]
     assert 1 <= failed <= 3
     print(f"tier {fault}: 6 reads in {elapsed:.2f} s, {results}")
+
+
+# --- the simulator's sizing mode (sidecar/sim/tier.py): pure logic ---------------------------------
+
+def _workload(keys: list[str], size: int = 100):
+    from sidecar.sim.replay import Workload
+    from sidecar.sim.trace import Trace
+
+    return Workload.build(Trace([float(i) for i in range(len(keys))], keys, [size] * len(keys)))
+
+
+def test_sim_pods_pay_once_with_a_tier_that_holds_the_dataset():
+    from sidecar.cache.policy import LRUPolicy
+    from sidecar.sim.tier import replay_pods
+
+    w = _workload([f"k{i % 50}" for i in range(400)])  # 50 objects, each read 8 times
+    for pods in (1, 2, 4):
+        without, _ = replay_pods(w, pods, 1000, 0, LRUPolicy)  # local caches hold 10 of 50
+        with_tier, tier_hits = replay_pods(w, pods, 1000, 50 * 100, LRUPolicy)
+        assert with_tier == 50 * 100  # the dataset, once, whatever the number of pods
+        assert without >= pods * 50 * 100
+        assert with_tier + tier_hits == without
+
+
+def test_sim_tier_expires_first_written_blocks_first():
+    from sidecar.sim.tier import FIFOPolicy
+
+    p = FIFOPolicy()
+    for k in "abc":
+        p.admit(k, 1, 0.0)
+    p.touch("a", 1.0)  # a read does not extend a block's life
+    assert p.victim() == "a"
