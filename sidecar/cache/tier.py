@@ -125,7 +125,9 @@ class SharedTier:
         self.hmac_key = hmac_key
         self.max_connections = max_connections
         self.gate = gate
-        self.breaker = breaker or CircuitBreaker(threshold=3, cooldown=2.0, max_cooldown=60.0)
+        # One failure opens it: a silent tier costs a client the read deadline once, then nothing
+        # until a probe after the cool-down (an open breaker only costs upstream bytes).
+        self.breaker = breaker or CircuitBreaker(threshold=1, cooldown=2.0, max_cooldown=60.0)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=write_queue)
         self._queued: set[str] = set()  # block keys waiting or being written (no duplicate work)
         self._client: Any = None
