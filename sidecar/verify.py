@@ -129,7 +129,7 @@ async def verify_online(sc: "Sidecar", bucket: str | None = None, key: str | Non
                         repair: bool = True) -> VerifyReport:
     """Check cached versions (all, a bucket's, or one key's) off the event loop; drop corrupt
     chunks and, with ``repair``, refetch them through the reader's one fetch path."""
-    from .reader import WARM  # noqa: PLC0415 - the reader imports the store; keep this module light
+    from .reader import Priority  # noqa: PLC0415 - the reader imports the store; keep this module light
 
     t0 = time.monotonic()
     store, report = sc.store, VerifyReport()
@@ -151,13 +151,10 @@ async def verify_online(sc: "Sidecar", bucket: str | None = None, key: str | Non
             store.drop_corrupt(v.vid, index)
             report.dropped += 1
         if repair:
-            for index in sorted(check.corrupt):
-                sc.reader.ensure(v.meta, index, index, WARM)
-            for index in sorted(check.corrupt):
-                fill = sc.reader.fills.get((v.vid, index))  # ours, or a reader's that got there first
-                while fill is not None and not fill.done:
-                    await fill.changed()
-                if store.has(v.vid, index):
+            fetches = [sc.reader.fetch(v.meta, index, index, Priority.WARM) for index in sorted(check.corrupt)]
+            for fetch in fetches:
+                await fetch  # ours, or a reader's that got there first
+                if fetch.cached(fetch.first):
                     report.repaired += 1
     report.seconds = time.monotonic() - t0
     (log.info if report.corrupt == 0 else log.warning)(
