@@ -254,12 +254,12 @@ def test_concurrent_heads_hash_once(root, tmp_path):
     (root / "hashonce" / "big").write_bytes(os.urandom(2 * 1024 * 1024))
     up = LocalUpstream(root, durable=False)
     calls = []
-    orig = up._hash_file_etag
+    orig = up.files.hash_file_etag
 
     def counting(*a):
         calls.append(a)
         return orig(*a)
-    up._hash_file_etag = counting
+    up.files.hash_file_etag = counting
 
     async def main():
         metas = await asyncio.gather(*(up.head("hashonce", "big") for _ in range(8)))
@@ -982,10 +982,10 @@ def test_record_of_the_file_in_place_wins_during_a_commit(tmp_path):
         await call("POST", "k", [("uploadId", uid)], done.encode())
         before = await up.head("w", "k")
         assert before.etag.endswith('-1"')
-        meta_path = up._meta_path("w", "k")
-        meta = up._read_json(meta_path)
+        meta_path = up.files.meta_path("w", "k")
+        meta = up.files.read_json(meta_path)
         new = dict(meta["records"][0], ino=-1, etag='"new"', headers=[["content-type", "text/new"]])
-        up._write_json(meta_path, {"key": "k", "records": [new, meta["records"][0]]})
+        up.files.write_json(meta_path, {"key": "k", "records": [new, meta["records"][0]]})
         after = await up.head("w", "k")
         assert (after.etag, after.headers) == (before.etag, before.headers)
     asyncio.run(main())
