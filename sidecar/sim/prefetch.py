@@ -29,6 +29,7 @@ from typing import Any
 from ..cache.lruk import LRUKPolicy
 from ..cache.qos import QoSPolicy
 from ..cache.rules import QoSClass, RuleSet
+from .inputs import load_rules, parse_capacity
 from .replay import Replay, ReplayResult, Workload
 from .trace import Trace
 
@@ -281,8 +282,6 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
     workload = Workload.build(accesses_to_trace(eval_part, name), chunk_size)
     unique = workload.unique_bytes()
     if isinstance(capacity, str):
-        from .cli import parse_capacity  # noqa: PLC0415
-
         capacity = parse_capacity(capacity, unique)
 
     def policy() -> QoSPolicy:
@@ -336,7 +335,6 @@ def run_cli(args: Any) -> int:
     import sys  # noqa: PLC0415
 
     from ..config import ConfigError, parse_size  # noqa: PLC0415
-    from .cli import load_rules  # noqa: PLC0415
     from .trace import TraceError, read_trace  # noqa: PLC0415
 
     if args.workload:
