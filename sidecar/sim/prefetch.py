@@ -26,6 +26,7 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cache.layout import ChunkLayout
 from ..cache.lruk import LRUKPolicy
 from ..cache.qos import QoSPolicy
 from ..cache.rules import QoSClass, RuleSet
@@ -206,11 +207,12 @@ class PrefetchHook:
             key = f"{bucket}/{name}"
             size = tracker.size(item.obj) or 0
             if cs:
-                for index in range(0, (size - 1) // cs + 1 if size else 0):
+                layout = ChunkLayout(cs)
+                for index in range(layout.count(size)):
                     ikey = (key, index)
                     if ikey in space:
                         continue
-                    n = min(cs, size - index * cs)
+                    n = layout.length(index, size)
                     if replay.prefetch(ikey, n, now, until):
                         self.watching[ikey] = n
                         st.prefetched_bytes += n
