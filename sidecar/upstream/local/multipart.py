@@ -128,28 +128,36 @@ class MultipartUploads:
                        req: ForwardRequest) -> ForwardResponse:
         upload_id = q.get("uploadId", "")
         d, info = self._upload_dir(bucket, key, upload_id)
-        body = await read_small(req, MAX_XML_BODY, h)
-        root = parse_xml(body)
-        if local_name(root.tag) != "CompleteMultipartUpload":
-            raise S3Error("MalformedXML")
-        requested = []
-        for el in root:
-            if local_name(el.tag) != "Part":
-                continue
-            num = (child_text(el, "PartNumber") or "").strip()
-            etag = child_text(el, "ETag")
-            if not num.isdigit() or etag is None:
-                raise S3Error("MalformedXML")
-            given = {local_name(c.tag)[len("Checksum"):].lower(): (c.text or "").strip() for c in el
-                     if local_name(c.tag).startswith("Checksum") and local_name(c.tag) != "ChecksumType"}
-            requested.append((int(num), etag, given))
-        if not requested:
-            raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
-                          "our published schema")
+        requested = _requested_parts(await read_small(req, MAX_XML_BODY, h))
+        chosen = self._chosen_parts(requested, self._parts(d), upload_id)
+        algorithm = info.get("algorithm")
+        ctype = info.get("checksum_type", "COMPOSITE")
+        full = algorithm if algorithm and ctype == "FULL_OBJECT" else None
+        tmp, full_value = await asyncio.to_thread(self._concat_parts, d, chosen, full)
+        etag = '"' + hashlib.md5(b"".join(bytes.fromhex(p["md5"]) for _, p in chosen)).hexdigest() + f'-{len(chosen)}"'
+        part_sums = [[list(x) for x in p.get("checksums", ())] for _, p in chosen]
+        sums = _object_checksum(algorithm, full_value, part_sums)
+        try:
+            rec = await self.files.commit(bucket, key, tmp, {
+                "etag": etag, "headers": info.get("headers", []), "checksums": sums,
+                "parts": [p["size"] for _, p in chosen], "part_checksums": part_sums, "tags": info.get("tags", [])})
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        await asyncio.to_thread(shutil.rmtree, d, True)
+        inner = (element("Location", f"/{bucket}/{urllib.parse.quote(key)}") + element("Bucket", bucket)
+                 + element("Key", key) + element("ETag", rec["etag"]))
+        if sums:
+            inner += element(f"Checksum{algorithm.upper()}", sums[0][1]) + element("ChecksumType", sums[1][1])
+        return xml_response(200, xml_doc("CompleteMultipartUploadResult", inner))
+
+    def _chosen_parts(self, requested: list[tuple[int, str, dict[str, str]]], stored: dict[int, dict],
+                      upload_id: str) -> list[tuple[int, dict]]:
+        """The stored parts a CompleteMultipartUpload names, checked as S3 checks them: in
+        order, each with its ETag and checksums, all but the last at least the minimum size."""
         numbers = [n for n, _, _ in requested]
         if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
             raise S3Error("InvalidPartOrder")
-        stored = self._parts(d)
         chosen = []
         for i, (num, etag, given) in enumerate(requested):
             part = stored.get(num)
@@ -164,39 +172,9 @@ class MultipartUploads:
                                ProposedSize=str(part["size"]), MinSizeAllowed=str(self.min_part_size),
                                PartNumber=str(num), ETag=part["etag"])
             chosen.append((num, part))
-        total = sum(p["size"] for _, p in chosen)
-        if total > MAX_OBJECT_SIZE:
+        if sum(p["size"] for _, p in chosen) > MAX_OBJECT_SIZE:
             raise S3Error("EntityTooLarge")
-        algorithm = info.get("algorithm")
-        ctype = info.get("checksum_type", "COMPOSITE")
-        full = algorithm if algorithm and ctype == "FULL_OBJECT" else None
-        tmp, full_value = await asyncio.to_thread(self._concat_parts, d, chosen, full)
-        etag = '"' + hashlib.md5(b"".join(bytes.fromhex(p["md5"]) for _, p in chosen)).hexdigest() + f'-{len(chosen)}"'
-        sums: list[list[str]] = []
-        part_sums = [[list(x) for x in p.get("checksums", ())] for _, p in chosen]
-        if algorithm:
-            name = f"x-amz-checksum-{algorithm}"
-            if full_value:
-                sums = [[name, full_value], ["x-amz-checksum-type", "FULL_OBJECT"]]
-            else:
-                values = [dict(map(tuple, ps)).get(name) for ps in part_sums]
-                if all(values):
-                    value = checksums.composite(algorithm, values)  # type: ignore[arg-type]
-                    if value:
-                        sums = [[name, value], ["x-amz-checksum-type", "COMPOSITE"]]
-        try:
-            rec = await self.files.commit(bucket, key, tmp, {
-                "etag": etag, "headers": info.get("headers", []), "checksums": sums,
-                "parts": [p["size"] for _, p in chosen], "part_checksums": part_sums, "tags": info.get("tags", [])})
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        await asyncio.to_thread(shutil.rmtree, d, True)
-        inner = (element("Location", f"/{bucket}/{urllib.parse.quote(key)}") + element("Bucket", bucket) + element("Key", key)
-                 + element("ETag", rec["etag"]))
-        if sums:
-            inner += element(f"Checksum{algorithm.upper()}", sums[0][1]) + element("ChecksumType", sums[1][1])
-        return xml_response(200, xml_doc("CompleteMultipartUploadResult", inner))
+        return chosen
 
     def _concat_parts(self, d: str, chosen: list[tuple[int, dict]], algorithm: str | None) -> tuple[str, str | None]:
         tmp = self.files.new_tmp()
@@ -311,3 +289,42 @@ def _part_number(q: dict[str, str]) -> int:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
                       ArgumentName="partNumber", ArgumentValue=raw)
     return int(raw)
+
+
+def _requested_parts(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """(part number, ETag, {algorithm: checksum}) of each Part of a CompleteMultipartUpload body."""
+    root = parse_xml(body)
+    if local_name(root.tag) != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML")
+    requested = []
+    for el in root:
+        if local_name(el.tag) != "Part":
+            continue
+        num = (child_text(el, "PartNumber") or "").strip()
+        etag = child_text(el, "ETag")
+        if not num.isdigit() or etag is None:
+            raise S3Error("MalformedXML")
+        given = {local_name(c.tag)[len("Checksum"):].lower(): (c.text or "").strip() for c in el
+                 if local_name(c.tag).startswith("Checksum") and local_name(c.tag) != "ChecksumType"}
+        requested.append((int(num), etag, given))
+    if not requested:
+        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against "
+                      "our published schema")
+    return requested
+
+
+def _object_checksum(algorithm: str | None, full_value: str | None,
+                     part_sums: list[list[list[str]]]) -> list[list[str]]:
+    """The completed object's checksum headers: the full-object value computed while the parts
+    were joined, or the composite of the parts' checksums (when every part has one)."""
+    if not algorithm:
+        return []
+    name = f"x-amz-checksum-{algorithm}"
+    if full_value:
+        return [[name, full_value], ["x-amz-checksum-type", "FULL_OBJECT"]]
+    values = [dict(map(tuple, ps)).get(name) for ps in part_sums]
+    if all(values):
+        value = checksums.composite(algorithm, values)  # type: ignore[arg-type]
+        if value:
+            return [[name, value], ["x-amz-checksum-type", "COMPOSITE"]]
+    return []

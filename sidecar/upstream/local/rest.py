@@ -47,39 +47,47 @@ class RestRoutes:
             raise S3Error("MethodNotAllowed")
         if bad:
             raise not_implemented(f"The {sorted(bad)[0]} sub-resource")
-        b = req.bucket
         if req.key is None:
-            if m == "GET":
-                if "uploads" in q:
-                    return self.uploads.list_uploads(b, q)
-                if "location" in q:
-                    self.files.bucket_dir(b)
-                    loc = "" if self.region == "us-east-1" else self.region
-                    return xml_response(200, xml_doc("LocationConstraint", xml_text(loc)))
-                if "versioning" in q:
-                    self.files.bucket_dir(b)
-                    return xml_response(200, xml_doc("VersioningConfiguration", ""))
-                for flag in ("tagging", "attributes"):
-                    if flag in q:
-                        raise not_implemented(f"Bucket {flag}")
-                if q.get("list-type") == "2":
-                    return await self._list_objects(b, q, v2=True)
-                return await self._list_objects(b, q, v2=False)
-            if m == "HEAD":
+            return await self._route_bucket(req, m, req.bucket, q, h)
+        return await self._route_object(req, m, req.bucket, req.key, q, h)
+
+    async def _route_bucket(self, req: ForwardRequest, m: str, b: str, q: dict[str, str],
+                            h: dict[str, str]) -> ForwardResponse:
+        """Calls on a bucket: listings, location, versioning, create, delete, DeleteObjects."""
+        if m == "GET":
+            if "uploads" in q:
+                return self.uploads.list_uploads(b, q)
+            if "location" in q:
                 self.files.bucket_dir(b)
-                return response(200, [("x-amz-bucket-region", self.region)])
-            if m == "PUT":
-                if "tagging" in q:
-                    raise not_implemented("Bucket tagging")
-                return await self._create_bucket(b, req)
-            if m == "DELETE":
-                if "tagging" in q:
-                    raise not_implemented("Bucket tagging")
-                return await self._delete_bucket(b)
-            if m == "POST" and "delete" in q:
-                return await self._delete_objects(b, req, h)
-            raise not_implemented(f"{m} on a bucket")
-        k = req.key
+                loc = "" if self.region == "us-east-1" else self.region
+                return xml_response(200, xml_doc("LocationConstraint", xml_text(loc)))
+            if "versioning" in q:
+                self.files.bucket_dir(b)
+                return xml_response(200, xml_doc("VersioningConfiguration", ""))
+            for flag in ("tagging", "attributes"):
+                if flag in q:
+                    raise not_implemented(f"Bucket {flag}")
+            if q.get("list-type") == "2":
+                return await self._list_objects(b, q, v2=True)
+            return await self._list_objects(b, q, v2=False)
+        if m == "HEAD":
+            self.files.bucket_dir(b)
+            return response(200, [("x-amz-bucket-region", self.region)])
+        if m == "PUT":
+            if "tagging" in q:
+                raise not_implemented("Bucket tagging")
+            return await self._create_bucket(b, req)
+        if m == "DELETE":
+            if "tagging" in q:
+                raise not_implemented("Bucket tagging")
+            return await self._delete_bucket(b)
+        if m == "POST" and "delete" in q:
+            return await self._delete_objects(b, req, h)
+        raise not_implemented(f"{m} on a bucket")
+
+    async def _route_object(self, req: ForwardRequest, m: str, b: str, k: str, q: dict[str, str],
+                            h: dict[str, str]) -> ForwardResponse:
+        """Calls on an object: GET/HEAD, PUT (plain, copy, part, tagging), POST (multipart), DELETE."""
         if m in ("GET", "HEAD"):
             if "uploadId" in q and m == "GET":
                 return self.uploads.list_parts(b, k, q)
