@@ -37,7 +37,6 @@ LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current 
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 
 
-
 class Priority(enum.IntEnum):
     """Who wants a chunk. Only DEMAND (a client is waiting) bypasses the bandwidth gate."""
 
