@@ -4,31 +4,63 @@ describes every route with curl examples."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from .server import Sidecar
+from .cache.qos import QoSPolicy
+from .cache.store import ChunkStore
+from .catalog import Catalog
+from .config import Settings
+from .operations import Operations
+from .reader import Reader
+from .telemetry import Metrics
 
-SIDECAR = web.AppKey("sidecar", object)
+if TYPE_CHECKING:
+    from .s3.face import S3Face
+
 VERSION = "0.1.0"
 
 
-def _sc(request: web.Request) -> "Sidecar":
-    return request.app[SIDECAR]  # type: ignore[return-value]
+class PrefetchState(Protocol):
+    def state(self) -> dict[str, Any]: ...
+
+
+class Daemon(Protocol):
+    """What the admin endpoint reads and acts on: the daemon's parts and its figures."""
+
+    settings: Settings
+    metrics: Metrics
+    store: ChunkStore
+    catalog: Catalog
+    reader: Reader
+    face: "S3Face"
+    policy: QoSPolicy
+    ops: Operations
+    prefetch: PrefetchState
+    executor: concurrent.futures.Executor
+    ready: bool
+    started_at: float
+
+
+SIDECAR = web.AppKey("sidecar", Daemon)
+
+
+def _sc(request: web.Request) -> Daemon:
+    return request.app[SIDECAR]
 
 
 class DaemonCollector:
     """Metrics read from the parts that own the figures, at scrape time: nothing is copied on
     the hot path. Registered on the daemon's registry by ``create_app``."""
 
-    def __init__(self, sc: "Sidecar") -> None:
+    def __init__(self, sc: Daemon) -> None:
         self.sc = sc
 
     def describe(self) -> list:
@@ -116,7 +148,7 @@ async def metrics(request: web.Request) -> web.Response:
 # --- stats -------------------------------------------------------------------------------------
 
 
-def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
+def stats_snapshot(sc: Daemon) -> dict[str, Any]:
     st = sc.store.stats
     counters = sc.metrics.stats()
 
@@ -322,7 +354,8 @@ async def verify(request: web.Request) -> web.Response:
         bucket, key, repair = targets(await _body(request))
     except ValueError as e:
         raise BadRequest(str(e)) from None
-    report = await verify_online(_sc(request), bucket, key, repair=repair)
+    sc = _sc(request)
+    report = await verify_online(sc.store, sc.reader, sc.executor, bucket, key, repair=repair)
     return web.json_response(report.as_json())
 
 
@@ -331,7 +364,7 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(report.as_json(), status=200 if report.ok else 422)
 
 
-def create_app(sc: "Sidecar") -> web.Application:
+def create_app(sc: Daemon) -> web.Application:
     app = web.Application(middlewares=[_local_control, _errors], client_max_size=4 * 1024 * 1024)
     app[SIDECAR] = sc
     sc.metrics.registry.register(DaemonCollector(sc))

@@ -96,6 +96,11 @@ def _parsed_date(value: str) -> float | None:
     return http_date_to_ts(value)
 
 
+def http_date(ts: float) -> str:
+    """A Unix time as an HTTP date (IMF-fixdate)."""
+    return email.utils.formatdate(ts, usegmt=True)
+
+
 def http_date_to_ts(value: str | None) -> float | None:
     """An HTTP date (RFC 9110: IMF-fixdate, or the obsolete forms) as a Unix time; None if invalid."""
     if not value:

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import enum
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,14 +40,29 @@ MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 
-# WARM: background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
-# prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
-# and not in the predictor's prefetched/useful bytes.
-DEMAND, READAHEAD, PREFETCH, WARM = 0, 1, 2, 3
+
+class Priority(enum.IntEnum):
+    """Who wants a chunk. Only DEMAND (a client is waiting) bypasses the bandwidth gate."""
+
+    DEMAND = 0
+    READAHEAD = 1  # the next chunks of a sequential read
+    PREFETCH = 2  # the predictor's guess: held by a prefetch credit until read
+    # Background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
+    # prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
+    # and not in the predictor's prefetched/useful bytes.
+    WARM = 3
+
+
+DEMAND, READAHEAD, PREFETCH, WARM = Priority  # short names for this module
 
 
 class DiskFault(Exception):
     """The cache disk failed while a chunk was being written."""
+
+
+class FillEndedShort(Exception):
+    """A chunk fill ended before the bytes a reader was waiting for: the reader fetches them
+    directly instead."""
 
 
 class ChunkFill:
@@ -134,7 +150,7 @@ class ChunkFill:
             end = min(hi, self.written - 1)
             return Segment(end - pos + 1, fd=self.fd, offset=pos, from_cache=False)
         if self.done:
-            raise RuntimeError("chunk fill ended short")
+            raise FillEndedShort()
         return None
 
     async def changed(self) -> None:
@@ -161,6 +177,43 @@ class ReadStats:
     joined: int = 0
     label: str = ""  # the cache rule's metrics label
     prefetched: int = 0  # bytes of chunks a prefetch brought, read for the first time
+
+
+class Fetch:
+    """Chunks ``first``..``last`` of a version on their way into the cache (``Reader.fetch``).
+    ``started`` are the fills this fetch began (``Reader.cancel`` stops them); chunks another
+    caller was already fetching are waited for too. ``await`` it: it returns itself, with
+    ``errors`` holding the chunks whose fill failed."""
+
+    def __init__(self, reader: "Reader", version: Version, first: int, last: int, started: list[ChunkFill]) -> None:
+        self.reader = reader
+        self.version = version
+        self.first = first
+        self.last = last
+        self.started = started
+        self.errors: dict[int, BaseException] = {}
+
+    def __await__(self):
+        return self._settle().__await__()
+
+    async def _settle(self) -> "Fetch":
+        mine = {f.index: f for f in self.started}
+        for index in range(self.first, self.last + 1):
+            fill = mine.get(index) or self.reader.fills.get((self.version.vid, index))
+            while fill is not None and not fill.done:
+                await fill.changed()
+            if fill is not None and fill.error is not None:
+                self.errors[index] = fill.error
+        return self
+
+    def cached(self, index: int) -> bool:
+        return self.reader.store.has(self.version.vid, index)
+
+    @property
+    def object_changed(self) -> bool:
+        """Whether the upstream's object is no longer the version being fetched."""
+        return any(isinstance(e, ObjectChanged) or (isinstance(e, S3Error) and e.code == "PreconditionFailed")
+                   for e in self.errors.values())
 
 
 class Reader:
@@ -237,7 +290,14 @@ class Reader:
             self._note_sequential(version, start, end)
         return self._segments(version, start, end, stats, {f.index for f in fills}, keep=keep)
 
-    def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
+    def fetch(self, meta: ObjectMeta, first: int, last: int, priority: Priority) -> "Fetch":
+        """Bring chunks first..last of a version into the cache in the background; ``await`` the
+        result to wait until each has been committed or has failed, whoever fetches it."""
+        version = self.store.version_for(meta)
+        return Fetch(self, version, max(0, first), min(last, self.layout.count(meta.size) - 1),
+                     self.ensure(meta, first, last, priority))
+
+    def ensure(self, meta: ObjectMeta, first: int, last: int, priority: Priority = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
         in the background. Returns the fills started (``cancel`` stops them)."""
         version = self.store.version_for(meta)
@@ -574,7 +634,7 @@ class Reader:
                     stats.miss_bytes += seg.length
                     pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
                     yield seg
-            except (DiskFault, RuntimeError):
+            except (DiskFault, FillEndedShort):
                 # The cache disk failed under this chunk: serve the rest straight from upstream.
                 async for seg in self._direct(version.meta, pos, end, stats):
                     yield seg

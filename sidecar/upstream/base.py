@@ -94,7 +94,13 @@ class Upstream(Protocol):
         metadata from the answer: a cold read costs one request, not a HEAD and a GET."""
         ...
 
-    async def forward(self, request: ForwardRequest) -> ForwardResponse: ...
+    async def forward(self, request: ForwardRequest) -> ForwardResponse:
+        """Every other S3 call, passed through as a REST request (listings, writes, copies, deletes,
+        tagging, multipart). Kept whole rather than one method per operation: the S3 backend
+        re-signs and sends the request as it came, byte for byte, and S3's long tail (presigned
+        URLs, new sub-resources, headers the sidecar does not know) reaches the store unchanged.
+        A backend that is not an S3 server routes it itself (``local/rest.py``)."""
+        ...
 
     async def close(self) -> None: ...
 
