@@ -527,9 +527,12 @@ class Reader:
         if data is None or fill.done:
             return False
         writer = self._open_writer(fill)
-        fill.received(data, 0)  # attached readers may send these verified bytes at once
-        try:
-            writer.write(data)
+        fill.received(data, 0)  # attached readers send these verified bytes from memory meanwhile:
+        try:  # a whole block is written off the loop, not to hold them up
+            if self.executor is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, writer.write, data)
+            else:
+                writer.write(data)
         except OSError:
             self.metrics.disk_errors.labels("write").inc()
             self.store.abort(writer)
