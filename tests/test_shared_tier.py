@@ -177,3 +177,35 @@ def test_sim_tier_expires_first_written_blocks_first():
         p.admit(k, 1, 0.0)
     p.touch("a", 1.0)  # a read does not extend a block's life
     assert p.victim() == "a"
+
+
+def test_write_queue_full_drops_and_counts():
+    import asyncio
+
+    from sidecar.cache.tier import SharedTier
+    from sidecar.objects import ObjectMeta
+    from sidecar.telemetry import Metrics
+
+    async def go() -> Metrics:
+        m = Metrics()
+        t = SharedTier("s3://tier-bucket/p", chunk_size=CHUNK, upstream_id="u", metrics=m, write_queue=2)
+        t._client = object()  # started, but no writer drains the queue
+        meta = ObjectMeta.from_headers("b", "k", [("etag", '"e"'), ("content-length", str(4 * CHUNK))])
+        for i in range(4):
+            t.offer(meta, i, lambda: b"")
+        t.offer(meta, 0, lambda: b"")  # already queued: not offered twice
+        return m
+
+    m = asyncio.run(go())
+    assert m.value("sidecar_tier_writes_total", {"result": "dropped"}) == 2
+    assert m.value("sidecar_tier_write_queue_blocks") == 2
+
+
+def test_unreadable_hmac_key_file_is_a_config_error(tmp_path):
+    from sidecar.cache.tier import SharedTier
+    from sidecar.config import ConfigError, settings_for_tests
+    from sidecar.telemetry import Metrics
+
+    settings = settings_for_tests(shared_tier="s3://tier-bucket/p", shared_tier_hmac_key_file=str(tmp_path / "none"))
+    with pytest.raises(ConfigError):
+        SharedTier.from_settings(settings, Metrics())

@@ -143,7 +143,15 @@ class SharedTier:
             return None
         key = None
         if settings.shared_tier_hmac_key_file is not None:
-            key = Path(settings.shared_tier_hmac_key_file).read_bytes().strip()
+            from ..config import ConfigError  # noqa: PLC0415
+
+            try:
+                key = Path(settings.shared_tier_hmac_key_file).read_bytes().strip()
+            except OSError:
+                key = b""
+            if not key:
+                raise ConfigError("shared_tier_hmac_key_file", str(settings.shared_tier_hmac_key_file),
+                                  "a readable file holding the shared key")
         upstream_id = settings.upstream or f"aws:{settings.effective_region}"
         return cls(settings.shared_tier, chunk_size=settings.chunk_size, upstream_id=upstream_id, metrics=metrics,
                    endpoint=settings.shared_tier_endpoint, region=settings.shared_tier_region,
