@@ -102,6 +102,7 @@ class Sidecar:
         from .predict.loop import PrefetchLoop  # noqa: PLC0415  (numpy/onnxruntime load only with prefetch)
 
         self.prefetch = PrefetchLoop(self)
+        self.face.listing_tap = self.prefetch.listing_tap
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self.started_at = time.time()
         self.ready = False

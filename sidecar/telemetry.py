@@ -86,6 +86,10 @@ class Metrics:
         self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream failures, by kind", ["kind"],
                                        registry=r)
         # --- prediction and bandwidth (fed by the predictor and the token bucket)
+        self.known_keys = Gauge("sidecar_known_keys", "Keys in the prefetcher's catalogue (listed, HEADed or read)",
+                                registry=r)
+        self.known_keys_bytes = Gauge("sidecar_known_keys_bytes",
+                                      "Approximate memory of the prefetcher's known-key catalogue", registry=r)
         self.prefetch_bytes = Counter("sidecar_prefetch_bytes", "Bytes the predictor had fetched ahead of demand",
                                       registry=r)
         self.prefetch_useful_bytes = Counter("sidecar_prefetch_useful_bytes",

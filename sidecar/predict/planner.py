@@ -34,6 +34,7 @@ class Candidate:
     probability: float  # predicted P(read within the horizon)
     hotness: float  # decayed read count, on the same scale as ``Room``'s
     rule: Rule  # its cache rule (do-not-cache, max size, QoS class)
+    eta: float = float("inf")  # seconds until the reader of its prefix gets to it (inf: not ahead of one)
 
     @property
     def missing(self) -> int:
@@ -71,6 +72,7 @@ class PlanItem:
     nbytes: int  # missing bytes to fetch
     probability: float
     hotness: float
+    eta: float = float("inf")  # when the reader will want it: the plan is fetched soonest first
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,5 +133,5 @@ def plan(candidates: Sequence[Candidate], room: Room, *, threshold: float = 0.7,
         free -= from_free
         displaced += need - from_free
         budget -= need
-        items.append(PlanItem(c.obj, need, c.probability, c.hotness))
+        items.append(PlanItem(c.obj, need, c.probability, c.hotness, c.eta))
     return PrefetchPlan(tuple(items), len(candidates), len(chosen), skipped)
