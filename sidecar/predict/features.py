@@ -81,6 +81,8 @@ class FeatureTracker:
         self.boundary_alpha = boundary_alpha
         self.boundary_delta = boundary_delta
         self.boundary = 0.0          # EWMA of hotness over reads: the hot/cold boundary
+        from .planner import PrefetchLedger  # noqa: PLC0415
+        self.ledger = PrefetchLedger()  # what became of the prefetches planned from this tracker's view
         self._slot: dict[ObjectId, int] = {}
         self._epoch = 0              # bumped whenever an object gets or loses a slot
         self._cand_list: list[ObjectId] | None = None

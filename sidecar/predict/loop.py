@@ -35,7 +35,7 @@ from ..reader import PREFETCH, ChunkFill
 from ..s3.ranges import chunk_count
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
-from .known import KnownKeys, listing_tap
+from .known import KnownKeys, listing_tap, prefix_of
 from .planner import Candidate, PrefetchPlan, Room, plan
 
 if TYPE_CHECKING:
@@ -313,7 +313,8 @@ class PrefetchLoop:
         chosen, scored = choose(tracker, self.predictor, snap["now"], snap["cached"], snap["free"],
                                 snap["displaceable"], snap["rules"], threshold=snap["threshold"],
                                 max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
-                                known=known, interval=snap["interval"])
+                                known=known, interval=snap["interval"],
+                                horizon=float(getattr(self.predictor, "horizon", None) or 300.0))
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
@@ -422,11 +423,15 @@ def prefetch_budget(capacity: int, credited: int, demand_recent: int, max_bytes:
     return room if max_bytes is None else min(max_bytes, room)
 
 
+def _group(obj: tuple[str, str]) -> tuple[str, str]:
+    return obj[0], prefix_of(obj[1])
+
+
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
            expected: Mapping[Hashable, float] | None = None, known: Any = None,
-           interval: float = 30.0) -> tuple[PrefetchPlan, RunReport]:
+           interval: float = 30.0, horizon: float = 300.0) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
@@ -434,7 +439,9 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     ``expected``: objects prefetched and not read since, with the probability they were fetched
     at, which stands for their hotness when higher (a new plan does not evict the last one's
     unread objects for ones no likelier); ``known``: the known-key catalogue, whose keys ahead
-    of each reader (``interval`` sets how far) become candidates too."""
+    of each reader (``interval`` sets how far) become candidates too. The tracker's
+    ``PrefetchLedger`` settles past plans (read, or wasted after ``horizon``) and keeps prefixes
+    where prefetch has not paid quiet."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     from .features import FEATURES  # noqa: PLC0415
@@ -467,9 +474,13 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
             eta = float(X[i, eta_col])
             cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
                                    rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
+    ledger = tracker.ledger
+    ledger.settle(now, tracker.last_access, horizon)
+    cands = ledger.admit(cands, now, _group)
     expected = expected or {}
     room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
     chosen = plan(cands, room, threshold=threshold, max_bytes=max_bytes)
+    ledger.record(chosen.items, now, _group)
     report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
     return chosen, report
 
