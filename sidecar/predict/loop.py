@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
@@ -38,8 +38,43 @@ from .accesslog import Access, AccessLog, read_log
 from .known import KnownKeys, listing_tap, prefix_of
 from .planner import Candidate, PrefetchPlan, Room, plan
 
-if TYPE_CHECKING:
-    from ..server import Sidecar
+
+
+class PrefetchStore(Protocol):
+    """What the loop asks of the chunk store."""
+
+    chunk_size: int
+    prefetch_credit: float
+    capacity: int
+    free_bytes: int
+
+    def iter_versions(self) -> Iterable[Any]: ...
+    def unread_prefetched(self) -> set[tuple[str, str]]: ...
+
+
+class PrefetchPolicy(Protocol):
+    """What the loop asks of the eviction policy."""
+
+    admitted_bytes: int
+    credited_bytes: int
+
+    def guaranteed_over_quota(self) -> bool: ...
+    def is_pinned(self, key: Any) -> bool: ...
+
+
+class PrefetchHost(Protocol):
+    """The parts of the daemon the loop uses (``Sidecar`` has them): settings, metrics, the
+    cache rules, the store and policy above, the catalog (``lookup``), the reader (``ensure``,
+    ``cancel``) and the token bucket (``rate``)."""
+
+    settings: Any
+    metrics: Any
+    rules: RuleSet
+    store: PrefetchStore
+    policy: PrefetchPolicy
+    catalog: Any
+    reader: Any
+    bandwidth: Any
 
 log = get_logger("sidecar.prefetch")
 
@@ -68,7 +103,7 @@ class RunReport:
 class PrefetchLoop:
     """The predictor loop of one ``Sidecar``; ``start``/``stop`` with it."""
 
-    def __init__(self, sc: "Sidecar", *, model_path: Path | None = None) -> None:
+    def __init__(self, sc: PrefetchHost, *, model_path: Path | None = None) -> None:
         self.sc = sc
         s = sc.settings
         self.enabled = bool(s.prefetch)
@@ -268,23 +303,21 @@ class PrefetchLoop:
             if rule.pin or policy.is_pinned((v.vid, next(iter(v.chunks)))):
                 continue
             displaceable.append((obj, nbytes))
-        space = store.space
         s = sc.settings
         admitted = policy.admitted_bytes
         demand_recent = admitted - (self._admitted if self._admitted is not None else admitted)
         self._admitted = admitted
-        max_bytes = prefetch_budget(space.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
+        max_bytes = prefetch_budget(store.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
         # No more than the bucket lets through in two intervals: a longer plan would only queue.
         rate = sc.bandwidth.rate
         if 0 < rate < float("inf"):
             max_bytes = min(max_bytes, int(2 * rate * max(s.prefetch_interval, 1.0)))
         # Objects still holding prefetched chunks no client has read yet.
-        unread = {(v.meta.bucket, v.meta.key) for v in (store.versions.get(vid) for vid, _ in store.prefetched)
-                  if v is not None}
+        unread = store.unread_prefetched()
         self._expected = {o: p for o, p in self._expected.items() if o in unread or o in self._active}
         return {"now": time.time(), "cached": cached, "displaceable": displaceable,
                 "expected": dict(self._expected),
-                "free": space.capacity - space.used - space.reserved, "rules": sc.rules,
+                "free": store.free_bytes, "rules": sc.rules,
                 "threshold": s.prefetch_threshold, "max_bytes": max_bytes, "interval": s.prefetch_interval,
                 "limit": s.prefetch_candidates}
 
