@@ -84,6 +84,7 @@ REPLAY_MAX = 65_536  # reads of earlier runs replayed into the tracker and the c
 PENDING_MAX = 262_144  # reads queued for the tracker between runs; beyond, the oldest are dropped
 CONCURRENT_OBJECTS = 4  # objects being prefetched at once; the rest of a plan waits its turn
 LOOKUP_TIMEOUT = 10.0
+CREDITED_SHARE = 0.25  # at most this share of the cache holds prefetched bytes not read yet
 
 
 @dataclasses.dataclass
@@ -451,8 +452,10 @@ def prefetch_budget(capacity: int, credited: int, demand_recent: int, max_bytes:
     """Bytes one run may plan: what the cache holds beside the prefetched chunks still unread
     (credited, protected from demand) and room for the demand data that will arrive before the
     next run, taken to be as much as arrived since the last (``demand_recent``). Beyond that a
-    prefetch would only push out another one not yet read."""
-    room = max(0, capacity - credited - demand_recent)
+    prefetch would only push out another one not yet read. Unread prefetched bytes never hold
+    more than ``CREDITED_SHARE`` of the cache: in a small cache, protected prefetches push out
+    the demand data that gives its hits (Zipf reads at 1 % lost 1.7 points of byte hits)."""
+    room = max(0, min(capacity - credited - demand_recent, int(capacity * CREDITED_SHARE) - credited))
     return room if max_bytes is None else min(max_bytes, room)
 
 
