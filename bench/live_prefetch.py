@@ -32,8 +32,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
-from sidecar.testing import Sidecar  # noqa: E402
+from support.procs import Sidecar  # noqa: E402
 
 MiB = 1024 * 1024
 BUCKET = "bench"
