@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.cache.rules import Rule
 from sidecar.predict.known import KnownKeys, listing_tap, parse_listing
 from sidecar.predict.planner import Candidate, PlanItem, PrefetchLedger
-from sidecar.cache.rules import Rule
 
 V2 = b"""<?xml version="1.0" encoding="UTF-8"?>
 <ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>b</Name><Prefix>ds/</Prefix>

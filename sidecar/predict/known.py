@@ -72,7 +72,8 @@ class _Prefix:
 
 
 class KnownKeys:
-    """Keys per (bucket, prefix), in key order; at most ``max_keys`` in all."""
+    """Keys per (bucket, prefix), in key order; at most ``max_keys`` in all. Used from one thread
+    (the loop's worker)."""
 
     def __init__(self, max_keys: int = 1_000_000) -> None:
         self.max_keys = max_keys
@@ -147,7 +148,10 @@ class KnownKeys:
 
     def add_listing(self, bucket: str, body: bytes) -> int:
         """Record the keys of a ListObjects (V1/V2) response body; returns how many it named."""
-        return sum(1 for _ in map(lambda e: self.add(bucket, *e), parse_listing(body)))
+        entries = parse_listing(body)
+        for key, size, etag in entries:
+            self.add(bucket, key, size, etag)
+        return len(entries)
 
 
 def parse_listing(body: bytes) -> list[tuple[str, int, str | None]]:
