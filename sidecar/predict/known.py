@@ -1,10 +1,10 @@
-"""The known-key catalogue: keys a pod has listed, HEADed or read, per prefix and in key order, bounded in memory.
+"""The known-key catalogue: keys a pod has listed or read, per prefix and in key order, bounded in memory.
 
 The prefetch loop needs keys nobody has read yet: the next shards of a dataset the client
 listed. Every ListObjects (V1 or V2) response that passes through the face is parsed (in the
 predictor's worker thread, not on the request path) and its keys, sizes and ETags recorded
 under their "directory" (``prefix_of``), in key order, so that "the n keys after this one" is
-a bisect and a slice. Reads and HEADs add the keys they name, and at start the access log of
+a bisect and a slice. Reads add the keys they name (HEADs do not yet), and at start the access log of
 earlier runs (the cache directory survives restarts) adds the keys read before.
 
 Memory: per prefix a sorted list of the key's last path segment (a str), an ``array('q')`` of
