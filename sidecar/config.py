@@ -361,6 +361,8 @@ OPTIONS: tuple[Option, ...] = (
            "minimum predicted probability of a read for an object to be prefetched"),
     Option("prefetch_max_bytes", 1024**3, parse_size, SIZE_FORM,
            "bound on the bytes one predictor run may plan to prefetch"),
+    Option("prefetch_known_keys", 200_000, _int_range(0, 100_000_000), "an integer from 0 to 100000000",
+           "bound on the keys the prefetcher remembers from listings and reads (about 100 bytes each)"),
     Option("prefetch_candidates", 100_000, _int_range(1, 10_000_000), "an integer from 1 to 10000000",
            "bound on the objects the predictor scores in one run"),
     Option("model", None, _optional_path, "a path to an .onnx file",
@@ -454,6 +456,7 @@ class Settings:
     prefetch_threshold: float
     prefetch_max_bytes: int
     prefetch_candidates: int
+    prefetch_known_keys: int
     model: Path | None
     bandwidth_cap: int
     bandwidth_floor: int

@@ -121,6 +121,7 @@ class Sidecar:
 
         self.prefetch = PrefetchLoop(self)
         self.face.on_read = self._on_read
+        self.face.listing_tap = self.prefetch.listing_tap
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self.s3_address: tuple[str, int] | None = None

@@ -104,6 +104,10 @@ class Metrics:
 
     def _add_prefetch_metrics(self, r: CollectorRegistry) -> None:
         # fed by the predictor loop and the reader's prefetch fills
+        self.known_keys = Gauge("sidecar_known_keys", "Keys in the prefetcher's catalogue (listed or read)",
+                                registry=r)
+        self.known_keys_bytes = Gauge("sidecar_known_keys_bytes",
+                                      "Approximate memory of the prefetcher's known-key catalogue", registry=r)
         self.prefetch_bytes = Counter("sidecar_prefetch_bytes", "Bytes the predictor had fetched ahead of demand",
                                       registry=r)
         self.prefetch_useful_bytes = Counter("sidecar_prefetch_useful_bytes",

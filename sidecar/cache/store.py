@@ -632,5 +632,23 @@ class ChunkStore:
     def iter_versions(self) -> Iterator[Version]:
         return iter(list(self.versions.values()))
 
+    @property
+    def capacity(self) -> int:
+        return self.space.capacity
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes neither used nor reserved for fills in flight."""
+        return self.space.capacity - self.space.used - self.space.reserved
+
+    def unread_prefetched(self) -> set[tuple[str, str]]:
+        """(bucket, key) of the objects holding prefetched chunks no client has read yet."""
+        out = set()
+        for vid, _ in self.prefetched:
+            v = self.versions.get(vid)
+            if v is not None:
+                out.add((v.meta.bucket, v.meta.key))
+        return out
+
     def chunk_count(self, v: Version) -> int:
         return self.layout.count(v.meta.size)

@@ -73,6 +73,8 @@ class S3Face:
         self.suffixes = virtual_host_suffixes
         self.drop_version = drop_version
         self.on_read = on_read
+        # (method, bucket, key, query, status) -> a sink for a listing's body, or None (predict/known.py)
+        self.listing_tap: Callable[..., Callable[[bytes | None], None] | None] | None = None
         self.executor = executor
         # (bucket, key, size) -> (may be cached, metrics label): the cache rules, seen from here
         self.read_policy = read_policy or (lambda bucket, key, size: (True, ""))
@@ -431,11 +433,18 @@ class S3Face:
                 # An object's bytes passed through are a client's read: they count against the
                 # upstream cap like demand fills (the token bucket), so background leaves them room.
                 spend = self.reader.spend_demand if method == "GET" and target.key is not None else None
+                # A listing passing through tells the prefetcher which keys exist.
+                tap = self.listing_tap and self.listing_tap(method, target.bucket, target.key, target.query,
+                                                            upstream_resp.status)
                 try:
                     async for piece in upstream_resp.body:
                         if spend is not None:
                             spend(len(piece))
+                        if tap:
+                            tap(piece)
                         await resp.write(piece)
+                    if tap:
+                        tap(None)
                 except (S3Error, OSError) as e:
                     log.warning("response_aborted", error=repr(e))
                     if request.transport is not None:
