@@ -186,7 +186,7 @@ def run_demo(workdir: Path, keep: bool) -> int:
               f"{json.loads((upstream / BUCKET / 'config/app.json').read_bytes())['version']})\n")
 
         print("6. A damaged cache file is never served: every chunk carries a CRC32C")
-        chunk = sorted(p for p in (cache / "v1").glob("??/*") if not p.name.endswith(".meta"))[0]
+        chunk = sorted(p for p in (cache / "v2").glob("??/*") if not p.name.endswith(".meta"))[0]
         with open(chunk, "r+b") as f:
             f.seek(1000)
             b = f.read(1)

@@ -34,6 +34,8 @@ PIECE = 256 * 1024  # bytes read from the upstream stream at a time
 MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
+CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked this much at a time
+CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
 
 # WARM: background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
 # prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
@@ -449,7 +451,7 @@ class Reader:
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
             mine.update(self._look_ahead(version, index, last, keep))
-            chunk = await self._open_verified(version.vid, index)
+            chunk = self.store.open_chunk(version.vid, index, lo, hi)
             if chunk is not None:
                 # A chunk this read fetched may be committed before the read reaches it: it
                 # is served from disk but its bytes still came from the upstream for this read.
@@ -462,15 +464,37 @@ class Reader:
                     stats.hit_bytes += hi - lo + 1
                     if self.store.prefetched:
                         self._prefetch_read(version.vid, index, stats)
+                whole = True
                 try:
                     if chunk.data is not None:
                         yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
-                    else:
+                    elif chunk.verified:  # checked since the file last changed: from the page cache
+                        self.store.stats.unchecked_bytes += hi - lo + 1
                         yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
+                    else:
+                        # Read and check the pieces lo..hi touches, a batch at a time (memory stays
+                        # bounded), and send the very bytes checked: the file is read once.
+                        while lo <= hi:
+                            b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
+                            data = await self._check(chunk, lo, b1)
+                            if data is None:
+                                self.store.discard(version.vid, index, chunk)
+                                whole = False
+                                break
+                            self.store.note_verified(version.vid, index, chunk, b1 - lo + 1)
+                            yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
+                            lo = b1 + 1
                 finally:
                     chunk.close()
-                pos = c0 + hi + 1
-                continue
+                if whole:
+                    pos = c0 + hi + 1
+                    continue
+                # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
+                pos = c0 + lo
+                if fetched:
+                    stats.miss_bytes -= hi - lo + 1
+                else:
+                    stats.hit_bytes -= hi - lo + 1
             fill = self.fills.get((version.vid, index))
             if fill is None:  # the cached copy failed verification (and was dropped): refetch
                 fill = self._start_span(version, index, last, DEMAND, keep)[0]
@@ -491,19 +515,11 @@ class Reader:
                     yield seg
                 return
 
-    async def _open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
-        chunk = self.store.open_chunk(vid, index)
-        if chunk is None or chunk.verified:
-            return chunk
-        if self.executor is not None:
-            ok = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.verify)
-        else:
-            ok = chunk.verify()
-        if not ok:
-            self.store.discard(vid, index, chunk)
-            return None
-        self.store.note_verified(vid, index, chunk)
-        return chunk
+    async def _check(self, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
+        """``chunk.check(lo, hi)``; off the event loop when it is more than a few pieces."""
+        if self.executor is not None and hi - lo >= CHECK_ON_LOOP:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, chunk.check, lo, hi)
+        return chunk.check(lo, hi)
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
         """Bytes lo..hi of a chunk being filled, as they arrive."""

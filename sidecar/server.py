@@ -18,6 +18,7 @@ from . import admin, config
 from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
+from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .operations import Operations
@@ -106,6 +107,7 @@ class Sidecar:
         self.started_at = time.time()
         self.ready = False
         self._runners: list[web.BaseRunner] = []
+        self._scrub: asyncio.Future | None = None
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -153,6 +155,7 @@ class Sidecar:
         await self.ops.start()
         await self.upstream.start()
         await self.prefetch.start()
+        self._scrub = asyncio.ensure_future(scrub_forever(self.store, s.scrub_rate, self.executor))
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
@@ -190,6 +193,10 @@ class Sidecar:
         drained = time.monotonic() - t0
         await self.ops.stop()
         await self.prefetch.stop()
+        if self._scrub is not None:
+            self._scrub.cancel()
+            with contextlib.suppress(BaseException):
+                await self._scrub
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
