@@ -16,18 +16,28 @@ import concurrent.futures
 from .store import ChunkStore, scrub_file
 
 IDLE_SECONDS = 5.0  # an empty cache is looked at again after this long
+# A small cache is not re-read over and over: each pass drops the pages it reads from the page
+# cache, which costs the next hits a disk read. Passes begin at most this often.
+MIN_PASS_SECONDS = 3600.0
 
 
-async def scrub_forever(store: ChunkStore, rate: int, executor: concurrent.futures.Executor | None = None) -> None:
+async def scrub_forever(store: ChunkStore, rate: int, executor: concurrent.futures.Executor | None = None,
+                        min_pass: float = MIN_PASS_SECONDS) -> None:
     """Scrub ``store`` at ``rate`` bytes per second until cancelled (``rate`` 0: return at once)."""
     if rate <= 0:
         return
     loop = asyncio.get_running_loop()
+    passes, began = store.scrub_passes, None
     while True:
         nxt = store.scrub_next()
         if nxt is None:
             await asyncio.sleep(IDLE_SECONDS)
             continue
+        if store.scrub_passes != passes:
+            passes = store.scrub_passes
+            if began is not None:
+                await asyncio.sleep(max(0.0, began + min_pass - loop.time()))
+            began = loop.time()
         key, path, length, digest = nxt
         t0 = loop.time()
         problem, checked = await loop.run_in_executor(executor, scrub_file, path, length, digest)

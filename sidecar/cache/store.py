@@ -247,6 +247,7 @@ class ChunkStore:
         self._checked: dict[ChunkKey, Checked] = {}
         self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
         self._scrub_started = 0.0
+        self.scrub_passes = 0  # passes the scrub has begun
         self._ram_bytes = 0
         self._ram_max = ram_cache_size
         self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
@@ -608,6 +609,7 @@ class ChunkStore:
                 self._scrub_order = [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
                 self._scrub_order.reverse()
                 self._scrub_started = now if self._scrub_order else 0.0
+                self.scrub_passes += bool(self._scrub_order)
                 if not self._scrub_order:
                     return None
             vid, index = self._scrub_order.pop()
