@@ -1,7 +1,12 @@
 """The object reader: turns "bytes a..b of object version V" into verified chunk reads.
 
-Cached chunks are opened verified (CRC32C) and handed out as file descriptors for sendfile.
-Missing chunks are filled by *spans*: one ranged upstream GET over a run of consecutive
+What a caller gets: ``Segment``s, each either bytes in memory that were checked (or came from
+the upstream) or an open file descriptor + offset + length that is safe to sendfile as it is.
+Entry points: ``read`` (any range), ``read_opened`` (a cold GET whose answer is already open),
+``read_small`` (a range inside one chunk held in RAM: bytes or None, no coroutine). A cached
+chunk's range is handed out as a descriptor only when its 64 KiB pieces were checked since the
+file last changed (docs/integrity.md); otherwise the touched pieces are read, checked, and that
+very buffer is the segment, so no byte is read from the file twice. Missing chunks are filled by *spans*: one ranged upstream GET over a run of consecutive
 missing chunks, written chunk by chunk to temp files and committed. A fill is shared: every
 reader that wants a chunk being filled tails the same temp file as bytes land, so one upstream
 fetch serves any number of clients, a slow client never slows the fill, and no body bytes are
@@ -159,7 +164,9 @@ class ChunkFill:
 
 @dataclasses.dataclass(slots=True)
 class Segment:
-    """A piece of the response body: bytes in memory, or a span of an open file."""
+    """A piece of the response body: ``data`` (bytes in memory, already checked or straight from
+    the upstream), or ``length`` bytes of the open file ``fd`` from ``offset`` that may be sent
+    with sendfile unchecked. The descriptor is valid until the next segment is asked for."""
 
     length: int
     data: bytes | memoryview | None = None
