@@ -173,6 +173,7 @@ class Segment:
     fd: int = -1
     offset: int = 0
     from_cache: bool = True
+    chunk: tuple[str, int] | None = None  # (version, index) of a cached file sent unchecked
 
 
 @dataclasses.dataclass(slots=True)
@@ -300,6 +301,12 @@ class Reader:
         version = self.store.version_for(meta)
         return Fetch(self, version, max(0, first), min(last, self.layout.count(meta.size) - 1),
                      self.ensure(meta, first, last, priority))
+
+    def unreadable(self, segment: Segment) -> None:
+        """Sending ``segment`` from its file failed (EIO under sendfile): its chunk's pieces are
+        checked again by the next read, which drops and refetches it if the error persists."""
+        if segment.chunk is not None:
+            self.store.forget_checked(*segment.chunk)
 
     def ensure(self, meta: ObjectMeta, first: int, last: int, priority: Priority = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
@@ -543,7 +550,8 @@ class Reader:
                         yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
                     elif chunk.verified:  # checked since the file last changed: from the page cache
                         self.store.stats.unchecked_bytes += hi - lo + 1
-                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
+                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched,
+                                      chunk=(version.vid, index))
                     else:
                         # Read and check the pieces lo..hi touches, a batch at a time (memory stays
                         # bounded), and send the very bytes checked: the file is read once.

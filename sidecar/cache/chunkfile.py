@@ -84,7 +84,8 @@ def parse_trailer(raw: bytes, length: int, digest: int) -> bytes | None:
     if len(raw) < FOOTER_SIZE:
         return None
     magic, piece, n, stored = _FOOTER.unpack_from(raw, len(raw) - FOOTER_SIZE)
-    if magic != MAGIC or piece <= 0 or n != piece_count(length, piece) or len(raw) != 4 * n + FOOTER_SIZE:
+    # The piece size is the format's: a footer that says otherwise is damaged, not another layout.
+    if magic != MAGIC or piece != PIECE_SIZE or n != piece_count(length, piece) or len(raw) != 4 * n + FOOTER_SIZE:
         return None
     table = raw[:4 * n]
     if stored != digest or crc32c(table) != digest:
@@ -144,8 +145,6 @@ def check_file(fd: int, length: int, digest: int) -> str | None:
     magic, piece, n, _ = _FOOTER.unpack_from(probe, len(probe) - FOOTER_SIZE)
     if magic != MAGIC or piece <= 0 or st.st_size != file_size(length, piece):
         return "size"
-    if piece != PIECE_SIZE:  # the probe was sized for the default piece: read the real trailer
-        probe = os.pread(fd, 4 * n + FOOTER_SIZE, length)
     table = parse_trailer(probe, length, digest)
     if table is None:
         return "crc"

@@ -478,6 +478,10 @@ class ChunkStore:
         if chunk.known is not None and (vid, index) in self.space:
             self._checked.setdefault((vid, index), chunk.known)
 
+    def forget_checked(self, vid: str, index: int) -> None:
+        """Trust nothing checked about this chunk file: its next read checks its pieces."""
+        self._checked.pop((vid, index), None)
+
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
         """A chunk failed verification: count it, close it, and delete it."""
         chunk.close()
