@@ -310,7 +310,7 @@ class CrashRig:
         is being written if one comes within half a second. Returns whether a temp file was left."""
         stop = threading.Event()
         clients = [self._client() for _ in range(self.readers + self.writers)]
-        tmp = self.sidecar.cache_dir / "v1" / "tmp"
+        tmp = self.sidecar.cache_dir / "v2" / "tmp"
         with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
             futs = [pool.submit(self._worker, c, stop, i >= self.readers) for i, c in enumerate(clients)]
             time.sleep(run_for)

@@ -339,10 +339,16 @@ OPTIONS: tuple[Option, ...] = (
            "chunks up to this size are also kept in memory once verified"),
     Option("ram_cache_size", 64 * 1024**2, parse_size, SIZE_FORM,
            "memory budget of the verified small-chunk cache (0 disables)"),
-    Option("chunk_verification", "every-read", _choice("every-read", "when-changed"),
+    Option("chunk_verification", "when-changed", _choice("every-read", "when-changed"),
            "every-read or when-changed",
-           "every-read: a chunk's CRC32C is computed on each read; when-changed: recomputed only "
-           "when the file's inode, size, mtime or ctime differ from its last good check"),
+           "when-changed: a read checks the 64 KiB pieces it touches unless they were checked since "
+           "the chunk file last changed (inode, size, mtime, ctime), and the scrub finds media "
+           "corruption; every-read (strict): every piece a read touches is checked on every read "
+           "(docs/integrity.md)"),
+    Option("scrub_rate", 8 * 1024**2, parse_size, SIZE_FORM + " (per second; 0 turns the scrub off)",
+           "rate at which the background scrub re-reads cached chunk files past the page cache to find "
+           "silent media corruption; the time one pass over the cache takes is in "
+           "sidecar_cache_scrub_pass_seconds"),
     Option("policy", "lru-k", _choice("lru", "lru-k"), "lru or lru-k",
            "eviction policy within each QoS class of the cache rules"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
@@ -446,6 +452,7 @@ class Settings:
     ram_chunk_max: int
     ram_cache_size: int
     chunk_verification: str
+    scrub_rate: int
     policy: str
     lru_k: int
     lru_k_correlated_period: float
@@ -509,7 +516,8 @@ class Settings:
             elif isinstance(v, Path):
                 v = str(v)
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
-                            "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes"):
+                            "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes",
+                            "scrub_rate"):
                 v = format_size(v)
             elif o.name in ("metadata_ttl", "lru_k_retained_period", "stale_if_error") and v is None:
                 v = "indefinite"

@@ -201,7 +201,7 @@ def show_writes_invalidate(t: Tour) -> None:
 
 def show_damaged_chunk_refetched(t: Tour) -> None:
     print("6. A damaged cache file is never served: every chunk carries a CRC32C")
-    chunk = sorted(p for p in (t.workdir / "cache" / "v1").glob("??/*") if not p.name.endswith(".meta"))[0]
+    chunk = sorted(p for p in (t.workdir / "cache" / "v2").glob("??/*") if not p.name.endswith(".meta"))[0]
     with open(chunk, "r+b") as f:
         f.seek(1000)
         b = f.read(1)

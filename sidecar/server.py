@@ -18,6 +18,7 @@ from . import admin, config
 from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
+from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .cache.tier import SharedTier
 from .catalog import Catalog
@@ -124,6 +125,7 @@ class Sidecar:
         self.face.listing_tap = self.prefetch.listing_tap
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
+        self._scrub: asyncio.Future | None = None
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -178,6 +180,7 @@ class Sidecar:
         await self.prefetch.start()
         if self.tier is not None:
             await self.tier.start()
+        self._scrub = asyncio.ensure_future(scrub_forever(self.store, s.scrub_rate, self.executor))
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
@@ -215,6 +218,10 @@ class Sidecar:
         drained = time.monotonic() - t0
         await self.ops.stop()
         await self.prefetch.stop()
+        if self._scrub is not None:
+            self._scrub.cancel()
+            with contextlib.suppress(BaseException):
+                await self._scrub
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         if self.tier is not None:
             await self.tier.close(grace=min(2.0, self.settings.shutdown_grace))

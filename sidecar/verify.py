@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cache.layout import ChunkLayout
 from .cache.merkle import MerkleTree
-from .cache.store import FORMAT, ChunkStore, file_crc32c, version_id
+from .cache import chunkfile
+from .cache.chunkfile import FORMAT
+from .cache.store import ChunkStore, version_id
 from .objects import ObjectMeta
 from .telemetry import get_logger
 
@@ -31,23 +33,23 @@ if TYPE_CHECKING:
 log = get_logger("sidecar.verify")
 
 
-def check_file(path: Path | str | None, length: int) -> tuple[int | None, str | None]:
-    """(CRC32C of the bytes, None) or (None, what is wrong: missing, size, io-error)."""
+def check_file(path: Path | str | None, length: int, digest: int) -> str | None:
+    """None if the chunk file is good (every piece matches its CRC32C, the piece table matches
+    the digest in its name), else what is wrong: missing, size, crc, io-error."""
     if path is None:
-        return None, "missing"
+        return "missing"
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return None, "missing"
+        return "missing"
     except OSError:
-        return None, "io-error"
+        return "io-error"
     try:
-        crc = file_crc32c(fd, length)
+        return chunkfile.check_file(fd, length, digest)
     except OSError:
-        return None, "io-error"
+        return "io-error"
     finally:
         os.close(fd)
-    return (crc, None) if crc is not None else (None, "size")
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,12 +81,12 @@ def check_version(meta: ObjectMeta, chunk_size: int, recorded: dict[int, int],
     nbytes = 0
     for index, crc in sorted(recorded.items()):
         c0, c1 = layout.bounds(index, meta.size)
-        got, problem = check_file(path_of(index, crc), c1 - c0 + 1)
+        problem = check_file(path_of(index, crc), c1 - c0 + 1, crc)
         nbytes += c1 - c0 + 1
         if problem is not None:
             problems[index] = problem
-        elif got is not None:
-            actual[index] = got
+        else:
+            actual[index] = crc
     expected = MerkleTree.of(recorded, n)
     found = MerkleTree.of(actual, n)
     corrupt = {i: problems.get(i, "crc") for i in expected.diff(found)} if expected.root != found.root else {}
@@ -175,24 +177,18 @@ def scan_dir(cache_dir: Path) -> tuple[list[tuple[Path, ObjectMeta, int, dict[in
     metas: dict[str, tuple[Path, ObjectMeta, int]] = {}
     chunks: dict[str, dict[int, tuple[int, Path]]] = {}
     stray: list[Path] = []
-    for shard in sorted(root.iterdir()):
-        if not shard.is_dir() or len(shard.name) != 2:
-            continue
-        for entry in sorted(shard.iterdir()):
-            parts = entry.name.split(".")
-            if len(parts) == 2 and parts[1] == "meta":
-                try:
-                    d = json.loads(entry.read_bytes())
-                    metas[parts[0]] = (entry, ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
-                except (OSError, ValueError, KeyError, TypeError):
-                    metas[parts[0]] = (entry, None, 0)  # type: ignore[assignment]
-            elif len(parts) == 3:
-                try:
-                    chunks.setdefault(parts[0], {})[int(parts[1])] = (int(parts[2], 16), entry)
-                except ValueError:
-                    stray.append(entry)
-            else:
-                stray.append(entry)
+    for kind, vid, index, digest, name in sorted(chunkfile.scan(root)):
+        entry = Path(name)
+        if kind == "meta":
+            try:
+                d = json.loads(entry.read_bytes())
+                metas[vid] = (entry, ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                metas[vid] = (entry, None, 0)  # type: ignore[assignment]
+        elif kind == "chunk":
+            chunks.setdefault(vid, {})[index] = (digest, entry)
+        else:
+            stray.append(entry)
     out, orphans = [], stray
     for vid, (path, meta, cs) in metas.items():
         files = chunks.pop(vid, {})
@@ -219,11 +215,11 @@ def verify_dir(cache_dir: Path, bucket: str | None = None, key: str | None = Non
             continue
         shard = meta_path.parent
         vid = meta_path.name.split(".")[0]
-        check = check_version(meta, cs, recorded, lambda i, crc: shard / f"{vid}.{i}.{crc:08x}")
+        check = check_version(meta, cs, recorded, lambda i, crc: shard / chunkfile.chunk_name(vid, i, crc))
         report.add(check, keep=key is not None)
         if repair:
             for index in check.corrupt:
-                _unlink(shard / f"{vid}.{index}.{recorded[index]:08x}")
+                _unlink(shard / chunkfile.chunk_name(vid, index, recorded[index]))
                 report.dropped += 1
     if repair and bucket is None:
         for p in orphans:

@@ -1,16 +1,21 @@
 """The chunk store: verified chunks of object versions on local disk, under a byte budget.
 
-Layout under ``<cache_dir>/v1/``::
+Layout under ``<cache_dir>/v2/``::
 
-    tmp/                       chunks being written (cleared at start)
-    <aa>/<vid>.meta            JSON: bucket, key, ETag, size, headers, chunk size
-    <aa>/<vid>.<index>.<crc>   raw chunk bytes; <crc> is their CRC32C in hex
+    tmp/                          chunks being written (cleared at start)
+    <aa>/<vid>.meta               JSON: bucket, key, ETag, size, headers, chunk size
+    <aa>/<vid>.<index>.<digest>   chunk bytes + piece CRC32C table (``chunkfile.py``)
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
 mistaken for another version's, and keys never become paths. A chunk is written to ``tmp/``
-and renamed into place, so a crash leaves whole chunks or none; its CRC is checked on every
-read, so a torn or rotted file is a miss, never bytes on the wire. The index is rebuilt from
-file names at start.
+and renamed into place, so a crash leaves whole chunks or none. The index is rebuilt from file
+names at start; a cache directory of an older format is deleted then, never read.
+
+Verification (docs/integrity.md): a read checks the 64 KiB pieces its range touches, unless
+those pieces were checked since the file last changed (its inode, size, mtime and ctime are the
+same as at that check) and strict mode (``verify_every_read``) is off; then the file's bytes
+may be sent with sendfile from the page cache unchecked. ``scrub_next`` re-reads chunk files
+past the page cache at a bounded rate to find media corruption the identity cannot show.
 """
 
 from __future__ import annotations
@@ -21,50 +26,21 @@ import hashlib
 import json
 import os
 import secrets
-import threading
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import crc32c as _crc32c
-
 from ..objects import ObjectMeta
+from . import chunkfile
+from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
 from .space import CacheSpace, NoRoom
 
-FORMAT = "v1"
 ChunkKey = tuple[str, int]
-
-
-def crc32c(data, value: int = 0) -> int:
-    return _crc32c.crc32c(data, value)
-
-
-_VERIFY_PIECE = 1024 * 1024
-_buffers = threading.local()
-
-
-def file_crc32c(fd: int, length: int) -> int | None:
-    """CRC32C of a file's first ``length`` bytes, or None if it is not exactly that long.
-    Read with pread into a reused per-thread buffer, not mmap: a page that fails to read
-    (EIO) raises SIGBUS under mmap, which Python cannot turn into an error and which wedges
-    the thread; pread reports it as OSError, which callers treat as a bad chunk."""
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:
-        buf = _buffers.buf = bytearray(_VERIFY_PIECE)
-    view = memoryview(buf)
-    crc, pos = 0, 0
-    while pos < length:
-        n = os.preadv(fd, [view[:min(_VERIFY_PIECE, length - pos)]], pos)
-        if n <= 0:
-            return None
-        crc = crc32c(view[:n], crc)
-        pos += n
-    if os.pread(fd, 1, length):
-        return None  # longer than its index entry
-    return crc
+Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
 
 
 def mkdir_private(path: Path) -> None:
@@ -93,7 +69,7 @@ class Version:
 
     vid: str
     meta: ObjectMeta
-    chunks: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> crc32c
+    chunks: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> digest of its piece table
     meta_written: bool = False
     dropped: bool = False  # invalidated: nothing may be committed to it any more
     writers: int = 0  # chunks being written
@@ -110,32 +86,57 @@ class Version:
 
 
 @dataclasses.dataclass(slots=True)
+class Checked:
+    """What is known good about one chunk file: its piece table, and which pieces were checked
+    while the file had identity ``stamp``."""
+
+    stamp: Stamp
+    table: bytes
+    piece: int
+    mask: int = 0  # bit i: piece i checked under ``stamp``
+
+    def covers(self, p0: int, p1: int) -> bool:
+        want = ((1 << (p1 - p0 + 1)) - 1) << p0
+        return self.mask & want == want
+
+
+@dataclasses.dataclass(slots=True)
 class VerifiedChunk:
-    """An open chunk: bytes in memory (``data``, always verified) or a file descriptor
-    (use pread/sendfile with offsets). A descriptor is verified once ``verified`` is True;
-    ``verify`` checks it (blocking, safe to run in a worker thread). Close it."""
+    """An open chunk: bytes in memory (``data``, always verified), or a file descriptor.
+    With ``verified`` True the descriptor's bytes for the range it was opened for may be sent
+    as they are (sendfile); otherwise ``check(lo, hi)`` reads and checks the pieces that range
+    touches and returns the very bytes checked (send those: the file is read once). ``check``
+    blocks and may run in a worker thread. Close it."""
 
     length: int
     data: bytes | None = None
     fd: int = -1
-    crc: int = 0
+    digest: int = 0
     verified: bool = True
-    stamp: tuple[int, int, int, int] | None = None  # (inode, size, mtime_ns, ctime_ns) once checked
+    known: Checked | None = None  # the table (and checks) this file is read against
 
-    def verify(self) -> bool:
-        """Check the file's bytes against their CRC32C."""
-        if self.verified:
-            return True
+    def check(self, lo: int, hi: int) -> memoryview | None:
+        """Bytes lo..hi (chunk offsets, inclusive), checked against their pieces' CRC32Cs; None
+        if any of them is bad (or the file cannot be read: a bad chunk too)."""
         try:
-            st = os.fstat(self.fd)
-            if st.st_size != self.length:
-                return False
-            self.verified = file_crc32c(self.fd, self.length) == self.crc
+            if self.known is None:
+                st = os.fstat(self.fd)
+                if st.st_size != chunkfile.file_size(self.length):
+                    return None
+                found = chunkfile.read_table(self.fd, self.length, self.digest)
+                if found is None:
+                    return None
+                self.known = Checked(_stamp(st), found[0], found[1])
+            k = self.known
+            p0, p1 = lo // k.piece, hi // k.piece
+            view = chunkfile.check_pieces(self.fd, k.table, k.piece, self.length, p0, p1)
         except (OSError, ValueError):
-            return False
-        if self.verified:
-            self.stamp = _stamp(st)
-        return self.verified
+            return None
+        if view is None:
+            return None
+        k.mask |= ((1 << (p1 - p0 + 1)) - 1) << p0
+        base = p0 * k.piece
+        return view[lo - base:hi - base + 1]
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -149,7 +150,7 @@ class ChunkWriter:
     The descriptor outlives commit and abort (readers may still be sending from it); whoever
     owns the writer calls ``close`` when the last reader is done."""
 
-    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed")
+    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed", "sums")
 
     def __init__(self, version: Version, index: int, length: int, path: Path, fd: int, reserved: bool) -> None:
         self.version = version
@@ -159,7 +160,8 @@ class ChunkWriter:
         self.path = path
         self.fd = fd
         self.written = 0
-        self.crc = 0
+        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
+        self.sums = PieceSums()
         self.reserved = reserved
         self.closed = False
 
@@ -170,8 +172,18 @@ class ChunkWriter:
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.crc = crc32c(data, self.crc)
+        self.sums.update(data)
         self.written += len(data)
+
+    def seal(self) -> None:
+        """Append the piece table after the chunk's bytes (readers tailing the file read below
+        ``length`` only)."""
+        trailer, self.crc = self.sums.trailer()
+        view = memoryview(trailer)
+        pos = self.length
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
 
     @property
     def complete(self) -> bool:
@@ -186,7 +198,7 @@ class ChunkWriter:
 
 class StoreStats:
     __slots__ = ("crc_failures", "evictions", "evicted_bytes", "write_errors", "read_errors", "rebuilt_chunks",
-                 "ram_hits")
+                 "ram_hits", "checked_bytes", "unchecked_bytes", "scrubbed_bytes", "scrub_pass_seconds")
 
     def __init__(self) -> None:
         self.crc_failures = 0
@@ -196,6 +208,10 @@ class StoreStats:
         self.read_errors = 0
         self.rebuilt_chunks = 0
         self.ram_hits = 0
+        self.checked_bytes = 0  # read from disk and checked against piece CRCs to serve a read
+        self.unchecked_bytes = 0  # handed out for sendfile: checked since the file last changed
+        self.scrubbed_bytes = 0
+        self.scrub_pass_seconds = 0.0  # how long the last whole pass of the scrub took
 
 
 class ChunkStore:
@@ -203,7 +219,7 @@ class ChunkStore:
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
-                 verify_every_read: bool = True,
+                 verify_every_read: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  on_evict: Callable[[str, int, int], None] | None = None) -> None:
         self.root = Path(root) / FORMAT
@@ -224,10 +240,13 @@ class ChunkStore:
         self.prefetch_credit = 300.0
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
-        # when-changed verification: the file identity at each chunk's last good CRC check. Any
-        # write through the file system changes mtime/ctime; a match means the same bytes.
+        # The piece table and the pieces checked since each chunk file last changed (its identity:
+        # any write through the file system changes mtime/ctime). Strict mode checks anyway.
         self._verify_every_read = verify_every_read
-        self._checked: dict[ChunkKey, tuple[int, int, int, int]] = {}
+        self._checked: dict[ChunkKey, Checked] = {}
+        self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
+        self._scrub_started = 0.0
+        self.scrub_passes = 0  # passes the scrub has begun
         self._ram_bytes = 0
         self._ram_max = ram_cache_size
         self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
@@ -238,10 +257,10 @@ class ChunkStore:
         return self.root / vid[:2]
 
     def _chunk_path(self, vid: str, index: int, crc: int) -> Path:
-        return self._dir(vid) / f"{vid}.{index}.{crc:08x}"
+        return self._dir(vid) / chunkfile.chunk_name(vid, index, crc)
 
     def _meta_path(self, vid: str) -> Path:
-        return self._dir(vid) / f"{vid}.meta"
+        return self._dir(vid) / chunkfile.meta_name(vid)
 
     def chunk_file(self, vid: str, index: int) -> Path | None:
         """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
@@ -255,32 +274,24 @@ class ChunkStore:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
         for d in (self.root.parent, self.root, self.tmp):
             mkdir_private(d)
+        for old in OLD_FORMATS:  # another layout and trailer: never read, just deleted
+            shutil.rmtree(self.root.parent / old, ignore_errors=True)
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
         metas: dict[str, tuple[ObjectMeta, float]] = {}
         chunk_files: dict[str, list[tuple[int, int, str]]] = {}
-        for shard in os.scandir(self.root):
-            if not shard.is_dir() or len(shard.name) != 2 or shard.name == "tmp":
+        for kind, vid, index, digest, path in chunkfile.scan(self.root):
+            if kind == "meta":
+                loaded = self._load_meta(path)
+                if loaded is not None:
+                    metas[vid] = loaded
+                    continue
+            elif kind == "chunk":
+                chunk_files.setdefault(vid, []).append((index, digest, path))
                 continue
-            for entry in os.scandir(shard.path):
-                parts = entry.name.split(".")
-                if len(parts) == 2 and parts[1] == "meta":
-                    loaded = self._load_meta(entry.path)
-                    if loaded is None:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-                        continue
-                    metas[parts[0]] = loaded
-                elif len(parts) == 3:
-                    try:
-                        chunk_files.setdefault(parts[0], []).append((int(parts[1]), int(parts[2], 16), entry.path))
-                    except ValueError:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         # One version per (bucket, key): the most recently stored wins, older ones are dead.
         newest: dict[tuple[str, str], tuple[float, str]] = {}
         for vid, (meta, stored_at) in metas.items():
@@ -382,11 +393,17 @@ class ChunkStore:
         return v is not None and index in v.chunks
 
     def open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
-        """The chunk, verified against its CRC32C, or None (a miss). Bad files are removed."""
+        """The whole chunk, checked (strict: every piece), or None (a miss). Bad files are removed.
+        Blocking: for tests and tools, not the event loop."""
         chunk = self.open_chunk(vid, index)
-        if chunk is not None and not chunk.verify():
+        if chunk is None or chunk.data is not None:
+            return chunk
+        view = chunk.check(0, chunk.length - 1)
+        if view is None:
             self.discard(vid, index, chunk)
             return None
+        self.note_verified(vid, index, chunk)
+        chunk.data = bytes(view)
         return chunk
 
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
@@ -399,10 +416,12 @@ class ChunkStore:
             self.stats.ram_hits += 1
         return data
 
-    def open_chunk(self, vid: str, index: int) -> VerifiedChunk | None:
-        """The chunk, or None (a miss). Small chunks come back in memory and verified; larger
-        ones as an open file the caller must ``verify()`` (and ``discard`` if that fails)
-        before sending a byte of it — off the event loop if it likes."""
+    def open_chunk(self, vid: str, index: int, lo: int = 0, hi: int = -1) -> VerifiedChunk | None:
+        """The chunk, opened to read bytes lo..hi (chunk offsets; -1: its end), or None (a miss).
+        Small chunks come back in memory, checked. Larger ones as an open file: ``verified`` when
+        the pieces of lo..hi were checked since the file last changed (and strict mode is off),
+        so the caller may sendfile them; otherwise the caller must send only what
+        ``chunk.check(lo, hi)`` returns (and ``discard`` the chunk if that is None)."""
         v = self.versions.get(vid)
         if v is None or index not in v.chunks:
             return None
@@ -424,37 +443,50 @@ class ChunkStore:
             return None
         if length <= self._ram_chunk_max:
             try:
-                data = os.pread(fd, length + 1, 0)
+                image = os.pread(fd, chunkfile.file_size(length) + 1, 0)
             except OSError:
-                data = b""
+                image = b""
             finally:
                 os.close(fd)
-            if len(data) != length or crc32c(data) != crc:
+            if not chunkfile.check_image(image, length, crc):
                 return self._corrupt(v, index)
+            data = image[:length]
+            self.stats.checked_bytes += length
             self._ram_put(key, data)
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
         self.space.hit(key, now)
-        chunk = VerifiedChunk(length, fd=fd, crc=crc, verified=False)
-        if not self._verify_every_read:
-            known = self._checked.get(key)
-            if known is not None:
-                try:
-                    chunk.verified = _stamp(os.fstat(fd)) == known
-                except OSError:
-                    chunk.verified = False
+        chunk = VerifiedChunk(length, fd=fd, digest=crc, verified=False)
+        known = self._checked.get(key)
+        if known is not None:
+            try:
+                same = _stamp(os.fstat(fd)) == known.stamp
+            except OSError:
+                same = False
+            if not same:  # changed since its last check: check again, from its trailer on
+                del self._checked[key]
+            else:
+                chunk.known = known
+                if not self._verify_every_read:
+                    last = length - 1 if hi < 0 else hi
+                    chunk.verified = known.covers(lo // known.piece, last // known.piece)
         return chunk
 
-    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """Remember a good check (when-changed verification)."""
-        if not self._verify_every_read and chunk.stamp is not None:
-            self._checked[(vid, index)] = chunk.stamp
+    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
+        """Remember a good check: the file's identity, piece table and the pieces checked."""
+        self.stats.checked_bytes += nbytes
+        if chunk.known is not None and (vid, index) in self.space:
+            self._checked.setdefault((vid, index), chunk.known)
+
+    def forget_checked(self, vid: str, index: int) -> None:
+        """Trust nothing checked about this chunk file: its next read checks its pieces."""
+        self._checked.pop((vid, index), None)
 
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
         """A chunk failed verification: count it, close it, and delete it."""
         chunk.close()
         v = self.versions.get(vid)
-        if v is not None and index in v.chunks and v.chunks[index] == chunk.crc:
+        if v is not None and index in v.chunks and v.chunks[index] == chunk.digest:
             self._corrupt(v, index)
 
     def drop_corrupt(self, vid: str, index: int) -> None:
@@ -528,6 +560,7 @@ class ChunkStore:
         try:
             if not v.meta_written:
                 self._write_meta(v)
+            w.seal()
             final = self._chunk_path(w.vid, w.index, w.crc)
             if not final.parent.is_dir():
                 mkdir_private(final.parent)
@@ -565,6 +598,44 @@ class ChunkStore:
             self.space.release(w.length)
         with contextlib.suppress(OSError):
             os.unlink(w.path)
+
+    # --- scrub ------------------------------------------------------------------------------
+
+    def scrub_next(self) -> tuple[ChunkKey, Path, int, int] | None:
+        """The next chunk file the scrub should read — (key, path, length, digest) — in passes over
+        the whole cache; None when the cache is empty. A pass's duration is kept in stats."""
+        while True:
+            if not self._scrub_order:
+                now = self.clock()
+                if self._scrub_started:
+                    self.stats.scrub_pass_seconds = now - self._scrub_started
+                self._scrub_order = [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
+                self._scrub_order.reverse()
+                self._scrub_started = now if self._scrub_order else 0.0
+                self.scrub_passes += bool(self._scrub_order)
+                if not self._scrub_order:
+                    return None
+            vid, index = self._scrub_order.pop()
+            v = self.versions.get(vid)
+            if v is not None and index in v.chunks:
+                crc = v.chunks[index]
+                return (vid, index), self._chunk_path(vid, index, crc), v.length(index), crc
+
+    def scrubbed(self, key: ChunkKey, digest: int, problem: str | None, checked: Checked | None) -> None:
+        """The scrub read a chunk file (``scrub_file``): drop it if it was bad, else remember the
+        check as if a read had made it."""
+        v = self.versions.get(key[0])
+        if v is None or v.chunks.get(key[1]) != digest:
+            return  # replaced or gone meanwhile
+        if problem is None:
+            self.stats.scrubbed_bytes += v.length(key[1])
+            if checked is not None:
+                self._checked[key] = checked
+        elif problem == "missing":
+            self.stats.read_errors += 1
+            self._drop_chunk(v, key[1])
+        else:
+            self._corrupt(v, key[1])
 
     # --- eviction ---------------------------------------------------------------------------
 
@@ -652,3 +723,31 @@ class ChunkStore:
 
     def chunk_count(self, v: Version) -> int:
         return self.layout.count(v.meta.size)
+
+
+def scrub_file(path: Path, length: int, digest: int) -> tuple[str | None, Checked | None]:
+    """Read a whole chunk file from the media and check it: (problem or None, the good check).
+    Blocking (run it in a worker thread). Its clean pages are dropped from the page cache
+    first, so the bytes checked are the bytes on the device, not a cached copy of them."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        return "io-error", None
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        st = os.fstat(fd)
+        problem = chunkfile.check_file(fd, length, digest)
+        if problem is not None:
+            return problem, None
+        found = chunkfile.read_table(fd, length, digest)
+        if found is None:
+            return "crc", None
+        table, piece = found
+        return None, Checked(_stamp(st), table, piece, (1 << (len(table) // 4)) - 1)
+    except OSError:
+        return "io-error", None
+    finally:
+        os.close(fd)

@@ -355,6 +355,8 @@ class S3Face:
             # Headers are gone: the only honest signal left is an aborted connection,
             # never a short body that looks complete.
             log.warning("response_aborted", error=repr(e), sent=sender.sent, length=length)
+            if isinstance(e, OSError) and seg is not None and seg.chunk is not None:
+                self.reader.unreadable(seg)  # the next read checks that chunk (and drops it) first
             if request.transport is not None:
                 request.transport.abort()
             raise ClientGone() from e
