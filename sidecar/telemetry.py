@@ -45,6 +45,12 @@ class Metrics:
         # --- requests
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
                                 ["operation", "status"], registry=r)
+        self.fast_path_requests = Counter("sidecar_fast_path_requests",
+                                          "GET/HEAD hits answered on the lean path, without aiohttp's web layer",
+                                          registry=r)
+        self.fast_path_handoffs = Counter("sidecar_fast_path_handoffs",
+                                          "Client connections the lean path handed to aiohttp (a request "
+                                          "it does not answer itself)", registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
                                           "Time to answer S3 requests (to the last body byte), by operation and "
                                           "cache outcome (hit, miss, partial, pass...)",

@@ -339,7 +339,7 @@ class S3Face:
             await resp.prepare(request)
         except ConnectionError as e:  # the client left before the headers went out
             raise ClientGone() from e
-        sender = BodySender(request, resp, self.executor)
+        sender = BodySender(request.transport, resp.write, self.executor)
         try:
             seg: Segment | None = first
             while seg is not None:

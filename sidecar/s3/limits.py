@@ -108,13 +108,30 @@ class S3Server(web.Server):
         self.rate = rate
         self._over: set[RequestHandler] = set()
 
-    def __call__(self) -> RequestHandler:
+    # the lean hit path (fastpath.FastPath) when on: connections start there, and it hands
+    # them to ``handler()`` for anything it does not answer itself
+    fast: "Callable[[], asyncio.Protocol] | None" = None
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.fast is not None:
+            return self.fast()
+        return self.handler()
+
+    def handler(self) -> RequestHandler:
         return _S3RequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def _fast_connections(self) -> int:
+        return len(self.fast.connections) if self.fast is not None else 0  # type: ignore[attr-defined]
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        if len(self._connections) - len(self._over) > self.max_connections:
+        if len(self._connections) + self._fast_connections() - len(self._over) > self.max_connections:
             self._over.add(handler)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.fast is not None:
+            await self.fast.shutdown(timeout)  # type: ignore[attr-defined]
+        await super().shutdown(timeout)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
