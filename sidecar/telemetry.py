@@ -51,6 +51,9 @@ class Metrics:
         self.fast_path_handoffs = Counter("sidecar_fast_path_handoffs",
                                           "Client connections the lean path handed to aiohttp (a request "
                                           "it does not answer itself)", registry=r)
+        self.fast_path_takebacks = Counter("sidecar_fast_path_takebacks",
+                                           "Idle client connections the lean path took back from aiohttp "
+                                           "(their next request was a hit)", registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
                                           "Time to answer S3 requests (to the last body byte), by operation and "
                                           "cache outcome (hit, miss, partial, pass...)",

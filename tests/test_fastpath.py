@@ -3,6 +3,7 @@ is handed to aiohttp on the same connection, and both answer as the S3 face does
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -74,6 +75,8 @@ def test_hits_are_answered_on_the_fast_path(make_sidecar, moto_s3, bucket):
     c.send(get(f"/{bucket}/big", "Range: bytes=1000-300000"))  # two chunks, from the chunk files
     status, headers, body = c.response()
     assert (status, body, headers["content-range"]) == (206, big[1000:300001], f"bytes 1000-300000/{len(big)}")
+    c.send(get(f"/{bucket}/big", f'If-Match: "{hashlib.md5(big).hexdigest()}"', "Range: bytes=0-9"))  # as s3fs
+    assert c.response()[::2] == (206, big[:10])
     c.send(get(f"/{bucket}/big", method="HEAD"))
     status, headers, body = c.response(head_only=True)
     assert (status, headers["content-length"], headers["etag"]) == (200, str(len(big)), warm.head_object(
@@ -86,7 +89,7 @@ def test_hits_are_answered_on_the_fast_path(make_sidecar, moto_s3, bucket):
     got = s3.get_object(Bucket=bucket, Key="small", ChecksumMode="ENABLED")
     assert got["Body"].read() == small
     assert s3.get_object(Bucket=bucket, Key="big", Range="bytes=-10")["Body"].read() == big[-10:]
-    assert fast_answers(sc) - before >= 6
+    assert fast_answers(sc) - before >= 7
     sc.stop()  # the request log is written in batches: all of it is out once the daemon stops
     lines = [e for e in sc.log_events() if e.get("event") == "request" and e.get("range") == "bytes=-10"]
     assert len(lines) == 1
@@ -110,8 +113,12 @@ def test_mixed_keep_alive_sequence_answers_each_request(make_sidecar, moto_s3, b
     c.send(get(f"/{bucket}/k", method="HEAD"))
     status, headers, _ = c.response(head_only=True)
     assert (status, headers["content-length"]) == (200, str(len(new)))
-    c.send(get(f"/{bucket}/k", "Range: bytes=2-4"))
+    c.send(get(f"/{bucket}/k", "Range: bytes=2-4"))  # a miss: aiohttp's
     assert c.response()[::2] == (206, new[2:5])
+    answered = fast_answers(sc)
+    c.send(get(f"/{bucket}/k", "Range: bytes=1-6"))  # now a hit: the connection comes back
+    assert c.response()[::2] == (206, new[1:7])
+    assert fast_answers(sc) == answered + 1
     c.send(get(f"/{bucket}/k", "If-None-Match: *"))
     assert c.response()[0] == 304
     c.send(b"GET /" + bucket.encode() + b"/k HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n")
@@ -202,3 +209,35 @@ def test_parse_head_hands_off_the_unusual():
                 b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\nGET /b/k HTTP/1.1\r\n\r\n",  # two requests
                 b"GARBAGE\r\n\r\n"):
         assert parse_head(bad) is None, bad
+
+
+def test_signed_hits_take_the_fast_path_and_bad_signatures_are_refused_once(make_sidecar, moto_s3, bucket, tmp_path):
+    import boto3
+    from botocore.config import Config
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "AKIDFAST").write_text("fast-secret")
+    sc = make_sidecar(auth="sigv4", auth_keys_dir=keys)
+    body = os.urandom(6 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+
+    def client(secret):
+        return boto3.client("s3", endpoint_url=sc.url, aws_access_key_id="AKIDFAST", aws_secret_access_key=secret,
+                            region_name="us-east-1", config=Config(retries={"max_attempts": 1},
+                                                                   s3={"addressing_style": "path"}))
+
+    good = client("fast-secret")
+    assert good.get_object(Bucket=bucket, Key="k")["Body"].read() == body  # a miss
+    before = fast_answers(sc)
+    assert good.get_object(Bucket=bucket, Key="k", Range="bytes=1-5")["Body"].read() == body[1:6]
+    assert fast_answers(sc) == before + 1
+    import botocore.exceptions
+    import pytest
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client("wrong").get_object(Bucket=bucket, Key="k")
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    text = sc.metrics_text()
+    assert 'sidecar_auth_rejections_total{code="SignatureDoesNotMatch"} 1.0' in text
+    assert fast_answers(sc) == before + 1

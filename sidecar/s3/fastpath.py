@@ -6,8 +6,8 @@ anything. A connection starts here, on a bare protocol: each request head is par
 and, when it is a plain GetObject/HeadObject whose version the catalog knows fresh and whose
 bytes are all cached, answered directly — headers prepared once per object version, the body
 from the RAM tier in one write, or from chunk files with ``os.sendfile``. The first request this
-path is not sure of (a write, a miss, conditions, ``partNumber``, ``response-*``, signatures to
-verify, anything odd in the HTTP) makes the connection aiohttp's for good: its request handler
+path is not sure of (a write, a miss, a 304 or 412, ``partNumber``, ``response-*``, signatures that
+do not verify, anything odd in the HTTP) makes the connection aiohttp's for good: its request handler
 is attached to the transport and fed the bytes already received, so the answer is exactly what
 the S3 face gives. What this path does answer is what the face would answer, byte for byte but
 for the order of headers.
@@ -40,10 +40,9 @@ if TYPE_CHECKING:
 log = get_logger("sidecar.s3")
 
 # Request headers after which the answer is not a plain cached read, or not one this path can
-# reproduce exactly (framing, connection handling, conditions: aiohttp and the face decide).
+# reproduce exactly (framing, connection handling: aiohttp and the face decide).
 _HAND_OFF_HEADERS = frozenset({
     "content-length", "transfer-encoding", "expect", "upgrade", "connection", "te", "trailer",
-    *conditions.HEADERS,
 })
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
@@ -168,6 +167,27 @@ class FastPath:
     def __call__(self) -> "FastProtocol":
         return FastProtocol(self)
 
+    def take_back(self, handler, data: bytes) -> bool:
+        """An idle connection aiohttp has: if ``data`` starts with a request this path answers,
+        the connection comes back here (and True); else aiohttp keeps it."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        fp = FastProtocol(self)
+        fp.transport = handler.transport
+        peer = fp.transport.get_extra_info("peername")
+        fp.remote = peer[0] if isinstance(peer, tuple) else ""
+        answer = fp._decide(data[:end + 4])
+        if answer is None:
+            return False
+        transport = handler.detach()
+        self.face.metrics.fast_path_takebacks.inc()
+        self.connections.add(fp)
+        transport.set_protocol(fp)
+        fp.buf += data
+        fp._process(answer)
+        return True
+
     async def shutdown(self, timeout: float | None) -> None:
         """Close the connections still on this path; an answer being sent gets ``timeout`` seconds."""
         busy = [c.task for c in self.connections if c.task is not None]
@@ -234,7 +254,7 @@ class FastProtocol(asyncio.Protocol):
 
     # --- requests --------------------------------------------------------------------------
 
-    def _process(self) -> None:
+    def _process(self, decided: _Answer | None = None) -> None:
         while self.buf and self.task is None and self.transport is not None:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
@@ -242,7 +262,7 @@ class FastProtocol(asyncio.Protocol):
                     self.hand_off()
                 return
             n = end + 4
-            answer = self._decide(bytes(self.buf[:n]))
+            answer, decided = decided or self._decide(bytes(self.buf[:n])), None
             if answer is None:
                 self.hand_off()
                 return
@@ -255,7 +275,7 @@ class FastProtocol(asyncio.Protocol):
         fast = self.fast
         face = fast.face
         req = parse_head(head, fast.max_headers)
-        if req is None or face.auth is not None or req.method not in ("GET", "HEAD"):
+        if req is None or req.method not in ("GET", "HEAD"):
             return None
         h = req.headers
         if not _HAND_OFF_HEADERS.isdisjoint(h):
@@ -267,11 +287,22 @@ class FastProtocol(asyncio.Protocol):
         if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
                 or not is_cacheable_read(req.method, target, h):
             return None
+        if face.auth is not None:
+            # A signature that does not verify is the face's to answer (and to count, once).
+            try:
+                face.auth._verify(req.method, req.raw_path, h).check_empty()
+            except Exception:  # noqa: BLE001
+                return None
         catalog = face.catalog
         entry = catalog.fresh(target.bucket, target.key)
         if entry is None:
             return None
         meta = entry.meta
+        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
+        # here; a 304 or 412 is the face's
+        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
+                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
+            return None
         range_header = h.get("range")
         try:
             rng = resolve(parse_range(range_header), meta.size)
