@@ -41,7 +41,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sidecar.testing import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.procs import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BUCKET = "bench"
