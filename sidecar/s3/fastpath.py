@@ -30,10 +30,10 @@ from . import conditions
 from .face import SERVER, new_request_id
 from .ranges import ByteRange, parse_range, resolve
 from .sendfile import BodySender, ClientGone
-from .target import is_cacheable_read, parse_target
+from .target import Target, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
-    from ..upstream.base import ObjectMeta
+    from ..objects import ObjectMeta
     from .face import S3Face
     from .limits import S3Server
 
@@ -133,6 +133,7 @@ class FastPath:
     connections, and response headers prepared per object version."""
 
     PREPARED_MAX = 4096
+    TARGETS_MAX = 16384
 
     def __init__(self, face: "S3Face", server: "S3Server", max_headers: int) -> None:
         self.face = face
@@ -140,6 +141,7 @@ class FastPath:
         self.max_headers = max_headers
         self.connections: set[FastProtocol] = set()
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
+        self._targets: dict[tuple[str, str | None], Target] = {}
         self._date_sec = -1
         self._date = b""
 
@@ -149,6 +151,21 @@ class FastPath:
             self._date_sec = now
             self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._date
+
+    def target(self, raw_path: str, host: str | None) -> Target | None:
+        """``parse_target``, remembered (clients read the same keys again and again); None: the
+        face answers it with its error XML."""
+        k = (raw_path, host)
+        t = self._targets.get(k)
+        if t is None:
+            try:
+                t = parse_target(raw_path, host, self.face.suffixes)
+            except Exception:  # noqa: BLE001
+                return None
+            if len(self._targets) >= self.TARGETS_MAX:
+                self._targets.clear()
+            self._targets[k] = t
+        return t
 
     def prepared(self, meta: "ObjectMeta", checksum_mode: bool) -> PreparedHeaders | None:
         key = (id(meta), checksum_mode)
@@ -280,9 +297,8 @@ class FastProtocol(asyncio.Protocol):
         h = req.headers
         if not _HAND_OFF_HEADERS.isdisjoint(h):
             return None
-        try:
-            target = parse_target(req.raw_path, h.get("host"), face.suffixes)
-        except Exception:  # noqa: BLE001 - the face answers it with its error XML
+        target = fast.target(req.raw_path, h.get("host"))
+        if target is None:
             return None
         if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
                 or not is_cacheable_read(req.method, target, h):
