@@ -27,7 +27,7 @@ from ..errors import ObjectChanged
 from ..reader import ReadStats, Segment
 from ..telemetry import get_logger
 from . import conditions
-from .face import SERVER, new_request_id
+from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
 from .sendfile import BodySender, ClientGone
 from .target import Target, is_cacheable_read, parse_target
@@ -102,30 +102,31 @@ def parse_head(head: bytes, max_headers: int = 100) -> RequestHead | None:
 
 class PreparedHeaders:
     """The response headers of one object version that do not change from request to request,
-    encoded once."""
+    built once by the face's own ``_object_headers`` (so both paths send the same headers) and
+    encoded: for whole-object and ranged answers, to a GET and to a HEAD."""
 
-    __slots__ = ("meta", "checksum_mode", "get", "head")
+    __slots__ = ("meta", "whole_get", "whole_head", "ranged_get", "ranged_head")
 
-    def __init__(self, meta: "ObjectMeta", checksum_mode: bool, server: str) -> None:
+    def __init__(self, face: "S3Face", meta: "ObjectMeta", checksum_mode: bool) -> None:
         self.meta = meta
-        self.checksum_mode = checksum_mode
-        lines = [(k, v) for k, v in meta.headers]
-        lines.append(("Accept-Ranges", "bytes"))
-        lines.append(("Server", server))
-        fixed = "".join(f"{k}: {v}\r\n" for k, v in lines)
-        if "\n" in fixed.replace("\r\n", "") or "\r" in fixed.replace("\r\n", ""):
-            raise ValueError("header value with a line break")
-        names = {k.lower() for k, _ in lines}
-        # aiohttp gives a body without a type application/octet-stream; a HEAD gets none
-        self.head = fixed.encode("utf-8")
-        self.get = self.head if "content-type" in names else \
-            self.head + b"Content-Type: application/octet-stream\r\n"
+        h = {"x-amz-checksum-mode": "ENABLED"} if checksum_mode else {}
+        plain = Target(meta.bucket, meta.key, ())
+        whole = face._object_headers(meta, plain, None, 200, (), h, "")
+        ranged = face._object_headers(meta, plain, ByteRange(0, 0), 206, (), h, "")
+        self.whole_get, self.whole_head = _encoded(whole)
+        self.ranged_get, self.ranged_head = _encoded(ranged)
 
-    def whole(self) -> bytes:
-        """Extra headers of a whole-object answer: checksums when the client asked for them."""
-        if not self.checksum_mode:
-            return b""
-        return "".join(f"{k}: {v}\r\n" for k, v in self.meta.checksums).encode("utf-8")
+
+def _encoded(headers) -> tuple[bytes, bytes]:
+    """(GET, HEAD) header lines of a face answer, without its per-request ones."""
+    lines = [(k, v) for k, v in headers.items() if k.lower() not in ("x-amz-request-id", "content-range")]
+    text = "".join(f"{k}: {v}\r\n" for k, v in lines)
+    if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", ""):
+        raise ValueError("header value with a line break")  # aiohttp refuses these: the face answers
+    head = text.encode("utf-8")
+    # aiohttp gives a body without a type application/octet-stream; a HEAD (StreamResponse) none
+    has_type = any(k.lower() == "content-type" for k, _ in lines)
+    return (head if has_type else head + b"Content-Type: application/octet-stream\r\n"), head
 
 
 class FastPath:
@@ -173,7 +174,7 @@ class FastPath:
         if p is not None and p.meta is meta:
             return p
         try:
-            p = PreparedHeaders(meta, checksum_mode, SERVER)
+            p = PreparedHeaders(self.face, meta, checksum_mode)
         except (ValueError, UnicodeError):
             return None
         if len(self._prepared) >= self.PREPARED_MAX:
@@ -339,9 +340,12 @@ class FastProtocol(asyncio.Protocol):
         a.method, a.meta, a.start, a.end, a.target, a.range_header = req.method, meta, start, end, target, range_header
         a.rid = new_request_id()
         a.status = 206 if rng is not None else 200
-        head_lines = prepared.get if req.method == "GET" else prepared.head
-        extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode() if rng is not None \
-            else prepared.whole()
+        if rng is None:
+            head_lines = prepared.whole_get if req.method == "GET" else prepared.whole_head
+            extra = b""
+        else:
+            head_lines = prepared.ranged_get if req.method == "GET" else prepared.ranged_head
+            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
         a.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (a.status, _REASONS[a.status]), head_lines, extra,
                            b"Content-Length: %d\r\nx-amz-request-id: " % (end - start + 1), a.rid.encode(),
                            b"\r\n", fast.date(), b"\r\n"))
