@@ -267,6 +267,9 @@ OPTIONS: tuple[Option, ...] = (
            "longest request line and longest header accepted; longer ones get 400 RequestHeaderSectionTooLarge"),
     Option("max_header_count", 128, _int_range(8, 10000), "an integer from 8 to 10000",
            "most headers a request may have; more get 400 RequestHeaderSectionTooLarge"),
+    Option("fast_path", True, parse_bool, "true or false",
+           "answer plain GET/HEAD cache hits on the raw connection, without the web framework's "
+           "per-request cost (docs/operations.md); false: every request goes through aiohttp"),
     Option("max_client_connections", 1024, _int_range(1, 1000000), "an integer from 1 to 1000000",
            "client connections served at once; requests on further connections get 503 SlowDown"),
     Option("client_request_rate", 0.0, _float_range(0.0, 1e9), "a number of requests per second (0 is unlimited)",
@@ -419,6 +422,7 @@ class Settings:
     virtual_host_suffixes: tuple[str, ...]
     max_header_size: int
     max_header_count: int
+    fast_path: bool
     max_client_connections: int
     client_request_rate: float
     client_request_burst: int

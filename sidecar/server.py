@@ -29,6 +29,7 @@ from .reader import Reader
 from .reload import Reloader
 from .s3 import auth
 from .s3.face import S3Face
+from .s3.fastpath import FastPath
 from .s3.limits import RateLimit, S3Server
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
 from .upstream.base import Upstream
@@ -126,6 +127,7 @@ class Sidecar:
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None
+        self.fast_path: FastPath | None = None
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -187,6 +189,8 @@ class Sidecar:
                              max_headers=s.max_header_count, access_log=None,
                              # S3 stores a Content-Encoding: gzip body as sent; never inflate it
                              auto_decompress=False)
+        if s.fast_path:
+            self.fast_path = s3_server.fast = FastPath(self.face, s3_server, max_headers=s.max_header_count)
         s3_runner = web.ServerRunner(s3_server, handle_signals=False, shutdown_timeout=s.shutdown_grace)
         await s3_runner.setup()
         site = web.TCPSite(s3_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True)

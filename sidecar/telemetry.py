@@ -57,6 +57,15 @@ class Metrics:
     def _add_request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
                                 ["operation", "status"], registry=r)
+        self.fast_path_requests = Counter("sidecar_fast_path_requests",
+                                          "GET/HEAD hits answered on the lean path, without aiohttp's web layer",
+                                          registry=r)
+        self.fast_path_handoffs = Counter("sidecar_fast_path_handoffs",
+                                          "Client connections the lean path handed to aiohttp (a request "
+                                          "it does not answer itself)", registry=r)
+        self.fast_path_takebacks = Counter("sidecar_fast_path_takebacks",
+                                           "Idle client connections the lean path took back from aiohttp "
+                                           "(their next request was a hit)", registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
                                           "Time to answer S3 requests (to the last body byte), by operation and "
                                           "cache outcome (hit, miss, partial, pass...)",
