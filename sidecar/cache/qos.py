@@ -100,7 +100,8 @@ class QoSPolicy:
         """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
         options = {"k": settings.lru_k,
                    "correlated_period": getattr(settings, "lru_k_correlated_period", 0.0),
-                   "retained_period": getattr(settings, "lru_k_retained_period", 3600.0)} \
+                   "retained_period": getattr(settings, "lru_k_retained_period", 3600.0),
+                   "probation": getattr(settings, "lru_k_probation", 0.0)} \
             if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
                    lambda: make_policy(settings.policy, **options), locate=locate,
