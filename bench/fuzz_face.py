@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 # --- the grammar ----------------------------------------------------------------------------
 
@@ -321,7 +322,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 
-    from sidecar.testing import MotoServer, Sidecar  # noqa: PLC0415
+    from support.procs import MotoServer, Sidecar  # noqa: PLC0415
 
     work = Path(tempfile.mkdtemp(prefix="fuzz-face-"))
     cache = work / "cache"

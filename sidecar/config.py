@@ -216,10 +216,6 @@ def _optional_path(text: str | None) -> Path | None:
     return _path(text)
 
 
-def _size_or_zero(text: str | int) -> int:
-    return parse_size(text)
-
-
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sidecar")

@@ -20,12 +20,13 @@ from multidict import CIMultiDict
 
 from ..catalog import Catalog
 from ..errors import ObjectChanged, S3Error, UpstreamUnavailable, client_fault
-from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
+from ..objects import ObjectMeta
+from ..reader import Reader, ReadStats, Segment
 from ..telemetry import AccessLog, Metrics, get_logger
-from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
+from ..upstream.base import ForwardRequest, Upstream
 from . import conditions
-from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 from .auth import Payload, SigV4Verifier
+from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 from .sendfile import BodySender, ClientGone
 from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
 
@@ -251,15 +252,11 @@ class S3Face:
         """A GET of an object the catalog does not know, answered from a single upstream GET that
         also yields its metadata. None: the key became known meanwhile; use the normal path."""
         assert target.bucket is not None and target.key is not None
-        cs = self.reader.chunk_size
         if spec is None:
             start = end = None
         else:
             assert spec.first is not None
-            start = spec.first // cs * cs
-            end = start + MAX_SPAN_CHUNKS * cs - 1
-            if spec.last is not None:
-                end = min(end, (spec.last // cs + 1) * cs - 1)
+            start, end = self.reader.cold_window(spec.first, spec.last)
         try:
             got = await self.catalog.open_cold(target.bucket, target.key, start=start, end=end,
                                                checksum_mode=checksum_mode and spec is None)

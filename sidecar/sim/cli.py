@@ -6,13 +6,12 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
 
 from ..cache.lruk import LRUKPolicy, ProbationLRUK
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
-from ..cache.rules import RuleSet
-from ..config import SIZE_FORM, ConfigError, format_size, parse_duration, parse_size, read_yaml
+from ..config import ConfigError, format_size, parse_duration, parse_size
+from .inputs import load_rules, parse_capacity
 from .oracle import BeladyPolicy, BeladySizePolicy
 from .replay import Replay, ReplayResult, Workload
 from .trace import TraceError, read_trace
@@ -61,14 +60,6 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     raise ConfigError("policy", spec, "default, lru, lru-K, lru-K-pNN (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
 
 
-def load_rules(path: str | None) -> RuleSet:
-    """Rules from a YAML file with a ``rules:`` section (a sidecar configuration file will do)."""
-    if not path:
-        return RuleSet()
-    data = read_yaml(Path(path))
-    return RuleSet.from_config(data.get("rules"))
-
-
 def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
     """(bucket, key) of a trace item: CSV keys are ``bucket/key``; chunks are (key, index)."""
     if isinstance(key, tuple):
@@ -77,20 +68,6 @@ def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
         bucket, _, name = key.partition("/")
         return bucket, name
     return None
-
-
-def parse_capacity(text: str, unique_bytes: int) -> int:
-    """An absolute size, or a percentage of the workload's unique bytes."""
-    t = text.strip()
-    try:
-        if t.endswith("%"):
-            share = float(t[:-1])
-            if not 0 < share <= 100:
-                raise ValueError(t)
-            return max(1, int(unique_bytes * share / 100))
-        return parse_size(t)
-    except ValueError:
-        raise ConfigError("size", t, SIZE_FORM + ", or a percentage of the unique bytes such as 5%") from None
 
 
 def _history_size(text: str) -> int | None:

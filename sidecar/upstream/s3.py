@@ -26,8 +26,9 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from ..config import Settings
 from ..errors import NotModified, S3Error, UpstreamUnavailable
+from ..objects import ObjectMeta
 from . import awschunked
-from .base import ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo
+from .base import ForwardRequest, ForwardResponse, OpenedObject, PartInfo
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
