@@ -361,6 +361,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("lru_k_retained_period", 3600.0, parse_ttl, DURATION_FORM + ", or indefinite",
            "LRU-K: how long an evicted chunk's reference history is kept, so it keeps its past "
            "when it returns"),
+    Option("lru_k_probation", 0.0, _float_range(0.0, 0.5), "a number from 0 to 0.5",
+           "LRU-K: share of the cache's bytes for a probationary FIFO (with a ghost list) that new "
+           "chunks pass before the LRU-K queue; 0 turns it off. Wins on scan-heavy, one-hit-rich "
+           "work (OLTP), loses on large-object block traces (cloudPhysics): see docs/policy.md"),
     Option("hotness_half_life", 600.0, parse_duration, DURATION_FORM,
            "half-life of the decayed per-object hotness used by the policy and the predictor"),
     # --- prefetch and bandwidth
@@ -461,6 +465,7 @@ class Settings:
     lru_k: int
     lru_k_correlated_period: float
     lru_k_retained_period: float | None
+    lru_k_probation: float
     hotness_half_life: float
     prefetch: bool
     prefetch_interval: float
