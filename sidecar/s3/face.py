@@ -210,12 +210,13 @@ class S3Face:
                                   RangeRequested=h.get("range", ""), ActualObjectSize=str(meta.size)) from None
                 if rng is not None:
                     status = 206
-            if checksum_mode and rng is None and not meta.checksums_known:
+            kind = "HEAD" if request.method == "HEAD" else "GET"
+            if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry)).meta
+                    meta = (await self.catalog.with_checksums(entry, kind)).meta
                 except ObjectChanged:
                     continue
-            headers = self._object_headers(meta, target, rng, status, extra, h, rid)
+            headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
             start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
             length = end - start + 1
             if request.method == "HEAD":
@@ -305,7 +306,9 @@ class S3Face:
             self.drop_version(meta)
 
     def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
-                        extra, h, rid: str) -> CIMultiDict:
+                        extra, h, rid: str, *, kind: str = "GET") -> CIMultiDict:
+        """Response headers of a read answered from the cache. ``kind``: "GET" or "HEAD", whose
+        own checksum answer from the upstream a whole-object response replays."""
         out: CIMultiDict[str] = CIMultiDict(meta.headers)
         out["Accept-Ranges"] = "bytes"
         if rng is not None:
@@ -317,7 +320,7 @@ class S3Face:
         if checksum_mode and status == 200 and not extra:
             # Whole-object checksums only on whole-object answers: a client validating a
             # ranged body against them would fail the read.
-            for name, value in meta.checksums:
+            for name, value in meta.checksums_for(kind) or ():
                 out[name] = value
         for param, header in RESPONSE_OVERRIDES.items():
             value = target.param(param)

@@ -240,7 +240,7 @@ class S3Upstream:
                 raise UpstreamUnavailable("The upstream answered a GET without a usable length.")
             size = cr[2] if cr else resp.content_length
             meta = ObjectMeta.from_headers(bucket, key, [(k.lower(), v) for k, v in resp.headers.items()],
-                                           size=size, checksums_known=checksum_mode and cr is None)
+                                           size=size, answers=("GET",) if checksum_mode and cr is None else ())
             first, last = (cr[0], cr[1]) if cr else (0, size - 1)
         except BaseException:
             resp.release()
