@@ -24,6 +24,7 @@ from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
 from ..telemetry import AccessLog, Metrics, get_logger
 from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
 from . import conditions
+from .headers import check_client_values, upstream_values
 from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 from .auth import Payload, SigV4Verifier
 from .sendfile import BodySender, ClientGone
@@ -90,6 +91,7 @@ class S3Face:
         resp: web.StreamResponse | None = None
         try:
             target = parse_target(request.raw_path, request.headers.get("host"), self.suffixes)
+            check_client_values(target, request.headers)
             payload = None
             if self.auth is not None:
                 payload = self.auth.verify(request.method, request.raw_path, request.headers)
@@ -190,8 +192,9 @@ class S3Face:
                 raise S3Error("PreconditionFailed",
                               Condition="If-Match" if "if-match" in h else "If-Unmodified-Since")
             if verdict == conditions.NOT_MODIFIED:
-                return web.Response(status=304, headers={"ETag": meta.etag, "Last-Modified": meta.last_modified,
-                                                         "x-amz-request-id": rid, "Server": SERVER})
+                return web.Response(status=304, headers=upstream_values(
+                    [("ETag", meta.etag), ("Last-Modified", meta.last_modified), ("x-amz-request-id", rid),
+                     ("Server", SERVER)]))
             status, rng, extra = 200, None, ()
             if part_number is not None:
                 info = await self.catalog.part(entry, part_number)
@@ -274,10 +277,14 @@ class S3Face:
         meta = entry.meta
         try:
             rng = resolve(spec, meta.size)
+            headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers,
+                                           rid)
         except RangeNotSatisfiable:
             await opened.close()
             return None
-        headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers, rid)
+        except BaseException:  # headers that cannot be written (502): the opened GET is not read
+            await opened.close()
+            raise
         first, last = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
         keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
         segments = self.reader.read_opened(meta, first, last, stats, opened, keep=keep)
@@ -328,7 +335,7 @@ class S3Face:
                 out[header] = value
         out["x-amz-request-id"] = rid
         out["Server"] = SERVER
-        return out
+        return upstream_values(out)  # the client's values were checked on arrival
 
     async def _send_body(self, request: web.BaseRequest, status: int, headers: CIMultiDict, length: int,
                          first: Segment | None, segments: AsyncIterator[Segment]) -> web.StreamResponse:
@@ -424,7 +431,7 @@ class S3Face:
                 out["x-sidecar-upstream-request-id"] = out.pop("x-amz-request-id")
             out["x-amz-request-id"] = rid
             out["Server"] = SERVER
-            resp = web.StreamResponse(status=upstream_resp.status, headers=out)
+            resp = web.StreamResponse(status=upstream_resp.status, headers=upstream_values(out, upstream_resp.status))
             clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
             if clen is not None and clen.isdigit():
                 resp.content_length = int(clen)
