@@ -13,6 +13,7 @@ from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
 from ..cache.rules import RuleSet
 from ..config import SIZE_FORM, ConfigError, format_size, parse_duration, parse_size, read_yaml
+from ..extras import require
 from .oracle import BeladyPolicy, BeladySizePolicy
 from .replay import Replay, ReplayResult, Workload
 from .trace import TraceError, read_trace
@@ -97,7 +98,11 @@ def _optional_duration(text: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        require("sidecar sim --plot", "matplotlib")
     if args.prefetch or args.workload:
+        if not args.model:  # a model is trained on the first part of the trace
+            require("sidecar sim --prefetch", "sklearn", "skl2onnx")
         from .prefetch import run_cli  # noqa: PLC0415  (numpy, onnxruntime and scikit-learn)
 
         return run_cli(args)
