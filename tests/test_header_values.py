@@ -27,6 +27,8 @@ def _script(method: str, path: str) -> bytes | None:
                                               ("x-amz-request-id", "UP1")], MISSING_LENGTH)
     if method == "DELETE":
         return answer("403 Forbidden", [("x-amz-meta-bad", ODD[0])])  # an error without a body
+    if path.startswith("/bkt/nolength"):  # a success the cache cannot use: no Content-Length
+        return b'HTTP/1.1 200 OK\r\nETag: "e"\r\nx-amz-request-id: UP2\r\nConnection: close\r\n\r\n'
     if path.startswith("/bkt/odd"):
         return answer("200 OK", [("ETag", '"e"'), ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
                                  ("x-amz-meta-a", ODD[2])], b"hello")
@@ -104,3 +106,11 @@ def test_request_header_that_cannot_be_passed_on(sidecar, bucket, value):
     r = raw.request(sidecar.url, "PUT", f"/{bucket}/meta", {"x-amz-meta-a": value}, body=b"data")
     assert r.status == 400 and b"<Error><Code>Invalid" in r.body, r  # the HTTP parser's or ours
     _no_tracebacks(sidecar)
+
+
+def test_upstream_head_without_length_is_bad_gateway(scripted, make_sidecar):
+    sc = make_sidecar(upstream=scripted.url)
+    assert raw.request(sc.url, "HEAD", "/bkt/nolength").status == 502
+    r = raw.request(sc.url, "GET", "/bkt/nolength", {"If-Match": '"e"'})
+    assert r.status in (502, 503) and b"<Error><Code>" in r.body, r
+    _no_tracebacks(sc)
