@@ -44,9 +44,10 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from sidecar.config import format_size, parse_duration, parse_size  # noqa: E402
-from sidecar.testing import Sidecar  # noqa: E402
+from support.procs import Sidecar  # noqa: E402
 
 WARM_OBJECT = 8 * 1024 * 1024
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from get_bench import sign  # noqa: E402
 
 from sidecar.config import format_size, parse_size  # noqa: E402
-from sidecar.testing import MotoServer, Sidecar  # noqa: E402
+from support.procs import MotoServer, Sidecar  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

@@ -36,8 +36,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sidecar.config import parse_size  # noqa: E402
-from sidecar.testing import CREDS, MotoServer, Sidecar  # noqa: E402
+from support.procs import CREDS, MotoServer, Sidecar  # noqa: E402
 
 
 def body(key: str, gen: int, chunk_size: int) -> bytes:

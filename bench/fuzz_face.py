@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 # --- the grammar ----------------------------------------------------------------------------
 
@@ -513,7 +514,7 @@ def main() -> int:
     ap.add_argument("--fault-rate", type=float, default=0.5, help="that share [0.5]")
     args = ap.parse_args()
 
-    from sidecar.testing import MotoServer, Sidecar  # noqa: PLC0415
+    from support.procs import MotoServer, Sidecar  # noqa: PLC0415
 
     work = Path(tempfile.mkdtemp(prefix="fuzz-face-"))
     cache = work / "cache"

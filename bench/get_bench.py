@@ -36,8 +36,9 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sidecar.config import format_size, parse_size  # noqa: E402
-from sidecar.testing import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
+from support.procs import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BUCKET = "bench"

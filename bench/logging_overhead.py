@@ -34,7 +34,8 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sidecar.testing import MotoServer, Sidecar  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.procs import MotoServer, Sidecar  # noqa: E402
 
 BUCKET = "bench"
 KEY = "hot-4k"

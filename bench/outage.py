@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support import raw  # noqa: E402
 from support.tap import Fault, Tap  # noqa: E402
 
-from sidecar.testing import MotoServer, Sidecar  # noqa: E402
+from support.procs import MotoServer, Sidecar  # noqa: E402
 
 BUCKET = "outage"
 SIZE = 600 * 1024  # three chunks at 256 KiB

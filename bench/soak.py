@@ -28,8 +28,9 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from sidecar.config import format_size  # noqa: E402
-from sidecar.testing import MotoServer, Sidecar  # noqa: E402
+from support.procs import MotoServer, Sidecar  # noqa: E402
 
 BUCKET = "soak"
 HOT = 64  # objects read over and over

@@ -17,11 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sidecar.cache.policy import LRUPolicy
-from sidecar.cache.store import ChunkStore
-from sidecar.config import parse_size
-from sidecar.testing import Sidecar
-from sidecar.upstream.base import ObjectMeta
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "tests")]
+
+from sidecar.cache.policy import LRUPolicy  # noqa: E402
+from sidecar.cache.store import ChunkStore  # noqa: E402
+from sidecar.config import parse_size  # noqa: E402
+from sidecar.objects import ObjectMeta  # noqa: E402
+from support.procs import Sidecar  # noqa: E402
 
 
 def fill(root: Path, objects: int, per_object: int, cs: int) -> int:

@@ -4,31 +4,63 @@ describes every route with curl examples."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from .server import Sidecar
+from .cache.qos import QoSPolicy
+from .cache.store import ChunkStore
+from .catalog import Catalog
+from .config import Settings
+from .operations import Operations
+from .reader import Reader
+from .telemetry import Metrics
 
-SIDECAR = web.AppKey("sidecar", object)
+if TYPE_CHECKING:
+    from .s3.face import S3Face
+
 VERSION = "0.1.0"
 
 
-def _sc(request: web.Request) -> "Sidecar":
-    return request.app[SIDECAR]  # type: ignore[return-value]
+class PrefetchState(Protocol):
+    def state(self) -> dict[str, Any]: ...
+
+
+class Daemon(Protocol):
+    """What the admin endpoint reads and acts on: the daemon's parts and its figures."""
+
+    settings: Settings
+    metrics: Metrics
+    store: ChunkStore
+    catalog: Catalog
+    reader: Reader
+    face: "S3Face"
+    policy: QoSPolicy
+    ops: Operations
+    prefetch: PrefetchState
+    executor: concurrent.futures.Executor
+    ready: bool
+    started_at: float
+
+
+SIDECAR = web.AppKey("sidecar", Daemon)
+
+
+def _sc(request: web.Request) -> Daemon:
+    return request.app[SIDECAR]
 
 
 class DaemonCollector:
     """Metrics read from the parts that own the figures, at scrape time: nothing is copied on
     the hot path. Registered on the daemon's registry by ``create_app``."""
 
-    def __init__(self, sc: "Sidecar") -> None:
+    def __init__(self, sc: Daemon) -> None:
         self.sc = sc
 
     def describe(self) -> list:
@@ -59,16 +91,13 @@ class DaemonCollector:
         yield gauge("sidecar_cache_objects", "Object versions with at least one chunk in the cache",
                     len(store.versions))
         policy = sc.policy
-        yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)",
-                    getattr(policy, "pinned_bytes", 0))
-        usage = getattr(policy, "usage", None)
-        if usage is not None:
-            g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
-                                  labels=["qos"])
-            for qos, n in usage().items():
-                if qos != "pinned":
-                    g.add_metric([qos], n)
-            yield g
+        yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)", policy.pinned_bytes)
+        g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
+                              labels=["qos"])
+        for qos, n in policy.usage().items():
+            if qos != "pinned":
+                g.add_metric([qos], n)
+        yield g
         yield counter("sidecar_cache_crc_failures", "Cached chunks whose bytes did not match their CRC32C "
                                                     "(dropped, refetched on demand)", st.crc_failures)
         c = CounterMetricFamily("sidecar_cache_store_errors", "Chunk store file operations that failed, by "
@@ -119,7 +148,7 @@ async def metrics(request: web.Request) -> web.Response:
 # --- stats -------------------------------------------------------------------------------------
 
 
-def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
+def stats_snapshot(sc: Daemon) -> dict[str, Any]:
     st = sc.store.stats
     counters = sc.metrics.stats()
 
@@ -141,8 +170,8 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
             "chunks": sc.store.entries,
             "objects": len(sc.store.versions),
             "chunk_size": sc.store.chunk_size,
-            "pinned_bytes": getattr(policy, "pinned_bytes", 0),
-            "by_qos": {k: v for k, v in getattr(policy, "usage", dict)().items() if k != "pinned"},
+            "pinned_bytes": policy.pinned_bytes,
+            "by_qos": {k: v for k, v in policy.usage().items() if k != "pinned"},
             "evictions": st.evictions,
             "evicted_bytes": st.evicted_bytes,
             "crc_failures": st.crc_failures,
@@ -165,9 +194,16 @@ def stats_snapshot(sc: "Sidecar") -> dict[str, Any]:
             "revalidations": sc.catalog.revalidations,
         },
         "requests": by_label("sidecar_requests_total"),
+        "tier": None if sc.tier is None else {
+            **sc.tier.stats(),
+            "reads": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_reads_total").items()},
+            "read_bytes": total("sidecar_tier_read_bytes_total"),
+            "writes": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_writes_total").items()},
+            "write_bytes": total("sidecar_tier_write_bytes_total"),
+        },
         "pins": sc.ops.pins()["pins"],
         "warm_jobs_running": sc.ops.warm.running,
-        "prefetch": sc.prefetch.state() if getattr(sc, "prefetch", None) is not None else None,
+        "prefetch": sc.prefetch.state(),
         "config": {"log_level": sc.settings.log_level,
                    "last_reload": reload.as_json() if reload is not None else None},
     }
@@ -239,8 +275,6 @@ async def _errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as e:
         return web.json_response({"error": str(e)}, status=400)
-    except NotImplementedError as e:
-        return web.json_response({"error": str(e)}, status=501)
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -320,7 +354,8 @@ async def verify(request: web.Request) -> web.Response:
         bucket, key, repair = targets(await _body(request))
     except ValueError as e:
         raise BadRequest(str(e)) from None
-    report = await verify_online(_sc(request), bucket, key, repair=repair)
+    sc = _sc(request)
+    report = await verify_online(sc.store, sc.reader, sc.executor, bucket, key, repair=repair)
     return web.json_response(report.as_json())
 
 
@@ -329,7 +364,7 @@ async def reload(request: web.Request) -> web.Response:
     return web.json_response(report.as_json(), status=200 if report.ok else 422)
 
 
-def create_app(sc: "Sidecar") -> web.Application:
+def create_app(sc: Daemon) -> web.Application:
     app = web.Application(middlewares=[_local_control, _errors], client_max_size=4 * 1024 * 1024)
     app[SIDECAR] = sc
     sc.metrics.registry.register(DaemonCollector(sc))

@@ -16,7 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from .errors import NotModified, ObjectChanged, S3Error, UpstreamUnavailable
-from .upstream.base import ObjectMeta, OpenedObject, PartInfo, Upstream
+from .objects import ObjectMeta
+from .upstream.base import OpenedObject, PartInfo, Upstream
 
 ObjectKey = tuple[str, str]
 

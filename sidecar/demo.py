@@ -122,10 +122,126 @@ class Step:
               f"from upstream {_fmt_bytes(upstream):>10}")
 
 
-def run_demo(workdir: Path, keep: bool) -> int:
-    import boto3  # noqa: PLC0415
-    from botocore.config import Config  # noqa: PLC0415
+class Tour:
+    """One run of the demo: the daemon, an S3 client on it, and the objects seeded upstream."""
 
+    def __init__(self, workdir: Path, daemon: Daemon, objects: dict[str, bytes]) -> None:
+        import boto3  # noqa: PLC0415
+        from botocore.config import Config  # noqa: PLC0415
+
+        self.workdir = workdir
+        self.daemon = daemon
+        self.objects = objects
+        self.s3 = boto3.client("s3", endpoint_url=daemon.url, region_name="us-east-1", aws_access_key_id="demo",
+                               aws_secret_access_key="demo", config=Config(retries={"max_attempts": 1}))
+
+    def get(self, key: str, **kw) -> bytes:
+        return self.s3.get_object(Bucket=BUCKET, Key=key, **kw)["Body"].read()
+
+    def step(self, title: str) -> "Step":
+        return Step(self.daemon, title)
+
+
+WEIGHTS = "models/resnet/weights.bin"
+
+
+def show_endpoint(t: Tour) -> None:
+    print("1. What the application sees: an ordinary S3 endpoint")
+    keys = [o["Key"] for o in t.s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    print(f"  list_objects_v2 -> {len(keys)} objects, e.g. {keys[0]}, {WEIGHTS}\n")
+
+
+def show_second_read_is_local(t: Tour) -> None:
+    print("2. The same object twice: the second read is served from local disk")
+    with t.step(f"get {WEIGHTS} (48 MiB, cold)"):
+        assert t.get(WEIGHTS) == t.objects[WEIGHTS]
+    with t.step(f"get {WEIGHTS} (48 MiB, warm)"):
+        assert t.get(WEIGHTS) == t.objects[WEIGHTS]
+    print()
+
+
+def show_training_epochs(t: Tour) -> None:
+    print("3. A training loop reading dataset shards in 1 MiB pieces, two epochs")
+    with t.step("read 6 shards x 4 MiB as 1 MiB ranges, first epoch"):
+        for i in range(6):
+            key = f"datasets/train/shard-{i:05d}.bin"
+            data = b"".join(t.get(key, Range=f"bytes={o}-{o + MiB - 1}") for o in range(0, 4 * MiB, MiB))
+            assert data == t.objects[key]
+    with t.step("the same, second epoch"):
+        for i in range(6):
+            key = f"datasets/train/shard-{i:05d}.bin"
+            for o in range(0, 4 * MiB, MiB):
+                t.get(key, Range=f"bytes={o}-{o + MiB - 1}")
+    print()
+
+
+def show_table_reads(t: Tour) -> None:
+    print("4. A table read the way pyarrow does: footer first, then column ranges")
+    table = t.objects["tables/events.csv"]
+    with t.step("head + last 64 KiB + two 256 KiB ranges"):
+        size = t.s3.head_object(Bucket=BUCKET, Key="tables/events.csv")["ContentLength"]
+        assert t.get("tables/events.csv", Range="bytes=-65536") == table[-65536:]
+        assert t.get("tables/events.csv", Range="bytes=0-262143") == table[:262144]
+        assert t.get("tables/events.csv", Range="bytes=262144-524287") == table[262144:524288]
+    print(f"  ({size} bytes; every byte compared with the upstream's)\n")
+
+
+def show_writes_invalidate(t: Tour) -> None:
+    print("5. Writes go through and invalidate at once")
+    new_config = json.dumps({"version": 2, "feature_flags": ["a", "b", "c"]}).encode()
+    assert json.loads(t.get("config/app.json"))["version"] == 1
+    with t.step("put config/app.json (version 2) through the sidecar"):
+        t.s3.put_object(Bucket=BUCKET, Key="config/app.json", Body=new_config)
+    with t.step("get config/app.json"):
+        got = json.loads(t.get("config/app.json"))
+    upstream_file = t.workdir / "upstream" / BUCKET / "config/app.json"
+    print(f"  -> version {got['version']} (upstream file now: "
+          f"{json.loads(upstream_file.read_bytes())['version']})\n")
+
+
+def show_damaged_chunk_refetched(t: Tour) -> None:
+    print("6. A damaged cache file is never served: every chunk carries a CRC32C")
+    chunk = sorted(p for p in (t.workdir / "cache" / "v1").glob("??/*") if not p.name.endswith(".meta"))[0]
+    with open(chunk, "r+b") as f:
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    print(f"  flipped one bit in {chunk.relative_to(t.workdir)}")
+    with t.step("read everything again"):
+        for key, data in t.objects.items():
+            if key != "config/app.json":
+                assert hashlib.sha256(t.get(key)).digest() == hashlib.sha256(data).digest()
+    print(f"  -> all bytes correct; CRC failures detected: {t.daemon.stats()['cache']['crc_failures']}"
+          " (the chunk was dropped and fetched again)\n")
+
+
+def show_restart_keeps_cache(t: Tour) -> None:
+    print("7. A restart keeps the cache")
+    t.daemon.stop()
+    t.daemon.start()
+    restored = t.daemon.stats()["cache"]["restored_chunks"]
+    with t.step(f"get {WEIGHTS} after restart"):
+        assert t.get(WEIGHTS) == t.objects[WEIGHTS]
+    print(f"  -> {restored} chunks restored from disk; only a metadata check went upstream\n")
+
+
+def show_totals(t: Tour) -> None:
+    st = t.daemon.stats()
+    print("Totals since the restart:")
+    print(f"  cache: {_fmt_bytes(st['cache']['used_bytes'])} in {st['cache']['chunks']} chunks"
+          f" of {_fmt_bytes(st['cache']['chunk_size'])}")
+    print(f"  reads: {int(st['reads']['hits'])} hits, {int(st['reads']['misses'])} misses; "
+          f"{_fmt_bytes(st['reads']['hit_bytes'])} served from cache, "
+          f"{_fmt_bytes(st['upstream']['bytes'])} fetched from upstream")
+    print(f"\nMetrics: curl {t.daemon.admin}/metrics   Logs: {t.workdir / 'sidecar.log'}")
+
+
+TOUR = (show_endpoint, show_second_read_is_local, show_training_epochs, show_table_reads, show_writes_invalidate,
+        show_damaged_chunk_refetched, show_restart_keeps_cache, show_totals)
+
+
+def run_demo(workdir: Path, keep: bool) -> int:
     upstream, cache = workdir / "upstream", workdir / "cache"
     print(f"Seeding a local upstream in {upstream} ...")
     objects = seed(upstream)
@@ -134,88 +250,10 @@ def run_demo(workdir: Path, keep: bool) -> int:
     daemon.start()
     print(f"sidecar serving S3 on {daemon.url} (admin {daemon.admin}), cache in {cache}")
     print("(the sample upstream answers like a remote store: 15 ms per request, 250 MB/s)\n")
-    s3 = boto3.client("s3", endpoint_url=daemon.url, region_name="us-east-1", aws_access_key_id="demo",
-                      aws_secret_access_key="demo", config=Config(retries={"max_attempts": 1}))
-
-    def get(key: str, **kw) -> bytes:
-        return s3.get_object(Bucket=BUCKET, Key=key, **kw)["Body"].read()
-
-    weights = "models/resnet/weights.bin"
     try:
-        print("1. What the application sees: an ordinary S3 endpoint")
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
-        print(f"  list_objects_v2 -> {len(keys)} objects, e.g. {keys[0]}, {weights}\n")
-
-        print("2. The same object twice: the second read is served from local disk")
-        with Step(daemon, f"get {weights} (48 MiB, cold)"):
-            assert get(weights) == objects[weights]
-        with Step(daemon, f"get {weights} (48 MiB, warm)"):
-            assert get(weights) == objects[weights]
-        print()
-
-        print("3. A training loop reading dataset shards in 1 MiB pieces, two epochs")
-        with Step(daemon, "read 6 shards x 4 MiB as 1 MiB ranges, first epoch"):
-            for i in range(6):
-                key = f"datasets/train/shard-{i:05d}.bin"
-                data = b"".join(get(key, Range=f"bytes={o}-{o + MiB - 1}") for o in range(0, 4 * MiB, MiB))
-                assert data == objects[key]
-        with Step(daemon, "the same, second epoch"):
-            for i in range(6):
-                key = f"datasets/train/shard-{i:05d}.bin"
-                for o in range(0, 4 * MiB, MiB):
-                    get(key, Range=f"bytes={o}-{o + MiB - 1}")
-        print()
-
-        print("4. A table read the way pyarrow does: footer first, then column ranges")
-        table = objects["tables/events.csv"]
-        with Step(daemon, "head + last 64 KiB + two 256 KiB ranges"):
-            size = s3.head_object(Bucket=BUCKET, Key="tables/events.csv")["ContentLength"]
-            assert get("tables/events.csv", Range="bytes=-65536") == table[-65536:]
-            assert get("tables/events.csv", Range="bytes=0-262143") == table[:262144]
-            assert get("tables/events.csv", Range="bytes=262144-524287") == table[262144:524288]
-        print(f"  ({size} bytes; every byte compared with the upstream's)\n")
-
-        print("5. Writes go through and invalidate at once")
-        new_config = json.dumps({"version": 2, "feature_flags": ["a", "b", "c"]}).encode()
-        assert json.loads(get("config/app.json"))["version"] == 1
-        with Step(daemon, "put config/app.json (version 2) through the sidecar"):
-            s3.put_object(Bucket=BUCKET, Key="config/app.json", Body=new_config)
-        with Step(daemon, "get config/app.json"):
-            got = json.loads(get("config/app.json"))
-        print(f"  -> version {got['version']} (upstream file now: "
-              f"{json.loads((upstream / BUCKET / 'config/app.json').read_bytes())['version']})\n")
-
-        print("6. A damaged cache file is never served: every chunk carries a CRC32C")
-        chunk = sorted(p for p in (cache / "v1").glob("??/*") if not p.name.endswith(".meta"))[0]
-        with open(chunk, "r+b") as f:
-            f.seek(1000)
-            b = f.read(1)
-            f.seek(1000)
-            f.write(bytes([b[0] ^ 0xFF]))
-        print(f"  flipped one bit in {chunk.relative_to(workdir)}")
-        with Step(daemon, "read everything again"):
-            for key, data in objects.items():
-                if key != "config/app.json":
-                    assert hashlib.sha256(get(key)).digest() == hashlib.sha256(data).digest()
-        print(f"  -> all bytes correct; CRC failures detected: {daemon.stats()['cache']['crc_failures']}"
-              " (the chunk was dropped and fetched again)\n")
-
-        print("7. A restart keeps the cache")
-        daemon.stop()
-        daemon.start()
-        restored = daemon.stats()["cache"]["restored_chunks"]
-        with Step(daemon, f"get {weights} after restart"):
-            assert get(weights) == objects[weights]
-        print(f"  -> {restored} chunks restored from disk; only a metadata check went upstream\n")
-
-        st = daemon.stats()
-        print("Totals since the restart:")
-        print(f"  cache: {_fmt_bytes(st['cache']['used_bytes'])} in {st['cache']['chunks']} chunks"
-              f" of {_fmt_bytes(st['cache']['chunk_size'])}")
-        print(f"  reads: {int(st['reads']['hits'])} hits, {int(st['reads']['misses'])} misses; "
-              f"{_fmt_bytes(st['reads']['hit_bytes'])} served from cache, "
-              f"{_fmt_bytes(st['upstream']['bytes'])} fetched from upstream")
-        print(f"\nMetrics: curl {daemon.admin}/metrics   Logs: {workdir / 'sidecar.log'}")
+        tour = Tour(workdir, daemon, objects)
+        for show in TOUR:
+            show(tour)
         if keep:
             print(f"\nStill running. Try:  aws --endpoint-url {daemon.url} s3 ls s3://{BUCKET}/ --recursive"
                   "\nPress Ctrl-C to stop.")

@@ -1,8 +1,9 @@
 """What an operator does to a running sidecar, in one place: readiness, purge, pins, warm jobs,
 the hottest objects, configuration reload, and notable events summarised in the log.
 
-``Operations`` belongs to one ``Sidecar`` and is started and stopped with it; the admin API
-(``admin.py``) and the signal handlers call into it. Pins are the policy's own (``QoSPolicy.pin``:
+``Operations`` is given the parts it acts on (catalog, store, policy, readiness, warm jobs,
+reloader) and is started and stopped with the daemon; the admin API (``admin.py``) and the
+signal handlers call into it. Pins are the policy's own (``QoSPolicy.pin``:
 pinned chunks sit outside every eviction queue); here they are also kept in
 ``<cache_dir>/pins.json`` so they outlive a restart, as the cached chunks do.
 """
@@ -15,19 +16,20 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .cache.hotness import HotnessTable, half_life_to_lambda
-from .cache.store import version_id
+from .cache.qos import QoSPolicy
+from .cache.rules import RuleSet
+from .cache.store import ChunkStore, version_id
+from .catalog import Catalog
+from .config import Settings
 from .health import Readiness
 from .reload import Reloader
-from .telemetry import get_logger
+from .telemetry import Metrics, get_logger
 from .warm import WarmJobs
-
-if TYPE_CHECKING:
-    from .server import Sidecar
 
 log = get_logger("sidecar.ops")
 
@@ -37,15 +39,23 @@ BURST_FRACTION = 0.05  # evicting this share of the cache within one event inter
 
 
 class Operations:
-    def __init__(self, sc: "Sidecar", flags: Mapping[str, Any] | None = None) -> None:
-        self.sc = sc
-        s = sc.settings
-        self.readiness = Readiness(sc.upstream, sc.store.tmp, interval=s.upstream_probe_interval,
-                                   requires_upstream=s.ready_requires_upstream,
-                                   requires_cache=s.ready_requires_cache)
-        self.warm = WarmJobs(upstream=sc.upstream, catalog=sc.catalog, reader=sc.reader, store=sc.store,
-                             metrics=sc.metrics, may_cache=lambda b, k, size: sc.read_policy(b, k, size)[0])
-        self.reloader = Reloader(sc, flags)
+    """``rules`` and ``settings`` are asked for each time: a reload replaces both. ``started``:
+    whether the daemon has finished starting (its listeners are up)."""
+
+    def __init__(self, *, settings: Callable[[], Settings], rules: Callable[[], RuleSet],
+                 started: Callable[[], bool], catalog: Catalog, store: ChunkStore, policy: QoSPolicy,
+                 metrics: Metrics, readiness: Readiness, warm: WarmJobs, reloader: Reloader) -> None:
+        self.settings = settings
+        self.rules = rules
+        self.started = started
+        self.catalog = catalog
+        self.store = store
+        self.policy = policy
+        self.metrics = metrics
+        self.readiness = readiness
+        self.warm = warm
+        self.reloader = reloader
+        s = settings()
         # Client reads per object, decayed; correlated_period 0: every read counts.
         self.hotness = HotnessTable(half_life_to_lambda(s.hotness_half_life), correlated_period=0.0,
                                     limit=HOT_OBJECTS_TRACKED)
@@ -60,9 +70,9 @@ class Operations:
         """After the store is open: restore runtime pins, start the watchers."""
         self.index_loaded = True
         for bucket, prefix in self._load_pins():
-            self._policy_call("pin", bucket, prefix)
-        self._tasks = [asyncio.ensure_future(self.reloader.watch()),
-                       asyncio.ensure_future(EventMonitor(self.sc).run())]
+            self.policy.pin(bucket, prefix, time.monotonic())
+        events = EventMonitor(self.store, self.policy, self.metrics, lambda: self.settings().event_interval)
+        self._tasks = [asyncio.ensure_future(self.reloader.watch()), asyncio.ensure_future(events.run())]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -76,58 +86,51 @@ class Operations:
     # --- readiness ---------------------------------------------------------------------------
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
-        return await self.readiness.report(started=self.sc.ready, index_loaded=self.index_loaded,
+        return await self.readiness.report(started=self.started(), index_loaded=self.index_loaded,
                                            draining=self.draining)
 
     # --- purge -------------------------------------------------------------------------------
 
     def purge(self, bucket: str, prefix: str = "") -> dict[str, int]:
         """Forget every cached version under bucket/prefix: catalog entries, chunks and files."""
-        sc = self.sc
+        catalog, store = self.catalog, self.store
         if prefix:
             entries = 0
-            for b, k in [k for k in list(sc.catalog.entries) if k[0] == bucket and k[1].startswith(prefix)]:
-                if sc.catalog.invalidate(b, k) is not None:
+            for b, k in [k for k in list(catalog.entries) if k[0] == bucket and k[1].startswith(prefix)]:
+                if catalog.invalidate(b, k) is not None:
                     entries += 1
         else:
-            entries = len(sc.catalog.invalidate_bucket(bucket))
+            entries = len(catalog.invalidate_bucket(bucket))
         objects = chunks = nbytes = 0
-        for v in sc.store.iter_versions():
+        for v in store.iter_versions():
             if v.meta.bucket == bucket and v.meta.key.startswith(prefix):
                 objects += 1
                 chunks += len(v.chunks)
                 nbytes += v.cached_bytes
-                sc.store.drop_version(v.vid)
+                store.drop_version(v.vid)
         out = {"catalog_entries": entries, "objects": objects, "chunks": chunks, "bytes": nbytes}
         log.info("purged", bucket=bucket, prefix=prefix, **out)
         return out
 
     # --- pins --------------------------------------------------------------------------------
 
-    def _policy_call(self, method: str, bucket: str, prefix: str) -> int:
-        fn = getattr(self.sc.policy, method, None)
-        if fn is None:
-            raise NotImplementedError(f"the eviction policy has no {method}")
-        return fn(bucket, prefix, time.monotonic())
-
     def pin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
-        n = self._policy_call("pin", bucket, prefix)
+        n = self.policy.pin(bucket, prefix, time.monotonic())
         self._save_pins()
         log.info("pinned", bucket=bucket, prefix=prefix, entries=n)
         return {"entries_pinned": n, **self.pins()}
 
     def unpin(self, bucket: str, prefix: str = "") -> dict[str, Any]:
-        n = self._policy_call("unpin", bucket, prefix)
+        n = self.policy.unpin(bucket, prefix, time.monotonic())
         self._save_pins()
         log.info("unpinned", bucket=bucket, prefix=prefix, entries=n)
         return {"entries_unpinned": n, **self.pins()}
 
     def pins(self) -> dict[str, Any]:
-        policy = self.sc.policy
-        runtime = getattr(policy, "pins", lambda: [])()
-        from_rules = [{"bucket": r.bucket, "prefix": r.prefix} for r in getattr(self.sc, "rules", ()) if r.pin]
-        return {"pins": [{"bucket": b, "prefix": p} for b, p in runtime], "rule_pins": from_rules,
-                "pinned_bytes": getattr(policy, "pinned_bytes", 0)}
+        policy = self.policy
+        from_rules = [{"bucket": r.bucket, "prefix": r.prefix} for r in self.rules() if r.pin]
+        return {"pins": [{"bucket": b, "prefix": p} for b, p in policy.pins()], "rule_pins": from_rules,
+                "pinned_bytes": policy.pinned_bytes}
 
     def _load_pins(self) -> list[tuple[str, str]]:
         try:
@@ -155,25 +158,21 @@ class Operations:
 
     # --- hot objects -------------------------------------------------------------------------
 
-    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
-        """The S3 face's hook, after every object read answered (hit or miss)."""
+    def on_read(self, bucket: str, key: str) -> None:
+        """After every object read answered (hit or miss)."""
         self.hotness.touch((bucket, key), time.monotonic())
-        prefetch = getattr(self.sc, "prefetch", None)
-        if prefetch is not None:
-            prefetch.on_read(bucket, key, meta, rng, stats)  # access log and predictor features
 
     def hot(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` objects clients read most, by decayed hotness (half-life
         ``hotness_half_life``): H = sum of exp(-lambda * age) over the object's reads."""
-        sc = self.sc
         out = []
         for obj, heat in self.hotness.hottest(n, time.monotonic()):
             bucket, key = obj  # type: ignore[misc]
-            entry = sc.catalog.peek(bucket, key)
+            entry = self.catalog.peek(bucket, key)
             cached = size = None
             if entry is not None:
                 size = entry.meta.size
-                v = sc.store.versions.get(version_id(bucket, key, entry.meta.etag, size, sc.store.chunk_size))
+                v = self.store.versions.get(version_id(bucket, key, entry.meta.etag, size, self.store.chunk_size))
                 cached = v.cached_bytes if v is not None else 0
             out.append({"bucket": bucket, "key": key, "hotness": round(heat, 4), "size": size,
                         "cached_bytes": cached})
@@ -184,18 +183,21 @@ class EventMonitor:
     """Every ``event_interval`` seconds, one log line per kind of notable change since the last
     look: eviction bursts, upstream errors, CRC failures, cache disk errors."""
 
-    def __init__(self, sc: "Sidecar") -> None:
-        self.sc = sc
+    def __init__(self, store: ChunkStore, policy: QoSPolicy, metrics: Metrics, interval: Callable[[], float]) -> None:
+        self.store = store
+        self.policy = policy
+        self.metrics = metrics
+        self._interval = interval
         self._last = self._sample()
 
     @property
     def interval(self) -> float:
-        return self.sc.settings.event_interval
+        return self._interval()
 
     def _sample(self) -> dict[str, Any]:
-        st = self.sc.store.stats
+        st = self.store.stats
         errors: dict[str, float] = {}
-        for metric in self.sc.metrics.upstream_errors.collect():
+        for metric in self.metrics.upstream_errors.collect():
             for s in metric.samples:
                 if s.name.endswith("_total"):
                     errors[s.labels["kind"]] = s.value
@@ -210,14 +212,14 @@ class EventMonitor:
     def check(self) -> None:
         now, was = self._sample(), self._last
         self._last = now
-        sc = self.sc
+        store = self.store
         chunks, nbytes = now["evictions"] - was["evictions"], now["evicted_bytes"] - was["evicted_bytes"]
         if nbytes > 0:
-            burst = nbytes >= BURST_FRACTION * sc.store.space.capacity
+            burst = nbytes >= BURST_FRACTION * store.space.capacity
             (log.info if burst else log.debug)(
                 "eviction_burst" if burst else "evictions", chunks=chunks, bytes=nbytes, window_s=self.interval,
-                used_bytes=sc.store.used_bytes, capacity_bytes=sc.store.space.capacity,
-                pinned_bytes=getattr(sc.policy, "pinned_bytes", 0))
+                used_bytes=store.used_bytes, capacity_bytes=store.space.capacity,
+                pinned_bytes=self.policy.pinned_bytes)
         upstream = {k: int(v - was["upstream"].get(k, 0.0)) for k, v in now["upstream"].items()
                     if v > was["upstream"].get(k, 0.0)}
         if upstream:

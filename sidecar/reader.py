@@ -17,16 +17,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import errno
+import enum
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
+from .cache.layout import ChunkLayout
+from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version, crc32c
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
-from .s3.ranges import chunk_bounds, chunk_count
+from .objects import ObjectMeta
 from .telemetry import Metrics, get_logger
-from .upstream.base import ObjectMeta, OpenedObject, Upstream
+from .upstream.base import OpenedObject, Upstream
+
+if TYPE_CHECKING:
+    from .cache.tier import SharedTier
 
 log = get_logger("sidecar.reader")
 
@@ -35,14 +40,29 @@ MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 
-# WARM: background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
-# prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
-# and not in the predictor's prefetched/useful bytes.
-DEMAND, READAHEAD, PREFETCH, WARM = 0, 1, 2, 3
+
+class Priority(enum.IntEnum):
+    """Who wants a chunk. Only DEMAND (a client is waiting) bypasses the bandwidth gate."""
+
+    DEMAND = 0
+    READAHEAD = 1  # the next chunks of a sequential read
+    PREFETCH = 2  # the predictor's guess: held by a prefetch credit until read
+    # Background fetches an operator asked for (warm jobs, verify's repairs). Gated like a
+    # prefetch and counted under its purpose, but not the predictor's guess: no prefetch credit,
+    # and not in the predictor's prefetched/useful bytes.
+    WARM = 3
+
+
+DEMAND, READAHEAD, PREFETCH, WARM = Priority  # short names for this module
 
 
 class DiskFault(Exception):
     """The cache disk failed while a chunk was being written."""
+
+
+class FillEndedShort(Exception):
+    """A chunk fill ended before the bytes a reader was waiting for: the reader fetches them
+    directly instead."""
 
 
 class ChunkFill:
@@ -130,7 +150,7 @@ class ChunkFill:
             end = min(hi, self.written - 1)
             return Segment(end - pos + 1, fd=self.fd, offset=pos, from_cache=False)
         if self.done:
-            raise RuntimeError("chunk fill ended short")
+            raise FillEndedShort()
         return None
 
     async def changed(self) -> None:
@@ -159,23 +179,61 @@ class ReadStats:
     prefetched: int = 0  # bytes of chunks a prefetch brought, read for the first time
 
 
+class Fetch:
+    """Chunks ``first``..``last`` of a version on their way into the cache (``Reader.fetch``).
+    ``started`` are the fills this fetch began (``Reader.cancel`` stops them); chunks another
+    caller was already fetching are waited for too. ``await`` it: it returns itself, with
+    ``errors`` holding the chunks whose fill failed."""
+
+    def __init__(self, reader: "Reader", version: Version, first: int, last: int, started: list[ChunkFill]) -> None:
+        self.reader = reader
+        self.version = version
+        self.first = first
+        self.last = last
+        self.started = started
+        self.errors: dict[int, BaseException] = {}
+
+    def __await__(self):
+        return self._settle().__await__()
+
+    async def _settle(self) -> "Fetch":
+        mine = {f.index: f for f in self.started}
+        for index in range(self.first, self.last + 1):
+            fill = mine.get(index) or self.reader.fills.get((self.version.vid, index))
+            while fill is not None and not fill.done:
+                await fill.changed()
+            if fill is not None and fill.error is not None:
+                self.errors[index] = fill.error
+        return self
+
+    def cached(self, index: int) -> bool:
+        return self.reader.store.has(self.version.vid, index)
+
+    @property
+    def object_changed(self) -> bool:
+        """Whether the upstream's object is no longer the version being fetched."""
+        return any(isinstance(e, ObjectChanged) or (isinstance(e, S3Error) and e.code == "PreconditionFailed")
+                   for e in self.errors.values())
+
+
 class Reader:
     def __init__(self, store: ChunkStore, upstream: Upstream, metrics: Metrics, *,
                  readahead_chunks: int = 4, readahead_max_bytes: int = 256 * 1024 * 1024,
                  on_object_changed: Callable[[ObjectMeta], None] | None = None,
-                 gate: Callable[[int, int], Awaitable[None]] | None = None,
+                 gate: Callable[[int], Awaitable[None]] | None = None,
                  spend_demand: Callable[[int], None] | None = None,
                  executor: concurrent.futures.Executor | None = None) -> None:
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
         self.chunk_size = store.chunk_size
+        self.layout = ChunkLayout(store.chunk_size)
         self.fills: dict[tuple[str, int], ChunkFill] = {}
         self.readahead_chunks = readahead_chunks
         self.readahead_max_bytes = readahead_max_bytes
         self.readahead_in_flight = 0
         self.on_object_changed = on_object_changed
-        # gate(nbytes, priority) is awaited before background spans read a piece (token bucket)
+        # gate(nbytes) is awaited before background spans read a piece (the token bucket)
         self.gate = gate
         # spend_demand(nbytes) counts demand bytes against the same budget; it never waits
         self.spend_demand = spend_demand
@@ -183,6 +241,7 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
+        self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
 
     # --- public -------------------------------------------------------------------------
 
@@ -211,6 +270,11 @@ class Reader:
         lo = start - index * cs
         return data if lo == 0 and end - start + 1 == len(data) else memoryview(data)[lo:end - index * cs + 1]
 
+    def cold_window(self, start: int, end: int | None) -> tuple[int, int]:
+        """The bytes a cold GET of ``start``..``end`` (``end`` None: to the end) asks the upstream
+        for before the object's size is known: whole chunks, at most one span's worth."""
+        return self.layout.window(start, end, MAX_SPAN_CHUNKS)
+
     def read_opened(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats,
                     opened: OpenedObject, *, keep: bool = True) -> AsyncIterator[Segment]:
         """Like ``read``, with a cold GET's answer already open (``opened.first`` chunk-aligned):
@@ -226,11 +290,18 @@ class Reader:
             self._note_sequential(version, start, end)
         return self._segments(version, start, end, stats, {f.index for f in fills}, keep=keep)
 
-    def ensure(self, meta: ObjectMeta, first: int, last: int, priority: int = PREFETCH) -> list[ChunkFill]:
+    def fetch(self, meta: ObjectMeta, first: int, last: int, priority: Priority) -> "Fetch":
+        """Bring chunks first..last of a version into the cache in the background; ``await`` the
+        result to wait until each has been committed or has failed, whoever fetches it."""
+        version = self.store.version_for(meta)
+        return Fetch(self, version, max(0, first), min(last, self.layout.count(meta.size) - 1),
+                     self.ensure(meta, first, last, priority))
+
+    def ensure(self, meta: ObjectMeta, first: int, last: int, priority: Priority = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
         in the background. Returns the fills started (``cancel`` stops them)."""
         version = self.store.version_for(meta)
-        n = chunk_count(meta.size, self.chunk_size)
+        n = self.layout.count(meta.size)
         started: list[ChunkFill] = []
         i = max(0, first)
         last = min(last, n - 1)
@@ -297,7 +368,7 @@ class Reader:
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
             if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
                 break
-            c0, c1 = chunk_bounds(i, self.chunk_size, version.meta.size)
+            c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
             fill.keep = keep
             self.fills[fill.key] = fill
@@ -311,15 +382,18 @@ class Reader:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None) -> None:
+    async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None,
+                        tier_asked: bool = False) -> None:
+        if self.tier is not None and opened is None and not tier_asked:
+            return await self._run_span_via_tier(version, fills)
         meta = version.meta
         purpose = ("demand", "readahead", "prefetch")[min(fills[0].priority, 2)]
         pending = list(fills)
         attempt = 0
         try:
             while pending:
-                start = chunk_bounds(pending[0].index, self.chunk_size, meta.size)[0] + pending[0].written
-                end = chunk_bounds(pending[-1].index, self.chunk_size, meta.size)[1]
+                start = self.layout.bounds(pending[0].index, meta.size)[0] + pending[0].written
+                end = self.layout.bounds(pending[-1].index, meta.size)[1]
                 if opened is None:
                     # Before the upstream request: a disk that refuses the temp file (read-only,
                     # full) makes the readers fetch directly, and this request would be wasted.
@@ -370,7 +444,7 @@ class Reader:
             background = fill.priority != DEMAND
             if self.gate is not None and background:
                 # A demand reader joining this fill cancels the wait (``_promote``): demand never waits.
-                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want, fill.priority))
+                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want))
                 try:
                     await asyncio.wait((waiter,))
                 finally:
@@ -407,8 +481,86 @@ class Reader:
         kept = store.commit(writer, prefetched=prefetched)
         if kept and prefetched:
             self.metrics.prefetch_bytes.inc(fill.length)
+        if kept and self.tier is not None:
+            self._offer_to_tier(fill)
         self._ended(fill)
         fill.finish(kept)
+
+    # --- the shared tier: local → tier → upstream ------------------------------------------
+
+    async def _run_span_via_tier(self, version: Version, fills: list[ChunkFill]) -> None:
+        """Ask the shared tier for every chunk of a span at once (one request per block), commit
+        the verified hits, then fetch each remaining run of missing chunks with one upstream GET."""
+        try:
+            hits = await asyncio.gather(*(self._fill_from_tier(f) for f in fills), return_exceptions=True)
+        except BaseException:  # cancelled: nobody will fill these
+            for f in fills:
+                if not f.done:
+                    self._abandon(f, UpstreamUnavailable())
+            raise
+        runs: list[list[ChunkFill]] = []
+        for f, hit in zip(fills, hits):
+            if hit is True:
+                continue
+            if runs and runs[-1][-1].index == f.index - 1:
+                runs[-1].append(f)
+            else:
+                runs.append([f])
+        try:
+            for run in runs:
+                await self._run_span(version, run, tier_asked=True)
+                failed = next((f.error for f in run if f.error is not None), None)
+                if failed is not None:  # the upstream refused (changed object, outage): so will the rest
+                    for f in (f for r in runs for f in r):
+                        if not f.done:
+                            self._abandon(f, failed if isinstance(failed, Exception) else UpstreamUnavailable())
+                    return
+        finally:
+            for f in (f for r in runs for f in r):
+                if not f.done:
+                    self._abandon(f, UpstreamUnavailable())
+
+    async def _fill_from_tier(self, fill: ChunkFill) -> bool:
+        """Fill one chunk from a verified tier block; False: a miss (the upstream fills it)."""
+        assert self.tier is not None
+        data = await self.tier.get(fill.version.meta, fill.index, fill.length)
+        if data is None or fill.done:
+            return False
+        writer = self._open_writer(fill)
+        fill.received(data, 0)  # attached readers send these verified bytes from memory meanwhile:
+        try:  # a whole block is written off the loop, not to hold them up
+            if self.executor is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, writer.write, data)
+            else:
+                writer.write(data)
+        except OSError:
+            self.metrics.disk_errors.labels("write").inc()
+            self.store.abort(writer)
+            fill.writer = None
+            return False
+        fill.progressed(len(data))
+        kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
+        self._ended(fill)
+        fill.finish(kept)
+        return True
+
+    def _offer_to_tier(self, fill: ChunkFill) -> None:
+        """A chunk fetched from the upstream is committed: queue it for the tier, to be read back
+        from its file (and checked against its CRC32C) when a writer gets to it."""
+        assert self.tier is not None
+        path = self.store.chunk_file(fill.version.vid, fill.index)
+        crc = fill.version.chunks.get(fill.index)
+        if path is None or crc is None:
+            return
+
+        def load() -> bytes | None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                return None  # evicted meanwhile
+            return data if crc32c(data) == crc else None
+
+        self.tier.offer(fill.version.meta, fill.index, load)
 
     def _open_writer(self, fill: ChunkFill) -> ChunkWriter:
         if fill.writer is None:
@@ -444,7 +596,7 @@ class Reader:
         pos = start
         mine = set() if mine is None else mine  # chunks whose fetch this read started
         for index in range(first, last + 1):
-            c0, c1 = chunk_bounds(index, cs, size)
+            c0, c1 = self.layout.bounds(index, size)
             lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
@@ -485,7 +637,7 @@ class Reader:
                     stats.miss_bytes += seg.length
                     pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
                     yield seg
-            except (DiskFault, RuntimeError):
+            except (DiskFault, FillEndedShort):
                 # The cache disk failed under this chunk: serve the rest straight from upstream.
                 async for seg in self._direct(version.meta, pos, end, stats):
                     yield seg
@@ -569,7 +721,7 @@ class Reader:
             self._sequential.popitem(last=False)
         if self.readahead_chunks <= 0 or expected is None or not (expected - 1 <= first <= expected):
             return
-        n = chunk_count(version.meta.size, cs)
+        n = self.layout.count(version.meta.size)
         ahead_first, ahead_last = last + 1, min(n - 1, last + self.readahead_chunks)
         if ahead_first > ahead_last:
             return
@@ -581,6 +733,3 @@ class Reader:
             self.readahead_in_flight += f.length
             self.metrics.readahead_bytes.inc(f.length)
 
-
-def is_disk_full(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -8,10 +8,10 @@ changes: a bad file keeps the running configuration and logs one error. Settings
 size...) is reported as needing a restart and the running value is kept. Connections are
 never touched.
 
-Other parts make their settings reloadable by adding an applier::
+A setting becomes reloadable by an entry in ``APPLIERS``: a function that makes the running
+parts follow the new value (``_set_nothing`` when they read it from the settings each time)::
 
-    from sidecar import reload
-    reload.APPLIERS["prefetch_threshold"] = lambda sc, settings: sc.predictor.set_threshold(...)
+    "readahead_chunks": _set_readahead_chunks,   # sc.reader.readahead_chunks = s.readahead_chunks
 """
 
 from __future__ import annotations
@@ -22,40 +22,62 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config, telemetry
-from .telemetry import get_logger
+from .telemetry import Metrics, get_logger
 
 if TYPE_CHECKING:
-    from .server import Sidecar
+    from .bandwidth import TokenBucket
+    from .cache.rules import RuleSet
+    from .health import Readiness
+    from .reader import Reader
+    from .s3.face import S3Face
 
 log = get_logger("sidecar.reload")
 
 
-def _set_readahead_chunks(sc: "Sidecar", s: config.Settings) -> None:
+class PrefetchSchedule(Protocol):
+    def interval_changed(self) -> None: ...
+
+
+class Reloadable(Protocol):
+    """The parts of a running daemon that a reload replaces or adjusts."""
+
+    settings: config.Settings
+    metrics: Metrics
+    face: "S3Face"
+    reader: "Reader"
+    bandwidth: "TokenBucket"
+    readiness: "Readiness"
+    prefetch: PrefetchSchedule
+
+    def apply_rules(self, raw_rules: Any) -> "RuleSet": ...
+
+
+def _set_readahead_chunks(sc: Reloadable, s: config.Settings) -> None:
     sc.reader.readahead_chunks = s.readahead_chunks
 
 
-def _set_readahead_max_bytes(sc: "Sidecar", s: config.Settings) -> None:
+def _set_readahead_max_bytes(sc: Reloadable, s: config.Settings) -> None:
     sc.reader.readahead_max_bytes = s.readahead_max_bytes
 
 
-def _set_log_level(sc: "Sidecar", s: config.Settings) -> None:
+def _set_log_level(sc: Reloadable, s: config.Settings) -> None:
     telemetry.set_level(s.log_level)
 
 
-def _set_bandwidth(sc: "Sidecar", s: config.Settings) -> None:
+def _set_bandwidth(sc: Reloadable, s: config.Settings) -> None:
     sc.bandwidth.configure(s.bandwidth_cap, floor=s.bandwidth_floor or None, tolerance=s.bandwidth_latency_tolerance)
 
 
-def _set_nothing(sc: "Sidecar", s: config.Settings) -> None:
+def _set_nothing(sc: Reloadable, s: config.Settings) -> None:
     """Read from ``sc.settings`` where used; replacing the settings object is enough."""
 
 
 # Setting name -> applier(sidecar, new settings), run after ``sc.settings`` is replaced.
-# ``metadata_ttl`` and the ``rules`` section are applied together through ``Sidecar.apply_rules``.
-APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
+# ``metadata_ttl`` and the ``rules`` section are applied together through the daemon's ``apply_rules``.
+APPLIERS: dict[str, Callable[[Reloadable, config.Settings], None]] = {
     "metadata_ttl": _set_nothing,
     "readahead_chunks": _set_readahead_chunks,
     "readahead_max_bytes": _set_readahead_max_bytes,
@@ -64,10 +86,9 @@ APPLIERS: dict[str, Callable[["Sidecar", config.Settings], None]] = {
     "config_watch_interval": _set_nothing,
     "event_interval": _set_nothing,
     "upstream_probe_interval": lambda sc, s: [setattr(p, "interval", s.upstream_probe_interval)
-                                              for p in (sc.ops.readiness.upstream_probe, sc.ops.readiness.disk_probe)],
-    "ready_requires_upstream": lambda sc, s: setattr(sc.ops.readiness, "requires_upstream",
-                                                     s.ready_requires_upstream),
-    "ready_requires_cache": lambda sc, s: setattr(sc.ops.readiness, "requires_cache", s.ready_requires_cache),
+                                              for p in (sc.readiness.upstream_probe, sc.readiness.disk_probe)],
+    "ready_requires_upstream": lambda sc, s: setattr(sc.readiness, "requires_upstream", s.ready_requires_upstream),
+    "ready_requires_cache": lambda sc, s: setattr(sc.readiness, "requires_cache", s.ready_requires_cache),
     # The prefetch loop reads these from ``sc.settings`` on each run; a new interval also
     # restarts the wait in progress.
     "prefetch_interval": lambda sc, s: sc.prefetch.interval_changed(),
@@ -95,10 +116,10 @@ class ReloadReport:
 
 
 class Reloader:
-    """Rebuilds and applies the settings of one running ``Sidecar``. ``flags`` are the command
+    """Rebuilds and applies the settings of one running daemon. ``flags`` are the command
     line's (they keep their precedence over the file); ``env`` defaults to the process's."""
 
-    def __init__(self, sc: "Sidecar", flags: Mapping[str, Any] | None = None,
+    def __init__(self, sc: Reloadable, flags: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         self.sc = sc
         self.flags = dict(flags or {})
@@ -150,7 +171,7 @@ class Reloader:
                 APPLIERS[name](sc, merged)
         if "log_level" not in changed:
             self._log_done(reason, changed, restart)
-        if getattr(sc.face, "auth", None) is not None:
+        if sc.face.auth is not None:
             sc.face.auth.keys.refresh()  # a rotated client keys directory counts at once, not at its next check
         m.config_reloads.labels("ok").inc()
         m.config_reload_time.set(time.time())

@@ -19,16 +19,21 @@ from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
 from .cache.store import ChunkStore
+from .cache.tier import SharedTier
 from .catalog import Catalog
+from .health import Readiness
+from .objects import ObjectMeta
 from .operations import Operations
 from .reader import Reader
+from .reload import Reloader
 from .s3 import auth
 from .s3.face import S3Face
 from .s3.limits import RateLimit, S3Server
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
-from .upstream.base import ObjectMeta, Upstream
+from .upstream.base import Upstream
 from .upstream.metered import MeteredUpstream
 from .upstream.resilient import ResilientUpstream
+from .warm import WarmJobs
 
 log = get_logger("sidecar.server")
 
@@ -86,25 +91,37 @@ class Sidecar:
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
                              on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
-                             gate=lambda nbytes, priority: self.bandwidth.acquire(nbytes),
+                             gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
+        # The shared tier (off unless configured): its background writes wait on the same bucket.
+        self.tier = SharedTier.from_settings(settings, self.metrics,
+                                             gate=lambda nbytes: self.bandwidth.acquire(nbytes))
+        self.reader.tier = self.tier
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
                            read_policy=self.read_policy,
                            executor=self.executor)
         self.face.access_log = AccessLog(settings.log_keys)
         self.face.auth = auth.from_settings(settings, self.metrics)
-        # Admin actions, readiness, reload (``flags``: the command line's, kept on reload).
-        self.ops = Operations(self, flags)
-        self.face.on_read = self.ops.on_read
-        # The predictor loop (predict/loop.py); Operations.on_read feeds it every read.
+        self.readiness = Readiness(self.upstream, self.store.tmp, interval=settings.upstream_probe_interval,
+                                   requires_upstream=settings.ready_requires_upstream,
+                                   requires_cache=settings.ready_requires_cache)
+        self.started_at = time.time()
+        self.ready = False
+        # Admin actions (``flags``: the command line's, kept over a reload).
+        self.ops = Operations(
+            settings=lambda: self.settings, rules=lambda: self.rules, started=lambda: self.ready,
+            catalog=self.catalog, store=self.store, policy=self.policy, metrics=self.metrics,
+            readiness=self.readiness, reloader=Reloader(self, flags),
+            warm=WarmJobs(upstream=self.upstream, catalog=self.catalog, reader=self.reader, store=self.store,
+                          metrics=self.metrics, may_cache=lambda b, k, size: self.read_policy(b, k, size)[0]))
+        # The predictor loop (predict/loop.py): every read feeds its access log and features.
         from .predict.loop import PrefetchLoop  # noqa: PLC0415  (numpy/onnxruntime load only with prefetch)
 
         self.prefetch = PrefetchLoop(self)
+        self.face.on_read = self._on_read
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
-        self.started_at = time.time()
-        self.ready = False
         self._runners: list[web.BaseRunner] = []
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
@@ -113,6 +130,11 @@ class Sidecar:
         """The object a chunk belongs to, for the rules and hotness the policy keeps per object."""
         v = self.store.versions.get(chunk_key[0])
         return (v.meta.bucket, v.meta.key) if v is not None else None
+
+    def _on_read(self, bucket: str, key: str, meta: ObjectMeta, rng, stats) -> None:
+        """The S3 face's hook, after every object read answered (hit or miss)."""
+        self.ops.on_read(bucket, key)  # hot objects
+        self.prefetch.on_read(bucket, key, meta, rng, stats)
 
     def read_policy(self, bucket: str, key: str, size: int) -> tuple[bool, str]:
         """Whether an object may be cached, and the metrics label of its rule."""
@@ -153,6 +175,8 @@ class Sidecar:
         await self.ops.start()
         await self.upstream.start()
         await self.prefetch.start()
+        if self.tier is not None:
+            await self.tier.start()
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
@@ -191,6 +215,8 @@ class Sidecar:
         await self.ops.stop()
         await self.prefetch.stop()
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
+        if self.tier is not None:
+            await self.tier.close(grace=min(2.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
         self.executor.shutdown(wait=True)

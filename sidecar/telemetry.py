@@ -42,14 +42,28 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, fds...
-        # --- requests
+        self._add_request_metrics(r)
+        self._add_read_metrics(r)
+        self._add_space_metrics(r)
+        self._add_upstream_metrics(r)
+        self._add_prefetch_metrics(r)
+        self._add_bandwidth_metrics(r)
+        self._add_tier_metrics(r)
+        self._add_auth_metrics(r)
+        self._add_operations_metrics(r)
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self._read_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+
+    def _add_request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
                                 ["operation", "status"], registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
                                           "Time to answer S3 requests (to the last body byte), by operation and "
                                           "cache outcome (hit, miss, partial, pass...)",
                                           ["operation", "outcome"], buckets=_LATENCY_BUCKETS, registry=r)
-        # --- cache reads (label: the cache rule's labels, "" without rules)
+
+    def _add_read_metrics(self, r: CollectorRegistry) -> None:
+        # label: the cache rule's labels, "" without rules
         self.cache_hits = Counter("sidecar_cache_hits", "Object reads served entirely from the cache",
                                   ["label"], registry=r)
         self.cache_misses = Counter("sidecar_cache_misses",
@@ -67,13 +81,15 @@ class Metrics:
                                        registry=r)
         self.invalidations = Counter("sidecar_invalidations", "Objects invalidated by writes through the sidecar",
                                      ["kind"], registry=r)
-        # --- cache space
+
+    def _add_space_metrics(self, r: CollectorRegistry) -> None:
         self.evictions = Counter("sidecar_cache_evictions", "Chunks evicted, by reason", ["reason"], registry=r)
         self.evicted_bytes = Counter("sidecar_cache_evicted_bytes", "Bytes evicted, by reason", ["reason"],
                                      registry=r)
         self.disk_errors = Counter("sidecar_cache_disk_errors", "Cache disk operations of chunk fills that failed",
                                    ["op"], registry=r)
-        # --- upstream
+
+    def _add_upstream_metrics(self, r: CollectorRegistry) -> None:
         self.upstream_requests = Counter("sidecar_upstream_requests",
                                          "Requests sent to the upstream, by operation and outcome",
                                          ["operation", "outcome"], registry=r)
@@ -85,7 +101,9 @@ class Metrics:
                                       "(demand, readahead, prefetch, direct)", ["purpose"], registry=r)
         self.upstream_errors = Counter("sidecar_upstream_errors", "Upstream failures, by kind", ["kind"],
                                        registry=r)
-        # --- prediction and bandwidth (fed by the predictor and the token bucket)
+
+    def _add_prefetch_metrics(self, r: CollectorRegistry) -> None:
+        # fed by the predictor loop and the reader's prefetch fills
         self.prefetch_bytes = Counter("sidecar_prefetch_bytes", "Bytes the predictor had fetched ahead of demand",
                                       registry=r)
         self.prefetch_useful_bytes = Counter("sidecar_prefetch_useful_bytes",
@@ -107,6 +125,9 @@ class Metrics:
         self.prefetch_fetches = Counter("sidecar_prefetch_fetches",
                                         "Object prefetches, by event (issued, completed, cancelled, failed)",
                                         ["event"], registry=r)
+
+    def _add_bandwidth_metrics(self, r: CollectorRegistry) -> None:
+        # fed by the token bucket
         self.bandwidth_rate = Gauge("sidecar_bandwidth_rate_bytes",
                                     "Current refill rate of the upstream token bucket, in bytes per second "
                                     "(0: background fetches not limited)", registry=r)
@@ -116,11 +137,29 @@ class Metrics:
         self.bandwidth_decreases = Counter("sidecar_bandwidth_decreases",
                                            "Multiplicative cuts of the token bucket's rate, by cause (latency, "
                                            "error, throttled)", ["reason"], registry=r)
-        # --- client authentication
+
+    def _add_tier_metrics(self, r: CollectorRegistry) -> None:
+        """The shared tier (docs/shared-tier.md)."""
+        self.tier_reads = Counter("sidecar_tier_reads",
+                                  "Block reads from the shared tier, by result: hit, miss, and the causes of "
+                                  "falling through to the upstream (timeout, error, breaker_open, corrupt, "
+                                  "misbound, unsigned)", ["result"], registry=r)
+        self.tier_read_bytes = Counter("sidecar_tier_read_bytes", "Verified bytes read from the shared tier",
+                                       registry=r)
+        self.tier_writes = Counter("sidecar_tier_writes",
+                                   "Blocks offered to the shared tier, by result (written, dropped, failed)",
+                                   ["result"], registry=r)
+        self.tier_write_bytes = Counter("sidecar_tier_write_bytes", "Bytes written to the shared tier",
+                                        registry=r)
+        self.tier_write_queue = Gauge("sidecar_tier_write_queue_blocks",
+                                      "Blocks waiting to be written to the shared tier", registry=r)
+
+    def _add_auth_metrics(self, r: CollectorRegistry) -> None:
         self.auth_rejections = Counter("sidecar_auth_rejections",
                                        "Requests refused by client signature verification, by S3 error code",
                                        ["code"], registry=r)
-        # --- operations
+
+    def _add_operations_metrics(self, r: CollectorRegistry) -> None:
         self.warm_jobs = Counter("sidecar_warm_jobs", "Warm jobs (admin API) finished, by result", ["result"],
                                  registry=r)
         self.config_reloads = Counter("sidecar_config_reloads", "Configuration reloads, by result", ["result"],
@@ -131,8 +170,7 @@ class Metrics:
         self.config_restart_required = Gauge("sidecar_config_restart_required",
                                              "1 when the configuration file asks for changes that only a "
                                              "restart applies", registry=r)
-        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
-        self._read_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+
 
     # The per-request updates, with label children looked up once per label set (a ``labels()``
     # call costs more than the increment itself).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -18,14 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cache.layout import ChunkLayout
 from .cache.merkle import MerkleTree
-from .cache.store import FORMAT, file_crc32c, version_id
-from .s3.ranges import chunk_bounds, chunk_count
+from .cache.store import FORMAT, ChunkStore, file_crc32c, version_id
+from .objects import ObjectMeta
 from .telemetry import get_logger
-from .upstream.base import ObjectMeta
 
 if TYPE_CHECKING:
-    from .server import Sidecar
+    from .reader import Reader
 
 log = get_logger("sidecar.verify")
 
@@ -71,12 +72,13 @@ class ObjectCheck:
 def check_version(meta: ObjectMeta, chunk_size: int, recorded: dict[int, int],
                   path_of: Callable[[int, int], Path | str | None]) -> ObjectCheck:
     """Read every recorded chunk of a version (blocking) and compare trees of CRCs."""
-    n = chunk_count(meta.size, chunk_size)
+    layout = ChunkLayout(chunk_size)
+    n = layout.count(meta.size)
     actual: dict[int, int] = {}
     problems: dict[int, str] = {}
     nbytes = 0
     for index, crc in sorted(recorded.items()):
-        c0, c1 = chunk_bounds(index, chunk_size, meta.size)
+        c0, c1 = layout.bounds(index, meta.size)
         got, problem = check_file(path_of(index, crc), c1 - c0 + 1)
         nbytes += c1 - c0 + 1
         if problem is not None:
@@ -124,21 +126,21 @@ class VerifyReport:
 # --- online: the running daemon's store --------------------------------------------------------
 
 
-async def verify_online(sc: "Sidecar", bucket: str | None = None, key: str | None = None,
-                        repair: bool = True) -> VerifyReport:
+async def verify_online(store: ChunkStore, reader: "Reader", executor: concurrent.futures.Executor,
+                        bucket: str | None = None, key: str | None = None, repair: bool = True) -> VerifyReport:
     """Check cached versions (all, a bucket's, or one key's) off the event loop; drop corrupt
     chunks and, with ``repair``, refetch them through the reader's one fetch path."""
-    from .reader import WARM  # noqa: PLC0415 - the reader imports the store; keep this module light
+    from .reader import Priority  # noqa: PLC0415 - the reader imports the store; keep this module light
 
     t0 = time.monotonic()
-    store, report = sc.store, VerifyReport()
+    report = VerifyReport()
     loop = asyncio.get_running_loop()
     versions = [v for v in store.iter_versions()
                 if (bucket is None or v.meta.bucket == bucket) and (key is None or v.meta.key == key)]
     for v in versions:
         recorded = dict(v.chunks)
         check = await loop.run_in_executor(
-            sc.executor, check_version, v.meta, store.chunk_size, recorded,
+            executor, check_version, v.meta, store.chunk_size, recorded,
             lambda index, crc, vid=v.vid: store.chunk_file(vid, index) if v.chunks.get(index) == crc else None)
         # A chunk evicted, replaced or invalidated while it was being read is not corrupt.
         live = store.versions.get(v.vid) is v
@@ -150,13 +152,10 @@ async def verify_online(sc: "Sidecar", bucket: str | None = None, key: str | Non
             store.drop_corrupt(v.vid, index)
             report.dropped += 1
         if repair:
-            for index in sorted(check.corrupt):
-                sc.reader.ensure(v.meta, index, index, WARM)
-            for index in sorted(check.corrupt):
-                fill = sc.reader.fills.get((v.vid, index))  # ours, or a reader's that got there first
-                while fill is not None and not fill.done:
-                    await fill.changed()
-                if store.has(v.vid, index):
+            fetches = [reader.fetch(v.meta, index, index, Priority.WARM) for index in sorted(check.corrupt)]
+            for fetch in fetches:
+                await fetch  # ours, or a reader's that got there first
+                if fetch.cached(fetch.first):
                     report.repaired += 1
     report.seconds = time.monotonic() - t0
     (log.info if report.corrupt == 0 else log.warning)(

@@ -2,7 +2,7 @@
 
 A job lists the prefix upstream (ListObjectsV2 pages through the pass-through path), looks
 each object up in the catalog and has the reader fetch its missing chunks — through
-``Reader.ensure``, the one fetch path, at background (WARM) priority, one span window at a time and a
+``Reader.fetch``, the one fetch path, at background (WARM) priority, one span window at a time and a
 few objects at once, so a warm never floods the upstream or the cache with concurrent fills.
 Progress (objects and bytes, done and total) is kept on the job for ``GET /warm/<id>``.
 """
@@ -22,10 +22,10 @@ from typing import Any
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .errors import ObjectChanged, S3Error
-from .reader import MAX_SPAN_CHUNKS, WARM, Reader
-from .s3.ranges import chunk_bounds, chunk_count
+from .objects import ObjectMeta
+from .reader import MAX_SPAN_CHUNKS, Priority, Reader
 from .telemetry import Metrics, get_logger
-from .upstream.base import ForwardRequest, ObjectMeta, Upstream
+from .upstream.base import ForwardRequest, Upstream
 
 log = get_logger("sidecar.warm")
 
@@ -201,37 +201,30 @@ class WarmJobs:
             job.objects_skipped += 1
             job.bytes_total -= meta.size
             return
-        cs = self.store.chunk_size
-        n = chunk_count(meta.size, cs)
+        layout = self.reader.layout
+        n = layout.count(meta.size)
         vid = self.store.version_for(meta).vid
         missing = []
         for i in range(n):
-            c0, c1 = chunk_bounds(i, cs, meta.size)
             if self.store.has(vid, i):
-                job.bytes_done += c1 - c0 + 1
-                job.bytes_already_cached += c1 - c0 + 1
+                job.bytes_done += layout.length(i, meta.size)
+                job.bytes_already_cached += layout.length(i, meta.size)
             else:
                 missing.append(i)
         failed = 0
         # One span window at a time: at most MAX_SPAN_CHUNKS chunks of this object in flight.
         for w in range(0, len(missing), MAX_SPAN_CHUNKS):
             window = missing[w:w + MAX_SPAN_CHUNKS]
-            self.reader.ensure(meta, window[0], window[-1], WARM)
+            fetch = await self.reader.fetch(meta, window[0], window[-1], Priority.WARM)
             for i in window:
-                fill = self.reader.fills.get((vid, i))
-                if fill is not None:
-                    while not fill.done:
-                        await fill.changed()
-                c0, c1 = chunk_bounds(i, cs, meta.size)
-                if self.store.has(vid, i):
-                    job.bytes_done += c1 - c0 + 1
-                    job.bytes_fetched += c1 - c0 + 1
+                if fetch.cached(i):
+                    length = layout.length(i, meta.size)
+                    job.bytes_done += length
+                    job.bytes_fetched += length
                 else:
                     failed += 1
-                    error = fill.error if fill is not None else None
-                    if isinstance(error, ObjectChanged) or (isinstance(error, S3Error)
-                                                           and error.code == "PreconditionFailed"):
-                        raise ObjectChanged()
+            if failed and fetch.object_changed:
+                raise ObjectChanged()
         if failed:
             job.fail_object(key, f"{failed} of {n} chunks could not be cached (cache full or upstream errors)")
         else:

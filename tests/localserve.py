@@ -140,7 +140,7 @@ class UpstreamServer:
 
     async def _read_object(self, request: web.BaseRequest, bucket: str, key: str, q: dict, h: dict,
                            head: bool) -> web.StreamResponse:
-        from sidecar.upstream.local import _parse_range  # simple single-range parsing is enough here
+        from sidecar.s3.ranges import RangeNotSatisfiable, parse_range, resolve  # noqa: PLC0415
         meta = await self.upstream.head(bucket, key, if_none_match=h.get("if-none-match"))
         if "if-match" in h and h["if-match"].strip('"') != meta.etag.strip('"'):
             raise S3Error("PreconditionFailed", Condition="If-Match")
@@ -156,9 +156,13 @@ class UpstreamServer:
                 whole = start == 0 and end == meta.size - 1 and not any(
                     n == "x-amz-mp-parts-count" for n, _ in part.headers)
         elif "range" in h:
-            rng = _parse_range(h["range"], meta.size)
+            try:
+                rng = resolve(parse_range(h["range"]), meta.size)
+            except RangeNotSatisfiable:
+                raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{meta.size}"},
+                              RangeRequested=h["range"], ActualObjectSize=str(meta.size)) from None
             if rng is not None:
-                start, end, status, whole = rng[0], rng[1], 206, False
+                start, end, status, whole = rng.start, rng.end, 206, False
                 extra.append(("Content-Range", f"bytes {start}-{end}/{meta.size}"))
         out = web.StreamResponse(status=status)
         for n, v in meta.headers:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from sidecar.testing import free_port
+from support.procs import free_port
 
 MiB = 1024 * 1024
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.s3.conditions import NOT_MODIFIED, PRECONDITION_FAILED, etag_matches, evaluate
+from sidecar.s3.conditions import NOT_MODIFIED, PRECONDITION_FAILED, etag_matches, evaluate, failed_condition, opaque_tag
 
 ETAG = '"abc"'
 LM = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
@@ -39,3 +39,23 @@ def test_no_last_modified_ignores_date_conditions():
 def test_etag_lists():
     assert etag_matches(' "a" , "b" ', '"b"', weak=False)
     assert not etag_matches('', '"b"', weak=False)
+
+
+@pytest.mark.parametrize("headers,want", [
+    ({"if-match": ETAG}, None),
+    ({"if-match": '"zzz"'}, (PRECONDITION_FAILED, "if-match")),
+    ({"if-unmodified-since": BEFORE}, (PRECONDITION_FAILED, "if-unmodified-since")),
+    ({"if-none-match": ETAG}, (NOT_MODIFIED, "if-none-match")),
+    ({"if-modified-since": AT}, (NOT_MODIFIED, "if-modified-since")),
+    ({"if-match": '"zzz"', "if-none-match": ETAG}, (PRECONDITION_FAILED, "if-match")),
+    ({"if-match": ETAG, "if-none-match": ETAG}, (NOT_MODIFIED, "if-none-match")),
+])
+def test_failed_condition_names_the_deciding_header(headers, want):
+    """The local upstream reports it in S3's Condition field (and as x-amz-copy-source-... on copies)."""
+    assert failed_condition(headers, ETAG, LM) == want
+    assert evaluate(headers, ETAG, LM) == (want[0] if want else None)
+
+
+def test_opaque_tag():
+    assert opaque_tag(' W/"abc" ') == opaque_tag('"abc"') == opaque_tag("abc") == "abc"
+

@@ -205,7 +205,7 @@ def test_offline_verify_and_repair(make_sidecar, tap, moto_s3, bucket, tmp_path)
 def test_verify_dir_names_exactly_the_damaged_chunks(damage):
     from sidecar.cache.policy import LRUPolicy
     from sidecar.cache.store import ChunkStore
-    from sidecar.upstream.base import ObjectMeta
+    from sidecar.objects import ObjectMeta
     from sidecar.verify import verify_dir
 
     cs = 4096

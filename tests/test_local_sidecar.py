@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sidecar.testing import Sidecar
+from support.procs import Sidecar
 from support import raw
 
 MiB = 1024 * 1024

@@ -223,7 +223,7 @@ def test_admin_changes_only_from_loopback(tmp_path, logs_dir):
     import urllib.error
     import urllib.request
 
-    from sidecar.testing import Sidecar, free_port
+    from support.procs import Sidecar, free_port
 
     addr = _non_loopback_address()
     if addr is None:

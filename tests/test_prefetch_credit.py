@@ -13,7 +13,7 @@ from sidecar.cache.rules import RuleSet
 from sidecar.cache.space import CacheSpace
 from sidecar.cache.store import ChunkStore
 from sidecar.predict.loop import prefetch_budget
-from sidecar.upstream.base import ObjectMeta
+from sidecar.objects import ObjectMeta
 
 
 def lruk_qos() -> QoSPolicy:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from sidecar.s3.ranges import (ByteRange, RangeNotSatisfiable, RangeSpec, chunk_bounds, chunk_count, chunk_span,
-                               parse_range, resolve)
+from sidecar.cache.layout import ChunkLayout
+from sidecar.s3.ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 
 
 def reference(header: str | None, size: int):
@@ -92,14 +92,30 @@ def test_content_range():
 def test_chunks_tile_any_range_exactly(size, chunk, data):
     start = data.draw(st.integers(min_value=0, max_value=size - 1))
     end = data.draw(st.integers(min_value=start, max_value=size - 1))
-    first, last = chunk_span(ByteRange(start, end), chunk)
-    assert 0 <= first <= last < chunk_count(size, chunk)
-    c0, _ = chunk_bounds(first, chunk, size)
-    _, c1 = chunk_bounds(last, chunk, size)
+    layout = ChunkLayout(chunk)
+    first, last = layout.span(start, end)
+    assert 0 <= first <= last < layout.count(size)
+    c0, _ = layout.bounds(first, size)
+    _, c1 = layout.bounds(last, size)
     assert c0 <= start and end <= c1
     covered = 0
     for i in range(first, min(last, first + 50) + 1):
-        a, b = chunk_bounds(i, chunk, size)
-        assert b - a + 1 == (chunk if i < chunk_count(size, chunk) - 1 else size - (chunk_count(size, chunk) - 1) * chunk)
+        a, b = layout.bounds(i, size)
+        assert b - a + 1 == layout.length(i, size)
+        assert b - a + 1 == (chunk if i < layout.count(size) - 1 else size - (layout.count(size) - 1) * chunk)
         covered += b - a + 1
     assert covered > 0
+
+
+@given(st.integers(min_value=1, max_value=2**26), st.integers(min_value=0, max_value=10**10),
+       st.one_of(st.none(), st.integers(min_value=0, max_value=10**10)), st.integers(min_value=1, max_value=128))
+def test_cold_window_is_whole_chunks_covering_the_start(chunk, start, end, max_chunks):
+    if end is not None and end < start:
+        start, end = end, start
+    layout = ChunkLayout(chunk)
+    w0, w1 = layout.window(start, end, max_chunks)
+    assert w0 % chunk == 0 and (w1 + 1) % chunk == 0
+    assert w0 <= start <= w1
+    assert (w1 - w0 + 1) // chunk <= max_chunks
+    if end is not None and (end - w0) // chunk < max_chunks:
+        assert end <= w1 and layout.span(end, end)[0] == w1 // chunk

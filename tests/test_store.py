@@ -8,7 +8,7 @@ import pytest
 
 from sidecar.cache.policy import LRUPolicy
 from sidecar.cache.store import ChunkStore, version_id
-from sidecar.upstream.base import ObjectMeta
+from sidecar.objects import ObjectMeta
 
 CS = 64 * 1024
 

@@ -99,8 +99,8 @@ class QoSPolicy:
                       hotness_half_life: float = 600.0) -> "QoSPolicy":
         """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
         options = {"k": settings.lru_k,
-                   "correlated_period": getattr(settings, "lru_k_correlated_period", 0.0),
-                   "retained_period": getattr(settings, "lru_k_retained_period", 3600.0)} \
+                   "correlated_period": settings.lru_k_correlated_period,
+                   "retained_period": settings.lru_k_retained_period} \
             if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
                    lambda: make_policy(settings.policy, **options), locate=locate,
@@ -235,10 +235,6 @@ class QoSPolicy:
         for owner in [o for o, g in self._guaranteed.items() if o not in quotas and id(g) not in in_use]:
             del self._guaranteed[owner]
         return moved
-
-    def rule_for(self, key: Hashable) -> Rule:
-        obj = self._locate(key)
-        return self.rules.match(*obj) if obj is not None else self.rules.default
 
     def is_pinned(self, key: Hashable) -> bool:
         return key in self._pinned

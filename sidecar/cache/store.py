@@ -29,8 +29,8 @@ from pathlib import Path
 
 import crc32c as _crc32c
 
-from ..s3.ranges import chunk_bounds, chunk_count
-from ..upstream.base import ObjectMeta
+from ..objects import ObjectMeta
+from .layout import ChunkLayout
 from .policy import EvictionPolicy
 from .space import CacheSpace, NoRoom
 
@@ -104,9 +104,7 @@ class Version:
         return sum(self.length(i) for i in self.chunks)
 
     def length(self, index: int) -> int:
-        cs = self.chunk_size
-        start = index * cs
-        return min(start + cs, self.meta.size) - start
+        return ChunkLayout(self.chunk_size).length(index, self.meta.size)
 
     chunk_size: int = 0
 
@@ -211,6 +209,7 @@ class ChunkStore:
         self.root = Path(root) / FORMAT
         self.tmp = self.root / "tmp"
         self.chunk_size = chunk_size
+        self.layout = ChunkLayout(chunk_size)
         self.space = CacheSpace(capacity, policy)
         self.versions: dict[str, Version] = {}
         self.clock = clock
@@ -296,7 +295,7 @@ class ChunkStore:
                 self._unlink_all([p for _, _, p in files] + [str(self._meta_path(vid))])
                 continue
             v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
-            n = chunk_count(meta.size, self.chunk_size)
+            n = self.layout.count(meta.size)
             for index, crc, path in sorted(files):
                 if index >= n or index in v.chunks:
                     self._unlink_all([path])
@@ -649,7 +648,4 @@ class ChunkStore:
         return iter(list(self.versions.values()))
 
     def chunk_count(self, v: Version) -> int:
-        return chunk_count(v.meta.size, self.chunk_size)
-
-    def chunk_bounds(self, v: Version, index: int) -> tuple[int, int]:
-        return chunk_bounds(index, self.chunk_size, v.meta.size)
+        return self.layout.count(v.meta.size)

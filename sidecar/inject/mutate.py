@@ -26,6 +26,7 @@ from .spec import (
     INJECT_KEY,
     INJECTED_LABEL_KEY,
     KNOWN_KEYS,
+    SHARED_TIER_MOUNT_PATH,
     STATUS_KEY,
     TMP_MOUNT_PATH,
     InjectSpec,
@@ -75,7 +76,24 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
 
     if _already_injected(annotations, containers, init_containers, spec):
         return _top_up(pod_spec, annotations, spec)
+    declined = _declined(annotations, labels, pod_spec, spec)
+    if declined is not None:
+        return declined
+    configured = _annotated_settings(annotations, spec)
+    if isinstance(configured, Mutation):
+        return configured
+    settings, env_settings = configured
+    taken = {v.get("name") for v in pod_spec.get("volumes") or []}
+    for vol in (spec.cache_volume_name, spec.tmp_volume_name):
+        if vol in taken:
+            return Mutation("skipped", "volume name taken", warnings=[
+                f"pod already has a volume named {vol}; S3 cache sidecar not added"])
+    return Mutation("injected", "injected", _injection(pod, pod_spec, annotations, spec, settings, env_settings))
 
+
+def _declined(annotations: Mapping[str, str], labels: Mapping[str, str], pod_spec: Mapping[str, Any],
+              spec: InjectSpec) -> Mutation | None:
+    """Why this pod gets no sidecar (opted out, not opted in, a pod kind it cannot serve), or None."""
     # Opt in / out: the annotation wins over the label of the same name.
     choice = annotations.get(spec.key(INJECT_KEY), labels.get(spec.key(INJECT_KEY)))
     if choice is not None:
@@ -95,8 +113,13 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
         return Mutation("skipped", "run-to-completion pod", warnings=[
             "pod with restartPolicy " + pod_spec["restartPolicy"] + " left without the S3 cache sidecar: "
             "a regular sidecar container would keep it running (use native sidecars)"])
+    return None
 
-    # Annotation overrides, validated by the sidecar's own settings loader.
+
+def _annotated_settings(annotations: Mapping[str, str],
+                        spec: InjectSpec) -> tuple[config.Settings, dict[str, str]] | Mutation:
+    """The sidecar's settings with the pod's annotation overrides, validated by the sidecar's own
+    settings loader, and the environment that carries them; an invalid Mutation if they are wrong."""
     env_settings = spec.settings_env()
     prefix = spec.annotation_prefix + "/"
     for key, value in annotations.items():
@@ -109,17 +132,18 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
             return _invalid(f"unknown annotation {key} (known: "
                             f"{', '.join(prefix + k for k in sorted(ANNOTATED_SETTINGS))})")
     try:
-        settings = config.load({}, env=env_settings)
+        return config.load({}, env=env_settings), env_settings
     except config.ConfigError as e:
         where = [prefix + a for a, s in ANNOTATED_SETTINGS.items() if s == e.setting and prefix + a in annotations]
         return _invalid(f"annotation {where[0]}: {e}" if where else f"sidecar settings: {e}")
 
-    taken = {v.get("name") for v in pod_spec.get("volumes") or []}
-    for vol in (spec.cache_volume_name, spec.tmp_volume_name):
-        if vol in taken:
-            return Mutation("skipped", "volume name taken", warnings=[
-                f"pod already has a volume named {vol}; S3 cache sidecar not added"])
 
+def _injection(pod: Mapping[str, Any], pod_spec: Mapping[str, Any], annotations: Mapping[str, str],
+               spec: InjectSpec, settings: config.Settings, env_settings: dict[str, str]) -> list[dict[str, Any]]:
+    """The JSON patch that adds the sidecar: the app containers' endpoint env, the container,
+    its volumes, pod security changes, and the status annotation and label."""
+    containers: Sequence[Mapping[str, Any]] = pod_spec["containers"]
+    init_containers: Sequence[Mapping[str, Any]] = pod_spec.get("initContainers") or []
     host_network = bool(pod_spec.get("hostNetwork"))
     port = spec.host_network_port if host_network else spec.port
     admin_port = spec.host_network_admin_port if host_network else spec.admin_port
@@ -149,6 +173,9 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
 
     volumes = [_cache_volume(spec, settings), {"name": spec.tmp_volume_name,
                                                "emptyDir": {"sizeLimit": spec.tmp_size_limit}}]
+    if spec.shared_tier.get("location") and spec.shared_tier.get("secretName"):
+        volumes.append({"name": spec.shared_tier_volume_name,
+                        "secret": {"secretName": str(spec.shared_tier["secretName"]), "defaultMode": 0o440}})
     if pod_spec.get("volumes"):
         patch += [{"op": "add", "path": pointer("spec", "volumes", "-"), "value": v} for v in volumes]
     else:
@@ -161,7 +188,7 @@ def plan(pod: Mapping[str, Any], spec: InjectSpec) -> Mutation:
         new_annotations[DEFAULT_CONTAINER_ANNOTATION] = containers[0]["name"]
     patch += _metadata_ops(pod, {"annotations": new_annotations,
                                  "labels": {spec.key(INJECTED_LABEL_KEY): "true"}})
-    return Mutation("injected", "injected", patch)
+    return patch
 
 
 def _invalid(message: str) -> Mutation:
@@ -286,6 +313,9 @@ def _container(spec: InjectSpec, settings: config.Settings, env_settings: Mappin
     names = {e["name"] for e in env}
     env += [e for e in aws_env if e["name"] not in names]
     env += [copy.deepcopy(dict(e)) for e in spec.extra_env]
+    tier_env, tier_mounts = _shared_tier(spec)
+    names = {e["name"] for e in env}
+    env += [e for e in tier_env if e["name"] not in names]  # the settings map, if it names them, wins
 
     resources = copy.deepcopy(dict(spec.resources))
     cv = spec.cache_volume
@@ -313,12 +343,31 @@ def _container(spec: InjectSpec, settings: config.Settings, env_settings: Mappin
             {"name": spec.cache_volume_name, "mountPath": CACHE_MOUNT_PATH},
             {"name": spec.tmp_volume_name, "mountPath": TMP_MOUNT_PATH},
             *aws_mounts,
+            *tier_mounts,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
+
+
+def _shared_tier(spec: InjectSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Env and mounts of the shared tier: its location, and its own Secret mounted read-only."""
+    tier = spec.shared_tier
+    if not tier.get("location"):
+        return [], []
+    env = [{"name": config.env_name("shared_tier"), "value": str(tier["location"])}]
+    for key, setting in (("endpoint", "shared_tier_endpoint"), ("region", "shared_tier_region")):
+        if tier.get(key):
+            env.append({"name": config.env_name(setting), "value": str(tier[key])})
+    if not tier.get("secretName"):
+        return env, []
+    env.append({"name": config.env_name("shared_tier_credentials_file"),
+                "value": f"{SHARED_TIER_MOUNT_PATH}/credentials"})
+    if tier.get("hmacKey"):
+        env.append({"name": config.env_name("shared_tier_hmac_key_file"), "value": f"{SHARED_TIER_MOUNT_PATH}/hmac-key"})
+    return env, [{"name": spec.shared_tier_volume_name, "mountPath": SHARED_TIER_MOUNT_PATH, "readOnly": True}]
 
 
 def _metadata_ops(pod: Mapping[str, Any], maps: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:

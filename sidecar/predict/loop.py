@@ -10,7 +10,7 @@ Each run: drain the queued reads into the tracker, take candidates, score them w
 ``Predictor``, build ``Candidate``s and the cache's ``Room`` and ``plan`` (planner.py). On the
 event loop again, objects of the previous plan that are not in the new one are cancelled
 (their fetches stopped unless a client has joined them), and the new plan's objects are
-prefetched through ``Reader.ensure(meta, first, last, PREFETCH)``, the one fetch-and-commit
+prefetched through ``Reader.fetch(meta, first, last, Priority.PREFETCH)``, the one fetch-and-commit
 path, at low priority and under the reader's gate (the token bucket).
 
 A model that cannot be loaded (missing file, schema mismatch) disables prefetch with one log
@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
-from ..reader import PREFETCH, ChunkFill
-from ..s3.ranges import chunk_count
+from ..reader import ChunkFill, Priority
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog
 from .planner import Candidate, PrefetchPlan, Room, plan
@@ -338,15 +337,14 @@ class PrefetchLoop:
         if not rule.caches(meta.size) or meta.size <= 0:
             return
         reader = sc.reader
-        fills = reader.ensure(meta, 0, chunk_count(meta.size, reader.chunk_size) - 1, PREFETCH)
+        fetch = reader.fetch(meta, 0, reader.layout.count(meta.size) - 1, Priority.PREFETCH)
+        fills = fetch.started
         if not fills:
             return
         self._active[obj] = fills
         m.prefetch_fetches.labels("issued").inc()
         try:
-            for fill in fills:
-                while not fill.done:
-                    await fill.changed()
+            await fetch
         finally:
             cancelled = self._active.get(obj) is not fills  # _cancel took it (and counted it)
             if not cancelled:

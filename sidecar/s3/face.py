@@ -20,13 +20,14 @@ from multidict import CIMultiDict
 
 from ..catalog import Catalog
 from ..errors import ObjectChanged, S3Error, UpstreamUnavailable, client_fault
-from ..reader import MAX_SPAN_CHUNKS, Reader, ReadStats, Segment
+from ..objects import ObjectMeta
+from ..reader import Reader, ReadStats, Segment
 from ..telemetry import AccessLog, Metrics, get_logger
-from ..upstream.base import ForwardRequest, ObjectMeta, Upstream
+from ..upstream.base import ForwardRequest, Upstream
 from . import conditions
+from .auth import Payload, SigV4Verifier
 from .headers import check_client_values, upstream_values
 from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
-from .auth import Payload, SigV4Verifier
 from .sendfile import BodySender, ClientGone
 from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
 
@@ -170,8 +171,9 @@ class S3Face:
             if "range" in h:
                 raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
         checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        # A cold GET opens the object upstream at once; with a shared tier, a HEAD then the tier.
         if request.method == "GET" and part_number is None and self.catalog.peek(target.bucket, target.key) is None \
-                and not any(c in h for c in conditions.HEADERS):
+                and self.reader.tier is None and not any(c in h for c in conditions.HEADERS):
             spec = parse_range(h.get("range"))
             if spec is None or spec.first is not None:
                 resp = await self._read_cold(request, target, rid, stats, spec, checksum_mode)
@@ -255,15 +257,11 @@ class S3Face:
         """A GET of an object the catalog does not know, answered from a single upstream GET that
         also yields its metadata. None: the key became known meanwhile; use the normal path."""
         assert target.bucket is not None and target.key is not None
-        cs = self.reader.chunk_size
         if spec is None:
             start = end = None
         else:
             assert spec.first is not None
-            start = spec.first // cs * cs
-            end = start + MAX_SPAN_CHUNKS * cs - 1
-            if spec.last is not None:
-                end = min(end, (spec.last // cs + 1) * cs - 1)
+            start, end = self.reader.cold_window(spec.first, spec.last)
         try:
             got = await self.catalog.open_cold(target.bucket, target.key, start=start, end=end,
                                                checksum_mode=checksum_mode and spec is None)

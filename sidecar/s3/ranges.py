@@ -79,18 +79,3 @@ def resolve(spec: RangeSpec | None, size: int) -> ByteRange | None:
         raise RangeNotSatisfiable()
     last = size - 1 if spec.last is None else min(spec.last, size - 1)
     return ByteRange(spec.first, last)
-
-
-def chunk_span(r: ByteRange, chunk_size: int) -> tuple[int, int]:
-    """Indexes of the first and last chunk a byte range touches."""
-    return r.start // chunk_size, r.end // chunk_size
-
-
-def chunk_bounds(index: int, chunk_size: int, size: int) -> tuple[int, int]:
-    """Inclusive byte span of chunk ``index`` of an object of ``size`` bytes."""
-    start = index * chunk_size
-    return start, min(start + chunk_size, size) - 1
-
-
-def chunk_count(size: int, chunk_size: int) -> int:
-    return (size + chunk_size - 1) // chunk_size

@@ -6,14 +6,13 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
-from pathlib import Path
 
 from ..cache.lruk import LRUKPolicy
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
-from ..cache.rules import RuleSet
-from ..config import SIZE_FORM, ConfigError, format_size, parse_duration, parse_size, read_yaml
+from ..config import ConfigError, format_size, parse_duration, parse_size
 from ..extras import require
+from .inputs import load_rules, parse_capacity
 from .oracle import BeladyPolicy, BeladySizePolicy
 from .replay import Replay, ReplayResult, Workload
 from .trace import TraceError, read_trace
@@ -51,14 +50,6 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     raise ConfigError("policy", spec, "lru, lru-K (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
 
 
-def load_rules(path: str | None) -> RuleSet:
-    """Rules from a YAML file with a ``rules:`` section (a sidecar configuration file will do)."""
-    if not path:
-        return RuleSet()
-    data = read_yaml(Path(path))
-    return RuleSet.from_config(data.get("rules"))
-
-
 def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
     """(bucket, key) of a trace item: CSV keys are ``bucket/key``; chunks are (key, index)."""
     if isinstance(key, tuple):
@@ -67,20 +58,6 @@ def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
         bucket, _, name = key.partition("/")
         return bucket, name
     return None
-
-
-def parse_capacity(text: str, unique_bytes: int) -> int:
-    """An absolute size, or a percentage of the workload's unique bytes."""
-    t = text.strip()
-    try:
-        if t.endswith("%"):
-            share = float(t[:-1])
-            if not 0 < share <= 100:
-                raise ValueError(t)
-            return max(1, int(unique_bytes * share / 100))
-        return parse_size(t)
-    except ValueError:
-        raise ConfigError("size", t, SIZE_FORM + ", or a percentage of the unique bytes such as 5%") from None
 
 
 def _history_size(text: str) -> int | None:
@@ -122,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     unique = workload.unique_bytes()
     specs = [s for s in args.policies.split(",") if s.strip()]
     factories = [(s.strip().lower(), policy_factory(s, args)) for s in specs]
+    if args.tier_pods:  # shared tier sizing (sim/tier.py)
+        from .tier import run as run_tier  # noqa: PLC0415
+
+        return run_tier(args, workload, unique, policy_factory(args.tier_policy, args), parse_capacity)
     sizes = [(s.strip(), parse_capacity(s, unique)) for s in args.sizes.split(",") if s.strip()]
 
     chunks = f", {len(workload.keys):,} chunks of {format_size(chunk_size)}" if chunk_size else ""
@@ -239,4 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, metavar="FILE.onnx",
                    help="score with this model instead of training one on the first part")
     g.add_argument("--threshold", type=float, default=0.7, help="prefetch threshold [0.7]")
+    from .tier import add_arguments as add_tier_arguments  # noqa: PLC0415
+
+    add_tier_arguments(p)
     p.set_defaults(func=run)

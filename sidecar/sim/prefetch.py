@@ -26,9 +26,11 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cache.layout import ChunkLayout
 from ..cache.lruk import LRUKPolicy
 from ..cache.qos import QoSPolicy
 from ..cache.rules import QoSClass, RuleSet
+from .inputs import load_rules, parse_capacity
 from .replay import Replay, ReplayResult, Workload
 from .trace import Trace
 
@@ -205,11 +207,12 @@ class PrefetchHook:
             key = f"{bucket}/{name}"
             size = tracker.size(item.obj) or 0
             if cs:
-                for index in range(0, (size - 1) // cs + 1 if size else 0):
+                layout = ChunkLayout(cs)
+                for index in range(layout.count(size)):
                     ikey = (key, index)
                     if ikey in space:
                         continue
-                    n = min(cs, size - index * cs)
+                    n = layout.length(index, size)
                     if replay.prefetch(ikey, n, now, until):
                         self.watching[ikey] = n
                         st.prefetched_bytes += n
@@ -281,8 +284,6 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
     workload = Workload.build(accesses_to_trace(eval_part, name), chunk_size)
     unique = workload.unique_bytes()
     if isinstance(capacity, str):
-        from .cli import parse_capacity  # noqa: PLC0415
-
         capacity = parse_capacity(capacity, unique)
 
     def policy() -> QoSPolicy:
@@ -336,7 +337,6 @@ def run_cli(args: Any) -> int:
     import sys  # noqa: PLC0415
 
     from ..config import ConfigError, parse_size  # noqa: PLC0415
-    from .cli import load_rules  # noqa: PLC0415
     from .trace import TraceError, read_trace  # noqa: PLC0415
 
     if args.workload:

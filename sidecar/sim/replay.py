@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ..cache.layout import ChunkLayout
 from ..cache.policy import EvictionPolicy
 from ..cache.space import CacheSpace, NoRoom
 from .trace import Trace, next_accesses
@@ -64,15 +65,16 @@ class Workload:
         first = [0]
         offsets = trace.offsets or [0] * len(trace)
         lengths = trace.lengths or [None] * len(trace)
+        layout = ChunkLayout(chunk_size)
         for key, size, off, length in zip(trace.keys, trace.sizes, offsets, lengths):
             end = size if length is None else off + length
             if end > off:
-                for index in range(off // chunk_size, (end - 1) // chunk_size + 1):
-                    start = index * chunk_size
-                    stop = min(start + chunk_size, size)
+                first_chunk, last_chunk = layout.span(off, end - 1)
+                for index in range(first_chunk, last_chunk + 1):
+                    start, last = layout.bounds(index, size)
                     keys.append((key, index))
-                    sizes.append(stop - start)
-                    wanted.append(min(stop, end) - max(start, off))
+                    sizes.append(last - start + 1)
+                    wanted.append(min(last + 1, end) - max(start, off))
             first.append(len(keys))
         return cls(trace, chunk_size, keys, sizes, wanted, first)
 

@@ -41,10 +41,6 @@ class _Hash:
         return self._h.digest()
 
 
-def computable(algorithm: str) -> bool:
-    return algorithm in ("crc32", "crc32c", "sha1", "sha256") or (algorithm == "crc64nvme" and _crt is not None)
-
-
 def new(algorithm: str):
     """A running checksum with ``update(bytes)`` and ``digest() -> bytes``, or None when this
     process cannot compute ``algorithm`` (CRC64NVME without awscrt installed)."""

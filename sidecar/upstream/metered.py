@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from ..errors import NotModified, S3Error, UpstreamUnavailable
+from ..objects import ObjectMeta
 from ..telemetry import Metrics
-from .base import (ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream,
+from .base import (ByteStream, ForwardRequest, ForwardResponse, OpenedObject, PartInfo, Upstream,
                    open_object_by_head)
 
 

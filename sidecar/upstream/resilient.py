@@ -24,7 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from ..errors import NotModified, S3Error, UpstreamUnavailable, client_fault
-from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream
+from ..objects import ObjectMeta
+from .base import ByteStream, ForwardRequest, ForwardResponse, OpenedObject, PartInfo, Upstream
 
 T = TypeVar("T")
 

@@ -26,8 +26,9 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from ..config import Settings
 from ..errors import NotModified, S3Error, UpstreamUnavailable
+from ..objects import ObjectMeta
 from . import awschunked
-from .base import ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo
+from .base import ForwardRequest, ForwardResponse, OpenedObject, PartInfo
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -129,8 +130,10 @@ class S3Upstream:
         self._credentials = None
         self._bucket_regions: dict[str, str] = {}
 
-    async def start(self) -> None:
-        session = get_session()
+    async def start(self, session=None) -> None:
+        """Open the clients; ``session``: an aiobotocore session with its own credentials (the
+        shared tier's), else the standard chain."""
+        session = session or get_session()
         if self.settings.region:
             session.set_config_variable("region", self.settings.region)
         self._credentials = await session.get_credentials()

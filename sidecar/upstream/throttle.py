@@ -8,7 +8,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from .base import ByteStream, ForwardRequest, ForwardResponse, ObjectMeta, OpenedObject, PartInfo, Upstream
+from ..objects import ObjectMeta
+from .base import ByteStream, ForwardRequest, ForwardResponse, OpenedObject, PartInfo, Upstream
 
 
 class _Pacer:
