@@ -1,6 +1,6 @@
 """Fuzzing the S3 face over raw HTTP: malformed requests, and what a correct answer to them is.
 
-    .venv/bin/python bench/fuzz_face.py [--requests 100000] [--workers 8] [--seed 1]
+    .venv/bin/python bench/fuzz_face.py [--requests 100000] [--workers 8] [--seed 1] [--upstream-errors]
 
 Starts moto and a sidecar in front of it, seeds a few objects, then sends random requests
 built by ``build_request`` (random paths, bucket names, keys with bad percent-escapes, ``..``
@@ -8,6 +8,13 @@ and NUL, long keys, query strings, Range and If-* headers, huge and duplicated h
 chunked and aws-chunked bodies, bad Content-Length) over raw sockets. Every answer is checked
 by ``check_reply``. Prints requests sent, the status histogram, 5xx answers, tracebacks found
 in answers and in the sidecar's log, files created outside the cache dir, and RSS before/after.
+
+``--upstream-errors``: a fault-injecting proxy sits between the sidecar and moto and answers a
+share of the sidecar's upstream requests itself with errors of every kind (411, 400, 403, 404,
+409, 412, 416, 500, 503; with and without bodies, S3 XML, HTML or garbage; header values with
+control characters), while the requests are POST, PUT, DELETE and GET/HEAD on buckets and keys
+with known and unknown sub-resources. A 5xx is the sidecar's own when it is neither the
+upstream's status relayed nor the S3 error naming an upstream failure (502/503).
 
 The same grammar drives tests/test_fuzz_face.py through hypothesis (``random.Random`` drawn by
 ``st.randoms()``), so a failure found here can be reproduced there.
@@ -27,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -185,6 +193,187 @@ def build_request(r: random.Random, buckets: list[str], keys: list[str]) -> byte
     return raw + b"\r\n" + body
 
 
+# --- upstream errors (--upstream-errors) -------------------------------------------------------
+
+FAULT_STATUSES = (411, 400, 403, 404, 409, 412, 416, 500, 503)
+_REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request", 403: "Forbidden",
+            404: "Not Found", 409: "Conflict", 411: "Length Required", 412: "Precondition Failed",
+            416: "Range Not Satisfiable", 500: "Internal Server Error", 503: "Service Unavailable"}
+SUBRESOURCES = ("", "", "acl", "tagging", "uploads", "uploadId=abc", "uploadId=abc&partNumber=1", "delete",
+                "versioning", "policy", "cors", "lifecycle", "encryption", "website", "notification",
+                "retention", "legal-hold", "object-lock", "attributes", "restore", "select&select-type=2",
+                "torrent", "x-id=PutObject", "frobnicate", "frobnicate=1&x=y", "versionId=null",
+                "response-content-type=text/plain", "partNumber=1")
+ODD_VALUES = ("a\x01b", "\x7f", "x\x1b[31mred", "v\x0bw", "\x00", "é", "\t", "", " ", "a" * 9000)
+FAULT_HEADERS = ("x-amz-request-id", "x-amz-id-2", "content-type", "x-amz-bucket-region", "retry-after",
+                 "content-range", "etag", "last-modified", "x-amz-meta-a", "x-amz-checksum-crc32",
+                 "x-amz-version-id", "x-amz-delete-marker", "location", "www-authenticate")
+
+
+def build_fault(r: random.Random) -> bytes:
+    """A raw upstream answer: an error status of every kind (now and then a success with odd
+    headers), with or without a body, header values an HTTP library would refuse to write."""
+    status = _pick(r, FAULT_STATUSES) if r.random() < 0.9 else _pick(r, (200, 204, 206))
+    code = {411: "MissingContentLength", 400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
+            409: "BucketNotEmpty", 412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError",
+            503: "SlowDown"}.get(status, "")
+    body = _pick(r, (b"", b"",
+                     f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>m</Message>'
+                     f"<RequestId>UP</RequestId></Error>".encode(),
+                     b"<!doctype html><title>oops</title>", b"Content-Length required", b"<Error><Code>",
+                     r.randbytes(r.choice((1, 100, 3000))), b"<Error><Code>\x01</Code></Error>"))
+    headers = [("x-amz-request-id", f"FAULT{status}")]
+    for _ in range(r.randrange(0, 4)):
+        headers.append((_pick(r, FAULT_HEADERS), _pick(r, ODD_VALUES)))
+    if body and r.random() < 0.7:
+        headers.append(("Content-Type", _pick(r, ("application/xml", "text/html", "a\x01b"))))
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'X')}\r\n".encode()
+    for name, value in headers:
+        head += name.encode() + b": " + value.encode("utf-8", "surrogateescape") + b"\r\n"
+    framing = r.randrange(4)
+    if framing == 0 or status == 204:
+        head += b"Content-Length: %d\r\n" % (len(body) if status != 204 else 0)
+        body = body if status != 204 else b""
+    elif framing == 1:  # chunked
+        head += b"Transfer-Encoding: chunked\r\n"
+        body = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+    elif framing == 2:  # a Content-Length that is larger than the body: cut short
+        head += b"Content-Length: %d\r\n" % (len(body) + 10)
+    # framing 3: no length, the body ends with the connection
+    return head + b"Connection: close\r\n\r\n" + body
+
+
+def build_write_request(r: random.Random, buckets: list[str], keys: list[str]) -> bytes:
+    """A well-formed request the sidecar passes on (mostly): POST, PUT, DELETE, or a read, on a
+    bucket or key, with known and unknown sub-resources, odd header values now and then."""
+    method = _pick(r, ("POST", "POST", "PUT", "PUT", "DELETE", "DELETE", "GET", "HEAD"))
+    bucket = _pick(r, buckets + ["fuzz-missing"])
+    path = f"/{bucket}" + (f"/{quote(_pick(r, keys), safe='/')}" if r.random() < 0.6 else "")
+    sub = _pick(r, SUBRESOURCES)
+    target = path + (f"?{sub}" if sub else "")
+    headers = [("Host", "127.0.0.1")]
+    for _ in range(r.randrange(0, 3)):
+        name = _pick(r, ("x-amz-meta-a", "content-type", "x-amz-checksum-mode", "if-match", "range",
+                         "x-amz-copy-source", "x-amz-acl", "x-amz-tagging", "content-md5"))
+        headers.append((name, _pick(r, ("x", "ENABLED", '"e"', "bytes=0-9", "/fuzz-a/k", "private", "a=b", "é"))))
+    if r.random() < 0.05:
+        headers.append(("x-amz-meta-odd", _pick(r, ("a\x01b", "\x7f", "\x1b[0m"))))
+    body = b""
+    kind = r.randrange(4)
+    if method in ("POST", "PUT") or (method == "DELETE" and r.random() < 0.2):
+        if kind == 0:
+            pass  # no body and no Content-Length (curl -X POST)
+        elif kind == 1:
+            body = r.randbytes(r.choice((0, 10, 2000)))
+            headers.append(("Content-Length", str(len(body))))
+        elif kind == 2:
+            body = b"<Delete><Object><Key>k</Key></Object></Delete>"
+            headers.append(("Content-Length", str(len(body))))
+        else:
+            payload = r.randbytes(100)
+            headers.append(("Transfer-Encoding", "chunked"))
+            body = b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n"
+    headers.append(("Connection", "close"))
+    raw = f"{method} {target} HTTP/1.1\r\n".encode()
+    for name, value in headers:
+        raw += name.encode() + b": " + value.encode("utf-8", "surrogateescape") + b"\r\n"
+    return raw + b"\r\n" + body
+
+
+class FaultyUpstream:
+    """A proxy in front of moto that answers a share of requests itself with ``build_fault``:
+    raw bytes written to the socket, since no HTTP library writes such header values."""
+
+    def __init__(self, target: str, rate: float, seed: int) -> None:
+        import asyncio  # noqa: PLC0415
+        import threading  # noqa: PLC0415
+
+        self.target, self.rate = target.rstrip("/"), rate
+        self.random = random.Random(seed)
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.faults: collections.Counter = collections.Counter()
+        self.passed = 0
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("faulty upstream did not start")
+
+    def _run(self, ready) -> None:
+        import asyncio  # noqa: PLC0415
+
+        import aiohttp  # noqa: PLC0415
+        from aiohttp import web  # noqa: PLC0415
+
+        asyncio.set_event_loop(self._loop)
+        hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            data = await request.read()
+            # the readiness probe and seeding pass; everything else may be faulted
+            if request.method != "HEAD" or request.path != "/":
+                if self.random.random() < self.rate:
+                    raw = build_fault(self.random)
+                    self.faults[int(raw.split(b" ", 2)[1])] += 1
+                    request.transport.write(raw)
+                    request.transport.close()
+                    return web.Response()  # never written: the connection is closed
+            self.passed += 1
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+            async with self._session.request(request.method, URL(self.target + request.raw_path, encoded=True),
+                                             headers=headers, data=data or None, allow_redirects=False) as up:
+                body = await up.read()
+                out = {k: v for k, v in up.headers.items() if k.lower() not in hop and k.lower() != "content-length"}
+                out["x-fuzz-upstream"] = "moto"  # tells the upstream's own answers, relayed, from the sidecar's
+                return web.Response(status=up.status, body=body, headers=out)
+
+        async def start() -> None:
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+            server = web.Server(handle, access_log=None)
+            self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+        from yarl import URL  # noqa: PLC0415
+
+        self._loop.run_until_complete(start())
+        ready.set()
+        self._loop.run_forever()
+
+    def close(self) -> None:
+        import asyncio  # noqa: PLC0415
+
+        async def stop() -> None:
+            await self._runner.cleanup()
+            await self._session.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sidecar_5xx(method: str, reply: "RawReply") -> bool:
+    """A 5xx that is the sidecar's own doing: not the upstream's status relayed (its request id
+    renamed), nor the S3 error the face gives for an upstream failure (502 BadGateway, 503)."""
+    if reply.status is None or reply.status < 500:
+        return False
+    if reply.headers.get("x-sidecar-upstream-request-id", "").startswith("FAULT") or \
+            "x-fuzz-upstream" in reply.headers or "x-amzn-requestid" in reply.headers:
+        return False
+    if reply.status not in (502, 503):
+        return True
+    # a HEAD's answer has no body to name the error: 502/503 are the face's upstream failures
+    return method != "HEAD" and not re.search(rb"<Code>(BadGateway|ServiceUnavailable|SlowDown)</Code>", reply.body)
+
+
 # --- sending and checking -----------------------------------------------------------------------
 
 
@@ -320,6 +509,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--upstream-errors", action="store_true",
+                    help="the upstream answers a share of requests with errors of every kind (see above)")
+    ap.add_argument("--fault-rate", type=float, default=0.5, help="that share [0.5]")
     args = ap.parse_args()
 
     from support.procs import MotoServer, Sidecar  # noqa: PLC0415
@@ -329,7 +521,9 @@ def main() -> int:
     logs = work / "logs"
     logs.mkdir()
     moto = MotoServer(logs)
-    sc = Sidecar(moto.url, cache, logs, chunk_size="64KiB")
+    faulty = FaultyUpstream(moto.url, args.fault_rate, args.seed) if args.upstream_errors else None
+    sc = Sidecar(faulty.url if faulty else moto.url, cache, logs, chunk_size="64KiB")
+    build = build_write_request if faulty else build_request
     try:
         seed(moto.client(), SEED_BUCKETS, SEED_KEYS)
         log_start = len(sc.log_path.read_text(errors="replace"))  # the fuzz's lines only
@@ -341,9 +535,18 @@ def main() -> int:
         t0 = time.monotonic()
 
         def one(i: int) -> tuple[int | None, list[str], bytes]:
-            data = build_request(random.Random(args.seed * 1_000_003 + i), SEED_BUCKETS, SEED_KEYS)
-            reply = send("127.0.0.1", sc.port, data)
+            data = build(random.Random(args.seed * 1_000_003 + i), SEED_BUCKETS, SEED_KEYS)
+            # well-formed requests are sent whole: wait out the sidecar's upstream deadline and
+            # retries (a half-close would make it a client gone) before calling it unanswered
+            reply = send("127.0.0.1", sc.port, data, timeout=15, idle=8) if faulty else send("127.0.0.1", sc.port, data)
             found = check_reply(request_method(data), reply)
+            if faulty is not None:
+                found = [p for p in found if not p.startswith("status ")]
+                if reply.status is None:  # well-formed requests: each deserves an answer
+                    found.append("closed without an answer")
+                if sidecar_5xx(request_method(data), reply):
+                    found.insert(0, f"sidecar's own {reply.status}; body {reply.body[:160]!r}")
+                return reply.status, found, data
             if found and "upstream's" not in found[0]:
                 # The same bytes straight to the upstream: a 5xx or non-XML error it gives too is its own.
                 direct = send("127.0.0.1", moto.port, data)
@@ -369,6 +572,8 @@ def main() -> int:
         bad_log = log_problems(sc.log_path.read_text(errors="replace")[log_start:])
     finally:
         sc.stop()
+        if faulty is not None:
+            faulty.close()
         moto.stop()
     fivexx = sum(c for s, c in statuses.items() if s is not None and s >= 500)
     print(f"requests sent: {args.requests} in {elapsed:.0f} s ({args.requests / elapsed:.0f}/s), "
@@ -376,6 +581,10 @@ def main() -> int:
     print("statuses: " + ", ".join(f"{s if s is not None else 'closed'}: {c}" for s, c in
                                    sorted(statuses.items(), key=lambda x: (x[0] is None, x[0] or 0))))
     print(f"5xx answers: {fivexx}")
+    if faulty is not None:
+        print(f"upstream answers injected: {sum(faulty.faults.values())} {dict(sorted(faulty.faults.items()))}; "
+              f"passed to moto: {faulty.passed}")
+        print(f"5xx caused by the sidecar: {sum(c for k, c in problems.items() if k.startswith('sidecar'))}")
     print(f"tracebacks in answers: {problems.get('traceback in body', 0)}; "
           f"tracebacks or error records in the sidecar log: {len(bad_log)}")
     print(f"problems: {dict(problems) or 'none'}")

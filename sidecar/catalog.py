@@ -135,7 +135,9 @@ class Catalog:
                 return entry
             current = self.entries.get(k)
             if current is not None and current.meta.etag == meta.etag and current.meta.size == meta.size:
-                current.meta = meta  # headers may have changed (tagging, metadata copy)
+                # headers may have changed (tagging, metadata copy); the checksum answers of the
+                # same bytes did not
+                current.meta = meta.learned(current.meta)
                 current.learned_at = entry.learned_at
                 current.confirmed = entry.confirmed
                 current.stale = False
@@ -178,18 +180,31 @@ class Catalog:
         learned.set_result(entry)
         return entry, opened
 
-    async def with_checksums(self, entry: Entry) -> Entry:
-        """The entry with whole-object checksums, asking the upstream (a plain HEAD) if the
-        metadata came from a ranged GET that did not carry them."""
-        if entry.meta.checksums_known:
+    async def with_checksums(self, entry: Entry, kind: str) -> Entry:
+        """The entry knowing the checksum headers the upstream gives ``kind`` ("GET" or "HEAD")
+        of whole-object request in checksum mode, asking the upstream that same kind of request
+        when it does not know them yet (metadata learned from a ranged GET, from the other kind,
+        or stored by an older version). Upstreams answer the kinds differently: one is never
+        derived from the other. Raises ObjectChanged if the answer is of another version."""
+        if entry.meta.checksums_for(kind) is not None:
             return entry
-        meta = await self.upstream.head(entry.meta.bucket, entry.meta.key)
+        bucket, key = entry.meta.bucket, entry.meta.key
+        if kind == "HEAD":
+            meta = await self.upstream.head(bucket, key)
+        else:
+            # Only the answer's headers are wanted: the body is not read, the connection dropped.
+            opened = await self.upstream.open_object(bucket, key, start=None, end=None, checksum_mode=True)
+            await opened.close()
+            meta = opened.meta
         if meta.etag != entry.meta.etag or meta.size != entry.meta.size:
-            self.invalidate(entry.meta.bucket, entry.meta.key)
+            self.invalidate(bucket, key)
             if self.on_obsolete is not None:
                 self.on_obsolete(entry.meta)
             raise ObjectChanged()
-        entry.meta = meta
+        learned = entry.meta.learned(meta)
+        if learned.checksums_for(kind) is None:  # an upstream that cannot say: it said nothing
+            learned = dataclasses.replace(learned, **{f"{kind.lower()}_checksums": ()})
+        entry.meta = learned
         return entry
 
     async def part(self, entry: Entry, number: int) -> PartInfo:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError
+from .extras import MissingExtra, missing_extra
 
 # Modules that contribute subcommands; each defines ``register(subparsers)`` and sets
 # ``func`` on its parser: ``func(args) -> int`` (the exit code).
@@ -41,6 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as e:
         print(f"sidecar: {e}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:
+        print(e, file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional package imported where no require() said so
+        missing = missing_extra(e, f"sidecar {args.command}")
+        if missing is None:
+            raise
+        print(missing, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

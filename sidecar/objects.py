@@ -41,18 +41,35 @@ class ObjectMeta:
     last_modified: str
     # object headers replayed on every response (content-type, x-amz-meta-*, ...), lower-case names
     headers: tuple[tuple[str, str], ...]
-    # whole-object checksum headers (x-amz-checksum-*), replayed only on whole-object responses
-    checksums: tuple[tuple[str, str], ...] = ()
-    # False when learned from a ranged GET, which carries no whole-object checksums
-    checksums_known: bool = True
+    # The whole-object checksum headers (x-amz-checksum-*) the upstream gave, in checksum mode,
+    # to each kind of request: a whole-object GET and a HEAD. None: not learned yet. Upstreams
+    # answer the two differently (moto: a multipart object's composite value without its -N and
+    # no x-amz-checksum-type on HEAD), and a client validates what it is given, so each kind is
+    # replayed only on its own kind of response and never derived from the other.
+    get_checksums: tuple[tuple[str, str], ...] | None = None
+    head_checksums: tuple[tuple[str, str], ...] | None = None
 
     @property
     def last_modified_ts(self) -> float | None:
         return _parsed_date(self.last_modified)
 
+    def checksums_for(self, kind: str) -> tuple[tuple[str, str], ...] | None:
+        """What the upstream answered ``kind`` ("GET" or "HEAD") of whole-object request; None: unknown."""
+        return self.head_checksums if kind == "HEAD" else self.get_checksums
+
+    def learned(self, other: "ObjectMeta") -> "ObjectMeta":
+        """This metadata, with the checksum answers ``other`` (the same version) knows and it does not."""
+        get = self.get_checksums if self.get_checksums is not None else other.get_checksums
+        head = self.head_checksums if self.head_checksums is not None else other.head_checksums
+        if get is self.get_checksums and head is self.head_checksums:
+            return self
+        return dataclasses.replace(self, get_checksums=get, head_checksums=head)
+
     @classmethod
     def from_headers(cls, bucket: str, key: str, headers: Iterable[tuple[str, str]], *,
-                     size: int | None = None, checksums_known: bool = True) -> "ObjectMeta":
+                     size: int | None = None, answers: tuple[str, ...] = ("HEAD",)) -> "ObjectMeta":
+        """``answers``: the kinds of request ("GET", "HEAD") whose checksum-mode answer these
+        headers are; () when they carry no whole-object checksums (a ranged GET, checksum mode off)."""
         keep: list[tuple[str, str]] = []
         checksums: list[tuple[str, str]] = []
         etag = ""
@@ -74,20 +91,30 @@ class ObjectMeta:
             size = total
         if size < 0:
             raise ValueError("upstream HEAD without Content-Length")
-        if not checksums_known:
-            checksums = []
-        return cls(bucket, key, etag, size, last_modified, tuple(keep), tuple(checksums), checksums_known)
+        sums = tuple(checksums)
+        return cls(bucket, key, etag, size, last_modified, tuple(keep),
+                   sums if "GET" in answers else None, sums if "HEAD" in answers else None)
 
     def to_json(self) -> dict:
         return {"bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
                 "last_modified": self.last_modified, "headers": [list(h) for h in self.headers],
-                "checksums": [list(h) for h in self.checksums], "checksums_known": self.checksums_known}
+                "get_checksums": _pairs_json(self.get_checksums), "head_checksums": _pairs_json(self.head_checksums)}
 
     @classmethod
     def from_json(cls, d: dict) -> "ObjectMeta":
+        # Metadata stored before the kinds were kept apart ("checksums") says nothing of which
+        # kind answered: it is left unknown, to be asked again.
         return cls(d["bucket"], d["key"], d["etag"], int(d["size"]), d["last_modified"],
                    tuple((str(a), str(b)) for a, b in d["headers"]),
-                   tuple((str(a), str(b)) for a, b in d.get("checksums", ())), bool(d.get("checksums_known", True)))
+                   _pairs(d.get("get_checksums")), _pairs(d.get("head_checksums")))
+
+
+def _pairs_json(pairs: tuple[tuple[str, str], ...] | None) -> list | None:
+    return None if pairs is None else [list(h) for h in pairs]
+
+
+def _pairs(value) -> tuple[tuple[str, str], ...] | None:
+    return None if value is None else tuple((str(a), str(b)) for a, b in value)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -168,7 +168,7 @@ class UpstreamServer:
         for n, v in meta.headers:
             out.headers.add(n, v)
         if whole and h.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-            for n, v in meta.checksums:
+            for n, v in meta.checksums_for("HEAD" if head else "GET") or ():
                 out.headers.add(n, v)
         for n, v in extra:
             out.headers.add(n, v)

@@ -42,7 +42,10 @@ def test_second_read_is_served_without_the_upstream(sidecar, tap, moto_s3, bucke
         "a cold ranged read is one chunk-aligned upstream GET"
     tap.clear()
     assert _get(s3, bucket, "obj2") == data
-    gets = tap.object_gets(f"/{bucket}/obj2")
+    # boto3 reads in checksum mode: the upstream GET's checksum headers, unknown after a ranged
+    # first read, are asked once by a whole GET whose body is not read
+    gets = [g for g in tap.object_gets(f"/{bucket}/obj2") if "range" in g.headers]
+    assert len(tap.object_gets(f"/{bucket}/obj2")) == len(gets) + 1
     assert sorted(g.headers["range"] for g in gets) == [f"bytes=0-{MiB - 1}", f"bytes={3 * MiB}-{len(data) - 1}"]
     assert all(g.headers.get("if-match") for g in gets), "fills of a known version are pinned to its ETag"
     tap.clear()
@@ -77,7 +80,9 @@ def test_partial_cache_fills_only_the_missing_span(sidecar, tap, moto_s3, bucket
     assert _get(s3, bucket, "partial", Range=f"bytes={2 * MiB}-{3 * MiB - 1}") == data[2 * MiB:3 * MiB]
     tap.clear()
     assert _get(s3, bucket, "partial") == data
-    ranges = sorted(g.headers["range"] for g in tap.object_gets(f"/{bucket}/partial"))
+    gets = tap.object_gets(f"/{bucket}/partial")
+    ranges = sorted(g.headers["range"] for g in gets if "range" in g.headers)
+    assert len(gets) == len(ranges) + 1  # and one whole GET asking the checksums (boto3 reads in checksum mode)
     # chunks 0-1 and 3-5 are missing; 2 is cached. Two spans, each one request.
     assert ranges == [f"bytes=0-{2 * MiB - 1}", f"bytes={3 * MiB}-{6 * MiB - 1}"]
 

@@ -352,7 +352,22 @@ class ChunkStore:
         if v is None:
             v = Version(vid, meta, chunk_size=self.chunk_size)
             self.versions[vid] = v
+        elif v.meta is not meta:
+            self._learn_checksums(v, meta)
         return v
+
+    def _learn_checksums(self, v: Version, meta: ObjectMeta) -> None:
+        """Keep on disk the upstream's checksum answers learned since the version's metadata was
+        written: after a restart they are replayed without asking again."""
+        learned = v.meta.learned(meta)
+        if learned is v.meta:
+            return
+        v.meta = learned
+        if v.meta_written and not v.dropped:
+            try:
+                self._write_meta(v)
+            except OSError:
+                self.stats.write_errors += 1
 
     def drop_version(self, vid: str) -> None:
         """Forget a version and delete its files (it was overwritten, deleted or purged)."""

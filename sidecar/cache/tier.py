@@ -281,7 +281,7 @@ class SharedTier:
         finally:
             await opened.close()
         metadata = {k[len("x-amz-meta-"):]: v for k, v in opened.meta.headers if k.startswith("x-amz-meta-")}
-        return bytes(body), metadata, dict(opened.meta.checksums).get("x-amz-checksum-crc32c")
+        return bytes(body), metadata, dict(opened.meta.get_checksums or ()).get("x-amz-checksum-crc32c")
 
     def _verify(self, meta: ObjectMeta, index: int, length: int, body: bytes, metadata: dict[str, str],
                 store_crc: str | None) -> str | None:

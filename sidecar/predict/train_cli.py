@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import DURATION_FORM, ConfigError, parse_duration
+from ..extras import require
 from .train import MAX_ROWS
 from .workload import KINDS
 
@@ -45,14 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        from . import train as training
-        import sklearn  # noqa: F401  (optional dependency: say so before replaying anything)
-        import skl2onnx  # noqa: F401
-    except ImportError as e:
-        print(f"sidecar train: needs the training extras ({e.name} is missing): "
-              "pip install 'sidecar[train]'", file=sys.stderr)
-        return 2
+    require("sidecar train", "sklearn", "skl2onnx")  # before replaying anything
+    from . import train as training
     from .accesslog import read_log
     from .workload import generate
 

@@ -26,6 +26,7 @@ from ..telemetry import AccessLog, Metrics, get_logger
 from ..upstream.base import ForwardRequest, Upstream
 from . import conditions
 from .auth import Payload, SigV4Verifier
+from .headers import check_client_values, upstream_values
 from .ranges import ByteRange, RangeNotSatisfiable, RangeSpec, parse_range, resolve
 from .sendfile import BodySender, ClientGone
 from .target import RESPONSE_OVERRIDES, Target, changes_object_data, is_cacheable_read, parse_target
@@ -93,6 +94,7 @@ class S3Face:
         resp: web.StreamResponse | None = None
         try:
             target = parse_target(request.raw_path, request.headers.get("host"), self.suffixes)
+            check_client_values(target, request.headers)
             payload = None
             if self.auth is not None:
                 payload = self.auth.verify(request.method, request.raw_path, request.headers)
@@ -191,12 +193,13 @@ class S3Face:
             if selected is _CHANGED:
                 continue
             status, rng, extra = selected
-            if checksum_mode and rng is None and not meta.checksums_known:
+            kind = "HEAD" if request.method == "HEAD" else "GET"
+            if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry)).meta
+                    meta = (await self.catalog.with_checksums(entry, kind)).meta
                 except ObjectChanged:
                     continue
-            headers = self._object_headers(meta, target, rng, status, extra, h, rid)
+            headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
             resp = await self._answer_read(request, target, meta, rng, status, headers, stats)
             if resp is not None:
                 return resp
@@ -277,10 +280,14 @@ class S3Face:
         meta = entry.meta
         try:
             rng = resolve(spec, meta.size)
+            headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers,
+                                           rid)
         except RangeNotSatisfiable:
             await opened.close()
             return None
-        headers = self._object_headers(meta, target, rng, 206 if rng is not None else 200, (), request.headers, rid)
+        except BaseException:  # headers that cannot be written (502): the opened GET is not read
+            await opened.close()
+            raise
         first, last = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
         keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
         segments = self.reader.read_opened(meta, first, last, stats, opened, keep=keep)
@@ -309,7 +316,9 @@ class S3Face:
             self.drop_version(meta)
 
     def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
-                        extra, h, rid: str) -> CIMultiDict:
+                        extra, h, rid: str, *, kind: str = "GET") -> CIMultiDict:
+        """Response headers of a read answered from the cache. ``kind``: "GET" or "HEAD", whose
+        own checksum answer from the upstream a whole-object response replays."""
         out: CIMultiDict[str] = CIMultiDict(meta.headers)
         out["Accept-Ranges"] = "bytes"
         if rng is not None:
@@ -321,7 +330,7 @@ class S3Face:
         if checksum_mode and status == 200 and not extra:
             # Whole-object checksums only on whole-object answers: a client validating a
             # ranged body against them would fail the read.
-            for name, value in meta.checksums:
+            for name, value in meta.checksums_for(kind) or ():
                 out[name] = value
         for param, header in RESPONSE_OVERRIDES.items():
             value = target.param(param)
@@ -329,7 +338,7 @@ class S3Face:
                 out[header] = value
         out["x-amz-request-id"] = rid
         out["Server"] = SERVER
-        return out
+        return upstream_values(out)  # the client's values were checked on arrival
 
     async def _send_body(self, request: web.BaseRequest, status: int, headers: CIMultiDict, length: int,
                          first: Segment | None, segments: AsyncIterator[Segment]) -> web.StreamResponse:
@@ -419,7 +428,7 @@ class S3Face:
                 out["x-sidecar-upstream-request-id"] = out.pop("x-amz-request-id")
             out["x-amz-request-id"] = rid
             out["Server"] = SERVER
-            resp = web.StreamResponse(status=upstream_resp.status, headers=out)
+            resp = web.StreamResponse(status=upstream_resp.status, headers=upstream_values(out, upstream_resp.status))
             clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
             if clen is not None and clen.isdigit():
                 resp.content_length = int(clen)
@@ -508,8 +517,8 @@ def _precondition_answer(h, meta: ObjectMeta, rid: str) -> web.Response | None:
     if verdict == conditions.PRECONDITION_FAILED:
         raise S3Error("PreconditionFailed", Condition="If-Match" if "if-match" in h else "If-Unmodified-Since")
     if verdict == conditions.NOT_MODIFIED:
-        return web.Response(status=304, headers={"ETag": meta.etag, "Last-Modified": meta.last_modified,
-                                                 "x-amz-request-id": rid, "Server": SERVER})
+        return web.Response(status=304, headers=upstream_values(
+            [("ETag", meta.etag), ("Last-Modified", meta.last_modified), ("x-amz-request-id", rid), ("Server", SERVER)]))
     return None
 
 

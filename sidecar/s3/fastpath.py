@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from ..errors import ObjectChanged
+from ..errors import ObjectChanged, S3Error
 from ..reader import ReadStats
 from ..telemetry import get_logger
 from . import conditions
@@ -111,9 +111,10 @@ class PreparedHeaders:
         self.meta = meta
         h = {"x-amz-checksum-mode": "ENABLED"} if checksum_mode else {}
         plain = Target(meta.bucket, meta.key, ())
-        whole = face._object_headers(meta, plain, None, 200, (), h, "")
+        # a whole-object answer replays the checksums of its own kind of request (GET or HEAD)
+        self.whole_get = _encoded(face._object_headers(meta, plain, None, 200, (), h, "", kind="GET"))[0]
+        self.whole_head = _encoded(face._object_headers(meta, plain, None, 200, (), h, "", kind="HEAD"))[1]
         ranged = face._object_headers(meta, plain, ByteRange(0, 0), 206, (), h, "")
-        self.whole_get, self.whole_head = _encoded(whole)
         self.ranged_get, self.ranged_head = _encoded(ranged)
 
 
@@ -175,8 +176,8 @@ class FastPath:
             return p
         try:
             p = PreparedHeaders(self.face, meta, checksum_mode)
-        except (ValueError, UnicodeError):
-            return None
+        except (ValueError, UnicodeError, S3Error):
+            return None  # headers the face refuses (502) or cannot encode: the face answers
         if len(self._prepared) >= self.PREPARED_MAX:
             self._prepared.clear()
         self._prepared[key] = p
@@ -326,8 +327,8 @@ class FastProtocol(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
             return None
         checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
-        if checksum_mode and rng is None and not meta.checksums_known:
-            return None
+        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
+            return None  # the face asks the upstream for this kind's checksums
         start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
         if req.method == "GET" and end >= start and not self._all_cached(meta, start, end):
             return None

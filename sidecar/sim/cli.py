@@ -11,6 +11,7 @@ from ..cache.lruk import LRUKPolicy, ProbationLRUK
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
 from ..config import ConfigError, format_size, parse_duration, parse_size
+from ..extras import require
 from .inputs import load_rules, parse_capacity
 from .oracle import BeladyPolicy, BeladySizePolicy
 from .replay import Replay, ReplayResult, Workload
@@ -85,7 +86,11 @@ def _optional_duration(text: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot:
+        require("sidecar sim --plot", "matplotlib")
     if args.prefetch or args.workload:
+        if not args.model:  # a model is trained on the first part of the trace
+            require("sidecar sim --prefetch", "sklearn", "skl2onnx")
         from .prefetch import run_cli  # noqa: PLC0415  (numpy, onnxruntime and scikit-learn)
 
         return run_cli(args)

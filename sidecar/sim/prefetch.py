@@ -374,7 +374,11 @@ def run_cli(args: Any) -> int:
 
             part, _ = split(sorted(accesses, key=lambda a: a.t), args.train_fraction)
             trained = Path(tmp) / "predictor.onnx"
-            metrics = train(part, trained, progress=not args.no_progress, seed=args.seed)
+            try:
+                metrics = train(part, trained, progress=not args.no_progress, seed=args.seed)
+            except ValueError as e:  # too little to train on: the input's fault, said in one line
+                print(f"sidecar sim: {e}", file=sys.stderr)
+                return 2
         for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
             try:
                 c = compare(accesses, capacity=size, chunk_size=chunk, train_fraction=args.train_fraction,

@@ -65,6 +65,11 @@ def _answer_error(status: int, code: str | None, message: str | None, bucket: st
     return S3Error(code, message, status=status, **fields)
 
 
+def _unusable_answer(method: str) -> S3Error:
+    """A success answer the cache cannot use (no length, say): the upstream's fault, 502."""
+    return S3Error("BadGateway", f"The upstream's answer to a {method} could not be used.", status=502)
+
+
 class _Signer(SigV4Auth):
     """SigV4 for S3 with the payload hash we choose (a body hash, UNSIGNED-PAYLOAD or a
     streaming mode) and the path used as sent, as S3 canonicalises it."""
@@ -190,7 +195,10 @@ class S3Upstream:
             r = await self._client.head_object(**params)  # type: ignore[union-attr]
         except (ClientError, BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise self._error(e, bucket, key) from None
-        return ObjectMeta.from_headers(bucket, key, r["ResponseMetadata"]["HTTPHeaders"].items())
+        try:
+            return ObjectMeta.from_headers(bucket, key, r["ResponseMetadata"]["HTTPHeaders"].items())
+        except ValueError:  # no usable Content-Length: nothing the cache can serve from
+            raise _unusable_answer("HEAD") from None
 
     async def head_part(self, bucket: str, key: str, part_number: int, etag: str) -> PartInfo:
         try:
@@ -242,8 +250,11 @@ class S3Upstream:
             if resp.status == 206 and cr is None or resp.content_length is None:
                 raise UpstreamUnavailable("The upstream answered a GET without a usable length.")
             size = cr[2] if cr else resp.content_length
-            meta = ObjectMeta.from_headers(bucket, key, [(k.lower(), v) for k, v in resp.headers.items()],
-                                           size=size, checksums_known=checksum_mode and cr is None)
+            try:
+                meta = ObjectMeta.from_headers(bucket, key, [(k.lower(), v) for k, v in resp.headers.items()],
+                                               size=size, answers=("GET",) if checksum_mode and cr is None else ())
+            except ValueError:
+                raise _unusable_answer("GET") from None
             first, last = (cr[0], cr[1]) if cr else (0, size - 1)
         except BaseException:
             resp.release()

@@ -73,7 +73,12 @@ class ThrottledUpstream:
                           checksum_mode: bool) -> OpenedObject:
         from .base import open_object_by_head  # noqa: PLC0415
 
-        opened = await open_object_by_head(self, bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        if not hasattr(self.inner, "open_object"):
+            return await open_object_by_head(self, bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        # the inner upstream's own GET: its answer (checksums included) is not a HEAD's
+        await self._wait()
+        opened = await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        opened.body = _PacedBody(opened.body, self.pacer)
         return opened
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:

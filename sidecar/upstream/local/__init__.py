@@ -70,7 +70,8 @@ class LocalUpstream:
     def _meta_from(self, bucket: str, key: str, st: os.stat_result, rec: dict) -> ObjectMeta:
         headers = object_headers(rec, st.st_mtime) + [("content-length", str(st.st_size))]
         headers += [(n, v) for n, v in rec.get("checksums", ())]
-        return ObjectMeta.from_headers(bucket, key, headers)
+        # this store answers a whole-object GET and a HEAD with the same checksums
+        return ObjectMeta.from_headers(bucket, key, headers, answers=("GET", "HEAD"))
 
     async def head(self, bucket: str, key: str, *, if_none_match: str | None = None) -> ObjectMeta:
         path, st, rec = await self.files.describe(bucket, key)
