@@ -20,40 +20,20 @@ from __future__ import annotations
 import argparse
 import heapq
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from ..cache.policy import EvictionPolicy
+from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.space import CacheSpace, NoRoom
 from .replay import Workload
 
 
-class FIFOPolicy:
+class FIFOPolicy(LRUPolicy):
     """First in, first out: reads do not extend an entry's life (an expiry rule by age)."""
 
     name = "fifo"
 
-    def __init__(self) -> None:
-        self._order: OrderedDict[Hashable, None] = OrderedDict()
-
-    def admit(self, key: Hashable, size: int, now: float) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
-
     def touch(self, key: Hashable, now: float) -> None:
         pass
-
-    def victim(self) -> Hashable | None:
-        return next(iter(self._order), None)
-
-    def remove(self, key: Hashable) -> None:
-        self._order.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._order
 
 
 def _insert(space: CacheSpace, key: Hashable, size: int, now: float) -> None:

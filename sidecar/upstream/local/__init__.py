@@ -87,17 +87,8 @@ class LocalUpstream:
 
     @contextlib.asynccontextmanager
     async def get_range(self, bucket: str, key: str, start: int, end: int, *, if_match: str) -> AsyncIterator[FileStream]:
-        found = self.files.find(bucket, key)
-        if found is None:
-            raise S3Error("NoSuchKey", Key=key)
-        path = found[0]
+        fd, st, rec = await self.files.open_version(bucket, key)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise S3Error("NoSuchKey", Key=key) from None
-        try:
-            st = os.fstat(fd)  # the open file pins this version, whatever happens to the name
-            rec = await self.files.record(bucket, key, path, st)
             if if_match and not etag_matches(if_match, rec["etag"], weak=False):
                 raise S3Error("PreconditionFailed", Condition="If-Match")
             if start < 0 or (end >= st.st_size and st.st_size) or (start > end and not (start == 0 and end == -1)):

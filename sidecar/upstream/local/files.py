@@ -295,6 +295,23 @@ class ObjectFiles:
         etag = self._cached_etag(bucket, key, st) or self.hash_file_etag(bucket, key, path, st)
         return self._hand_record(path, st, etag)
 
+    async def open_version(self, bucket: str, key: str) -> tuple[int, os.stat_result, dict]:
+        """(descriptor, stat, record) of the object's current version, opened: the descriptor
+        pins this version whatever happens to the name. The caller closes it. Raises NoSuchKey."""
+        found = self.find(bucket, key)
+        if found is None:
+            raise S3Error("NoSuchKey", Key=key)
+        try:
+            fd = os.open(found[0], os.O_RDONLY)
+        except FileNotFoundError:
+            raise S3Error("NoSuchKey", Key=key) from None
+        try:
+            st = os.fstat(fd)
+            return fd, st, await self.record(bucket, key, found[0], st)
+        except BaseException:
+            os.close(fd)
+            raise
+
     async def record(self, bucket: str, key: str, path: str, st: os.stat_result) -> dict:
         rec = self._stored_record(bucket, key, st)
         if rec is not None:

@@ -248,17 +248,8 @@ class RestRoutes:
     async def _get_object(self, bucket: str, key: str, q: dict[str, str], h: dict[str, str],
                           head: bool) -> ForwardResponse:
         self._check_version(q)
-        found = self.files.find(bucket, key)
-        if found is None:
-            raise S3Error("NoSuchKey", Key=key)
-        path = found[0]
+        fd, st, rec = await self.files.open_version(bucket, key)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise S3Error("NoSuchKey", Key=key) from None
-        try:
-            st = os.fstat(fd)
-            rec = await self.files.record(bucket, key, path, st)
             check_conditions(h, rec["etag"], st.st_mtime)
             size = st.st_size
             headers = [(canonical_name(n), v) for n, v in object_headers(rec, st.st_mtime)]
