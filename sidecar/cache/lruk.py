@@ -174,6 +174,27 @@ class LRUKPolicy:
         self.remove(key)
         self._retained.pop(key, None)
 
+    def boost(self, key: Hashable, weight: float) -> None:
+        """Rank a resident entry as if its backward K-distance were ``1 + weight`` times shorter
+        (the predictor is confident its object will be read again). Computed from the entry's
+        history, so a repeated boost does not compound; the entry's next reference ranks it by
+        its history alone again. Entries with fewer than K references stay below every entry with
+        a full history; among them, the distance to the last reference shrinks the same way.
+        One heap push: O(log n). ``weight`` 0 (or an unknown key) changes nothing."""
+        value = self._entries.get(key)
+        if value is None or weight <= 0:
+            return
+        slot = value & _SLOT_MASK
+        clock = self._clock
+        oldest = self._hist[slot * self.k + self.k - 1]
+        seen = oldest if oldest else self._last_seq[slot]
+        boosted = clock - int((clock - seen) / (1.0 + weight))
+        rank = (_FULL + boosted) if oldest else boosted
+        new = rank << _SLOT_BITS | slot
+        if new > value:
+            self._entries[key] = new
+            self._push(new)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -337,6 +358,11 @@ class ProbationLRUK:
         self.remove(key)
         self._ghost.pop(key, None)
         self.main.forget(key)
+
+    def boost(self, key: Hashable, weight: float) -> None:
+        """``LRUKPolicy.boost`` for main-queue entries; an entry on probation has no K-distance
+        yet and is left to the FIFO (a read, not a prediction, earns it the main queue)."""
+        self.main.boost(key, weight)
 
     def _to_main(self, key: Hashable, size: int, first: float, again: float = -1.0) -> None:
         self._main_bytes += size

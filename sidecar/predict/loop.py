@@ -59,6 +59,8 @@ class RunReport:
     inference_s: float = 0.0
     duration_s: float = 0.0
     cpu_s: float = 0.0
+    # objects scored at least the retention threshold -> probability (predictor-weighted retention)
+    confident: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class PrefetchLoop:
@@ -199,6 +201,7 @@ class PrefetchLoop:
             return report  # no model: the run only kept the access log (training data) flowing
         c1 = time.thread_time()
         report.cancelled = self._adopt(new_plan)
+        self._retain(report.confident)
         report.duration_s = time.perf_counter() - t0
         report.cpu_s += on_loop + time.thread_time() - c1
         m = self.sc.metrics
@@ -247,7 +250,8 @@ class PrefetchLoop:
                 "expected": dict(self._expected),
                 "free": space.capacity - space.used - space.reserved, "rules": sc.rules,
                 "threshold": s.prefetch_threshold, "max_bytes": max_bytes,
-                "limit": s.prefetch_candidates}
+                "limit": s.prefetch_candidates,
+                "retain_threshold": s.lru_k_retention_threshold if s.lru_k_retention_weight > 0 else None}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
         """In the worker thread: everything numeric."""
@@ -267,13 +271,26 @@ class PrefetchLoop:
             return None, report
         chosen, scored = choose(tracker, self.predictor, snap["now"], snap["cached"], snap["free"],
                                 snap["displaceable"], snap["rules"], threshold=snap["threshold"],
-                                max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"])
+                                max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
+                                retain_threshold=snap.get("retain_threshold"))
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
         if scored.candidates:
             m.prefetch_inference.observe(scored.inference_s)
         return chosen, scored
+
+    # --- predictor-weighted retention -----------------------------------------------------------
+
+    def _retain(self, confident: Mapping[Hashable, float]) -> int:
+        """On the event loop: the cached chunks of objects the run scored at least
+        ``lru_k_retention_threshold`` get ``lru_k_retention_weight`` in eviction (``QoSPolicy.boost``)."""
+        weight = self.sc.settings.lru_k_retention_weight
+        if not confident or weight <= 0:
+            return 0
+        keys = [(v.vid, i) for v in self.sc.store.iter_versions()
+                if v.chunks and (v.meta.bucket, v.meta.key) in confident for i in v.chunks]
+        return self.sc.policy.boost(keys, weight)
 
     # --- issuing and cancelling ----------------------------------------------------------------
 
@@ -358,6 +375,8 @@ class PrefetchLoop:
 
     def state(self) -> dict[str, Any]:
         last = dataclasses.asdict(self.last) if self.last is not None else None
+        if last is not None:
+            last.pop("confident", None)
         return {"enabled": self.enabled and self.predictor is not None, "disabled_reason": self.disabled_reason,
                 "runs": self.runs, "last_run": last, "in_flight_objects": len(self._active),
                 "queued_objects": len(self._queue),
@@ -375,15 +394,17 @@ def prefetch_budget(capacity: int, credited: int, demand_recent: int, max_bytes:
 
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
-           max_bytes: int | None, limit: int,
-           expected: Mapping[Hashable, float] | None = None) -> tuple[PrefetchPlan, RunReport]:
+           max_bytes: int | None, limit: int, expected: Mapping[Hashable, float] | None = None,
+           retain_threshold: float | None = None) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
     that a prefetch may push out (neither Guaranteed nor pinned), their hotness from the tracker;
     ``expected``: objects prefetched and not read since, with the probability they were fetched
     at, which stands for their hotness when higher (a new plan does not evict the last one's
-    unread objects for ones no likelier)."""
+    unread objects for ones no likelier). ``retain_threshold``: wholly cached objects are scored
+    too, and every object scored at least this lands in ``report.confident`` (the cache then
+    weights their chunks' retention: ``QoSPolicy.boost``)."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     report = RunReport()
@@ -392,8 +413,9 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     # slots without a look-up per object); wholly cached objects leave the matrix by a mask.
     get = cached.get
     fractions = np.fromiter((get(o, 0.0) for o in every), dtype=np.float64, count=len(every))
-    keep = np.flatnonzero(fractions < 1.0)
-    report.candidates = len(keep)
+    uncached = fractions < 1.0
+    keep = np.arange(len(every)) if retain_threshold is not None else np.flatnonzero(uncached)
+    report.candidates = int(uncached.sum())
     cands: list[Candidate] = []
     if len(keep):
         X = tracker.matrix(every, now, fractions)
@@ -402,8 +424,13 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
         t = time.perf_counter()
         probs = predictor.score(X)
         report.inference_s = time.perf_counter() - t
+        if retain_threshold is not None:
+            report.confident = {every[int(keep[i])]: float(probs[i])
+                                for i in np.flatnonzero(probs >= retain_threshold).tolist()}
         for i in np.flatnonzero(probs >= threshold).tolist():
             j = int(keep[i])
+            if not uncached[j]:
+                continue
             obj = every[j]
             size = tracker.size(obj)
             if not size:

@@ -223,4 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, metavar="FILE.onnx",
                    help="score with this model instead of training one on the first part")
     g.add_argument("--threshold", type=float, default=0.7, help="prefetch threshold [0.7]")
+    g.add_argument("--retention-weight", type=float, default=0.0, metavar="W",
+                   help="predictor-weighted retention in the run with prefetch, as the daemon's "
+                        "lru_k_retention_weight (e.g. 0.3: +30 %%); 0 turns it off [0]")
+    g.add_argument("--retention-threshold", type=float, default=0.85, metavar="P",
+                   help="probability from which an object's chunks get the weight [0.85]")
     p.set_defaults(func=run)
