@@ -318,9 +318,9 @@ def test_an_entry_back_from_the_ghost_list_enters_the_main_queue():
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 30)), min_size=1, max_size=300),
-       st.sampled_from([0.05, 0.1, 0.3]))
-def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share):
-    policy = ProbationLRUK(2, probation=share, correlated_period=0.5)
+       st.sampled_from([0.05, 0.1, 0.3]), st.booleans())
+def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share, adaptive):
+    policy = ProbationLRUK(2, probation=share, correlated_period=0.5, adaptive=adaptive)
     space = CacheSpace(120, policy)
     sizes: dict[int, int] = {}
     for t, (key, size) in enumerate(requests):
@@ -331,6 +331,31 @@ def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share)
         resident = [k for k in sizes if k in space]
         assert len(policy) == len(resident)
         assert sum(sizes[k] for k in resident) == space.used
+
+
+def test_adaptive_probation_grows_on_ghost_hits_and_shrinks_on_retained_returns():
+    policy = ProbationLRUK(2, probation=0.1, adaptive=True)
+    space = CacheSpace(10, policy)
+    t = 0.0
+    for key in range(10):  # ten entries read twice: into the main queue
+        for _ in range(2):
+            t += 1
+            if not space.hit(key, t):
+                space.insert(key, 1, t)
+    for key in range(100, 130):  # one-hit wonders through probation: ghosts
+        t += 1
+        space.insert(key, 1, t)
+    before = policy.probation
+    t += 1
+    space.insert(129 - 1, 1, t)  # a ghost comes back: probation was too small for it
+    grown = policy.probation
+    assert grown > before
+    evicted = [k for k in range(10) if k not in space]
+    assert evicted, "the main queue gave way"
+    t += 1
+    space.insert(evicted[0], 1, t)  # a key LRU-K remembers comes back: the main queue was too small
+    assert policy.probation < grown
+    assert evicted[0] in policy.main
 
 
 def test_make_policy_builds_probation_only_when_asked():

@@ -48,6 +48,8 @@ _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 # Entries with a full history rank above every entry with fewer than K references.
 _FULL = 1 << 62
+# Bounds of an adaptive probation share: the FIFO never vanishes nor takes the whole cache.
+_ADAPT_MIN, _ADAPT_MAX = 0.01, 0.9
 # Entries examined for one not inside a correlated burst before settling for the oldest.
 _ELIGIBLE_SCAN = 32
 
@@ -284,10 +286,17 @@ class ProbationLRUK:
     name = "lru-k-probation"
 
     def __init__(self, k: int = 2, *, probation: float = 0.1, correlated_period: float = 0.0,
-                 retained_period: float | None = 3600.0, history_size: int | None = None) -> None:
+                 retained_period: float | None = 3600.0, history_size: int | None = None,
+                 adaptive: bool = False) -> None:
+        """``adaptive``: ``probation`` is only the starting share; it moves as ARC's split does
+        (Megiddo & Modha, FAST 2003): a ghost-list hit (probation let a reused key go too soon)
+        grows it, a returning key whose history LRU-K retained (the main queue let it go too
+        soon) shrinks it, each by the key's share of the bytes, scaled by the ratio of the two
+        lists' lengths. Such a returning key then goes straight to the main queue, as ARC's do."""
         if not 0 < probation < 1:
             raise ValueError(f"probation must be a share of the bytes between 0 and 1, not {probation!r}")
         self.probation = float(probation)
+        self.adaptive = adaptive
         self.main = LRUKPolicy(k, correlated_period=correlated_period, retained_period=retained_period,
                                history_size=history_size)
         self.k = k
@@ -309,10 +318,16 @@ class ProbationLRUK:
         if self._ghost:
             first = self._ghost.pop(key, None)
             if first is not None:
+                if self.adaptive:
+                    self._adapt(size, len(self.main._retained) / (len(self._ghost) + 1))
                 # back after leaving probation unread: its earlier reference counts, as LRU-K's
                 # retained history would have it
                 self._to_main(key, size, first, now)
                 return
+        if self.adaptive and key in self.main._retained:
+            self._adapt(-size, len(self._ghost) / len(self.main._retained))
+            self._to_main(key, size, now, -1.0)
+            return
         self._fifo[key] = (size, now, -1.0)
         self._fifo_bytes += size
 
@@ -363,6 +378,12 @@ class ProbationLRUK:
         """``LRUKPolicy.boost`` for main-queue entries; an entry on probation has no K-distance
         yet and is left to the FIFO (a read, not a prediction, earns it the main queue)."""
         self.main.boost(key, weight)
+
+    def _adapt(self, size: int, ratio: float) -> None:
+        total = self._fifo_bytes + self._main_bytes
+        if total > 0:
+            step = size / total * max(1.0, ratio)
+            self.probation = min(_ADAPT_MAX, max(_ADAPT_MIN, self.probation + step))
 
     def _to_main(self, key: Hashable, size: int, first: float, again: float = -1.0) -> None:
         self._main_bytes += size
