@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     unique = workload.unique_bytes()
     specs = [s for s in args.policies.split(",") if s.strip()]
     factories = [(s.strip().lower(), policy_factory(s, args)) for s in specs]
+    if args.tier_pods:  # shared tier sizing (sim/tier.py)
+        from .tier import run as run_tier  # noqa: PLC0415
+
+        return run_tier(args, workload, unique, policy_factory(args.tier_policy, args), parse_capacity)
     sizes = [(s.strip(), parse_capacity(s, unique)) for s in args.sizes.split(",") if s.strip()]
 
     chunks = f", {len(workload.keys):,} chunks of {format_size(chunk_size)}" if chunk_size else ""
@@ -230,4 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "lru_k_retention_weight (e.g. 0.3: +30 %%); 0 turns it off [0]")
     g.add_argument("--retention-threshold", type=float, default=0.85, metavar="P",
                    help="probability from which an object's chunks get the weight [0.85]")
+    from .tier import add_arguments as add_tier_arguments  # noqa: PLC0415
+
+    add_tier_arguments(p)
     p.set_defaults(func=run)
