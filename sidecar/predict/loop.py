@@ -59,6 +59,7 @@ class RunReport:
     inference_s: float = 0.0
     duration_s: float = 0.0
     cpu_s: float = 0.0
+    retained: int = 0  # cached chunks given retention weight after the run
     # objects scored at least the retention threshold -> probability (predictor-weighted retention)
     confident: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -201,7 +202,7 @@ class PrefetchLoop:
             return report  # no model: the run only kept the access log (training data) flowing
         c1 = time.thread_time()
         report.cancelled = self._adopt(new_plan)
-        self._retain(report.confident)
+        report.retained = self._retain(report.confident)
         report.duration_s = time.perf_counter() - t0
         report.cpu_s += on_loop + time.thread_time() - c1
         m = self.sc.metrics
@@ -210,8 +211,8 @@ class PrefetchLoop:
         self.runs += 1
         self.last = report
         log.info("predictor_run", candidates=report.candidates, eligible=report.eligible, chosen=report.chosen,
-                 bytes=report.nbytes, cancelled=report.cancelled, inference_ms=round(report.inference_s * 1e3, 2),
-                 duration_ms=round(report.duration_s * 1e3, 2))
+                 bytes=report.nbytes, cancelled=report.cancelled, retained=report.retained,
+                 inference_ms=round(report.inference_s * 1e3, 2), duration_ms=round(report.duration_s * 1e3, 2))
         return report
 
     def _snapshot(self) -> dict[str, Any]:
