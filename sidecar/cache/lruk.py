@@ -300,8 +300,13 @@ class ProbationLRUK:
         self.main = LRUKPolicy(k, correlated_period=correlated_period, retained_period=retained_period,
                                history_size=history_size)
         self.k = k
-        # probationary entries, oldest first: key -> (size, admitted at, later reference or -1.0)
-        self._fifo: OrderedDict[Hashable, tuple[int, float, float]] = OrderedDict()
+        # probationary entries, oldest first: key -> slot in flat arrays of (size, admitted at,
+        # later reference or -1.0); a tuple and two floats an entry would cost ~110 bytes more
+        self._fifo: OrderedDict[Hashable, int] = OrderedDict()
+        self._f_size = array("q")
+        self._f_first = array("d")
+        self._f_again = array("d")
+        self._f_free: list[int] = []
         self._fifo_bytes = 0
         # sizes of main-queue entries by their LRU-K slot: 8 bytes an entry instead of a dict's ~70
         self._slot_size = array("q")
@@ -328,7 +333,15 @@ class ProbationLRUK:
             self._adapt(-size, len(self._ghost) / len(self.main._retained))
             self._to_main(key, size, now, -1.0)
             return
-        self._fifo[key] = (size, now, -1.0)
+        if self._f_free:
+            slot = self._f_free.pop()
+            self._f_size[slot], self._f_first[slot], self._f_again[slot] = size, now, -1.0
+        else:
+            slot = len(self._f_size)
+            self._f_size.append(size)
+            self._f_first.append(now)
+            self._f_again.append(-1.0)
+        self._fifo[key] = slot
         self._fifo_bytes += size
 
     def touch(self, key: Hashable, now: float) -> None:
@@ -337,9 +350,9 @@ class ProbationLRUK:
         if key in self.main._entries:
             self.main.touch(key, now)
             return
-        entry = self._fifo.get(key)
-        if entry is not None:
-            self._fifo[key] = (entry[0], entry[1], now)
+        slot = self._fifo.get(key)
+        if slot is not None:
+            self._f_again[slot] = now
 
     def victim(self) -> Hashable | None:
         fifo = self._fifo
@@ -347,20 +360,23 @@ class ProbationLRUK:
             if self.main._entries and self._fifo_bytes <= self.probation * (self._fifo_bytes + self._main_bytes):
                 break
             key = next(iter(fifo))
-            size, first, again = fifo[key]
+            slot = fifo[key]
+            size, first, again = self._f_size[slot], self._f_first[slot], self._f_again[slot]
             if again < 0:
                 return key  # read once while on probation: it goes
             del fifo[key]
+            self._f_free.append(slot)
             self._fifo_bytes -= size
             self._to_main(key, size, first, again)
         return self.main.victim() if self.main._entries else None
 
     def remove(self, key: Hashable) -> None:
-        entry = self._fifo.pop(key, None)
-        if entry is not None:
-            self._fifo_bytes -= entry[0]
+        slot = self._fifo.pop(key, None)
+        if slot is not None:
+            self._f_free.append(slot)
+            self._fifo_bytes -= self._f_size[slot]
             ghost = self._ghost
-            ghost[key] = entry[1]
+            ghost[key] = self._f_first[slot]
             while len(ghost) > max(len(self.main._entries), 1):
                 ghost.popitem(last=False)
             return
