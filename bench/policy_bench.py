@@ -36,9 +36,9 @@ def build(spec: str):
     k, _, share = rest.partition(":")
     if name == "lru-k":
         return LRUKPolicy(k=int(k or 2))
-    if name == "lru-k-probation":
-        return ProbationLRUK(k=int(k or 2), probation=float(share or 0.1))
-    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K, lru-k-probation:K:SHARE)")
+    if name in ("lru-k-probation", "lru-k-adaptive"):
+        return ProbationLRUK(k=int(k or 2), probation=float(share or 0.1), adaptive=name == "lru-k-adaptive")
+    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K, lru-k-probation:K:SHARE, lru-k-adaptive:K:SHARE)")
 
 
 def chunk_keys(n: int) -> list[tuple[str, int]]:
@@ -152,7 +152,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=1_000_000, help="resident entries")
     ap.add_argument("--ops", type=int, default=1_000_000, help="operations timed per figure")
-    ap.add_argument("--policy", action="append", help="lru, lru-k:K or lru-k-probation:K:SHARE (repeatable)")
+    ap.add_argument("--policy", action="append", 
+                    help="lru, lru-k:K, lru-k-probation:K:SHARE or lru-k-adaptive:K:SHARE (repeatable)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     specs = args.policy or ["lru", "lru-k:1", "lru-k:2", "lru-k:3"]

@@ -189,13 +189,18 @@ class Catalog:
         if entry.meta.checksums_for(kind) is not None:
             return entry
         bucket, key = entry.meta.bucket, entry.meta.key
-        if kind == "HEAD":
-            meta = await self.upstream.head(bucket, key)
-        else:
-            # Only the answer's headers are wanted: the body is not read, the connection dropped.
-            opened = await self.upstream.open_object(bucket, key, start=None, end=None, checksum_mode=True)
-            await opened.close()
-            meta = opened.meta
+        try:
+            if kind == "HEAD":
+                meta = await self.upstream.head(bucket, key)
+            else:
+                # Only the answer's headers are wanted: the body is not read, the connection dropped.
+                opened = await self.upstream.open_object(bucket, key, start=None, end=None, checksum_mode=True)
+                await opened.close()
+                meta = opened.meta
+        except UpstreamUnavailable:
+            # Cached data is still served while the upstream is out of reach, without checksums
+            # (a client then has none to check), never with another kind's.
+            return entry
         if meta.etag != entry.meta.etag or meta.size != entry.meta.size:
             self.invalidate(bucket, key)
             if self.on_obsolete is not None:

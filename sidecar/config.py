@@ -365,6 +365,14 @@ OPTIONS: tuple[Option, ...] = (
            "LRU-K: share of the cache's bytes for a probationary FIFO (with a ghost list) that new "
            "chunks pass before the LRU-K queue; 0 turns it off. Wins on scan-heavy, one-hit-rich "
            "work (OLTP), loses on large-object block traces (cloudPhysics): see docs/policy.md"),
+    Option("lru_k_retention_weight", 0.0, _float_range(0.0, 4.0), "a number from 0 to 4",
+           "LRU-K: after each predictor run, cached chunks of objects scored at least "
+           "lru_k_retention_threshold rank as if their backward K-distance were 1 + this times "
+           "shorter (0.3: +30 % retention weight); 0 (the default: no gain measured, see "
+           "docs/policy.md) turns it off"),
+    Option("lru_k_retention_threshold", 0.85, _float_range(0.0, 1.0), "a number from 0 to 1",
+           "LRU-K: predicted probability of a read from which an object's cached chunks get "
+           "lru_k_retention_weight"),
     Option("hotness_half_life", 600.0, parse_duration, DURATION_FORM,
            "half-life of the decayed per-object hotness used by the policy and the predictor"),
     # --- prefetch and bandwidth
@@ -466,6 +474,8 @@ class Settings:
     lru_k_correlated_period: float
     lru_k_retained_period: float | None
     lru_k_probation: float
+    lru_k_retention_weight: float
+    lru_k_retention_threshold: float
     hotness_half_life: float
     prefetch: bool
     prefetch_interval: float

@@ -318,9 +318,9 @@ def test_an_entry_back_from_the_ghost_list_enters_the_main_queue():
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 30)), min_size=1, max_size=300),
-       st.sampled_from([0.05, 0.1, 0.3]))
-def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share):
-    policy = ProbationLRUK(2, probation=share, correlated_period=0.5)
+       st.sampled_from([0.05, 0.1, 0.3]), st.booleans())
+def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share, adaptive):
+    policy = ProbationLRUK(2, probation=share, correlated_period=0.5, adaptive=adaptive)
     space = CacheSpace(120, policy)
     sizes: dict[int, int] = {}
     for t, (key, size) in enumerate(requests):
@@ -333,8 +333,98 @@ def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share)
         assert sum(sizes[k] for k in resident) == space.used
 
 
+def test_adaptive_probation_grows_on_ghost_hits_and_shrinks_on_retained_returns():
+    policy = ProbationLRUK(2, probation=0.1, adaptive=True)
+    space = CacheSpace(10, policy)
+    t = 0.0
+    for key in range(10):  # ten entries read twice: into the main queue
+        for _ in range(2):
+            t += 1
+            if not space.hit(key, t):
+                space.insert(key, 1, t)
+    for key in range(100, 130):  # one-hit wonders through probation: ghosts
+        t += 1
+        space.insert(key, 1, t)
+    before = policy.probation
+    t += 1
+    space.insert(129 - 1, 1, t)  # a ghost comes back: probation was too small for it
+    grown = policy.probation
+    assert grown > before
+    evicted = [k for k in range(10) if k not in space]
+    assert evicted, "the main queue gave way"
+    t += 1
+    space.insert(evicted[0], 1, t)  # a key LRU-K remembers comes back: the main queue was too small
+    assert policy.probation < grown
+    assert evicted[0] in policy.main
+
+
 def test_make_policy_builds_probation_only_when_asked():
     assert isinstance(make_policy("lru-k", k=2, probation=0.1), ProbationLRUK)
     assert isinstance(make_policy("lru-k", k=2, probation=0.0), LRUKPolicy)
     with pytest.raises(ValueError):
         ProbationLRUK(2, probation=1.5)
+
+
+# --- predictor-weighted retention: LRUKPolicy.boost and QoSPolicy.boost ---------------------------
+
+def _twins(k: int = 2) -> LRUKPolicy:
+    """Two entries with the same history shape, ``a`` referenced before ``b``: ``a`` goes first."""
+    p = LRUKPolicy(k)
+    for key in ("a", "b"):
+        for _ in range(k):
+            p.admit(key, 1, 0.0) if key not in p else p.touch(key, 0.0)
+    for i in range(20):  # time passes: other keys come and go
+        p.admit(f"x{i}", 1, 0.0)
+        p.touch(f"x{i}", 0.0)
+    return p
+
+
+def test_a_boosted_entry_outlives_an_equal_unboosted_one():
+    p = _twins()
+    assert p.order()[:2] == ["a", "b"]
+    p.boost("a", 0.3)
+    assert p.order().index("a") > p.order().index("b")
+    p.remove(p.victim())
+    assert "a" in p and "b" not in p
+
+
+def test_boost_does_not_compound_and_a_reference_resets_it():
+    p = _twins()
+    p.boost("a", 0.3)
+    once = p.order()
+    p.boost("a", 0.3)
+    assert p.order() == once
+    p.touch("a", 0.0)
+    p.touch("b", 0.0)  # both referenced again: ranked by history alone, a before b
+    assert p.order().index("a") < p.order().index("b")
+
+
+@given(st.lists(st.integers(0, 15), max_size=150), st.sets(st.integers(0, 15)))
+@settings(max_examples=60, deadline=None)
+def test_weight_zero_changes_nothing(requests, boosted):
+    plain, zero = LRUKPolicy(2), LRUKPolicy(2)
+    space_p, space_z = CacheSpace(6, plain), CacheSpace(6, zero)
+    for t, key in enumerate(requests):
+        for space in (space_p, space_z):
+            if not space.hit(key, float(t)):
+                space.insert(key, 1, float(t))
+        for b in boosted:
+            zero.boost(b, 0.0)
+        assert plain.order() == zero.order()
+
+
+def test_qos_policy_boosts_chunks_but_not_credited_ones():
+    from sidecar.cache.qos import QoSPolicy
+
+    q = QoSPolicy(class_policy=lambda: LRUKPolicy(2))
+    for name in ("a", "b"):
+        q.admit(("bkt", name, 0), 1, 0.0)
+        q.touch(("bkt", name, 0), 1.0)
+    q.admit(("bkt", "c", 0), 1, 1.0, credit_until=100.0)
+    for i in range(20):  # hot chunks referenced since: a's and b's distances grow alike
+        q.admit(("bkt", f"x{i}", 0), 1, 2.0)
+        q.touch(("bkt", f"x{i}", 0), 2.0)
+    assert q.victim() == ("bkt", "a", 0)
+    assert q.boost([("bkt", "a", 0), ("bkt", "c", 0), ("bkt", "gone", 0)], 0.3) == 1
+    assert q.victim() == ("bkt", "b", 0)
+    assert q.boost([("bkt", "b", 0)], 0.0) == 0

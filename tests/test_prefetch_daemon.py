@@ -179,3 +179,20 @@ def test_prefetch_false_writes_no_access_log(make_sidecar, moto_s3, bucket, tmp_
     assert sc.client().get_object(Bucket=bucket, Key="k")["Body"].read() == b"data"
     assert not (cache / "access-log").exists()
     assert [e for e in sc.log_events() if e.get("event") == "prefetch_disabled"][0]["reason"] == "prefetch=false"
+
+
+def test_retention_weight_boosts_cached_chunks_of_scored_objects(make_sidecar, moto_s3, bucket, model_path):
+    """lru_k_retention_weight: after a run, cached chunks of objects scored at least the
+    retention threshold get the weight (counted in the predictor_run line); 0 boosts none."""
+    for weight, expect in (("0.3", True), ("0", False)):
+        sc = make_sidecar(chunk_size="1MiB", model=str(model_path), prefetch_interval="0.3s",
+                          lru_k_retention_weight=weight, lru_k_retention_threshold="0",
+                          readahead_chunks=0)
+        s3 = sc.client()
+        for i in range(4):
+            key = f"ret{weight}/shard-{i:03d}"
+            moto_s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(SHARD_BYTES))
+            s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert _wait(lambda: len([e for e in sc.log_events() if e.get("event") == "predictor_run"]) >= 2)
+        runs = [e for e in sc.log_events() if e.get("event") == "predictor_run"]
+        assert (max(e.get("retained", 0) for e in runs) > 0) is expect

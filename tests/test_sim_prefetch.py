@@ -117,3 +117,31 @@ def test_cli_prefetch_workload(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "without prefetch" in out and "with prefetch" in out and "read later" in out
+
+
+class _Boosts(QoSPolicy):
+    """QoSPolicy that records which chunks predictor-weighted retention boosted."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.boosted: list = []
+
+    def boost(self, keys, weight):
+        keys = list(keys)
+        self.boosted.extend(keys)
+        return super().boost(keys, weight)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_retention_weight_boosts_cached_chunks_of_confident_objects(weight):
+    rules = RuleSet()
+    hook = simp.PrefetchHook(Constant(0.9), FeatureTracker(), rules, MiB, threshold=0.95,
+                             retention_weight=weight, retention_threshold=0.85)
+    inner = _Boosts(rules, lambda: LRUKPolicy(2), locate=simp._locate)
+    workload = Workload.build(simp.accesses_to_trace(_epochs()), MiB)
+    Replay(workload, 8 * MiB, simp._Watched(inner, hook.on_remove), hooks=[hook], tick=5.0).run()
+    assert hook.stats.prefetched_bytes == 0  # scored below the prefetch threshold: retention only
+    if weight:
+        assert inner.boosted and all(str(k[0]).startswith("b/ds/shard-") for k in inner.boosted)
+    else:
+        assert inner.boosted == []

@@ -48,6 +48,8 @@ _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
 # Entries with a full history rank above every entry with fewer than K references.
 _FULL = 1 << 62
+# Bounds of an adaptive probation share: the FIFO never vanishes nor takes the whole cache.
+_ADAPT_MIN, _ADAPT_MAX = 0.01, 0.9
 # Entries examined for one not inside a correlated burst before settling for the oldest.
 _ELIGIBLE_SCAN = 32
 
@@ -174,6 +176,27 @@ class LRUKPolicy:
         self.remove(key)
         self._retained.pop(key, None)
 
+    def boost(self, key: Hashable, weight: float) -> None:
+        """Rank a resident entry as if its backward K-distance were ``1 + weight`` times shorter
+        (the predictor is confident its object will be read again). Computed from the entry's
+        history, so a repeated boost does not compound; the entry's next reference ranks it by
+        its history alone again. Entries with fewer than K references stay below every entry with
+        a full history; among them, the distance to the last reference shrinks the same way.
+        One heap push: O(log n). ``weight`` 0 (or an unknown key) changes nothing."""
+        value = self._entries.get(key)
+        if value is None or weight <= 0:
+            return
+        slot = value & _SLOT_MASK
+        clock = self._clock
+        oldest = self._hist[slot * self.k + self.k - 1]
+        seen = oldest if oldest else self._last_seq[slot]
+        boosted = clock - int((clock - seen) / (1.0 + weight))
+        rank = (_FULL + boosted) if oldest else boosted
+        new = rank << _SLOT_BITS | slot
+        if new > value:
+            self._entries[key] = new
+            self._push(new)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -263,15 +286,27 @@ class ProbationLRUK:
     name = "lru-k-probation"
 
     def __init__(self, k: int = 2, *, probation: float = 0.1, correlated_period: float = 0.0,
-                 retained_period: float | None = 3600.0, history_size: int | None = None) -> None:
+                 retained_period: float | None = 3600.0, history_size: int | None = None,
+                 adaptive: bool = False) -> None:
+        """``adaptive``: ``probation`` is only the starting share; it moves as ARC's split does
+        (Megiddo & Modha, FAST 2003): a ghost-list hit (probation let a reused key go too soon)
+        grows it, a returning key whose history LRU-K retained (the main queue let it go too
+        soon) shrinks it, each by the key's share of the bytes, scaled by the ratio of the two
+        lists' lengths. Such a returning key then goes straight to the main queue, as ARC's do."""
         if not 0 < probation < 1:
             raise ValueError(f"probation must be a share of the bytes between 0 and 1, not {probation!r}")
         self.probation = float(probation)
+        self.adaptive = adaptive
         self.main = LRUKPolicy(k, correlated_period=correlated_period, retained_period=retained_period,
                                history_size=history_size)
         self.k = k
-        # probationary entries, oldest first: key -> (size, admitted at, later reference or -1.0)
-        self._fifo: OrderedDict[Hashable, tuple[int, float, float]] = OrderedDict()
+        # probationary entries, oldest first: key -> slot in flat arrays of (size, admitted at,
+        # later reference or -1.0); a tuple and two floats an entry would cost ~110 bytes more
+        self._fifo: OrderedDict[Hashable, int] = OrderedDict()
+        self._f_size = array("q")
+        self._f_first = array("d")
+        self._f_again = array("d")
+        self._f_free: list[int] = []
         self._fifo_bytes = 0
         # sizes of main-queue entries by their LRU-K slot: 8 bytes an entry instead of a dict's ~70
         self._slot_size = array("q")
@@ -288,11 +323,25 @@ class ProbationLRUK:
         if self._ghost:
             first = self._ghost.pop(key, None)
             if first is not None:
+                if self.adaptive:
+                    self._adapt(size, len(self.main._retained) / (len(self._ghost) + 1))
                 # back after leaving probation unread: its earlier reference counts, as LRU-K's
                 # retained history would have it
                 self._to_main(key, size, first, now)
                 return
-        self._fifo[key] = (size, now, -1.0)
+        if self.adaptive and key in self.main._retained:
+            self._adapt(-size, len(self._ghost) / len(self.main._retained))
+            self._to_main(key, size, now, -1.0)
+            return
+        if self._f_free:
+            slot = self._f_free.pop()
+            self._f_size[slot], self._f_first[slot], self._f_again[slot] = size, now, -1.0
+        else:
+            slot = len(self._f_size)
+            self._f_size.append(size)
+            self._f_first.append(now)
+            self._f_again.append(-1.0)
+        self._fifo[key] = slot
         self._fifo_bytes += size
 
     def touch(self, key: Hashable, now: float) -> None:
@@ -301,9 +350,9 @@ class ProbationLRUK:
         if key in self.main._entries:
             self.main.touch(key, now)
             return
-        entry = self._fifo.get(key)
-        if entry is not None:
-            self._fifo[key] = (entry[0], entry[1], now)
+        slot = self._fifo.get(key)
+        if slot is not None:
+            self._f_again[slot] = now
 
     def victim(self) -> Hashable | None:
         fifo = self._fifo
@@ -311,20 +360,23 @@ class ProbationLRUK:
             if self.main._entries and self._fifo_bytes <= self.probation * (self._fifo_bytes + self._main_bytes):
                 break
             key = next(iter(fifo))
-            size, first, again = fifo[key]
+            slot = fifo[key]
+            size, first, again = self._f_size[slot], self._f_first[slot], self._f_again[slot]
             if again < 0:
                 return key  # read once while on probation: it goes
             del fifo[key]
+            self._f_free.append(slot)
             self._fifo_bytes -= size
             self._to_main(key, size, first, again)
         return self.main.victim() if self.main._entries else None
 
     def remove(self, key: Hashable) -> None:
-        entry = self._fifo.pop(key, None)
-        if entry is not None:
-            self._fifo_bytes -= entry[0]
+        slot = self._fifo.pop(key, None)
+        if slot is not None:
+            self._f_free.append(slot)
+            self._fifo_bytes -= self._f_size[slot]
             ghost = self._ghost
-            ghost[key] = entry[1]
+            ghost[key] = self._f_first[slot]
             while len(ghost) > max(len(self.main._entries), 1):
                 ghost.popitem(last=False)
             return
@@ -337,6 +389,17 @@ class ProbationLRUK:
         self.remove(key)
         self._ghost.pop(key, None)
         self.main.forget(key)
+
+    def boost(self, key: Hashable, weight: float) -> None:
+        """``LRUKPolicy.boost`` for main-queue entries; an entry on probation has no K-distance
+        yet and is left to the FIFO (a read, not a prediction, earns it the main queue)."""
+        self.main.boost(key, weight)
+
+    def _adapt(self, size: int, ratio: float) -> None:
+        total = self._fifo_bytes + self._main_bytes
+        if total > 0:
+            step = size / total * max(1.0, ratio)
+            self.probation = min(_ADAPT_MAX, max(_ADAPT_MIN, self.probation + step))
 
     def _to_main(self, key: Hashable, size: int, first: float, again: float = -1.0) -> None:
         self._main_bytes += size

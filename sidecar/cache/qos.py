@@ -27,7 +27,7 @@ to; it decides the rule, the pins and the hotness counter of the object.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from .hotness import HotnessTable, half_life_to_lambda
@@ -198,6 +198,24 @@ class QoSPolicy:
         forget = getattr(group.policy, "forget", None) if group is not None else None
         if forget is not None:
             forget(key)
+
+    def boost(self, keys: Iterable[Hashable], weight: float) -> int:
+        """Predictor-weighted retention: these entries' objects were scored likely to be read
+        again, so their group's policy ranks them ``weight`` more worth keeping (``LRUKPolicy.boost``;
+        policies without ``boost`` ignore it). Pinned and credited entries are outside every
+        policy already. Returns how many entries were boosted."""
+        if weight <= 0:
+            return 0
+        n = 0
+        for key in keys:
+            group = self._where.get(key)
+            if group is None or key in self._pinned or key in self._credit:
+                continue
+            boost = getattr(group.policy, "boost", None)
+            if boost is not None:
+                boost(key, weight)
+                n += 1
+        return n
 
     def __len__(self) -> int:
         return len(self._where)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
-from ..errors import S3Error, UpstreamUnavailable
+from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
 from ..reader import ChunkFill, Priority
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
@@ -59,6 +59,7 @@ class PrefetchPolicy(Protocol):
 
     def guaranteed_over_quota(self) -> bool: ...
     def is_pinned(self, key: Any) -> bool: ...
+    def boost(self, keys: Iterable[Any], weight: float) -> int: ...
 
 
 class PrefetchHost(Protocol):
@@ -74,6 +75,7 @@ class PrefetchHost(Protocol):
     catalog: Any
     reader: Any
     bandwidth: Any
+
 
 log = get_logger("sidecar.prefetch")
 
@@ -97,6 +99,9 @@ class RunReport:
     inference_s: float = 0.0
     duration_s: float = 0.0
     cpu_s: float = 0.0
+    retained: int = 0  # cached chunks given retention weight after the run
+    # objects scored at least the retention threshold -> probability (predictor-weighted retention)
+    confident: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class PrefetchLoop:
@@ -268,6 +273,7 @@ class PrefetchLoop:
             return report  # no model: the run only kept the access log (training data) flowing
         c1 = time.thread_time()
         report.cancelled = self._adopt(new_plan)
+        report.retained = self._retain(report.confident)
         report.duration_s = time.perf_counter() - t0
         report.cpu_s += on_loop + time.thread_time() - c1
         m = self.sc.metrics
@@ -276,8 +282,8 @@ class PrefetchLoop:
         self.runs += 1
         self.last = report
         log.info("predictor_run", candidates=report.candidates, eligible=report.eligible, chosen=report.chosen,
-                 bytes=report.nbytes, cancelled=report.cancelled, inference_ms=round(report.inference_s * 1e3, 2),
-                 duration_ms=round(report.duration_s * 1e3, 2))
+                 bytes=report.nbytes, cancelled=report.cancelled, retained=report.retained,
+                 inference_ms=round(report.inference_s * 1e3, 2), duration_ms=round(report.duration_s * 1e3, 2))
         return report
 
     def _snapshot(self) -> dict[str, Any]:
@@ -318,7 +324,8 @@ class PrefetchLoop:
                 "expected": dict(self._expected),
                 "free": store.free_bytes, "rules": sc.rules,
                 "threshold": s.prefetch_threshold, "max_bytes": max_bytes, "interval": s.prefetch_interval,
-                "limit": s.prefetch_candidates}
+                "limit": s.prefetch_candidates,
+                "retain_threshold": s.lru_k_retention_threshold if s.lru_k_retention_weight > 0 else None}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
         """In the worker thread: everything numeric."""
@@ -346,13 +353,26 @@ class PrefetchLoop:
                                 snap["displaceable"], snap["rules"], threshold=snap["threshold"],
                                 max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
                                 known=known, interval=snap["interval"],
-                                horizon=float(getattr(self.predictor, "horizon", None) or 300.0))
+                                horizon=float(getattr(self.predictor, "horizon", None) or 300.0),
+                                retain_threshold=snap.get("retain_threshold"))
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
         if scored.candidates:
             m.prefetch_inference.observe(scored.inference_s)
         return chosen, scored
+
+    # --- predictor-weighted retention -----------------------------------------------------------
+
+    def _retain(self, confident: Mapping[Hashable, float]) -> int:
+        """On the event loop: the cached chunks of objects the run scored at least
+        ``lru_k_retention_threshold`` get ``lru_k_retention_weight`` in eviction (``QoSPolicy.boost``)."""
+        weight = self.sc.settings.lru_k_retention_weight
+        if not confident or weight <= 0:
+            return 0
+        keys = [(v.vid, i) for v in self.sc.store.iter_versions()
+                if v.chunks and (v.meta.bucket, v.meta.key) in confident for i in v.chunks]
+        return self.sc.policy.boost(keys, weight)
 
     # --- issuing and cancelling ----------------------------------------------------------------
 
@@ -414,9 +434,14 @@ class PrefetchLoop:
         except (S3Error, UpstreamUnavailable, asyncio.TimeoutError):
             m.prefetch_fetches.labels("failed").inc()
             return
-        meta = entry.meta
-        if not rule.caches(meta.size) or meta.size <= 0:
+        if not rule.caches(entry.meta.size) or entry.meta.size <= 0:
             return
+        # Clients read in checksum mode (boto3's default), and a whole-object GET answers with
+        # the upstream GET's own checksums: learn them now, in the background, so that the
+        # client's read is a plain hit rather than a wait on one more upstream request.
+        with contextlib.suppress(S3Error, UpstreamUnavailable, ObjectChanged, asyncio.TimeoutError):
+            entry = await asyncio.wait_for(sc.catalog.with_checksums(entry, "GET"), LOOKUP_TIMEOUT)
+        meta = entry.meta
         reader = sc.reader
         fetch = reader.fetch(meta, 0, reader.layout.count(meta.size) - 1, Priority.PREFETCH)
         fills = fetch.started
@@ -439,6 +464,8 @@ class PrefetchLoop:
 
     def state(self) -> dict[str, Any]:
         last = dataclasses.asdict(self.last) if self.last is not None else None
+        if last is not None:
+            last.pop("confident", None)
         return {"enabled": self.enabled and self.predictor is not None, "disabled_reason": self.disabled_reason,
                 "runs": self.runs, "last_run": last, "in_flight_objects": len(self._active),
                 "queued_objects": len(self._queue),
@@ -462,7 +489,8 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
            expected: Mapping[Hashable, float] | None = None, known: Any = None,
-           interval: float = 30.0, horizon: float = 300.0) -> tuple[PrefetchPlan, RunReport]:
+           interval: float = 30.0, horizon: float = 300.0,
+           retain_threshold: float | None = None) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
@@ -472,7 +500,9 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     unread objects for ones no likelier); ``known``: the known-key catalogue, whose keys ahead
     of each reader (``interval`` sets how far) become candidates too. The tracker's
     ``PrefetchLedger`` settles past plans (read, or wasted after ``horizon``) and keeps prefixes
-    where prefetch has not paid quiet."""
+    where prefetch has not paid quiet. ``retain_threshold``: wholly cached objects are scored
+    too, and every object scored at least this lands in ``report.confident`` (the cache then
+    weights their chunks' retention: ``QoSPolicy.boost``)."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     from .features import FEATURES  # noqa: PLC0415
@@ -486,8 +516,9 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     # slots without a look-up per object); wholly cached objects leave the matrix by a mask.
     get = cached.get
     fractions = np.fromiter((get(o, 0.0) for o in every), dtype=np.float64, count=len(every))
-    keep = np.flatnonzero(fractions < 1.0)
-    report.candidates = len(keep)
+    uncached = fractions < 1.0
+    keep = np.arange(len(every)) if retain_threshold is not None else np.flatnonzero(uncached)
+    report.candidates = int(uncached.sum())
     cands: list[Candidate] = []
     if len(keep):
         X = tracker.matrix(every, now, fractions)
@@ -496,8 +527,13 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
         t = time.perf_counter()
         probs = predictor.score(X)
         report.inference_s = time.perf_counter() - t
+        if retain_threshold is not None:
+            report.confident = {every[int(keep[i])]: float(probs[i])
+                                for i in np.flatnonzero(probs >= retain_threshold).tolist()}
         for i in np.flatnonzero(probs >= threshold).tolist():
             j = int(keep[i])
+            if not uncached[j]:
+                continue
             obj = every[j]
             size = tracker.size(obj)
             if not size:

@@ -19,7 +19,7 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-p(\d+))?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+))?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
@@ -27,7 +27,8 @@ PolicyFactory = Callable[[], EvictionPolicy]
 def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     """``default`` (the daemon's policy and default settings), ``lru``, ``lru-K`` (``lru-k``: K
     from --lru-k), ``lru-K-forget`` (no retained history, as libCacheSim's LRU-K), ``lru-K-pNN``
-    (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
+    (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front; ``lru-K-aNN``: its
+    share adaptive, starting at NN %%), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
     INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
     if spec == "default":
@@ -53,9 +54,10 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
             raise ConfigError("policy", spec, "K from 1 to 8")
         history = 0 if m.group(2) else args.history_size
         if m.group(3):
-            share = int(m.group(3)) / 100
+            share, adaptive = int(m.group(4)) / 100, m.group(3) == "a"
             return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
-                                         retained_period=args.retained_period, history_size=history)
+                                         retained_period=args.retained_period, history_size=history,
+                                         adaptive=adaptive)
         return lambda: LRUKPolicy(k, correlated_period=args.correlated_period,
                                   retained_period=args.retained_period, history_size=history)
     raise ConfigError("policy", spec, "default, lru, lru-K, lru-K-pNN (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
@@ -232,6 +234,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, metavar="FILE.onnx",
                    help="score with this model instead of training one on the first part")
     g.add_argument("--threshold", type=float, default=0.7, help="prefetch threshold [0.7]")
+    g.add_argument("--retention-weight", type=float, default=0.0, metavar="W",
+                   help="predictor-weighted retention in the run with prefetch, as the daemon's "
+                        "lru_k_retention_weight (e.g. 0.3: +30 %%); 0 turns it off [0]")
+    g.add_argument("--retention-threshold", type=float, default=0.85, metavar="P",
+                   help="probability from which an object's chunks get the weight [0.85]")
     from .tier import add_arguments as add_tier_arguments  # noqa: PLC0415
 
     add_tier_arguments(p)

@@ -123,8 +123,11 @@ class PrefetchHook:
 
     def __init__(self, predictor: Any, tracker: Any, rules: RuleSet, chunk_size: int | None, *,
                  threshold: float = 0.7, max_bytes: int | None = None, limit: int = 100_000,
-                 credit: float | None = None) -> None:
-        """``credit``: seconds a prefetched chunk is protected from demand data while unread (as
+                 credit: float | None = None, retention_weight: float = 0.0,
+                 retention_threshold: float = 0.85) -> None:
+        """``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
+        (``lru_k_retention_weight``/``_threshold``), the same ``QoSPolicy.boost`` after each run.
+        ``credit``: seconds a prefetched chunk is protected from demand data while unread (as
         the daemon's ``ChunkStore.prefetch_credit``): the predictor's horizon unless given; 0: none."""
         self.predictor = predictor
         self.tracker = tracker
@@ -134,6 +137,8 @@ class PrefetchHook:
         self.max_bytes = max_bytes
         self.limit = limit
         self.credit = credit if credit is not None else (getattr(predictor, "horizon", None) or 300.0)
+        self.retention_weight = retention_weight
+        self.retention_threshold = retention_threshold
         self.stats = PrefetchStats()
         self.watching: dict[Hashable, int] = {}  # prefetched item -> bytes, until read or evicted
         self.expected: dict[tuple[str, str], float] = {}  # object -> probability it was prefetched at
@@ -170,9 +175,13 @@ class PrefetchHook:
         space = replay.space
         cs = self.chunk_size
         cached_bytes: dict[tuple[str, str], int] = {}
+        chunks: dict[tuple[str, str], list[Hashable]] = {}
+        retain = self.retention_weight > 0
         for key, n in space.sizes.items():
             obj = _locate(key)
             cached_bytes[obj] = cached_bytes.get(obj, 0) + n
+            if retain:
+                chunks.setdefault(obj, []).append(key)
         tracker = self.tracker
         cached = {}
         displaceable = []
@@ -194,7 +203,11 @@ class PrefetchHook:
         self._admitted = admitted
         chosen, report = choose(tracker, self.predictor, now, cached, free, displaceable, self.rules,
                                 threshold=self.threshold, max_bytes=budget, limit=self.limit,
-                                expected=expected)
+                                expected=expected,
+                                retain_threshold=self.retention_threshold if retain else None)
+        if report.confident:
+            space.policy.boost([k for obj in report.confident for k in chunks.get(obj, ())],
+                               self.retention_weight)
         st = self.stats
         st.runs += 1
         st.candidates += report.candidates
@@ -260,7 +273,7 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
             train_fraction: float = 0.5, interval: float = 30.0, threshold: float = 0.7,
             model: Path | None = None, rules: RuleSet | None = None, lru_k: int = 2,
             max_bytes: int | None = 1024**3, name: str = "", horizon: float = 300.0,
-            seed: int = 0) -> Comparison:
+            seed: int = 0, retention_weight: float = 0.0, retention_threshold: float = 0.85) -> Comparison:
     """Train on the first part (unless ``model``), replay the rest without and with prefetch.
     ``capacity``: bytes, or a percentage of the evaluated part's unique bytes."""
     from ..predict.features import FeatureTracker  # noqa: PLC0415
@@ -293,7 +306,8 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
     tracker = FeatureTracker()
     for a in train_part:
         tracker.observe(a)
-    hook = PrefetchHook(predictor, tracker, rules, chunk_size, threshold=threshold, max_bytes=max_bytes)
+    hook = PrefetchHook(predictor, tracker, rules, chunk_size, threshold=threshold, max_bytes=max_bytes,
+                        retention_weight=retention_weight, retention_threshold=retention_threshold)
     replay = Replay(workload, capacity, _Watched(policy(), hook.on_remove), hooks=[hook], tick=interval,
                     label="with prefetch")
     with_prefetch = replay.run()
@@ -383,7 +397,8 @@ def run_cli(args: Any) -> int:
             try:
                 c = compare(accesses, capacity=size, chunk_size=chunk, train_fraction=args.train_fraction,
                             interval=args.tick, threshold=args.threshold, model=trained, rules=rules,
-                            lru_k=args.lru_k, name=name)
+                            lru_k=args.lru_k, name=name, retention_weight=args.retention_weight,
+                            retention_threshold=args.retention_threshold)
             except ConfigError as e:
                 print(f"sidecar sim: {e}", file=sys.stderr)
                 return 2
