@@ -299,10 +299,11 @@ OPTIONS: tuple[Option, ...] = (
            "chunks up to this size are also kept in memory once verified"),
     Option("ram_cache_size", 64 * 1024**2, parse_size, SIZE_FORM,
            "memory budget of the verified small-chunk cache (0 disables)"),
-    Option("chunk_verification", "every-read", _choice("every-read", "when-changed"),
+    Option("chunk_verification", "when-changed", _choice("every-read", "when-changed"),
            "every-read or when-changed",
-           "every-read: a chunk's CRC32C is computed on each read; when-changed: recomputed only "
-           "when the file's inode, size, mtime or ctime differ from its last good check"),
+           "when-changed: a read checks the CRC32C of each 64 KiB piece it touches unless the chunk "
+           "file's inode, size, mtime and ctime are those of its last good check (silent media "
+           "corruption is the scrub's to find); every-read (strict): every piece on every read"),
     Option("policy", "lru-k", _choice("lru", "lru-k"), "lru or lru-k",
            "eviction policy within each QoS class of the cache rules"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .cache.layout import ChunkLayout
+from .cache.chunkfile import CHECK_WINDOW
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -35,6 +36,7 @@ PIECE = 256 * 1024  # bytes read from the upstream stream at a time
 MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
+INLINE_CHECK_MAX = 256 * 1024  # cached ranges needing a check up to this size are checked on the loop
 
 
 class Priority(enum.IntEnum):
@@ -515,28 +517,38 @@ class Reader:
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
             mine.update(self._look_ahead(version, index, last, keep))
-            chunk = await self._open_verified(version.vid, index)
+            chunk = self.store.open_chunk(version.vid, index)
             if chunk is not None:
                 # A chunk this read fetched may be committed before the read reaches it: it
                 # is served from disk but its bytes still came from the upstream for this read.
                 fetched = index in mine
-                # Counted as handed out: a caller that needs only this segment closes the
-                # generator at the yield, and nothing after it runs.
-                if fetched:
-                    stats.miss_bytes += hi - lo + 1
-                else:
-                    stats.hit_bytes += hi - lo + 1
-                    if self.store.prefetched:
-                        self._prefetch_read(version.vid, index, stats)
+                if not fetched and self.store.prefetched:
+                    self._prefetch_read(version.vid, index, stats)
                 try:
-                    if chunk.data is not None:
-                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
-                    else:
-                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
+                    while lo <= hi:
+                        if chunk.data is not None:  # held in memory: verified when it was loaded
+                            seg = Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
+                        elif chunk.covered(lo, hi):  # known good: sendfile from the page cache
+                            seg = Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
+                        else:  # read once, check, and send that very buffer
+                            data = await self._read_checked(version.vid, index, chunk, lo, hi)
+                            if data is None:
+                                break  # dropped: the rest of the chunk is fetched again below
+                            seg = Segment(len(data), data=data, from_cache=not fetched)
+                        # Counted as handed out: a caller that needs only this segment closes
+                        # the generator at the yield, and nothing after it runs.
+                        if fetched:
+                            stats.miss_bytes += seg.length
+                        else:
+                            stats.hit_bytes += seg.length
+                        lo += seg.length
+                        yield seg
                 finally:
                     chunk.close()
-                pos = c0 + hi + 1
-                continue
+                pos = c0 + lo
+                if lo > hi:
+                    continue
+                # the cached copy failed its check (and was dropped) after lo: refetch the rest
             fill = self.fills.get((version.vid, index))
             if fill is None:  # the cached copy failed verification (and was dropped): refetch
                 fill = self._start_span(version, index, last, DEMAND, keep)[0]
@@ -557,19 +569,19 @@ class Reader:
                     yield seg
                 return
 
-    async def _open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
-        chunk = self.store.open_chunk(vid, index)
-        if chunk is None or chunk.verified:
-            return chunk
-        if self.executor is not None:
-            ok = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.verify)
-        else:
-            ok = chunk.verify()
-        if not ok:
+    async def _read_checked(self, vid: str, index: int, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
+        """Bytes from ``lo`` (to ``hi``, at most to the end of lo's check window) of a cached
+        chunk, read and checked piece by piece; None (and the chunk dropped) if they are bad."""
+        step = min(hi, (lo // CHECK_WINDOW + 1) * CHECK_WINDOW - 1)
+        if self.executor is not None and step - lo >= INLINE_CHECK_MAX:
+            data = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.read_checked, lo, step)
+        else:  # a few pieces from the page cache cost less than a hop to a thread
+            data = chunk.read_checked(lo, step)
+        if data is None:
             self.store.discard(vid, index, chunk)
             return None
         self.store.note_verified(vid, index, chunk)
-        return chunk
+        return data
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
         """Bytes lo..hi of a chunk being filled, as they arrive."""

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cache.layout import ChunkLayout
 from .cache.merkle import MerkleTree
-from .cache.store import FORMAT, ChunkStore, file_crc32c, version_id
+from .cache import chunkfile
+from .cache.chunkfile import FORMAT
+from .cache.store import ChunkStore, version_id
 from .objects import ObjectMeta
 from .telemetry import get_logger
 
@@ -31,8 +33,9 @@ if TYPE_CHECKING:
 log = get_logger("sidecar.verify")
 
 
-def check_file(path: Path | str | None, length: int) -> tuple[int | None, str | None]:
-    """(CRC32C of the bytes, None) or (None, what is wrong: missing, size, io-error)."""
+def check_file(path: Path | str | None, length: int, crc: int) -> tuple[int | None, str | None]:
+    """(``crc``, None) when every piece of the chunk file matches the piece table that ``crc``
+    (its recorded CRC32C) vouches for, or (None, what is wrong: missing, size, crc, io-error)."""
     if path is None:
         return None, "missing"
     try:
@@ -42,12 +45,12 @@ def check_file(path: Path | str | None, length: int) -> tuple[int | None, str | 
     except OSError:
         return None, "io-error"
     try:
-        crc = file_crc32c(fd, length)
+        problem = chunkfile.check_fd(fd, length, crc)
     except OSError:
         return None, "io-error"
     finally:
         os.close(fd)
-    return (crc, None) if crc is not None else (None, "size")
+    return (crc, None) if problem is None else (None, problem)
 
 
 @dataclasses.dataclass(slots=True)
@@ -79,7 +82,7 @@ def check_version(meta: ObjectMeta, chunk_size: int, recorded: dict[int, int],
     nbytes = 0
     for index, crc in sorted(recorded.items()):
         c0, c1 = layout.bounds(index, meta.size)
-        got, problem = check_file(path_of(index, crc), c1 - c0 + 1)
+        got, problem = check_file(path_of(index, crc), c1 - c0 + 1, crc)
         nbytes += c1 - c0 + 1
         if problem is not None:
             problems[index] = problem
@@ -172,27 +175,17 @@ def scan_dir(cache_dir: Path) -> tuple[list[tuple[Path, ObjectMeta, int, dict[in
     root = Path(cache_dir) / FORMAT
     if not root.is_dir():
         raise FileNotFoundError(f"{cache_dir} holds no cache (no {FORMAT}/ directory)")
+    found = chunkfile.scan(root)
     metas: dict[str, tuple[Path, ObjectMeta, int]] = {}
-    chunks: dict[str, dict[int, tuple[int, Path]]] = {}
-    stray: list[Path] = []
-    for shard in sorted(root.iterdir()):
-        if not shard.is_dir() or len(shard.name) != 2:
-            continue
-        for entry in sorted(shard.iterdir()):
-            parts = entry.name.split(".")
-            if len(parts) == 2 and parts[1] == "meta":
-                try:
-                    d = json.loads(entry.read_bytes())
-                    metas[parts[0]] = (entry, ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
-                except (OSError, ValueError, KeyError, TypeError):
-                    metas[parts[0]] = (entry, None, 0)  # type: ignore[assignment]
-            elif len(parts) == 3:
-                try:
-                    chunks.setdefault(parts[0], {})[int(parts[1])] = (int(parts[2], 16), entry)
-                except ValueError:
-                    stray.append(entry)
-            else:
-                stray.append(entry)
+    for vid, path in found.metas.items():
+        try:
+            with open(path, "rb") as f:
+                d = json.loads(f.read())
+            metas[vid] = (Path(path), ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            metas[vid] = (Path(path), None, 0)  # type: ignore[assignment]
+    chunks = {vid: {i: (crc, Path(p)) for i, crc, p in files} for vid, files in found.chunks.items()}
+    stray = [Path(p) for p in found.stray]
     out, orphans = [], stray
     for vid, (path, meta, cs) in metas.items():
         files = chunks.pop(vid, {})
@@ -217,13 +210,12 @@ def verify_dir(cache_dir: Path, bucket: str | None = None, key: str | None = Non
     for meta_path, meta, cs, recorded in versions:
         if (bucket is not None and meta.bucket != bucket) or (key is not None and meta.key != key):
             continue
-        shard = meta_path.parent
-        vid = meta_path.name.split(".")[0]
-        check = check_version(meta, cs, recorded, lambda i, crc: shard / f"{vid}.{i}.{crc:08x}")
+        root, vid = meta_path.parent.parent, meta_path.name.split(".")[0]
+        check = check_version(meta, cs, recorded, lambda i, crc: chunkfile.chunk_path(root, vid, i, crc))
         report.add(check, keep=key is not None)
         if repair:
             for index in check.corrupt:
-                _unlink(shard / f"{vid}.{index}.{recorded[index]:08x}")
+                _unlink(chunkfile.chunk_path(root, vid, index, recorded[index]))
                 report.dropped += 1
     if repair and bucket is None:
         for p in orphans:

@@ -22,7 +22,7 @@ def _get(s3, bucket, key, **kw) -> bytes:
 
 
 def _chunk_files(cache_dir: Path) -> list[Path]:
-    return sorted(p for p in (cache_dir / "v1").glob("??/*") if not p.name.endswith(".meta"))
+    return sorted(p for p in (cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta"))
 
 
 def test_second_read_is_served_without_the_upstream(sidecar, tap, moto_s3, bucket):
@@ -157,9 +157,9 @@ def test_kill_during_writes_leaves_no_partial_chunks(make_sidecar, moto_s3, buck
     s3 = sc.client()
     assert _get(s3, bucket, "crash") == data
     sc.kill()
-    leftovers = list((cache / "v1" / "tmp").iterdir())
+    leftovers = list((cache / "v2" / "tmp").iterdir())
     sc.start()
-    assert not list((cache / "v1" / "tmp").iterdir()), f"temp files are cleared at start ({len(leftovers)})"
+    assert not list((cache / "v2" / "tmp").iterdir()), f"temp files are cleared at start ({len(leftovers)})"
     assert _get(sc.client(), bucket, "crash") == data
 
 
@@ -286,7 +286,7 @@ def test_read_overtaken_by_a_write_leaves_no_old_chunks(make_sidecar, tap, moto_
             assert reading.result(timeout=30) == old, "a read that began before the write ends on what it began"
     finally:
         tap.fault = None
-    assert not [p for p in (tmp_path / "c" / "v1").glob("??/*") if p.name.endswith(".meta")], \
+    assert not [p for p in (tmp_path / "c" / "v2").glob("??/*") if p.name.endswith(".meta")], \
         "the replaced version's chunks and metadata are gone"
     sc.stop()
     gone = make_sidecar(upstream=f"http://127.0.0.1:{free_port()}", cache_dir=tmp_path / "c")

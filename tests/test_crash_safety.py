@@ -37,7 +37,7 @@ def test_kill_9_cycles_serve_only_upstream_bytes(rig):
     assert t.errors_after_restart == 0, t.examples
     assert rig.tracebacks() == []
     # no temp file of a killed write survives a restart, and every chunk kept is whole
-    assert not [p for p in (rig.sidecar.cache_dir / "v1" / "tmp").iterdir() if not p.name.endswith(".meta")]
+    assert not [p for p in (rig.sidecar.cache_dir / "v2" / "tmp").iterdir() if not p.name.endswith(".meta")]
 
 
 def test_a_restarted_sidecar_serves_its_cache_from_disk(rig):

@@ -160,7 +160,7 @@ def test_read_errors_are_misses(make_sidecar, tap, moto_s3, bucket, shrinking_di
     s3 = sc.client()
     assert _get(s3, bucket, "eio") == data
     shrink()
-    chunks = [p for p in (mnt / "cache" / "v1").glob("??/*") if not p.name.endswith(".meta")]
+    chunks = [p for p in (mnt / "cache" / "v2").glob("??/*") if not p.name.endswith(".meta")]
     eio = 0
     for p in chunks:  # out of the page cache, so reads go to the (now short) device
         fd = os.open(p, os.O_RDONLY)
@@ -204,7 +204,7 @@ def _loose(paths) -> list[str]:
 def test_cache_files_are_private_whatever_the_umask(make_sidecar, moto_s3, bucket, tmp_path):
     cache = tmp_path / "c"
     _fill_with_umask_0(make_sidecar, moto_s3, bucket, cache)
-    paths = [cache, *(cache / "v1").rglob("*")]
+    paths = [cache, *(cache / "v2").rglob("*")]
     assert len([p for p in paths if p.is_file()]) == 6  # 5 chunks and the metadata
     assert _loose(paths) == []
 

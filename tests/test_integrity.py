@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.cache import chunkfile
+from sidecar.cache.chunkfile import PIECE, PieceSums
 from sidecar.cache.merkle import MerkleTree
-from sidecar.cache.store import file_crc32c
 
 MiB = 1024 * 1024
 crcs = st.lists(st.one_of(st.none(), st.integers(0, 2**32 - 1)), min_size=1, max_size=70)
@@ -42,17 +43,63 @@ def test_merkle_root_depends_on_order_and_presence():
     assert MerkleTree.of({0: 5, 2: 7}, 3).root == MerkleTree([5, None, 7]).root
 
 
-@pytest.mark.parametrize("length", [0, 1, 1024 * 1024 - 1, 1024 * 1024, 3 * 1024 * 1024 + 7])
-def test_file_crc32c_reads_exactly_length_bytes(tmp_path, length):
+def _chunk_file(tmp_path, data: bytes, pieces=(1,)) -> tuple[object, int]:
+    sums = PieceSums()
+    for i in range(0, len(data), 1000):  # bytes arrive in sizes unrelated to pieces
+        sums.update(data[i:i + 1000])
+    trailer = sums.trailer(len(data))
+    p = tmp_path / "chunk"
+    p.write_bytes(data + trailer)
+    return p, crc32c.crc32c(trailer)
+
+
+@pytest.mark.parametrize("length", [0, 1, PIECE - 1, PIECE, 3 * PIECE + 7])
+def test_chunk_file_checks_every_byte_and_its_length(tmp_path, length):
     data = os.urandom(length)
-    p = tmp_path / "f"
-    for body, want in ((data, crc32c.crc32c(data)), (data + b"x", None), (data[:-1], None if length else 0)):
-        p.write_bytes(body)
+    p, crc = _chunk_file(tmp_path, data)
+    assert p.stat().st_size == chunkfile.file_size(length)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert chunkfile.check_fd(fd, length, crc) is None
+        assert chunkfile.check_fd(fd, length, crc ^ 1) == "crc", "the trailer must be the one the index recorded"
+    finally:
+        os.close(fd)
+    raw = p.read_bytes()
+    for damaged, problem in ((raw + b"x", "size"), (raw[:-1], "size"),
+                             (bytes([raw[0] ^ 1]) + raw[1:], "crc"), (raw[:-1] + bytes([raw[-1] ^ 1]), "crc")):
+        p.write_bytes(damaged)
         fd = os.open(p, os.O_RDONLY)
         try:
-            assert file_crc32c(fd, length) == want
+            assert chunkfile.check_fd(fd, length, crc) == problem
+            assert not chunkfile.check_bytes(damaged, length, crc)
         finally:
             os.close(fd)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5 * PIECE), st.data())
+def test_a_range_checks_exactly_the_pieces_it_touches(length, data):
+    """A read of lo..hi fails when a byte of a piece it touches is flipped and succeeds (with
+    the right bytes) when the flipped byte lies in a piece it does not touch."""
+    body = os.urandom(length)
+    lo = data.draw(st.integers(0, length - 1))
+    hi = data.draw(st.integers(lo, length - 1))
+    flip = data.draw(st.integers(0, length - 1))
+    with tempfile.TemporaryDirectory() as d:
+        p, crc = _chunk_file(Path(d), body)
+        raw = bytearray(p.read_bytes())
+        raw[flip] ^= 0x40
+        p.write_bytes(bytes(raw))
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            table = chunkfile.read_table(fd, length, crc)
+            got = chunkfile.read_checked(fd, table, length, lo, hi)
+        finally:
+            os.close(fd)
+    touched = lo // PIECE <= flip // PIECE <= hi // PIECE
+    assert (got is None) == touched
+    if got is not None:
+        assert bytes(got) == body[lo:hi + 1]
 
 
 def _sha(b: bytes) -> str:
@@ -64,7 +111,7 @@ def _get(s3, bucket, key) -> bytes:
 
 
 def _chunks(cache: Path) -> dict[int, Path]:
-    return {int(p.name.split(".")[1]): p for p in (cache / "v1").glob("??/*") if not p.name.endswith(".meta")}
+    return {int(p.name.split(".")[1]): p for p in (cache / "v2").glob("??/*") if not p.name.endswith(".meta")}
 
 
 def _post(sc, path: str, body: dict) -> dict:
@@ -118,7 +165,7 @@ def test_damaged_metadata_file_is_discarded_at_start(make_sidecar, tap, moto_s3,
     sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB")
     assert _get(sc.client(), bucket, "m") == data
     sc.stop()
-    (meta,) = (tmp_path / "c" / "v1").glob("??/*.meta")
+    (meta,) = (tmp_path / "c" / "v2").glob("??/*.meta")
     raw = meta.read_bytes()
     meta.write_bytes(raw[: len(raw) // 2])
     sc.start()
@@ -138,9 +185,9 @@ def test_online_verify_drops_and_refetches(make_sidecar, tap, moto_s3, bucket, t
     clean = _post(sc, "/verify", {})
     assert (clean["objects"], clean["chunks_checked"], clean["corrupt"], clean["ok"]) == (2, 5, 0, True)
     assert clean["bytes_checked"] == len(a) + len(b)
-    vid_a = next(p.name.split(".")[0] for p in (tmp_path / "c" / "v1").glob("??/*.meta")
+    vid_a = next(p.name.split(".")[0] for p in (tmp_path / "c" / "v2").glob("??/*.meta")
                  if json.loads(p.read_bytes())["meta"]["key"] == "a")
-    files = {int(p.name.split(".")[1]): p for p in (tmp_path / "c" / "v1").glob(f"??/{vid_a}.*.*")}
+    files = {int(p.name.split(".")[1]): p for p in (tmp_path / "c" / "v2").glob(f"??/{vid_a}.*.*")}
     _flip(files[0], 100)
     os.truncate(files[3], 2)
     tap.clear()

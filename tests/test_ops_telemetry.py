@@ -116,7 +116,7 @@ def test_crc_failures_are_counted_and_reported(make_sidecar, moto_s3, bucket):
     moto_s3.put_object(Bucket=bucket, Key="rot", Body=body)
     s3 = sc.client()
     assert s3.get_object(Bucket=bucket, Key="rot")["Body"].read() == body
-    chunks = [p for p in (sc.cache_dir / "v1").glob("??/*") if not p.name.endswith(".meta")]
+    chunks = [p for p in (sc.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
     assert len(chunks) == 3
     for p in chunks:  # flip one byte in each, length unchanged
         data = bytearray(p.read_bytes())

@@ -96,7 +96,7 @@ def test_a_body_cut_off_every_time_aborts_the_response(make_sidecar, tap, moto_s
     finally:
         tap.fault = None
     # nothing partial was committed: every cached chunk is whole, and the next read is correct
-    chunks = [p for p in (tmp_path / "cut" / "v1").glob("??/*") if not p.name.endswith(".meta")]
+    chunks = [p for p in (tmp_path / "cut" / "v2").glob("??/*") if not p.name.endswith(".meta")]
     assert all(p.stat().st_size == MiB for p in chunks)
     assert sc.client().get_object(Bucket=bucket, Key="cut")["Body"].read() == data
 

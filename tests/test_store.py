@@ -60,7 +60,7 @@ def test_commit_verify_and_rebuild(tmp_path):
 def test_files_are_private(tmp_path):
     s = store(tmp_path)
     put(s, meta("k", 10), b"0123456789")
-    for p in (tmp_path / "v1").rglob("*"):
+    for p in (tmp_path / "v2").rglob("*"):
         assert p.stat().st_mode & 0o077 == 0, p
 
 
@@ -70,7 +70,7 @@ def test_corruption_is_a_miss_and_the_file_goes(tmp_path):
     m = meta("k", len(data))
     put(s, m, data)
     vid = s.version_for(m).vid
-    path = next(p for p in (tmp_path / "v1").rglob(f"{vid}.1.*"))
+    path = next(p for p in (tmp_path / "v2").rglob(f"{vid}.1.*"))
     raw = bytearray(path.read_bytes())
     raw[5] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -87,7 +87,7 @@ def test_abort_leaves_nothing(tmp_path):
     w.write(b"x" * 100)
     assert not s.commit(w), "an incomplete chunk is never committed"
     w.close()
-    assert list((tmp_path / "v1" / "tmp").iterdir()) == []
+    assert list((tmp_path / "v2" / "tmp").iterdir()) == []
     assert s.used_bytes == 0 and s.space.reserved == 0
 
 
@@ -126,18 +126,18 @@ def test_changed_chunk_size_discards_old_chunks(tmp_path):
     put(s, meta("k", 3 * CS), os.urandom(3 * CS))
     s2 = ChunkStore(tmp_path, chunk_size=2 * CS, capacity=10 * CS, policy=LRUPolicy())
     s2.open()
-    assert s2.versions == {} and list((tmp_path / "v1").rglob("*.meta")) == []
+    assert s2.versions == {} and list((tmp_path / "v2").rglob("*.meta")) == []
 
 
 def test_stray_files_are_cleaned_at_start(tmp_path):
     s = store(tmp_path)
     put(s, meta("k", 10), b"x" * 10)
-    (tmp_path / "v1" / "tmp" / "leftover").write_bytes(b"partial")
-    (tmp_path / "v1" / "ab").mkdir(exist_ok=True)
-    (tmp_path / "v1" / "ab" / ("f" * 40 + ".0.deadbeef")).write_bytes(b"orphan")
+    (tmp_path / "v2" / "tmp" / "leftover").write_bytes(b"partial")
+    (tmp_path / "v2" / "ab").mkdir(exist_ok=True)
+    (tmp_path / "v2" / "ab" / ("f" * 40 + ".0.deadbeef")).write_bytes(b"orphan")
     s2 = store(tmp_path)
-    assert not (tmp_path / "v1" / "tmp" / "leftover").exists()
-    assert not (tmp_path / "v1" / "ab" / ("f" * 40 + ".0.deadbeef")).exists()
+    assert not (tmp_path / "v2" / "tmp" / "leftover").exists()
+    assert not (tmp_path / "v2" / "ab" / ("f" * 40 + ".0.deadbeef")).exists()
     assert read(s2, meta("k", 10)) == b"x" * 10
 
 

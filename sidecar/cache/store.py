@@ -1,16 +1,12 @@
 """The chunk store: verified chunks of object versions on local disk, under a byte budget.
 
-Layout under ``<cache_dir>/v1/``::
-
-    tmp/                       chunks being written (cleared at start)
-    <aa>/<vid>.meta            JSON: bucket, key, ETag, size, headers, chunk size
-    <aa>/<vid>.<index>.<crc>   raw chunk bytes; <crc> is their CRC32C in hex
-
-``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
-mistaken for another version's, and keys never become paths. A chunk is written to ``tmp/``
-and renamed into place, so a crash leaves whole chunks or none; its CRC is checked on every
-read, so a torn or rotted file is a miss, never bytes on the wire. The index is rebuilt from
-file names at start.
+Files are laid out as ``cache/chunkfile.py`` describes (``<cache_dir>/v2/``): ``vid`` is a hash
+of (bucket, key, ETag, size, chunk size), so a version's chunks can never be mistaken for
+another version's and keys never become paths. A chunk is written to ``tmp/`` and renamed into
+place, so a crash leaves whole chunks or none. Each chunk carries a CRC32C per 64 KiB piece; a
+read checks the pieces it touches unless the file is known unchanged since they were checked
+(``chunk_verification``), so a torn or rotted file is a miss, never bytes on the wire. The index
+is rebuilt from file names at start.
 """
 
 from __future__ import annotations
@@ -21,50 +17,27 @@ import hashlib
 import json
 import os
 import secrets
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import crc32c as _crc32c
-
 from ..objects import ObjectMeta
+from . import chunkfile
+from .chunkfile import FORMAT, PieceSums, crc32c, full_mask, pieces_mask
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
 from .space import CacheSpace, NoRoom
 
-FORMAT = "v1"
+__all__ = ["FORMAT", "ChunkStore", "ChunkWriter", "VerifiedChunk", "Version", "crc32c", "version_id"]
+
 ChunkKey = tuple[str, int]
+Stamp = tuple[int, int, int, int]  # a file's identity: (inode, size, mtime_ns, ctime_ns)
 
-
-def crc32c(data, value: int = 0) -> int:
-    return _crc32c.crc32c(data, value)
-
-
-_VERIFY_PIECE = 1024 * 1024
-_buffers = threading.local()
-
-
-def file_crc32c(fd: int, length: int) -> int | None:
-    """CRC32C of a file's first ``length`` bytes, or None if it is not exactly that long.
-    Read with pread into a reused per-thread buffer, not mmap: a page that fails to read
-    (EIO) raises SIGBUS under mmap, which Python cannot turn into an error and which wedges
-    the thread; pread reports it as OSError, which callers treat as a bad chunk."""
-    buf = getattr(_buffers, "buf", None)
-    if buf is None:
-        buf = _buffers.buf = bytearray(_VERIFY_PIECE)
-    view = memoryview(buf)
-    crc, pos = 0, 0
-    while pos < length:
-        n = os.preadv(fd, [view[:min(_VERIFY_PIECE, length - pos)]], pos)
-        if n <= 0:
-            return None
-        crc = crc32c(view[:n], crc)
-        pos += n
-    if os.pread(fd, 1, length):
-        return None  # longer than its index entry
-    return crc
+# A file's identity only proves "unchanged" once the clock has moved past its ctime: file times
+# are taken from a coarse clock, so a write within the same tick as the check could leave them
+# equal (git's "racily clean" problem). A check this close to the file's ctime is not memoised.
+RACY_NS = 50_000_000
 
 
 def mkdir_private(path: Path) -> None:
@@ -75,8 +48,12 @@ def mkdir_private(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+def _stamp(st: os.stat_result) -> Stamp:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _memoisable(stamp: Stamp) -> bool:
+    return time.time_ns() - stamp[3] > RACY_NS
 
 
 def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
@@ -111,31 +88,56 @@ class Version:
 
 @dataclasses.dataclass(slots=True)
 class VerifiedChunk:
-    """An open chunk: bytes in memory (``data``, always verified) or a file descriptor
-    (use pread/sendfile with offsets). A descriptor is verified once ``verified`` is True;
-    ``verify`` checks it (blocking, safe to run in a worker thread). Close it."""
+    """An open chunk: bytes in memory (``data``, always verified) or a file descriptor whose
+    data bytes are at offsets 0..length-1. Pieces set in ``checked`` are known good (by a check
+    in this process of a file with the same identity); ``covered`` says whether a range may be
+    sent from the descriptor as is, and ``read_checked`` reads and checks a range (blocking,
+    safe in a worker thread). Close it."""
 
     length: int
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
     fd: int = -1
-    crc: int = 0
-    verified: bool = True
-    stamp: tuple[int, int, int, int] | None = None  # (inode, size, mtime_ns, ctime_ns) once checked
+    crc: int = 0  # of the trailer: what the index recorded
+    checked: int = 0  # bit mask of pieces known good
+    stamp: Stamp | None = None
+    table: tuple[int, ...] | None = None  # piece CRCs, once read and matched against ``crc``
+
+    @property
+    def verified(self) -> bool:
+        return self.data is not None or self.checked == full_mask(self.length)
+
+    def covered(self, lo: int, hi: int) -> bool:
+        want = pieces_mask(lo, hi)
+        return self.checked & want == want
+
+    def read_checked(self, lo: int, hi: int) -> memoryview | None:
+        """Data bytes lo..hi read once and checked, or None if they are not as recorded (or
+        the disk fails)."""
+        try:
+            if self.table is None:
+                self.table = chunkfile.read_table(self.fd, self.length, self.crc)
+                if self.table is None:
+                    return None
+            data = chunkfile.read_checked(self.fd, self.table, self.length, lo, hi)
+        except (OSError, ValueError):
+            return None
+        if data is not None:
+            self.checked |= pieces_mask(lo, hi)
+        return data
 
     def verify(self) -> bool:
-        """Check the file's bytes against their CRC32C."""
+        """Check every byte of the file (and that it is exactly as long as recorded)."""
         if self.verified:
             return True
         try:
-            st = os.fstat(self.fd)
-            if st.st_size != self.length:
+            if os.fstat(self.fd).st_size != chunkfile.file_size(self.length):
                 return False
-            self.verified = file_crc32c(self.fd, self.length) == self.crc
-        except (OSError, ValueError):
+        except OSError:
             return False
-        if self.verified:
-            self.stamp = _stamp(st)
-        return self.verified
+        for lo in range(0, self.length, chunkfile.CHECK_WINDOW):
+            if self.read_checked(lo, min(self.length, lo + chunkfile.CHECK_WINDOW) - 1) is None:
+                return False
+        return True
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -149,7 +151,7 @@ class ChunkWriter:
     The descriptor outlives commit and abort (readers may still be sending from it); whoever
     owns the writer calls ``close`` when the last reader is done."""
 
-    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed")
+    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed", "sums")
 
     def __init__(self, version: Version, index: int, length: int, path: Path, fd: int, reserved: bool) -> None:
         self.version = version
@@ -159,9 +161,10 @@ class ChunkWriter:
         self.path = path
         self.fd = fd
         self.written = 0
-        self.crc = 0
+        self.crc = 0  # of the trailer, once ``seal`` wrote it
         self.reserved = reserved
         self.closed = False
+        self.sums = PieceSums()
 
     def write(self, data: bytes | memoryview) -> None:
         if self.written + len(data) > self.length:
@@ -170,8 +173,19 @@ class ChunkWriter:
         while view:
             n = os.write(self.fd, view)
             view = view[n:]
-        self.crc = crc32c(data, self.crc)
+        self.sums.update(data)
         self.written += len(data)
+
+    def seal(self) -> None:
+        """Append the piece table (the data is complete); its CRC32C names the file."""
+        trailer = self.sums.trailer(self.length)
+        view = memoryview(trailer)
+        pos = self.length
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+        self.crc = crc32c(trailer)
+
 
     @property
     def complete(self) -> bool:
@@ -224,24 +238,25 @@ class ChunkStore:
         self.prefetch_credit = 300.0
         self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
-        # when-changed verification: the file identity at each chunk's last good CRC check. Any
-        # write through the file system changes mtime/ctime; a match means the same bytes.
+        # when-changed verification: each chunk file's identity at its last good check and the
+        # pieces that check covered. Any write through the file system changes mtime/ctime (and
+        # a replacement the inode); a match means the same bytes. every-read keeps no memo.
         self._verify_every_read = verify_every_read
-        self._checked: dict[ChunkKey, tuple[int, int, int, int]] = {}
+        self._checked: dict[ChunkKey, tuple[Stamp, int]] = {}
+        # piece tables read from chunk files and matched against the index's CRC
+        self._tables: dict[ChunkKey, tuple[int, ...]] = {}
+        self.dropped_formats: list[str] = []  # older cache formats deleted at start
         self._ram_bytes = 0
         self._ram_max = ram_cache_size
         self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
 
     # --- paths ------------------------------------------------------------------------------
 
-    def _dir(self, vid: str) -> Path:
-        return self.root / vid[:2]
-
     def _chunk_path(self, vid: str, index: int, crc: int) -> Path:
-        return self._dir(vid) / f"{vid}.{index}.{crc:08x}"
+        return chunkfile.chunk_path(self.root, vid, index, crc)
 
     def _meta_path(self, vid: str) -> Path:
-        return self._dir(vid) / f"{vid}.meta"
+        return chunkfile.meta_path(self.root, vid)
 
     def chunk_file(self, vid: str, index: int) -> Path | None:
         """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
@@ -255,32 +270,20 @@ class ChunkStore:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
         for d in (self.root.parent, self.root, self.tmp):
             mkdir_private(d)
+        self.dropped_formats = chunkfile.drop_old_formats(self.root.parent)
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+        found_files = chunkfile.scan(self.root)
+        self._unlink_all(found_files.stray)
+        chunk_files = found_files.chunks
         metas: dict[str, tuple[ObjectMeta, float]] = {}
-        chunk_files: dict[str, list[tuple[int, int, str]]] = {}
-        for shard in os.scandir(self.root):
-            if not shard.is_dir() or len(shard.name) != 2 or shard.name == "tmp":
-                continue
-            for entry in os.scandir(shard.path):
-                parts = entry.name.split(".")
-                if len(parts) == 2 and parts[1] == "meta":
-                    loaded = self._load_meta(entry.path)
-                    if loaded is None:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-                        continue
-                    metas[parts[0]] = loaded
-                elif len(parts) == 3:
-                    try:
-                        chunk_files.setdefault(parts[0], []).append((int(parts[1]), int(parts[2], 16), entry.path))
-                    except ValueError:
-                        with contextlib.suppress(OSError):
-                            os.unlink(entry.path)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
+        for vid, path in found_files.metas.items():
+            loaded = self._load_meta(path)
+            if loaded is None:
+                self._unlink_all([path])
+            else:
+                metas[vid] = loaded
         # One version per (bucket, key): the most recently stored wins, older ones are dead.
         newest: dict[tuple[str, str], tuple[float, str]] = {}
         for vid, (meta, stored_at) in metas.items():
@@ -387,6 +390,8 @@ class ChunkStore:
         if chunk is not None and not chunk.verify():
             self.discard(vid, index, chunk)
             return None
+        if chunk is not None:
+            self.note_verified(vid, index, chunk)
         return chunk
 
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
@@ -401,8 +406,10 @@ class ChunkStore:
 
     def open_chunk(self, vid: str, index: int) -> VerifiedChunk | None:
         """The chunk, or None (a miss). Small chunks come back in memory and verified; larger
-        ones as an open file the caller must ``verify()`` (and ``discard`` if that fails)
-        before sending a byte of it — off the event loop if it likes."""
+        ones as an open file whose ``checked`` pieces are known good (when-changed, identity
+        unchanged): the caller sends a range from the file only if ``covered``, and otherwise
+        sends what ``read_checked`` returns (``discard`` if that fails) — off the event loop if
+        it likes, then ``note_verified``."""
         v = self.versions.get(vid)
         if v is None or index not in v.chunks:
             return None
@@ -424,31 +431,49 @@ class ChunkStore:
             return None
         if length <= self._ram_chunk_max:
             try:
-                data = os.pread(fd, length + 1, 0)
+                raw = os.pread(fd, chunkfile.file_size(length) + 1, 0)
             except OSError:
-                data = b""
+                raw = b""
             finally:
                 os.close(fd)
-            if len(data) != length or crc32c(data) != crc:
+            if not chunkfile.check_bytes(raw, length, crc):
                 return self._corrupt(v, index)
+            data = raw[:length]
             self._ram_put(key, data)
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
+        try:
+            stamp = _stamp(os.fstat(fd))
+        except OSError:
+            os.close(fd)
+            self.stats.read_errors += 1
+            self._drop_chunk(v, index)
+            return None
+        if stamp[1] != chunkfile.file_size(length):  # truncated or extended: no piece can be trusted
+            os.close(fd)
+            return self._corrupt(v, index)
         self.space.hit(key, now)
-        chunk = VerifiedChunk(length, fd=fd, crc=crc, verified=False)
+        chunk = VerifiedChunk(length, fd=fd, crc=crc, stamp=stamp, table=self._tables.get(key))
         if not self._verify_every_read:
             known = self._checked.get(key)
-            if known is not None:
-                try:
-                    chunk.verified = _stamp(os.fstat(fd)) == known
-                except OSError:
-                    chunk.verified = False
+            if known is not None and known[0] == stamp:
+                chunk.checked = known[1]
         return chunk
 
     def note_verified(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """Remember a good check (when-changed verification)."""
-        if not self._verify_every_read and chunk.stamp is not None:
-            self._checked[(vid, index)] = chunk.stamp
+        """Remember what a check found good: the piece table, and (when-changed) the pieces
+        checked under the file's identity."""
+        key = (vid, index)
+        v = self.versions.get(vid)
+        if v is None or v.chunks.get(index) != chunk.crc:
+            return  # dropped or replaced meanwhile
+        if chunk.table is not None:
+            self._tables[key] = chunk.table
+        if self._verify_every_read or chunk.stamp is None or not _memoisable(chunk.stamp):
+            return
+        known = self._checked.get(key)
+        mask = chunk.checked | (known[1] if known is not None and known[0] == chunk.stamp else 0)
+        self._checked[key] = (chunk.stamp, mask)
 
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
         """A chunk failed verification: count it, close it, and delete it."""
@@ -482,6 +507,7 @@ class ChunkStore:
 
     def _ram_drop(self, key: ChunkKey) -> None:
         self._checked.pop(key, None)
+        self._tables.pop(key, None)
         old = self._ram.pop(key, None)
         if old is not None:
             self._ram_bytes -= len(old)
@@ -526,6 +552,7 @@ class ChunkStore:
         # The version may have been forgotten while empty; it is live again.
         v = self.versions.setdefault(v.vid, v)
         try:
+            w.seal()
             if not v.meta_written:
                 self._write_meta(v)
             final = self._chunk_path(w.vid, w.index, w.crc)
@@ -542,6 +569,7 @@ class ChunkStore:
         if old_crc is not None and old_crc != w.crc:
             self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
+        self._note_written(w)
         now = self.clock()
         credit = {}
         if prefetched:
@@ -552,6 +580,22 @@ class ChunkStore:
         evicted = self.space.insert((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
+
+    def _note_written(self, w: ChunkWriter) -> None:
+        """The bytes just committed were checksummed as they were written: their pieces are
+        known good while the file keeps its identity (unless the clock has not yet moved past
+        its ctime, see RACY_NS)."""
+        key = (w.vid, w.index)
+        self._checked.pop(key, None)
+        self._tables[key] = w.sums.table()
+        if self._verify_every_read:
+            return
+        try:
+            stamp = _stamp(os.fstat(w.fd))
+        except OSError:
+            return
+        if _memoisable(stamp):
+            self._checked[key] = (stamp, full_mask(w.length))
 
     def abort(self, w: ChunkWriter) -> None:
         if w.closed:
