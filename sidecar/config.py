@@ -304,6 +304,9 @@ OPTIONS: tuple[Option, ...] = (
            "when-changed: a read checks the CRC32C of each 64 KiB piece it touches unless the chunk "
            "file's inode, size, mtime and ctime are those of its last good check (silent media "
            "corruption is the scrub's to find); every-read (strict): every piece on every read"),
+    Option("scrub_rate", 8 * 1024**2, parse_size, SIZE_FORM + " per second (0 disables)",
+           "rate at which a background scrub reads cached chunks from the disk, past the page "
+           "cache, to find silent media corruption (the whole cache takes cache bytes / rate)"),
     Option("policy", "lru-k", _choice("lru", "lru-k"), "lru or lru-k",
            "eviction policy within each QoS class of the cache rules"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
@@ -396,6 +399,7 @@ class Settings:
     ram_chunk_max: int
     ram_cache_size: int
     chunk_verification: str
+    scrub_rate: int
     policy: str
     lru_k: int
     lru_k_correlated_period: float
@@ -458,7 +462,7 @@ class Settings:
             elif isinstance(v, Path):
                 v = str(v)
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
-                            "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes"):
+                            "scrub_rate", "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes"):
                 v = format_size(v)
             elif o.name in ("metadata_ttl", "lru_k_retained_period", "stale_if_error") and v is None:
                 v = "indefinite"

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .cache.layout import ChunkLayout
+from .cache import chunkfile
 from .cache.chunkfile import CHECK_WINDOW
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
@@ -577,6 +578,7 @@ class Reader:
             data = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.read_checked, lo, step)
         else:  # a few pieces from the page cache cost less than a hop to a thread
             data = chunk.read_checked(lo, step)
+        self.store.stats.checked_bytes += chunkfile.read_span(lo, step, chunk.length)
         if data is None:
             self.store.discard(vid, index, chunk)
             return None

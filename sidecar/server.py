@@ -18,6 +18,7 @@ from . import admin, config
 from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
+from .cache.scrub import Scrubber
 from .cache.store import ChunkStore
 from .catalog import Catalog
 from .health import Readiness
@@ -65,6 +66,7 @@ class Sidecar:
         self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
                                               hotness_half_life=settings.hotness_half_life)
         # Large-chunk verification and sendfile run here; both release the GIL.
+        self._scrub_task: asyncio.Future | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
         # the rate follows the upstream's latency, errors and throttling (docs/bandwidth.md).
@@ -170,6 +172,8 @@ class Sidecar:
         await self.ops.start()
         await self.upstream.start()
         await self.prefetch.start()
+        if s.scrub_rate > 0:
+            self._scrub_task = asyncio.ensure_future(Scrubber(self.store, s.scrub_rate, self.executor).run())
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
@@ -206,6 +210,10 @@ class Sidecar:
         self._runners.clear()
         drained = time.monotonic() - t0
         await self.ops.stop()
+        if self._scrub_task is not None:
+            self._scrub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._scrub_task
         await self.prefetch.stop()
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):

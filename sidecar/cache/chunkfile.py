@@ -59,6 +59,11 @@ def pieces_mask(lo: int, hi: int) -> int:
     return ((1 << (p1 - p0 + 1)) - 1) << p0
 
 
+def read_span(lo: int, hi: int, length: int) -> int:
+    """Bytes a check of data bytes ``lo``..``hi`` reads: the whole pieces they touch."""
+    return min((hi // PIECE + 1) * PIECE, length) - lo // PIECE * PIECE
+
+
 def full_mask(length: int) -> int:
     return (1 << piece_count(length)) - 1
 

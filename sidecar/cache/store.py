@@ -200,7 +200,7 @@ class ChunkWriter:
 
 class StoreStats:
     __slots__ = ("crc_failures", "evictions", "evicted_bytes", "write_errors", "read_errors", "rebuilt_chunks",
-                 "ram_hits")
+                 "ram_hits", "checked_bytes", "scrubbed_bytes", "scrub_failures", "scrub_passes")
 
     def __init__(self) -> None:
         self.crc_failures = 0
@@ -210,6 +210,10 @@ class StoreStats:
         self.read_errors = 0
         self.rebuilt_chunks = 0
         self.ram_hits = 0
+        self.checked_bytes = 0  # chunk bytes read back and checked to serve a read
+        self.scrubbed_bytes = 0  # chunk bytes the background scrub read from the media and checked
+        self.scrub_failures = 0
+        self.scrub_passes = 0  # complete passes over the cache
 
 
 class ChunkStore:
@@ -436,6 +440,7 @@ class ChunkStore:
                 raw = b""
             finally:
                 os.close(fd)
+            self.stats.checked_bytes += length
             if not chunkfile.check_bytes(raw, length, crc):
                 return self._corrupt(v, index)
             data = raw[:length]
