@@ -159,6 +159,74 @@ def test_damage_the_existing_tests_do_not_cover_is_never_served(make_sidecar, ta
     assert tap.object_gets() == [], "the refetched chunks are cached again"
 
 
+def _range(s3, bucket, key, lo, hi) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi}")["Body"].read()
+
+
+def _checked(sc) -> int:
+    return sc.admin("/stats")["cache"]["checked_bytes"]
+
+
+def test_a_ranged_hit_checks_only_the_pieces_it_touches(make_sidecar, moto_s3, bucket, tmp_path):
+    data = os.urandom(2 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="r", Body=data)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0, chunk_verification="every-read")
+    s3 = sc.client()
+    assert _get(s3, bucket, "r") == data
+    for lo, hi, pieces in ((100_000, 100_099, 1), (PIECE - 6, PIECE + 4, 2), (MiB + 5, MiB + 3 * PIECE, 4)):
+        before = _checked(sc)
+        assert _range(s3, bucket, "r", lo, hi) == data[lo:hi + 1]
+        assert _checked(sc) - before == pieces * PIECE, (lo, hi)
+    before = _checked(sc)
+    assert _range(s3, bucket, "r", 100_000, 100_099) == data[100_000:100_100]
+    assert _checked(sc) - before == PIECE, "every-read checks again on every read"
+
+
+def test_an_unchanged_file_is_not_checked_again_and_a_changed_one_is(make_sidecar, moto_s3, bucket, tmp_path):
+    data = os.urandom(2 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="w", Body=data)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0)  # when-changed: the default
+    s3 = sc.client()
+    assert _get(s3, bucket, "w") == data
+    time.sleep(0.1)  # file times have a coarse clock: a check this close to the write is not remembered
+    assert _range(s3, bucket, "w", 0, MiB - 1) == data[:MiB]
+    before = _checked(sc)
+    assert _range(s3, bucket, "w", 0, MiB - 1) == data[:MiB]
+    assert _range(s3, bucket, "w", 1000, 300_000) == data[1000:300_001]
+    assert _checked(sc) == before, "the same file, unchanged since its check, is sent without reading it back"
+    # Rewritten in place with its modification time put back: the ctime still tells.
+    path = _chunks(tmp_path / "c")[0]
+    st = path.stat()
+    _flip(path, 200_000)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _range(s3, bucket, "w", 150_000, 250_000) == data[150_000:250_001]
+    assert sc.admin("/stats")["cache"]["crc_failures"] == 1
+
+
+def test_a_cache_in_the_older_format_is_dropped_not_misread(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    data = os.urandom(MiB)
+    moto_s3.put_object(Bucket=bucket, Key="o", Body=data)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB")
+    assert _get(sc.client(), bucket, "o") == data
+    sc.stop()
+    # What a v1 sidecar left: the same names, whole-chunk CRC32C, no piece table.
+    (tmp_path / "c" / "v2").rename(tmp_path / "c" / "v1")
+    for p in _chunks_in(tmp_path / "c" / "v1"):
+        body = p.read_bytes()[:MiB]
+        p.write_bytes(body)
+        p.rename(p.with_name(f"{p.name.rsplit('.', 1)[0]}.{crc32c.crc32c(body):08x}"))
+    sc.start()
+    assert not (tmp_path / "c" / "v1").exists()
+    assert sc.admin("/stats")["cache"]["chunks"] == 0
+    tap.clear()
+    assert _sha(_get(sc.client(), bucket, "o")) == _sha(data)
+    assert len(tap.object_gets(f"/{bucket}/o")) == 1
+
+
+def _chunks_in(root: Path) -> list[Path]:
+    return [p for p in root.glob("??/*") if not p.name.endswith(".meta")]
+
+
 def test_damaged_metadata_file_is_discarded_at_start(make_sidecar, tap, moto_s3, bucket, tmp_path):
     data = os.urandom(2 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="m", Body=data)
