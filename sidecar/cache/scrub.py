@@ -46,10 +46,11 @@ def read_direct(path: str, size: int) -> bytes | None:
             view = memoryview(buf)
             got = 0
             while True:
+                want = len(view) - got
                 n = os.preadv(fd, [view[got:]], got)
-                if n <= 0:
+                got += max(n, 0)
+                if n < want:  # the end of the file (a direct read past it is short, not an error)
                     break
-                got += n
             data = bytes(view[:got])
             view.release()
             return data
