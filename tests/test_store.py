@@ -228,3 +228,18 @@ def test_scrub_drops_a_chunk_rotted_under_an_unchanged_identity(tmp_path):
     assert checked == 3
     assert s.stats.scrub_failures == 1 and s.stats.scrubbed_bytes == 3 * CS and s.stats.scrub_passes == 1
     assert not s.has(vid, 1) and s.has(vid, 0) and s.has(vid, 2) and not path.exists()
+
+
+def test_ram_tier_keeps_small_chunks_under_its_budget_least_recent_out():
+    from sidecar.cache.ramtier import RamTier
+    ram = RamTier(capacity=10, chunk_max=4)
+    ram.put("a", b"aaaa")
+    ram.put("big", b"x" * 5)
+    assert ram.get("big") is None, "larger than chunk_max: not kept"
+    ram.put("b", b"bbbb")
+    assert ram.get("a") == b"aaaa"  # a is now the most recent
+    ram.put("c", b"cccc")
+    assert ram.get("b") is None and ram.get("a") == b"aaaa" and ram.get("c") == b"cccc" and ram.used == 8
+    ram.drop("a")
+    assert ram.used == 4 and len(ram) == 1
+    assert RamTier(capacity=0, chunk_max=4).holds(1) is False

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from . import chunkfile
 from .chunkfile import FORMAT, PieceSums, crc32c, full_mask, pieces_mask
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
+from .ramtier import RamTier
 from .space import CacheSpace, NoRoom
 
 __all__ = ["FORMAT", "ChunkStore", "ChunkWriter", "VerifiedChunk", "Version", "crc32c", "version_id"]
@@ -240,7 +240,7 @@ class ChunkStore:
         # Seconds a prefetched chunk is protected from eviction by demand data while unread:
         # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
         self.prefetch_credit = 300.0
-        self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
         # when-changed verification: each chunk file's identity at its last good check and the
         # pieces that check covered. Any write through the file system changes mtime/ctime (and
@@ -250,9 +250,6 @@ class ChunkStore:
         # piece tables read from chunk files and matched against the index's CRC
         self._tables: dict[ChunkKey, tuple[int, ...]] = {}
         self.dropped_formats: list[str] = []  # older cache formats deleted at start
-        self._ram_bytes = 0
-        self._ram_max = ram_cache_size
-        self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -358,7 +355,7 @@ class ChunkStore:
         v.dropped = True
         for index in list(v.chunks):
             self.space.forget((vid, index))
-            self._ram_drop((vid, index))
+            self._forget_in_memory((vid, index))
             if self.prefetched:
                 self._prefetch_left((vid, index))
         paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
@@ -401,9 +398,8 @@ class ChunkStore:
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
         """The chunk's verified bytes if it is held in memory (a hit), else None."""
         key = (vid, index)
-        data = self._ram.get(key)
+        data = self.ram.get(key)
         if data is not None:
-            self._ram.move_to_end(key)
             self.space.hit(key, self.clock())
             self.stats.ram_hits += 1
         return data
@@ -419,9 +415,8 @@ class ChunkStore:
             return None
         key = (vid, index)
         now = self.clock()
-        data = self._ram.get(key)
+        data = self.ram.get(key)
         if data is not None:
-            self._ram.move_to_end(key)
             self.space.hit(key, now)
             self.stats.ram_hits += 1
             return VerifiedChunk(len(data), data=data)
@@ -433,7 +428,7 @@ class ChunkStore:
             self.stats.read_errors += 1
             self._drop_chunk(v, index)
             return None
-        if length <= self._ram_chunk_max:
+        if self.ram.holds(length):
             try:
                 raw = os.pread(fd, chunkfile.file_size(length) + 1, 0)
             except OSError:
@@ -444,7 +439,7 @@ class ChunkStore:
             if not chunkfile.check_bytes(raw, length, crc):
                 return self._corrupt(v, index)
             data = raw[:length]
-            self._ram_put(key, data)
+            self.ram.put(key, data)
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
         try:
@@ -498,24 +493,11 @@ class ChunkStore:
         self._drop_chunk(v, index)
         return None
 
-    def _ram_put(self, key: ChunkKey, data: bytes) -> None:
-        if not self._ram_chunk_max or len(data) > self._ram_chunk_max:
-            return
-        old = self._ram.pop(key, None)
-        if old is not None:
-            self._ram_bytes -= len(old)
-        self._ram[key] = data
-        self._ram_bytes += len(data)
-        while self._ram_bytes > self._ram_max and self._ram:
-            _, dropped = self._ram.popitem(last=False)
-            self._ram_bytes -= len(dropped)
-
-    def _ram_drop(self, key: ChunkKey) -> None:
+    def _forget_in_memory(self, key: ChunkKey) -> None:
+        """Drop what the process remembers of a chunk: its RAM copy, piece table and checks."""
         self._checked.pop(key, None)
         self._tables.pop(key, None)
-        old = self._ram.pop(key, None)
-        if old is not None:
-            self._ram_bytes -= len(old)
+        self.ram.drop(key)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -638,7 +620,7 @@ class ChunkStore:
             self._prefetch_left((v.vid, index))
         if in_space:
             self.space.remove((v.vid, index))
-        self._ram_drop((v.vid, index))
+        self._forget_in_memory((v.vid, index))
         if crc is not None:
             self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
         if not v.chunks:
