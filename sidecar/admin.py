@@ -207,6 +207,13 @@ def stats_snapshot(sc: Daemon) -> dict[str, Any]:
             "revalidations": sc.catalog.revalidations,
         },
         "requests": by_label("sidecar_requests_total"),
+        "tier": None if sc.tier is None else {
+            **sc.tier.stats(),
+            "reads": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_reads_total").items()},
+            "read_bytes": total("sidecar_tier_read_bytes_total"),
+            "writes": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_writes_total").items()},
+            "write_bytes": total("sidecar_tier_write_bytes_total"),
+        },
         "pins": sc.ops.pins()["pins"],
         "warm_jobs_running": sc.ops.warm.running,
         "prefetch": sc.prefetch.state(),

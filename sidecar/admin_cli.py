@@ -178,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin", metavar="HOST:PORT", default=None,
                    help="admin endpoint address (default: the admin_listen setting)")
     asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    asub.add_parser("stats", help="cache, read, upstream and request figures (JSON)")
+    asub.add_parser("stats", help="cache, read, upstream, shared tier and request figures (JSON)")
     asub.add_parser("config", help="the running configuration, secrets redacted")
     asub.add_parser("ready", help="readiness and each of its checks (exit 1 when not ready)")
     asub.add_parser("reload", help="reload the configuration file now (as SIGHUP does)")

@@ -159,6 +159,25 @@ def local_upstream_options(query: str) -> dict[str, float]:
     return out
 
 
+def parse_tier_location(text: str | None) -> str | None:
+    """``s3://BUCKET/PREFIX`` (the prefix may be empty), or None: no shared tier."""
+    if text is None or str(text).strip() == "":
+        return None
+    t = str(text).strip()
+    if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](--[a-z0-9-]+--x-s3)?(/[^\s]*)?$", t):
+        raise ValueError(t)
+    return t.rstrip("/")
+
+
+def parse_endpoint(text: str | None) -> str | None:
+    if text is None or str(text).strip() == "":
+        return None
+    t = str(text).strip()
+    if not re.match(r"^https?://[^/\s]+/?$", t):
+        raise ValueError(t)
+    return t.rstrip("/")
+
+
 UPSTREAM_FORM = ("an http(s):// URL or file:///absolute/dir "
                  "(optionally file:///dir?latency=20ms&bandwidth=200MiB)")
 
@@ -284,6 +303,27 @@ OPTIONS: tuple[Option, ...] = (
            "confirmed at most this long ago are still served"),
     Option("upstream_max_connections", 128, _int_range(1, 10000), "an integer from 1 to 10000",
            "connection pool size towards the upstream"),
+    # --- shared tier (docs/shared-tier.md)
+    Option("shared_tier", None, parse_tier_location, "s3://BUCKET/PREFIX (empty: off)",
+           "a bucket that the pods of a job share as a second cache tier (S3 Express One Zone, MinIO, "
+           "Ceph RGW); off when unset"),
+    Option("shared_tier_endpoint", None, parse_endpoint, "an http(s):// URL",
+           "endpoint of the store holding the shared tier; AWS's when unset"),
+    Option("shared_tier_region", None, lambda t: str(t).strip() or None, "an AWS region name such as eu-west-1",
+           "region to sign shared tier requests for (default: the profile's, else AWS_REGION, else us-east-1)"),
+    Option("shared_tier_profile", None, lambda t: str(t).strip() or None, "an AWS profile name",
+           "credentials profile for the shared tier (default: the standard credential chain)"),
+    Option("shared_tier_credentials_file", None, _optional_path, "a file path",
+           "an AWS shared credentials file used for the shared tier only (its shared_tier_profile, else "
+           "default); unset: the standard credential chain"),
+    Option("shared_tier_read_within", 1.0, parse_duration, DURATION_FORM,
+           "deadline of one block read from the shared tier; past it the read falls through to the upstream"),
+    Option("shared_tier_connect_timeout", 1.0, parse_duration, DURATION_FORM,
+           "time allowed to connect to the shared tier's store"),
+    Option("shared_tier_write_queue", 64, _int_range(1, 100000), "an integer from 1 to 100000",
+           "blocks waiting to be written to the shared tier; further blocks are dropped (and counted)"),
+    Option("shared_tier_hmac_key_file", None, _optional_path, "a file path",
+           "a key every pod of the job shares: blocks are signed (HMAC-SHA256) and unsigned ones refused"),
     # --- cache
     Option("cache_dir", _default_cache_dir(), _path, "a directory path", "where chunks are stored"),
     Option("cache_size", 10 * 1024**3, parse_size, SIZE_FORM, "byte budget of the chunk cache"),
@@ -390,6 +430,15 @@ class Settings:
     upstream_retries: int
     stale_if_error: float | None
     upstream_max_connections: int
+    shared_tier: str | None
+    shared_tier_endpoint: str | None
+    shared_tier_region: str | None
+    shared_tier_profile: str | None
+    shared_tier_credentials_file: Path | None
+    shared_tier_read_within: float
+    shared_tier_connect_timeout: float
+    shared_tier_write_queue: int
+    shared_tier_hmac_key_file: Path | None
     cache_dir: Path
     cache_size: int
     chunk_size: int

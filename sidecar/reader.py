@@ -21,6 +21,7 @@ import enum
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from .cache.layout import ChunkLayout
 from .cache import chunkfile
@@ -30,6 +31,9 @@ from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
 from .telemetry import Metrics, get_logger
 from .upstream.base import OpenedObject, Upstream
+
+if TYPE_CHECKING:
+    from .cache.tier import SharedTier
 
 log = get_logger("sidecar.reader")
 
@@ -240,6 +244,7 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
+        self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
 
     # --- public -------------------------------------------------------------------------
 
@@ -380,7 +385,10 @@ class Reader:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None) -> None:
+    async def _run_span(self, version: Version, fills: list[ChunkFill], opened: OpenedObject | None = None,
+                        tier_asked: bool = False) -> None:
+        if self.tier is not None and opened is None and not tier_asked:
+            return await self._run_span_via_tier(version, fills)
         meta = version.meta
         purpose = ("demand", "readahead", "prefetch")[min(fills[0].priority, 2)]
         pending = list(fills)
@@ -476,8 +484,87 @@ class Reader:
         kept = store.commit(writer, prefetched=prefetched)
         if kept and prefetched:
             self.metrics.prefetch_bytes.inc(fill.length)
+        if kept and self.tier is not None:
+            self._offer_to_tier(fill)
         self._ended(fill)
         fill.finish(kept)
+
+    # --- the shared tier: local → tier → upstream ------------------------------------------
+
+    async def _run_span_via_tier(self, version: Version, fills: list[ChunkFill]) -> None:
+        """Ask the shared tier for every chunk of a span at once (one request per block), commit
+        the verified hits, then fetch each remaining run of missing chunks with one upstream GET."""
+        try:
+            hits = await asyncio.gather(*(self._fill_from_tier(f) for f in fills), return_exceptions=True)
+        except BaseException:  # cancelled: nobody will fill these
+            for f in fills:
+                if not f.done:
+                    self._abandon(f, UpstreamUnavailable())
+            raise
+        runs: list[list[ChunkFill]] = []
+        for f, hit in zip(fills, hits):
+            if hit is True:
+                continue
+            if runs and runs[-1][-1].index == f.index - 1:
+                runs[-1].append(f)
+            else:
+                runs.append([f])
+        try:
+            for run in runs:
+                await self._run_span(version, run, tier_asked=True)
+                failed = next((f.error for f in run if f.error is not None), None)
+                if failed is not None:  # the upstream refused (changed object, outage): so will the rest
+                    for f in (f for r in runs for f in r):
+                        if not f.done:
+                            self._abandon(f, failed if isinstance(failed, Exception) else UpstreamUnavailable())
+                    return
+        finally:
+            for f in (f for r in runs for f in r):
+                if not f.done:
+                    self._abandon(f, UpstreamUnavailable())
+
+    async def _fill_from_tier(self, fill: ChunkFill) -> bool:
+        """Fill one chunk from a verified tier block; False: a miss (the upstream fills it)."""
+        assert self.tier is not None
+        data = await self.tier.get(fill.version.meta, fill.index, fill.length)
+        if data is None or fill.done:
+            return False
+        writer = self._open_writer(fill)
+        fill.received(data, 0)  # attached readers send these verified bytes from memory meanwhile:
+        try:  # a whole block is written off the loop, not to hold them up
+            if self.executor is not None:
+                await asyncio.get_running_loop().run_in_executor(self.executor, writer.write, data)
+            else:
+                writer.write(data)
+        except OSError:
+            self.metrics.disk_errors.labels("write").inc()
+            self.store.abort(writer)
+            fill.writer = None
+            return False
+        fill.progressed(len(data))
+        kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
+        self._ended(fill)
+        fill.finish(kept)
+        return True
+
+    def _offer_to_tier(self, fill: ChunkFill) -> None:
+        """A chunk fetched from the upstream is committed: queue it for the tier, to be read back
+        from its file (and checked against its piece CRC32Cs) when a writer gets to it."""
+        assert self.tier is not None
+        path = self.store.chunk_file(fill.version.vid, fill.index)
+        crc = fill.version.chunks.get(fill.index)
+        length = fill.length
+        if path is None or crc is None:
+            return
+
+        def load() -> bytes | None:
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                return None  # evicted meanwhile
+            return raw[:length] if chunkfile.check_bytes(raw, length, crc) else None
+
+        self.tier.offer(fill.version.meta, fill.index, load)
 
     def _open_writer(self, fill: ChunkFill) -> ChunkWriter:
         if fill.writer is None:

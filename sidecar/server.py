@@ -20,6 +20,7 @@ from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
 from .cache.scrub import Scrubber
 from .cache.store import ChunkStore
+from .cache.tier import SharedTier
 from .catalog import Catalog
 from .health import Readiness
 from .objects import ObjectMeta
@@ -95,6 +96,10 @@ class Sidecar:
                              gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
+        # The shared tier (off unless configured): its background writes wait on the same bucket.
+        self.tier = SharedTier.from_settings(settings, self.metrics,
+                                             gate=lambda nbytes: self.bandwidth.acquire(nbytes))
+        self.reader.tier = self.tier
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
                            read_policy=self.read_policy,
@@ -174,6 +179,8 @@ class Sidecar:
         await self.prefetch.start()
         if s.scrub_rate > 0:
             self._scrub_task = asyncio.ensure_future(Scrubber(self.store, s.scrub_rate, self.executor).run())
+        if self.tier is not None:
+            await self.tier.start()
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
@@ -216,6 +223,8 @@ class Sidecar:
                 await self._scrub_task
         await self.prefetch.stop()
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
+        if self.tier is not None:
+            await self.tier.close(grace=min(2.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):
             await self.upstream.close()
         self.executor.shutdown(wait=True)

@@ -48,6 +48,7 @@ class Metrics:
         self._add_upstream_metrics(r)
         self._add_prefetch_metrics(r)
         self._add_bandwidth_metrics(r)
+        self._add_tier_metrics(r)
         self._add_auth_metrics(r)
         self._add_operations_metrics(r)
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
@@ -136,6 +137,22 @@ class Metrics:
         self.bandwidth_decreases = Counter("sidecar_bandwidth_decreases",
                                            "Multiplicative cuts of the token bucket's rate, by cause (latency, "
                                            "error, throttled)", ["reason"], registry=r)
+
+    def _add_tier_metrics(self, r: CollectorRegistry) -> None:
+        """The shared tier (docs/shared-tier.md)."""
+        self.tier_reads = Counter("sidecar_tier_reads",
+                                  "Block reads from the shared tier, by result: hit, miss, and the causes of "
+                                  "falling through to the upstream (timeout, error, breaker_open, corrupt, "
+                                  "misbound, unsigned)", ["result"], registry=r)
+        self.tier_read_bytes = Counter("sidecar_tier_read_bytes", "Verified bytes read from the shared tier",
+                                       registry=r)
+        self.tier_writes = Counter("sidecar_tier_writes",
+                                   "Blocks offered to the shared tier, by result (written, dropped, failed)",
+                                   ["result"], registry=r)
+        self.tier_write_bytes = Counter("sidecar_tier_write_bytes", "Bytes written to the shared tier",
+                                        registry=r)
+        self.tier_write_queue = Gauge("sidecar_tier_write_queue_blocks",
+                                      "Blocks waiting to be written to the shared tier", registry=r)
 
     def _add_auth_metrics(self, r: CollectorRegistry) -> None:
         self.auth_rejections = Counter("sidecar_auth_rejections",

@@ -67,3 +67,19 @@ def make_sidecar(tap, tmp_path, logs_dir):
     yield make
     for sc in started:
         sc.stop()
+
+
+@pytest.fixture(scope="session")
+def tier_moto(logs_dir):
+    """A second moto server: the store of a shared tier (tests/test_shared_tier.py)."""
+    server = MotoServer(logs_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tier_tap(tier_moto):
+    """A tap in front of the shared tier's store, to see and fault its traffic."""
+    t = Tap(tier_moto.url)
+    yield t
+    t.close()

@@ -526,3 +526,21 @@ def test_cli_refuses_a_bad_spec(tmp_path: Path, capsys: pytest.CaptureFixture[st
     f.write_text("settings:\n  chunk_size: 1KiB\n")
     assert cli.main(["inject", "show-spec", "--config", str(f)]) == 2
     assert "chunk_size" in capsys.readouterr().err
+
+
+def test_shared_tier_settings_and_its_secret_reach_the_sidecar(webhook) -> None:
+    spec = inject_spec.from_mapping({"sharedTier": {"location": "s3://job-tier/blocks",
+                                                    "endpoint": "http://minio.minio.svc:9000",
+                                                    "secretName": "tier-creds", "hmacKey": True}})
+    after, _ = inject(webhook, pod(), spec)
+    sc = sidecar_of(after, spec)
+    settings = sidecar_settings(sc)
+    assert settings.shared_tier == "s3://job-tier/blocks"
+    assert settings.shared_tier_endpoint == "http://minio.minio.svc:9000"
+    assert str(settings.shared_tier_credentials_file) == "/var/run/sidecar/shared-tier/credentials"
+    assert str(settings.shared_tier_hmac_key_file) == "/var/run/sidecar/shared-tier/hmac-key"
+    mount = next(m for m in sc["volumeMounts"] if m["mountPath"] == "/var/run/sidecar/shared-tier")
+    volume = next(v for v in after["spec"]["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"] and volume["secret"]["secretName"] == "tier-creds"
+    with pytest.raises(inject_spec.SpecError):
+        inject_spec.from_mapping({"sharedTier": {"location": "http://not-s3"}})

@@ -26,6 +26,7 @@ from .spec import (
     INJECT_KEY,
     INJECTED_LABEL_KEY,
     KNOWN_KEYS,
+    SHARED_TIER_MOUNT_PATH,
     STATUS_KEY,
     TMP_MOUNT_PATH,
     InjectSpec,
@@ -172,6 +173,9 @@ def _injection(pod: Mapping[str, Any], pod_spec: Mapping[str, Any], annotations:
 
     volumes = [_cache_volume(spec, settings), {"name": spec.tmp_volume_name,
                                                "emptyDir": {"sizeLimit": spec.tmp_size_limit}}]
+    if spec.shared_tier.get("location") and spec.shared_tier.get("secretName"):
+        volumes.append({"name": spec.shared_tier_volume_name,
+                        "secret": {"secretName": str(spec.shared_tier["secretName"]), "defaultMode": 0o440}})
     if pod_spec.get("volumes"):
         patch += [{"op": "add", "path": pointer("spec", "volumes", "-"), "value": v} for v in volumes]
     else:
@@ -309,6 +313,9 @@ def _container(spec: InjectSpec, settings: config.Settings, env_settings: Mappin
     names = {e["name"] for e in env}
     env += [e for e in aws_env if e["name"] not in names]
     env += [copy.deepcopy(dict(e)) for e in spec.extra_env]
+    tier_env, tier_mounts = _shared_tier(spec)
+    names = {e["name"] for e in env}
+    env += [e for e in tier_env if e["name"] not in names]  # the settings map, if it names them, wins
 
     resources = copy.deepcopy(dict(spec.resources))
     cv = spec.cache_volume
@@ -336,12 +343,31 @@ def _container(spec: InjectSpec, settings: config.Settings, env_settings: Mappin
             {"name": spec.cache_volume_name, "mountPath": CACHE_MOUNT_PATH},
             {"name": spec.tmp_volume_name, "mountPath": TMP_MOUNT_PATH},
             *aws_mounts,
+            *tier_mounts,
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if spec.native_sidecar:
         container["restartPolicy"] = "Always"
     return container
+
+
+def _shared_tier(spec: InjectSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Env and mounts of the shared tier: its location, and its own Secret mounted read-only."""
+    tier = spec.shared_tier
+    if not tier.get("location"):
+        return [], []
+    env = [{"name": config.env_name("shared_tier"), "value": str(tier["location"])}]
+    for key, setting in (("endpoint", "shared_tier_endpoint"), ("region", "shared_tier_region")):
+        if tier.get(key):
+            env.append({"name": config.env_name(setting), "value": str(tier[key])})
+    if not tier.get("secretName"):
+        return env, []
+    env.append({"name": config.env_name("shared_tier_credentials_file"),
+                "value": f"{SHARED_TIER_MOUNT_PATH}/credentials"})
+    if tier.get("hmacKey"):
+        env.append({"name": config.env_name("shared_tier_hmac_key_file"), "value": f"{SHARED_TIER_MOUNT_PATH}/hmac-key"})
+    return env, [{"name": spec.shared_tier_volume_name, "mountPath": SHARED_TIER_MOUNT_PATH, "readOnly": True}]
 
 
 def _metadata_ops(pod: Mapping[str, Any], maps: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:

@@ -119,6 +119,10 @@ class InjectSpec:
     copy_aws_credentials: bool = True
     credential_volume_mounts: tuple[str, ...] = ("aws-iam-token", "eks-pod-identity-token")
     extra_env: tuple[Mapping[str, Any], ...] = ()
+    # The shared tier (docs/shared-tier.md): location s3://BUCKET/PREFIX (empty: off), endpoint,
+    # region, and a Secret mounted for the tier alone: key "credentials" (an AWS shared credentials
+    # file) and, with hmacKey, key "hmac-key" (the key every pod of the job signs blocks with).
+    shared_tier: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     # --- derived names
 
@@ -132,6 +136,10 @@ class InjectSpec:
     @property
     def tmp_volume_name(self) -> str:
         return f"{self.container_name}-tmp"
+
+    @property
+    def shared_tier_volume_name(self) -> str:
+        return f"{self.container_name}-tier"
 
     def settings_env(self) -> dict[str, str]:
         """The spec's settings as SIDECAR_* environment values (before annotations)."""
@@ -178,6 +186,30 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
+SHARED_TIER_MOUNT_PATH = "/var/run/sidecar/shared-tier"
+_SHARED_TIER_KEYS = ("location", "endpoint", "region", "secretName", "hmacKey")
+
+
+def _shared_tier(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError("sharedTier must be a mapping")
+    unknown = set(value) - set(_SHARED_TIER_KEYS)
+    if unknown:
+        raise SpecError(f"unknown key(s) {sorted(unknown)} in sharedTier (known: {', '.join(_SHARED_TIER_KEYS)})")
+    out = {k: v for k, v in value.items() if v not in (None, "", False)}
+    for name, setting in (("location", "shared_tier"), ("endpoint", "shared_tier_endpoint")):
+        if name in out:
+            try:
+                config.load({setting: str(out[name])}, env={})
+            except config.ConfigError as e:
+                raise SpecError(f"sharedTier.{name}: {e}") from None
+    if "secretName" in out and not _DNS_LABEL.match(str(out["secretName"])):
+        raise SpecError(f"sharedTier.secretName {out['secretName']!r} is not a valid Secret name")
+    if out.get("hmacKey") and "secretName" not in out:
+        raise SpecError("sharedTier.hmacKey needs sharedTier.secretName (the Secret holding hmac-key)")
+    return out
+
+
 def from_mapping(data: Mapping[str, Any] | None) -> InjectSpec:
     """Build and validate a spec from the file's mapping; missing keys keep their defaults."""
     data = dict(data or {})
@@ -196,6 +228,8 @@ def from_mapping(data: Mapping[str, Any] | None) -> InjectSpec:
             value = tuple(str(v) for v in value)
         elif name == "extra_env":
             value = tuple(dict(v) for v in value)
+        elif name == "shared_tier":
+            value = _shared_tier(value)
         kwargs[name] = value
     spec = InjectSpec(**kwargs)
     validate(spec)

@@ -169,8 +169,9 @@ class S3Face:
             if "range" in h:
                 raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
         checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        # A cold GET opens the object upstream at once; with a shared tier, a HEAD then the tier.
         if request.method == "GET" and part_number is None and self.catalog.peek(target.bucket, target.key) is None \
-                and not any(c in h for c in conditions.HEADERS):
+                and self.reader.tier is None and not any(c in h for c in conditions.HEADERS):
             spec = parse_range(h.get("range"))
             if spec is None or spec.first is not None:
                 resp = await self._read_cold(request, target, rid, stats, spec, checksum_mode)

@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     unique = workload.unique_bytes()
     specs = [s for s in args.policies.split(",") if s.strip()]
     factories = [(s.strip().lower(), policy_factory(s, args)) for s in specs]
+    if args.tier_pods:  # shared tier sizing (sim/tier.py)
+        from .tier import run as run_tier  # noqa: PLC0415
+
+        return run_tier(args, workload, unique, policy_factory(args.tier_policy, args), parse_capacity)
     sizes = [(s.strip(), parse_capacity(s, unique)) for s in args.sizes.split(",") if s.strip()]
 
     chunks = f", {len(workload.keys):,} chunks of {format_size(chunk_size)}" if chunk_size else ""
@@ -211,4 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, metavar="FILE.onnx",
                    help="score with this model instead of training one on the first part")
     g.add_argument("--threshold", type=float, default=0.7, help="prefetch threshold [0.7]")
+    from .tier import add_arguments as add_tier_arguments  # noqa: PLC0415
+
+    add_tier_arguments(p)
     p.set_defaults(func=run)

@@ -125,8 +125,10 @@ class S3Upstream:
         self._credentials = None
         self._bucket_regions: dict[str, str] = {}
 
-    async def start(self) -> None:
-        session = get_session()
+    async def start(self, session=None) -> None:
+        """Open the clients; ``session``: an aiobotocore session with its own credentials (the
+        shared tier's), else the standard chain."""
+        session = session or get_session()
         if self.settings.region:
             session.set_config_variable("region", self.settings.region)
         self._credentials = await session.get_credentials()

@@ -109,7 +109,10 @@ class Tap:
                 await request.read()
                 return web.Response(status=fault.status, body=fault.body,
                                     content_type="application/xml" if fault.body else None)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        # Expect: 100-continue is this hop's to answer (web.Server does not): answer, don't forward
+        if request.headers.get("expect", "").lower() == "100-continue" and request.transport is not None:
+            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP and k.lower() != "expect"}
         data = request.content.iter_chunked(65536) if request.body_exists else None
         async with self._session.request(request.method, URL(self.target + request.raw_path, encoded=True),
                                          headers=headers,

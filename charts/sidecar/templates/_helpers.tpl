@@ -131,6 +131,7 @@ IEC units are powers of 1024, SI units powers of 1000. Same rule as sidecar.conf
   "copyAwsCredentials" $s.copyAwsCredentials
   "credentialVolumeMounts" $s.credentialVolumeMounts
   "extraEnv" $s.extraEnv
+  "sharedTier" (default (dict) $s.sharedTier)
 -}}
 {{- toYaml $spec -}}
 {{- end -}}
@@ -151,6 +152,18 @@ The container the webhook injects into a pod that has no AWS credentials of its 
 {{- $env = append $env (dict "name" (printf "SIDECAR_%s" (upper $k)) "value" (include "sidecar.settingText" $v)) -}}
 {{- end -}}
 {{- $env = concat $env $s.extraEnv -}}
+{{- $tier := default (dict) $s.sharedTier -}}
+{{- $mounts := list (dict "name" (printf "%s-cache" $s.containerName) "mountPath" "/var/cache/sidecar") (dict "name" (printf "%s-tmp" $s.containerName) "mountPath" "/tmp") -}}
+{{- if $tier.location -}}
+{{- $env = append $env (dict "name" "SIDECAR_SHARED_TIER" "value" $tier.location) -}}
+{{- if $tier.endpoint -}}{{- $env = append $env (dict "name" "SIDECAR_SHARED_TIER_ENDPOINT" "value" $tier.endpoint) -}}{{- end -}}
+{{- if $tier.region -}}{{- $env = append $env (dict "name" "SIDECAR_SHARED_TIER_REGION" "value" $tier.region) -}}{{- end -}}
+{{- if $tier.secretName -}}
+{{- $env = append $env (dict "name" "SIDECAR_SHARED_TIER_CREDENTIALS_FILE" "value" "/var/run/sidecar/shared-tier/credentials") -}}
+{{- if $tier.hmacKey -}}{{- $env = append $env (dict "name" "SIDECAR_SHARED_TIER_HMAC_KEY_FILE" "value" "/var/run/sidecar/shared-tier/hmac-key") -}}{{- end -}}
+{{- $mounts = append $mounts (dict "name" (printf "%s-tier" $s.containerName) "mountPath" "/var/run/sidecar/shared-tier" "readOnly" true) -}}
+{{- end -}}
+{{- end -}}
 {{- $resources := deepCopy $s.resources -}}
 {{- if and (eq $s.cacheVolume.type "emptyDir") (not $s.cacheVolume.medium) $s.cacheVolume.requestEphemeralStorage -}}
 {{- $requests := default (dict) (get $resources "requests") -}}
@@ -170,7 +183,7 @@ The container the webhook injects into a pod that has no AWS credentials of its 
   "startupProbe" $s.startupProbe
   "readinessProbe" $s.readinessProbe
   "livenessProbe" $s.livenessProbe
-  "volumeMounts" (list (dict "name" (printf "%s-cache" $s.containerName) "mountPath" "/var/cache/sidecar") (dict "name" (printf "%s-tmp" $s.containerName) "mountPath" "/tmp"))
+  "volumeMounts" $mounts
   "terminationMessagePolicy" "FallbackToLogsOnError"
 -}}
 {{- if $s.nativeSidecar -}}{{- $_ := set $c "restartPolicy" "Always" -}}{{- end -}}

@@ -1,0 +1,372 @@
+"""The shared tier: a second chunk cache many pods share, kept as immutable objects in any
+S3-compatible bucket (S3 Express One Zone, MinIO, Ceph RGW), spoken to with aiobotocore.
+
+One object per chunk ("block"), under a key that names exactly what it holds::
+
+    PREFIX/<hash(format, chunk size, upstream endpoint, bucket)>/<hash(key, ETag, size)>/<chunk index>
+
+A new version of an object has new keys, so nothing is ever invalidated or deleted by the
+sidecar (a lifecycle rule on the bucket expires blocks; docs/shared-tier.md). Each block carries:
+
+* its CRC32C, as the store's own checksum (``x-amz-checksum-crc32c``) where the store keeps one;
+* a *binding* in its user metadata: (bucket, SHA-256 of the key, ETag, index, offset, length,
+  CRC32C of the bytes), itself under a CRC32C, so a block copied under another key, or whose
+  bytes or metadata were altered, is refused;
+* optionally an HMAC-SHA256 over the binding and the bytes under a key every pod of the job
+  shares, so that whoever can write the tier bucket without the key cannot poison it.
+
+Reads are best effort: a block that is missing, corrupt, mis-bound, slower than the deadline,
+an error, or asked for while the circuit breaker is open, is a miss (counted by cause), and the
+reader falls through to the upstream. Writes never slow a client: blocks committed locally are
+queued (bounded; dropped and counted when full) and written by background workers that wait on
+the bandwidth bucket at background priority. Two pods writing the same block write the same bytes
+under the same key: harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import S3Error
+from ..objects import ObjectMeta
+from ..telemetry import Metrics, get_logger
+from ..upstream.resilient import CircuitBreaker
+
+if TYPE_CHECKING:
+    from ..upstream.s3 import S3Upstream
+from .store import crc32c
+
+log = get_logger("sidecar.tier")
+
+BLOCK_FORMAT = "tier-v1"
+WRITE_WORKERS = 4
+_BINDING = "sidecar-binding"  # user metadata: the binding line
+_BINDING_CRC = "sidecar-binding-crc"  # its CRC32C (hex)
+_BINDING_HMAC = "sidecar-binding-hmac"  # HMAC-SHA256 of binding + bytes (hex), with a shared key
+
+
+def parse_location(text: str) -> tuple[str, str]:
+    """``s3://BUCKET/PREFIX`` → (bucket, prefix without slashes at its ends)."""
+    if not text.startswith("s3://"):
+        raise ValueError(text)
+    bucket, _, prefix = text[len("s3://"):].partition("/")
+    if not bucket or "/" in bucket:
+        raise ValueError(text)
+    return bucket, prefix.strip("/")
+
+
+def _status(e: BaseException) -> int:
+    """The HTTP status of a failed call (S3Error or botocore's ClientError); 0 for a transport failure."""
+    if isinstance(e, S3Error):
+        return e.status
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return 0
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
+def _h(*parts: object) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(str(p).encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+class BlockNaming:
+    """Block keys and bindings: pure functions of what a block holds."""
+
+    def __init__(self, prefix: str, chunk_size: int, upstream_id: str) -> None:
+        self.prefix = prefix
+        self.chunk_size = chunk_size
+        self.upstream_id = upstream_id
+
+    def key(self, meta: ObjectMeta, index: int) -> str:
+        space = _h(BLOCK_FORMAT, self.chunk_size, self.upstream_id, meta.bucket)
+        version = _h(meta.key, meta.etag, meta.size)
+        return "/".join(p for p in (self.prefix, space, version, str(index)) if p)
+
+    def binding(self, meta: ObjectMeta, index: int, length: int, crc: int) -> str:
+        """The line a block's metadata must carry: ASCII (user metadata is), one field each."""
+        key_hash = hashlib.sha256(meta.key.encode("utf-8", "surrogatepass")).hexdigest()
+        etag = base64.urlsafe_b64encode(meta.etag.encode()).decode()
+        return (f"{BLOCK_FORMAT};b={meta.bucket};k={key_hash};e={etag};s={meta.size};i={index};"
+                f"o={index * self.chunk_size};n={length};c={crc:08x}")
+
+
+class SharedTier:
+    """Verified ``get`` of a block (bytes or None) and background ``offer`` of a committed chunk."""
+
+    def __init__(self, location: str, *, chunk_size: int, upstream_id: str, metrics: Metrics,
+                 endpoint: str | None = None, region: str | None = None, profile: str | None = None,
+                 credentials_file: Path | None = None,
+                 read_within: float = 1.0, connect_timeout: float = 1.0, write_queue: int = 64,
+                 hmac_key: bytes | None = None, max_connections: int = 64,
+                 gate: Callable[[int], Awaitable[None]] | None = None, raw_settings: Any = None,
+                 breaker: CircuitBreaker | None = None) -> None:
+        self.bucket, prefix = parse_location(location)
+        self.location = location
+        self.naming = BlockNaming(prefix, chunk_size, upstream_id)
+        self.metrics = metrics
+        self.endpoint = endpoint
+        self.region = region
+        self.profile = profile
+        self.credentials_file = credentials_file
+        self.read_within = read_within
+        self.connect_timeout = connect_timeout
+        self.hmac_key = hmac_key
+        self.max_connections = max_connections
+        self.gate = gate
+        # One failure opens it: a silent tier costs a client the read deadline once, then nothing
+        # until a probe after the cool-down (an open breaker only costs upstream bytes).
+        self.breaker = breaker or CircuitBreaker(threshold=1, cooldown=2.0, max_cooldown=60.0)
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=write_queue)
+        self._queued: set[str] = set()  # block keys waiting or being written (no duplicate work)
+        self._client: Any = None
+        self._raw: S3Upstream | None = None
+        self.raw_settings = raw_settings
+        self._client_cm: Any = None
+        self._workers: list[asyncio.Task] = []
+        metrics.tier_write_queue.set_function(self.queue.qsize)
+
+    @classmethod
+    def from_settings(cls, settings, metrics: Metrics, gate=None) -> "SharedTier | None":
+        if not settings.shared_tier:
+            return None
+        key = None
+        if settings.shared_tier_hmac_key_file is not None:
+            from ..config import ConfigError  # noqa: PLC0415
+
+            try:
+                key = Path(settings.shared_tier_hmac_key_file).read_bytes().strip()
+            except OSError:
+                key = b""
+            if not key:
+                raise ConfigError("shared_tier_hmac_key_file", str(settings.shared_tier_hmac_key_file),
+                                  "a readable file holding the shared key")
+        upstream_id = settings.upstream or f"aws:{settings.effective_region}"
+        return cls(settings.shared_tier, chunk_size=settings.chunk_size, upstream_id=upstream_id, metrics=metrics,
+                   endpoint=settings.shared_tier_endpoint, region=settings.shared_tier_region,
+                   profile=settings.shared_tier_profile,
+                   credentials_file=settings.shared_tier_credentials_file, read_within=settings.shared_tier_read_within,
+                   connect_timeout=settings.shared_tier_connect_timeout,
+                   write_queue=settings.shared_tier_write_queue, hmac_key=key, gate=gate,
+                   raw_settings=settings.replace(
+                       upstream=settings.shared_tier_endpoint, upstream_addressing="auto",
+                       upstream_connect_timeout=settings.shared_tier_connect_timeout,
+                       upstream_read_timeout=max(settings.shared_tier_read_within, 5.0), upstream_max_connections=64))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from aiobotocore.config import AioConfig  # noqa: PLC0415
+        from aiobotocore.session import AioSession  # noqa: PLC0415
+
+        session = AioSession()
+        if self.credentials_file is not None:  # the tier's own keys, apart from the upstream's
+            session.set_config_variable("credentials_file", str(self.credentials_file))
+        if self.profile:
+            session.set_config_variable("profile", self.profile)
+        region = self.region or session.get_config_variable("region") or os.environ.get("AWS_REGION") \
+            or "us-east-1"
+        config = AioConfig(
+            region_name=region, s3={"addressing_style": "path" if self.endpoint else "auto"},
+            retries={"mode": "standard", "max_attempts": 1},  # a miss falls through; no retry is worth a wait
+            connect_timeout=self.connect_timeout, read_timeout=max(self.read_within, 5.0),
+            max_pool_connections=self.max_connections,
+            request_checksum_calculation="when_required", response_checksum_validation="when_required")
+        self._client_cm = session.create_client("s3", region_name=region, endpoint_url=self.endpoint, config=config)
+        self._client = await self._client_cm.__aenter__()
+        if self.raw_settings is not None and not self.bucket.endswith("--x-s3"):
+            from ..upstream.s3 import S3Upstream  # noqa: PLC0415
+
+            # Reads through the upstream's own plain-HTTP client; S3 Express directory buckets
+            # need the SDK's session authentication, so they keep the SDK for reads too.
+            self._raw = S3Upstream(self.raw_settings.replace(region=region))
+            await self._raw.start(session)
+        self._workers = [asyncio.ensure_future(self._write_loop()) for _ in range(WRITE_WORKERS)]
+        log.info("shared_tier", location=self.location, endpoint=self.endpoint or "aws", hmac=self.hmac_key is not None)
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop writing: blocks still queued get ``grace`` seconds, then are dropped."""
+        if grace > 0 and self.queue.qsize():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.queue.join(), grace)
+        for w in self._workers:
+            w.cancel()
+        for w in self._workers:
+            with contextlib.suppress(BaseException):
+                await w
+        self._workers = []
+        if self._client_cm is not None:
+            with contextlib.suppress(Exception):
+                await self._client_cm.__aexit__(None, None, None)
+            self._client_cm = self._client = None
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                await self._raw.close()
+            self._raw = None
+
+    # --- read ---------------------------------------------------------------------------
+
+    async def get(self, meta: ObjectMeta, index: int, length: int) -> bytes | None:
+        """Chunk ``index`` of ``meta``'s version, verified (bytes and binding), or None: any
+        fault is a miss, counted by its cause, never an error."""
+        if self._client is None:
+            return None
+        if not self.breaker.allow():
+            self._count("breaker_open")
+            return None
+        key = self.naming.key(meta, index)
+        try:
+            got = await asyncio.wait_for(self._fetch(key), self.read_within)
+        except asyncio.TimeoutError:
+            self.breaker.failure()
+            self._count("timeout")
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the store says, the upstream is the answer
+            status = _status(e)
+            if status == 404:
+                self.breaker.success()
+                self._count("miss")
+                return None
+            if status and status < 500:
+                self.breaker.success()  # it answered: alive (denied, misconfigured: still a miss)
+            else:
+                self.breaker.failure()
+            self._count("error")
+            log.debug("tier_read_failed", error=repr(e)[:200])
+            return None
+        self.breaker.success()
+        body, metadata, store_crc = got
+        cause = self._verify(meta, index, length, body, metadata, store_crc)
+        if cause is not None:
+            self._count(cause)
+            return None
+        self._count("hit")
+        self.metrics.tier_read_bytes.inc(len(body))
+        return body
+
+    async def _fetch(self, key: str) -> tuple[bytes, dict[str, str], str | None]:
+        if self._raw is not None:
+            return await self._fetch_raw(key)
+        r = await self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        async with r["Body"] as stream:
+            body = await stream.read()
+        return body, {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}, r.get("ChecksumCRC32C")
+
+    async def _fetch_raw(self, key: str) -> tuple[bytes, dict[str, str], str | None]:
+        """A plain signed GET (the upstream client's fast path): a block read costs half the CPU
+        of the SDK's pipeline, which matters when a whole span's blocks are asked for at once."""
+        assert self._raw is not None
+        opened = await self._raw.open_object(self.bucket, key, start=None, end=None, checksum_mode=True)
+        try:
+            size = opened.meta.size
+            body = bytearray()
+            while len(body) < size:
+                piece = await opened.body.read(size - len(body))
+                if not piece:
+                    break
+                body += piece
+        finally:
+            await opened.close()
+        metadata = {k[len("x-amz-meta-"):]: v for k, v in opened.meta.headers if k.startswith("x-amz-meta-")}
+        return bytes(body), metadata, dict(opened.meta.checksums).get("x-amz-checksum-crc32c")
+
+    def _verify(self, meta: ObjectMeta, index: int, length: int, body: bytes, metadata: dict[str, str],
+                store_crc: str | None) -> str | None:
+        """None when the block is exactly chunk ``index`` of this version; else why not."""
+        binding = metadata.get(_BINDING, "")
+        try:
+            binding_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(binding.encode())
+        except ValueError:
+            binding_ok = False
+        if not binding_ok:
+            return "corrupt"  # the metadata itself was damaged
+        crc = crc32c(body)
+        if len(body) != length or binding != self.naming.binding(meta, index, length, crc):
+            # The bytes do not match the CRC bound to them, or the block belongs elsewhere.
+            stated = binding.rsplit(";c=", 1)[-1]
+            return "misbound" if stated == f"{crc:08x}" and len(body) == length else "corrupt"
+        if store_crc is not None and store_crc != base64.b64encode(crc.to_bytes(4, "big")).decode():
+            return "corrupt"
+        if self.hmac_key is not None:
+            mac = hmac.new(self.hmac_key, binding.encode() + b"\0" + body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(mac, metadata.get(_BINDING_HMAC, "")):
+                return "unsigned"
+        return None
+
+    def _count(self, result: str) -> None:
+        self.metrics.tier_reads.labels(result).inc()
+
+    # --- write --------------------------------------------------------------------------
+
+    def offer(self, meta: ObjectMeta, index: int, load: Callable[[], bytes | None]) -> None:
+        """Queue a locally committed chunk for the tier; ``load`` reads its verified bytes when
+        its turn comes (nothing is held in memory while queued). Dropped when the queue is full."""
+        if self._client is None:
+            return
+        key = self.naming.key(meta, index)
+        if key in self._queued:
+            return
+        try:
+            self.queue.put_nowait((key, meta, index, load))
+        except asyncio.QueueFull:
+            self.metrics.tier_writes.labels("dropped").inc()
+            return
+        self._queued.add(key)
+
+    async def _write_loop(self) -> None:
+        while True:
+            key, meta, index, load = await self.queue.get()
+            try:
+                await self._write(key, meta, index, load)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a failed write only costs a future hit
+                self.metrics.tier_writes.labels("failed").inc()
+                log.debug("tier_write_failed", error=repr(e)[:200])
+            finally:
+                self._queued.discard(key)
+                self.queue.task_done()
+
+    async def _write(self, key: str, meta: ObjectMeta, index: int, load: Callable[[], bytes | None]) -> None:
+        if not self.breaker.allow():
+            self.metrics.tier_writes.labels("dropped").inc()
+            return
+        data = await asyncio.get_running_loop().run_in_executor(None, load)
+        if data is None:  # evicted or replaced meanwhile
+            self.metrics.tier_writes.labels("dropped").inc()
+            return
+        if self.gate is not None:
+            await self.gate(len(data))
+        crc = crc32c(data)
+        binding = self.naming.binding(meta, index, len(data), crc)
+        metadata = {_BINDING: binding, _BINDING_CRC: f"{crc32c(binding.encode()):08x}"}
+        if self.hmac_key is not None:
+            metadata[_BINDING_HMAC] = hmac.new(self.hmac_key, binding.encode() + b"\0" + data,
+                                               hashlib.sha256).hexdigest()
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata,
+                                          ChecksumCRC32C=base64.b64encode(crc.to_bytes(4, "big")).decode())
+        except Exception as e:
+            if not 400 <= _status(e) < 500:
+                self.breaker.failure()
+            raise
+        self.breaker.success()
+        self.metrics.tier_writes.labels("written").inc()
+        self.metrics.tier_write_bytes.inc(len(data))
+
+    def stats(self) -> dict[str, Any]:
+        return {"location": self.location, "endpoint": self.endpoint or "aws", "breaker": self.breaker.state,
+                "write_queue": self.queue.qsize(), "write_queue_bound": self.queue.maxsize}
