@@ -151,28 +151,6 @@ def check_fd(fd: int, length: int, crc: int) -> str | None:
     return None
 
 
-def _libc_fallocate():
-    try:
-        import ctypes  # noqa: PLC0415
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_fallocate = _libc_fallocate()
-
-
-def preallocate(fd: int, size: int) -> None:
-    """Allocate a new file's blocks at once, so each write only copies into the page cache.
-    fallocate(2) itself, not posix_fallocate: where the file system cannot, glibc's emulation
-    would write every block. A refusal (full disk, no support) is no error: writes allocate."""
-    if _fallocate is not None:
-        _fallocate(fd, 0, 0, size)
-
-
 def check_bytes(raw: bytes, length: int, crc: int) -> bool:
     """Whether a whole chunk file's contents (data and trailer) are as recorded."""
     if len(raw) != file_size(length):
