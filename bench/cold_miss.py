@@ -4,8 +4,8 @@
 
 Each round GETs a fresh object straight from the upstream (moto) and a different fresh object
 through a sidecar with an empty cache, alternating so both see the same machine state. Prints
-the median time to last byte of each, their ratio, and the CPU seconds the sidecar, moto and
-the client spent per object, and the sidecar's CPU-seconds per GiB of fill — on a 2-core machine all three share the cores, which bounds the
+the median time to last byte of each, their ratio, the CPU seconds the sidecar, moto and
+the client spent per object, and the sidecar's CPU-s per GiB filled (psutil) — on a 2-core machine all three share the cores, which bounds the
 ratio. With ``--stream-mbps N`` both paths go through a proxy that limits each upstream
 response to N MB/s, as a single S3 connection delivers (typically 50-100 MB/s).
 """
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,8 +35,8 @@ from support.procs import MotoServer, Sidecar  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 async def ttlb(session: aiohttp.ClientSession, url: str, signed: bool, size: int) -> float:
@@ -101,7 +102,7 @@ def main() -> int:
         cpu["client and proxy"] = cpu.pop("client")  # the proxy runs in this process
     print("  CPU per object through the sidecar: " +
           ", ".join(f"{k} {v / args.count * 1e3:.0f} ms" for k, v in cpu.items()))
-    print(f"  sidecar CPU per GiB filled: {cpu['sidecar'] / (args.count * size / 2**30):.2f} CPU-s/GiB")
+    print(f"  sidecar CPU per GiB filled: {cpu['sidecar'] / (args.count * size / 2**30):.3f} CPU-s/GiB")
     return 0
 
 

@@ -37,7 +37,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from sidecar.cache.chunkfile import FORMAT  # noqa: E402
 from sidecar.config import parse_size  # noqa: E402
 from support.procs import CREDS, MotoServer, Sidecar  # noqa: E402
 
@@ -311,7 +310,7 @@ class CrashRig:
         is being written if one comes within half a second. Returns whether a temp file was left."""
         stop = threading.Event()
         clients = [self._client() for _ in range(self.readers + self.writers)]
-        tmp = self.sidecar.cache_dir / FORMAT / "tmp"
+        tmp = self.sidecar.cache_dir / "v2" / "tmp"
         with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
             futs = [pool.submit(self._worker, c, stop, i >= self.readers) for i, c in enumerate(clients)]
             time.sleep(run_for)

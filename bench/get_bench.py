@@ -1,35 +1,40 @@
-"""GET throughput and latency: sidecar hits, sidecar cold misses, direct upstream, nginx ceiling.
+"""Hits and cold misses against nginx in the same run: the data plane's figures (issue table).
 
-    .venv/bin/python bench/get_bench.py [--duration 5] [--sizes 4KiB,1MiB,64MiB] [--concurrency 1,16,64]
+    PYTHONPATH=. .venv/bin/python bench/get_bench.py [--duration 3] [--rounds 3] [--cold-rounds 3]
 
-Starts a moto S3 server (the upstream), a sidecar in front of it, and Debian's nginx serving
-the same bytes from disk (installed here with apt-get if missing, with wrk as the load
-generator). Hits and nginx are driven by wrk over keep-alive connections; cold misses and
-direct upstream GETs (which need a fresh object per request, and signatures for moto) by an
-asyncio client. Prints one table and writes bench/out/get_bench.json.
+Starts a moto S3 server (the upstream), a sidecar in front of it (default settings, warm cache),
+Debian's nginx (1 worker, sendfile) serving the same bytes from disk, and a second nginx as a
+``proxy_cache`` in front of moto. Each server is pinned to CPU 0 and wrk to CPU 1 (taskset);
+nginx and the sidecar alternate, and each figure is the median of ``--rounds`` runs.
 
-The sidecars run with ``upstream_answer_within=60s`` (override with ``--set``): moto on a
-shared 2-core machine takes longer than the 2 s default to start answering 16-64 concurrent
-64 MiB GETs, and the bench measures throughput, not the sidecar's 503 for a silent upstream.
+Hit cases (wrk, keep-alive): 4 KiB objects c=64; 1 MiB and 64 MiB objects c=16; random
+unaligned ranges of 64 KiB, 256 KiB and 1 MiB inside a 64 MiB object c=16 (a wrk Lua script
+sets a random Range per request). For each: req/s, MiB/s, and CPU-s/GiB of the server (its
+processes' user+system CPU time over the run, divided by GiB served).
+
+Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstream GET, nginx
+``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
+and the sidecar; time to first and last byte, and the ratio to the direct GET.
+
+Absolute figures on a shared machine are noisy; ratios within one run are what count.
+Prints one table and writes bench/out/get_bench.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import aiohttp
 import psutil
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -37,11 +42,32 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from sidecar.config import format_size, parse_size  # noqa: E402
 from support.procs import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BUCKET = "bench"
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+SERVER_CPU, CLIENT_CPU = 0, 1
+
+# (name, object size, concurrency, range length or None)
+HIT_CASES = [
+    ("4 KiB objects, c=64", 4 * KiB, 64, None),
+    ("1 MiB objects, c=16", 1 * MiB, 16, None),
+    ("64 MiB objects, c=16", 64 * MiB, 16, None),
+    ("64 KiB ranges in 64 MiB, c=16", 64 * MiB, 16, 64 * KiB),
+    ("256 KiB ranges in 64 MiB, c=16", 64 * MiB, 16, 256 * KiB),
+    ("1 MiB ranges in 64 MiB, c=16", 64 * MiB, 16, 1 * MiB),
+]
+
+RANGE_LUA = """
+local size, len = {size}, {length}
+local seeded = false
+request = function()
+  if not seeded then math.randomseed(os.time() + tonumber(tostring({{}}):sub(8), 16)); seeded = true end
+  local a = math.random(0, size - len)
+  return wrk.format("GET", nil, {{["Range"] = "bytes=" .. a .. "-" .. (a + len - 1)}})
+end
+"""
 
 
 def ensure_tools() -> None:
@@ -53,132 +79,159 @@ def ensure_tools() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env, capture_output=True)
 
 
+def pin(pid: int, cpu: int) -> None:
+    """Pin a process and all its threads/children to one CPU."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    for p in procs:
+        for t in p.threads():
+            try:
+                os.sched_setaffinity(t.id, {cpu})
+            except OSError:
+                pass
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process and its children (nginx's worker, the sidecar's threads)."""
+    total = 0.0
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 class Nginx:
-    def __init__(self, root: Path, workdir: Path, workers: str = "auto") -> None:
+    """nginx with one worker: a static file server (sendfile) or a proxy_cache in front of ``upstream``."""
+
+    def __init__(self, workdir: Path, *, root: Path | None = None, upstream: str | None = None) -> None:
         self.port = free_port()
-        conf = workdir / f"nginx-{workers}.conf"
+        name = "static" if root is not None else "proxy"
+        if root is not None:
+            server = f"root {root};"
+        else:
+            cache = workdir / "ngx-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            server = f"""
+    location / {{
+      proxy_pass {upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host $http_host;
+      proxy_cache c; proxy_cache_valid 200 1h; proxy_buffering on;
+      proxy_max_temp_file_size 0;
+    }}"""
+        conf = workdir / f"nginx-{name}.conf"
+        cache_path = f"proxy_cache_path {workdir}/ngx-cache keys_zone=c:10m max_size=20g inactive=1h use_temp_path=off;" \
+            if upstream else ""
         conf.write_text(f"""
-worker_processes {workers};
+worker_processes 1;
 daemon off;
-pid {workdir}/nginx-{workers}.pid;
-error_log {workdir}/nginx-error.log;
+pid {workdir}/nginx-{name}.pid;
+error_log {workdir}/nginx-{name}-error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   sendfile on; tcp_nopush on;
   keepalive_requests 1000000;
+  default_type application/octet-stream;
   client_body_temp_path {workdir}/ngx-body; proxy_temp_path {workdir}/ngx-proxy;
   fastcgi_temp_path {workdir}/ngx-fcgi; uwsgi_temp_path {workdir}/ngx-uwsgi; scgi_temp_path {workdir}/ngx-scgi;
-  server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+  {cache_path}
+  server {{ listen 127.0.0.1:{self.port}; {server} }}
 }}
 """)
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(workdir / "nginx-error.log")],
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(workdir / f"nginx-{name}-error.log")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, proc=self.proc)
         self.url = f"http://127.0.0.1:{self.port}"
+        pin(self.proc.pid, SERVER_CPU)
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
 
 
-def wrk(url: str, concurrency: int, duration: float) -> dict:
-    threads = min(2, concurrency)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
-    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
-
-    def lat(label: str) -> float:
-        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    m = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
-    mbps = float(m.group(1)) * {"B": 1e-6, "KB": 1024 / 1e6, "MB": 1024**2 / 1e6, "GB": 1024**3 / 1e6}[m.group(2)]
+def wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dict:
+    cmd = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        raise RuntimeError(f"{url}: {errors.group(1)} failed responses under wrk")
-    return {"rps": rps, "mbps": mbps, "p50": lat("50"), "p99": lat("99"),
-            "errors": int(errors.group(1)) if errors else 0}
+        raise RuntimeError(f"{url}: {errors.group(1)} failed responses under wrk:\n{out}")
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),\s+([\d.]+)(B|KB|MB|GB|TB) read", out)
+    if m is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    requests = int(m.group(1))
+    seconds = float(m.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
+    nbytes = float(m.group(4)) * {"B": 1, "KB": KiB, "MB": MiB, "GB": GiB, "TB": 1024 * GiB}[m.group(5)]
+    return {"requests": requests, "seconds": seconds, "bytes": nbytes}
 
 
-def sign(url: str) -> dict[str, str]:
-    req = AWSRequest(method="GET", url=url, headers={})
+def measure(pid: int, url: str, concurrency: int, duration: float, script: Path | None, body: int) -> dict:
+    c0 = cpu_seconds(pid)
+    r = wrk(url, concurrency, duration, script)
+    cpu = cpu_seconds(pid) - c0
+    served = r["requests"] * body
+    return {"rps": r["requests"] / r["seconds"], "mibps": served / MiB / r["seconds"],
+            "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu}
+
+
+def signed_headers(host: str, path: str) -> str:
+    """SigV4 headers for moto (signed for its host: nginx's proxy_pass sends the same Host)."""
+    req = AWSRequest(method="GET", url=f"http://{host}{path}", headers={})
     req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
     S3SigV4Auth(Credentials("testing", "testing"), "s3", "us-east-1").add_auth(req)
-    return dict(req.headers.items())
+    return "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
 
 
-async def fetch_all(urls: list[str], concurrency: int, signed: bool) -> dict:
-    """GET every URL once, ``concurrency`` at a time; time to last byte per request."""
-    latencies: list[float] = []
-    total = 0
-    queue = list(urls)
-    conn = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=conn, auto_decompress=False,
-                                     timeout=aiohttp.ClientTimeout(total=600)) as session:
-        async def worker() -> None:
-            nonlocal total
-            while queue:
-                url = queue.pop()
-                headers = sign(url) if signed else {}
-                t0 = time.perf_counter()
-                async with session.get(url, headers=headers) as r:
-                    if r.status != 200:
-                        raise RuntimeError(f"{url}: HTTP {r.status}")
-                    async for piece in r.content.iter_chunked(1 << 20):
-                        total += len(piece)
-                latencies.append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    latencies.sort()
-    return {"rps": len(latencies) / wall, "mbps": total / wall / 1e6, "p50": statistics.median(latencies),
-            "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], "errors": 0}
-
-
-class RssSampler:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.02)
-
-    def __enter__(self) -> "RssSampler":
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def requests_for(size: int, concurrency: int) -> int:
-    """Enough cold requests for a stable figure without uploading gigabytes."""
-    per_client = max(1, min(20, (256 << 20) // max(size, 1) // concurrency))
-    return concurrency * per_client
+def timed_get(port: int, path: str, sign_for: str | None = None) -> tuple[float, float, int]:
+    """One GET on a fresh connection: (time to first body byte, time to last byte, bytes)."""
+    extra = signed_headers(sign_for, path) if sign_for else ""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        host = sign_for or "127.0.0.1"
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            piece = s.recv(65536)
+            if not piece:
+                raise RuntimeError(f"{path}: connection closed before the headers")
+            buf += piece
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise RuntimeError(f"{path}: HTTP {status.decode()}: {head.decode(errors='replace')}")
+        length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+        got = len(rest)
+        while got == 0:
+            piece = s.recv(1 << 20)
+            if not piece:
+                break
+            got += len(piece)
+        ttfb = time.perf_counter() - t0
+        while got < length:
+            piece = s.recv(1 << 20)
+            if not piece:
+                raise RuntimeError(f"{path}: short body {got} of {length}")
+            got += len(piece)
+        return ttfb, time.perf_counter() - t0, got
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
-    ap.add_argument("--sizes", default="4KiB,1MiB,64MiB")
-    ap.add_argument("--concurrency", default="1,16,64")
-    ap.add_argument("--chunk-size", default="4MiB")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per hit case (median)")
+    ap.add_argument("--cold-rounds", type=int, default=3, help="cold 64 MiB misses per server (median)")
+    ap.add_argument("--cases", default="", help="comma-separated substrings selecting hit cases (default all)")
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="extra sidecar setting, e.g. --set chunk_verification=when-changed")
     args = ap.parse_args()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
-    levels = [int(c) for c in args.concurrency.split(",")]
+    cases = [c for c in HIT_CASES if not args.cases or any(s.strip() in c[0] for s in args.cases.split(","))]
     ensure_tools()
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
@@ -191,69 +244,82 @@ def main() -> int:
     s3 = moto.client()
     s3.create_bucket(Bucket=BUCKET)
     print(f"uploading objects to the upstream ({work}) ...", flush=True)
+    sizes = sorted({size for _, size, _, _ in cases})
+    big = os.urandom(64 * MiB)
     for size in sizes:
-        body = os.urandom(size)
+        body = big[:size]
         s3.put_object(Bucket=BUCKET, Key=f"hot-{size}", Body=body)
         (www / f"hot-{size}").write_bytes(body)
         (www / f"hot-{size}").chmod(0o644)
-        for i in range(max(requests_for(size, c) for c in levels)):
-            s3.put_object(Bucket=BUCKET, Key=f"cold-{size}-{i}", Body=body[:-8] + i.to_bytes(8, "big") if size > 8
-                          else os.urandom(size))
-    nginx = Nginx(work / "www", work)
-    rows: list[dict] = []
-    peak_rss: dict[str, int] = {}
-
-    def record(kind: str, size: int, c: int, r: dict) -> None:
-        row = {"kind": kind, "size": size, "concurrency": c, **r}
-        rows.append(row)
-        print(f"{kind:<14} {format_size(size):>6} c={c:<3} {r['mbps']:9.1f} MB/s {r['rps']:9.1f} req/s "
-              f"p50 {r['p50'] * 1e3:8.2f} ms  p99 {r['p99'] * 1e3:8.2f} ms", flush=True)
-
+    servers = ("direct", "nginx-proxy-cache", "sidecar")
+    for i in range(args.cold_rounds):
+        for who in servers:
+            s3.put_object(Bucket=BUCKET, Key=f"cold-{who}-{i}", Body=big[:-8] + i.to_bytes(8, "big"))
+    settings = {"upstream_answer_within": "60s", **dict(kv.split("=", 1) for kv in args.set)}
+    sc = Sidecar(moto.url, work / "cache", work, cache_size="20GiB", **settings)
+    pin(sc.proc.pid, SERVER_CPU)
+    nginx = Nginx(work, root=work / "www")
+    proxy = Nginx(work, upstream=moto.url)
+    sc_port = int(sc.url.rsplit(":", 1)[1])
+    for size in sizes:  # warm the sidecar's cache with every hot object
+        timed_get(sc_port, f"/{BUCKET}/hot-{size}")
+    results: dict[str, dict[str, list[dict]]] = {}
     try:
-        for size in sizes:
-            for c in levels:
-                # cold misses: a fresh sidecar cache each round, one distinct object per request
-                settings = {"upstream_answer_within": "60s", **dict(kv.split("=", 1) for kv in args.set)}
-                sc = Sidecar(moto.url, work / f"cache-{size}-{c}", work, chunk_size=args.chunk_size,
-                             cache_size="20GiB", **settings)
-                n = requests_for(size, c)
-                urls = [f"{sc.url}/{BUCKET}/cold-{size}-{i}" for i in range(n)]
-                with RssSampler(sc.proc.pid) as rss:
-                    record("sidecar-miss", size, c, asyncio.run(fetch_all(urls, c, signed=False)))
-                    hot = f"{sc.url}/{BUCKET}/hot-{size}"
-                    asyncio.run(fetch_all([hot], 1, signed=False))  # warm
-                    record("sidecar-hit", size, c, wrk(hot, c, args.duration))
-                peak_rss[f"{format_size(size)} c={c}"] = rss.peak
-                sc.stop()
-                record("upstream", size, c, asyncio.run(fetch_all(
-                    [f"{moto.url}/{BUCKET}/cold-{size}-{i}" for i in range(n)], c, signed=True)))
-                record("nginx", size, c, wrk(f"{nginx.url}/{BUCKET}/hot-{size}", c, args.duration))
+        for name, size, c, length in cases:
+            script = None
+            if length is not None:
+                script = work / f"range-{length}.lua"
+                script.write_text(RANGE_LUA.format(size=size, length=length))
+            runs = results.setdefault(name, {"nginx": [], "sidecar": []})
+            for r in range(args.rounds):
+                order = [("nginx", nginx.proc.pid, nginx.url), ("sidecar", sc.proc.pid, sc.url)]
+                for who, pid, base in order if r % 2 == 0 else order[::-1]:
+                    runs[who].append(measure(pid, f"{base}/{BUCKET}/hot-{size}", c, args.duration, script,
+                                             length or size))
+            print_hit_row(name, runs, flush=True)
+        cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
+        ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
+        for i in range(args.cold_rounds):
+            for who in servers:
+                ttfb, ttlb, n = timed_get(ports[who], f"/{BUCKET}/cold-{who}-{i}",
+                                          sign_for=None if who == "sidecar" else f"127.0.0.1:{moto.port}")
+                assert n == 64 * MiB, (who, n)
+                cold[who].append((ttfb, ttlb))
     finally:
         nginx.stop()
+        proxy.stop()
+        sc.stop()
         moto.stop()
-
-    def get(kind: str, size: int, c: int) -> dict | None:
-        return next((r for r in rows if (r["kind"], r["size"], r["concurrency"]) == (kind, size, c)), None)
-
-    print("\n== summary ==")
-    summary = {}
-    for size in sizes:
-        for c in levels:
-            hit, ng, miss, up = (get(k, size, c) for k in ("sidecar-hit", "nginx", "sidecar-miss", "upstream"))
-            key = f"{format_size(size)} c={c}"
-            summary[key] = {
-                "hit_vs_nginx_throughput": hit["mbps"] / ng["mbps"],
-                "hit_vs_nginx_rps": hit["rps"] / ng["rps"],
-                "miss_ttlb_p50_vs_upstream": miss["p50"] / up["p50"],
-                "peak_rss_mib": peak_rss[key] / 2**20,
-            }
-            s = summary[key]
-            print(f"{key:<12} hit/nginx {s['hit_vs_nginx_throughput']:5.2f} (req/s {s['hit_vs_nginx_rps']:5.2f})  "
-                  f"cold-miss TTLB p50 / direct {s['miss_ttlb_p50_vs_upstream']:5.2f}  "
-                  f"peak RSS {s['peak_rss_mib']:6.1f} MiB")
-    (OUT / "get_bench.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    print("\n== hits: nginx (1 worker, sendfile) vs sidecar, medians of "
+          f"{args.rounds} interleaved {args.duration:g}s runs, servers on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU} ==")
+    print(f"{'case':<32} {'nginx req/s':>11} {'MiB/s':>8} {'CPUs/GiB':>8} | {'sidecar req/s':>13} {'MiB/s':>8} "
+          f"{'CPUs/GiB':>8} | {'req/s x':>7} {'CPU x':>6}")
+    summary: dict = {"hits": {}, "cold": {}}
+    for name, runs in results.items():
+        summary["hits"][name] = print_hit_row(name, runs)
+    print(f"\n== cold 64 MiB misses, medians of {args.cold_rounds} (fresh object each) ==")
+    d_ttlb = statistics.median(t for _, t in cold["direct"])
+    for who in servers:
+        ttfb = statistics.median(f for f, _ in cold[who])
+        ttlb = statistics.median(t for _, t in cold[who])
+        summary["cold"][who] = {"ttfb_s": ttfb, "ttlb_s": ttlb, "ttlb_vs_direct": ttlb / d_ttlb}
+        print(f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct")
+    n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
+    print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x")
+    (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -> dict:
+    med = {who: {k: statistics.median(r[k] for r in rs) for k in ("rps", "mibps", "cpu_s_per_gib")}
+           for who, rs in runs.items()}
+    n, s = med["nginx"], med["sidecar"]
+    print(f"{name:<32} {n['rps']:11.0f} {n['mibps']:8.0f} {n['cpu_s_per_gib']:8.3f} | {s['rps']:13.0f} "
+          f"{s['mibps']:8.0f} {s['cpu_s_per_gib']:8.3f} | {s['rps'] / n['rps']:6.2f}x "
+          f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x", flush=flush)
+    return {"nginx": n, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
+            "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"]}
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.cache.lruk import LRUKPolicy  # noqa: E402
+from sidecar.cache.lruk import LRUKPolicy, ProbationLRUK  # noqa: E402
 from sidecar.cache.policy import LRUPolicy  # noqa: E402
 from sidecar.cache.space import CacheSpace  # noqa: E402
 
@@ -32,10 +32,13 @@ from sidecar.cache.space import CacheSpace  # noqa: E402
 def build(spec: str):
     if spec == "lru":
         return LRUPolicy()
-    name, _, k = spec.partition(":")
+    name, _, rest = spec.partition(":")
+    k, _, share = rest.partition(":")
     if name == "lru-k":
         return LRUKPolicy(k=int(k or 2))
-    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K)")
+    if name == "lru-k-probation":
+        return ProbationLRUK(k=int(k or 2), probation=float(share or 0.1))
+    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K, lru-k-probation:K:SHARE)")
 
 
 def chunk_keys(n: int) -> list[tuple[str, int]]:
@@ -52,8 +55,13 @@ def bench_touch(spec: str, keys: list, ops: int, rng: random.Random) -> float:
     policy = build(spec)
     for i, key in enumerate(keys):
         policy.admit(key, 4 << 20, i * 1e-3)
+    if isinstance(policy, ProbationLRUK):
+        # time the steady state: most entries past probation, in the LRU-K queue
+        for key in keys:
+            policy.touch(key, len(keys) * 1e-3)
+        policy.victim()
     picks = [keys[i] for i in skewed(len(keys), ops, rng)]
-    now = len(keys) * 1e-3
+    now = len(keys) * 1e-3 + 1
     gc.collect()
     start = time.perf_counter()
     for key in picks:
@@ -119,8 +127,12 @@ def bench_memory(spec: str, keys: list, rng: random.Random) -> tuple[float, floa
     for key in picks:
         now += 1e-4
         policy.touch(key, now)
+    if isinstance(policy, ProbationLRUK):
+        policy.victim()  # the entries read again leave probation for the LRU-K queue
     touched = tracemalloc.get_traced_memory()[0] / len(keys)
     per_retained = None
+    if isinstance(policy, ProbationLRUK):
+        policy = policy.main
     if isinstance(policy, LRUKPolicy):
         # Replace every entry by a new one; each evicted key's history is retained. Their
         # cost is what dropping the retained histories frees.
@@ -140,7 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=1_000_000, help="resident entries")
     ap.add_argument("--ops", type=int, default=1_000_000, help="operations timed per figure")
-    ap.add_argument("--policy", action="append", help="lru or lru-k:K (repeatable)")
+    ap.add_argument("--policy", action="append", help="lru, lru-k:K or lru-k-probation:K:SHARE (repeatable)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     specs = args.policy or ["lru", "lru-k:1", "lru-k:2", "lru-k:3"]

@@ -95,6 +95,29 @@ def inference(n: int, model: Path | None) -> dict:
             "chosen": len(chosen.items)}
 
 
+def catalogue_memory(n: int = 1_000_000) -> None:
+    """Memory of the known-key catalogue (predict/known.py) holding ``n`` keys: shard-like keys,
+    1,000 per prefix, each with a size and an MD5 ETag, measured with tracemalloc."""
+    import tracemalloc
+
+    from sidecar.predict.known import KnownKeys
+
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    known = KnownKeys(max_keys=n)
+    t = time.perf_counter()
+    for i in range(n):
+        known.add("datasets", f"corpus/part-{i // 1000:05d}/shard-{i % 1000:06d}.tar", 256 * 1024**2,
+                  f'"{i:032x}"')
+    dt = time.perf_counter() - t
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    print(f"known-key catalogue: {n:,} keys ({n // 1000:,} prefixes): {used / 1024**2:.1f} MiB traced "
+          f"= {used / n:.0f} B per key ({used * 1_000_000 / n / 1024**2:.0f} MiB per 1 M keys); "
+          f"its own estimate (sidecar_known_keys_bytes) {known.nbytes() / 1024**2:.1f} MiB; "
+          f"{n / dt / 1e3:.0f} k adds/s")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=1)
@@ -104,7 +127,12 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=100_000)
     p.add_argument("--model", default=None, help="model for the inference figure [the shipped one]")
     p.add_argument("--skip-sim", action="store_true", help="only the inference and CPU figures")
+    p.add_argument("--catalogue", type=int, metavar="KEYS", default=None,
+                   help="only the known-key catalogue's memory for this many keys (e.g. 1000000)")
     args = p.parse_args()
+    if args.catalogue:
+        catalogue_memory(args.catalogue)
+        return 0
     model = Path(args.model) if args.model else shipped_model_path()
 
     if not args.skip_sim:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -38,9 +37,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stats(sc: Sidecar) -> dict:
-    with urllib.request.urlopen(sc.admin_url + "/stats", timeout=10) as r:
-        return json.loads(r.read())
+def checked_bytes(sc: Sidecar) -> float:
+    """sidecar_cache_checked_bytes_total from /metrics (0 on a sidecar without it)."""
+    with urllib.request.urlopen(sc.admin_url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("sidecar_cache_checked_bytes_total "):
+                return float(line.split()[1])
+    return 0.0
 
 
 async def get_ranges(url: str, ranges: list[tuple[int, int]], concurrency: int) -> int:
@@ -89,11 +92,11 @@ def main() -> int:
                 asyncio.run(get_ranges(url, [(0, size - 1)], 1))  # fill
                 time.sleep(0.2)  # past the files' ctime tick, so a check can be remembered
                 asyncio.run(get_ranges(url, [(0, size - 1)], 1))  # checked once
-                c0, k0, t0 = cpu_seconds(sc.proc.pid), stats(sc)["cache"].get("checked_bytes", 0), time.perf_counter()
+                c0, k0, t0 = cpu_seconds(sc.proc.pid), checked_bytes(sc), time.perf_counter()
                 served = asyncio.run(get_ranges(url, ranges, args.concurrency))
                 dt = time.perf_counter() - t0
                 cpu = cpu_seconds(sc.proc.pid) - c0
-                checked = stats(sc)["cache"].get("checked_bytes", 0) - k0
+                checked = checked_bytes(sc) - k0
             finally:
                 sc.stop()
             print(f"  {mode:>12}: {args.requests / dt:7.0f} req/s {served / dt / 2**20:7.0f} MiB/s  "

@@ -105,18 +105,19 @@ class DaemonCollector:
         c.add_metric(["read"], st.read_errors)
         c.add_metric(["write"], st.write_errors)
         yield c
-        yield counter("sidecar_cache_checked_bytes", "Chunk bytes read back from disk and checked against their "
-                                                     "piece CRC32Cs to serve reads", st.checked_bytes)
-        yield counter("sidecar_cache_scrubbed_bytes", "Chunk bytes the background scrub read past the page cache "
-                                                      "and checked", st.scrubbed_bytes)
-        yield counter("sidecar_cache_scrub_failures", "Chunks the background scrub found damaged (dropped)",
-                      st.scrub_failures)
-        yield counter("sidecar_cache_scrub_passes", "Complete scrub passes over the cache", st.scrub_passes)
-        yield gauge("sidecar_cache_scrub_full_pass_seconds", "Time to scrub the whole cache at the configured "
-                                                             "scrub_rate (0: scrub off)",
-                    store.used_bytes / sc.settings.scrub_rate if sc.settings.scrub_rate else 0)
         yield counter("sidecar_cache_ram_hits", "Chunk reads answered from the in-memory copy of small chunks",
                       st.ram_hits)
+        yield counter("sidecar_cache_checked_bytes", "Bytes read from cached chunk files and checked against "
+                      "their piece CRC32Cs to serve reads", st.checked_bytes)
+        yield counter("sidecar_cache_unchecked_bytes", "Bytes sent from cached chunk files without a check: "
+                      "checked since the file last changed (docs/integrity.md)", st.unchecked_bytes)
+        yield counter("sidecar_cache_scrubbed_bytes", "Bytes of chunk files the background scrub read from the "
+                      "device and found good", st.scrubbed_bytes)
+        yield gauge("sidecar_cache_scrub_pass_seconds", "How long the scrub's last whole pass over the cache took "
+                    "(0: none finished yet)", st.scrub_pass_seconds)
+        rate = sc.settings.scrub_rate
+        yield gauge("sidecar_cache_scrub_estimate_seconds", "Time one scrub pass over the cache takes at "
+                    "scrub_rate (cache bytes / rate; 0: scrub off)", store.used_bytes / rate if rate else 0)
         yield counter("sidecar_cache_restored_chunks", "Chunks found on disk and indexed at start",
                       st.rebuilt_chunks)
         yield gauge("sidecar_hot_objects_tracked", "Objects whose decayed read hotness is tracked (for /hot)",
@@ -185,11 +186,12 @@ def stats_snapshot(sc: Daemon) -> dict[str, Any]:
             "evictions": st.evictions,
             "evicted_bytes": st.evicted_bytes,
             "crc_failures": st.crc_failures,
+            "checked_bytes": st.checked_bytes,
+            "unchecked_bytes": st.unchecked_bytes,
+            "scrubbed_bytes": st.scrubbed_bytes,
+            "scrub_pass_seconds": st.scrub_pass_seconds,
             "write_errors": st.write_errors,
             "restored_chunks": st.rebuilt_chunks,
-            "checked_bytes": st.checked_bytes,
-            "scrubbed_bytes": st.scrubbed_bytes,
-            "scrub_failures": st.scrub_failures,
         },
         "reads": {
             "hits": total("sidecar_cache_hits_total"),

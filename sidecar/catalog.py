@@ -72,6 +72,15 @@ class Catalog:
     def peek(self, bucket: str, key: str) -> Entry | None:
         return self.entries.get((bucket, key))
 
+    def fresh(self, bucket: str, key: str) -> Entry | None:
+        """The entry if ``lookup`` would answer it without the upstream, else None; never waits."""
+        k = (bucket, key)
+        e = self.entries.get(k)
+        if e is None or not self._fresh(k, e):
+            return None
+        self.entries.move_to_end(k)
+        return e
+
     def _fresh(self, k: ObjectKey, e: Entry) -> bool:
         ttl = self.ttl(*k)
         if e.learned_at == float("-inf"):

@@ -267,6 +267,9 @@ OPTIONS: tuple[Option, ...] = (
            "longest request line and longest header accepted; longer ones get 400 RequestHeaderSectionTooLarge"),
     Option("max_header_count", 128, _int_range(8, 10000), "an integer from 8 to 10000",
            "most headers a request may have; more get 400 RequestHeaderSectionTooLarge"),
+    Option("fast_path", True, parse_bool, "true or false",
+           "answer plain GET/HEAD cache hits on the raw connection, without the web framework's "
+           "per-request cost (docs/operations.md); false: every request goes through aiohttp"),
     Option("max_client_connections", 1024, _int_range(1, 1000000), "an integer from 1 to 1000000",
            "client connections served at once; requests on further connections get 503 SlowDown"),
     Option("client_request_rate", 0.0, _float_range(0.0, 1e9), "a number of requests per second (0 is unlimited)",
@@ -341,12 +344,14 @@ OPTIONS: tuple[Option, ...] = (
            "memory budget of the verified small-chunk cache (0 disables)"),
     Option("chunk_verification", "when-changed", _choice("every-read", "when-changed"),
            "every-read or when-changed",
-           "when-changed: a read checks the CRC32C of each 64 KiB piece it touches unless the chunk "
-           "file's inode, size, mtime and ctime are those of its last good check (silent media "
-           "corruption is the scrub's to find); every-read (strict): every piece on every read"),
-    Option("scrub_rate", 8 * 1024**2, parse_size, SIZE_FORM + " per second (0 disables)",
-           "rate at which a background scrub reads cached chunks from the disk, past the page "
-           "cache, to find silent media corruption (the whole cache takes cache bytes / rate)"),
+           "when-changed: a read checks the 64 KiB pieces it touches unless they were checked since "
+           "the chunk file last changed (inode, size, mtime, ctime), and the scrub finds media "
+           "corruption; every-read (strict): every piece a read touches is checked on every read "
+           "(docs/integrity.md)"),
+    Option("scrub_rate", 8 * 1024**2, parse_size, SIZE_FORM + " (per second; 0 turns the scrub off)",
+           "rate at which the background scrub re-reads cached chunk files past the page cache to find "
+           "silent media corruption; the time one pass over the cache takes is in "
+           "sidecar_cache_scrub_pass_seconds"),
     Option("policy", "lru-k", _choice("lru", "lru-k"), "lru or lru-k",
            "eviction policy within each QoS class of the cache rules"),
     Option("lru_k", 2, _int_range(1, 8), "an integer from 1 to 8", "K of the LRU-K policy"),
@@ -356,6 +361,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("lru_k_retained_period", 3600.0, parse_ttl, DURATION_FORM + ", or indefinite",
            "LRU-K: how long an evicted chunk's reference history is kept, so it keeps its past "
            "when it returns"),
+    Option("lru_k_probation", 0.0, _float_range(0.0, 0.5), "a number from 0 to 0.5",
+           "LRU-K: share of the cache's bytes for a probationary FIFO (with a ghost list) that new "
+           "chunks pass before the LRU-K queue; 0 turns it off. Wins on scan-heavy, one-hit-rich "
+           "work (OLTP), loses on large-object block traces (cloudPhysics): see docs/policy.md"),
     Option("hotness_half_life", 600.0, parse_duration, DURATION_FORM,
            "half-life of the decayed per-object hotness used by the policy and the predictor"),
     # --- prefetch and bandwidth
@@ -365,6 +374,8 @@ OPTIONS: tuple[Option, ...] = (
            "minimum predicted probability of a read for an object to be prefetched"),
     Option("prefetch_max_bytes", 1024**3, parse_size, SIZE_FORM,
            "bound on the bytes one predictor run may plan to prefetch"),
+    Option("prefetch_known_keys", 200_000, _int_range(0, 100_000_000), "an integer from 0 to 100000000",
+           "bound on the keys the prefetcher remembers from listings and reads (about 100 bytes each)"),
     Option("prefetch_candidates", 100_000, _int_range(1, 10_000_000), "an integer from 1 to 10000000",
            "bound on the objects the predictor scores in one run"),
     Option("model", None, _optional_path, "a path to an .onnx file",
@@ -415,6 +426,7 @@ class Settings:
     virtual_host_suffixes: tuple[str, ...]
     max_header_size: int
     max_header_count: int
+    fast_path: bool
     max_client_connections: int
     client_request_rate: float
     client_request_burst: int
@@ -453,12 +465,14 @@ class Settings:
     lru_k: int
     lru_k_correlated_period: float
     lru_k_retained_period: float | None
+    lru_k_probation: float
     hotness_half_life: float
     prefetch: bool
     prefetch_interval: float
     prefetch_threshold: float
     prefetch_max_bytes: int
     prefetch_candidates: int
+    prefetch_known_keys: int
     model: Path | None
     bandwidth_cap: int
     bandwidth_floor: int
@@ -511,7 +525,8 @@ class Settings:
             elif isinstance(v, Path):
                 v = str(v)
             elif o.name in ("cache_size", "chunk_size", "readahead_max_bytes", "ram_chunk_max", "ram_cache_size",
-                            "scrub_rate", "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes"):
+                            "max_header_size", "bandwidth_cap", "bandwidth_floor", "prefetch_max_bytes",
+                            "scrub_rate"):
                 v = format_size(v)
             elif o.name in ("metadata_ttl", "lru_k_retained_period", "stale_if_error") and v is None:
                 v = "indefinite"

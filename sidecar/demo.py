@@ -23,8 +23,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .cache.chunkfile import FORMAT
-
 MiB = 1024 * 1024
 BUCKET = "demo-data"
 
@@ -202,8 +200,8 @@ def show_writes_invalidate(t: Tour) -> None:
 
 
 def show_damaged_chunk_refetched(t: Tour) -> None:
-    print("6. A damaged cache file is never served: every 64 KiB of a chunk carries a CRC32C")
-    chunk = sorted(p for p in (t.workdir / "cache" / FORMAT).glob("??/*") if not p.name.endswith(".meta"))[0]
+    print("6. A damaged cache file is never served: every chunk carries a CRC32C")
+    chunk = sorted(p for p in (t.workdir / "cache" / "v2").glob("??/*") if not p.name.endswith(".meta"))[0]
     with open(chunk, "r+b") as f:
         f.seek(1000)
         b = f.read(1)

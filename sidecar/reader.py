@@ -1,7 +1,12 @@
 """The object reader: turns "bytes a..b of object version V" into verified chunk reads.
 
-Cached chunks are opened verified (CRC32C) and handed out as file descriptors for sendfile.
-Missing chunks are filled by *spans*: one ranged upstream GET over a run of consecutive
+What a caller gets: ``Segment``s, each either bytes in memory that were checked (or came from
+the upstream) or an open file descriptor + offset + length that is safe to sendfile as it is.
+Entry points: ``read`` (any range), ``read_opened`` (a cold GET whose answer is already open),
+``read_small`` (a range inside one chunk held in RAM: bytes or None, no coroutine). A cached
+chunk's range is handed out as a descriptor only when its 64 KiB pieces were checked since the
+file last changed (docs/integrity.md); otherwise the touched pieces are read, checked, and that
+very buffer is the segment, so no byte is read from the file twice. Missing chunks are filled by *spans*: one ranged upstream GET over a run of consecutive
 missing chunks, written chunk by chunk to temp files and committed. A fill is shared: every
 reader that wants a chunk being filled tails the same temp file as bytes land, so one upstream
 fetch serves any number of clients, a slow client never slows the fill, and no body bytes are
@@ -25,7 +30,6 @@ from typing import TYPE_CHECKING
 
 from .cache.layout import ChunkLayout
 from .cache import chunkfile
-from .cache.chunkfile import CHECK_WINDOW
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -41,7 +45,8 @@ PIECE = 256 * 1024  # bytes read from the upstream stream at a time
 MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
-INLINE_CHECK_MAX = 256 * 1024  # cached ranges needing a check up to this size are checked on the loop
+CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked this much at a time
+CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
 
 
 class Priority(enum.IntEnum):
@@ -164,13 +169,16 @@ class ChunkFill:
 
 @dataclasses.dataclass(slots=True)
 class Segment:
-    """A piece of the response body: bytes in memory, or a span of an open file."""
+    """A piece of the response body: ``data`` (bytes in memory, already checked or straight from
+    the upstream), or ``length`` bytes of the open file ``fd`` from ``offset`` that may be sent
+    with sendfile unchecked. The descriptor is valid until the next segment is asked for."""
 
     length: int
     data: bytes | memoryview | None = None
     fd: int = -1
     offset: int = 0
     from_cache: bool = True
+    chunk: tuple[str, int] | None = None  # (version, index) of a cached file sent unchecked
 
 
 @dataclasses.dataclass(slots=True)
@@ -299,6 +307,12 @@ class Reader:
         version = self.store.version_for(meta)
         return Fetch(self, version, max(0, first), min(last, self.layout.count(meta.size) - 1),
                      self.ensure(meta, first, last, priority))
+
+    def unreadable(self, segment: Segment) -> None:
+        """Sending ``segment`` from its file failed (EIO under sendfile): its chunk's pieces are
+        checked again by the next read, which drops and refetches it if the error persists."""
+        if segment.chunk is not None:
+            self.store.forget_checked(*segment.chunk)
 
     def ensure(self, meta: ObjectMeta, first: int, last: int, priority: Priority = PREFETCH) -> list[ChunkFill]:
         """Start fetching chunks first..last of a version that are neither cached nor in flight,
@@ -549,20 +563,20 @@ class Reader:
 
     def _offer_to_tier(self, fill: ChunkFill) -> None:
         """A chunk fetched from the upstream is committed: queue it for the tier, to be read back
-        from its file (and checked against its piece CRC32Cs) when a writer gets to it."""
+        from its file (and checked against its piece table) when a writer gets to it."""
         assert self.tier is not None
         path = self.store.chunk_file(fill.version.vid, fill.index)
-        crc = fill.version.chunks.get(fill.index)
-        length = fill.length
-        if path is None or crc is None:
+        digest = fill.version.chunks.get(fill.index)
+        if path is None or digest is None:
             return
+        length = fill.length
 
         def load() -> bytes | None:
             try:
-                raw = path.read_bytes()
+                image = path.read_bytes()
             except OSError:
                 return None  # evicted meanwhile
-            return raw[:length] if chunkfile.check_bytes(raw, length, crc) else None
+            return image[:length] if chunkfile.check_image(image, length, digest) else None
 
         self.tier.offer(fill.version.meta, fill.index, load)
 
@@ -605,38 +619,51 @@ class Reader:
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
                 mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
             mine.update(self._look_ahead(version, index, last, keep))
-            chunk = self.store.open_chunk(version.vid, index)
+            chunk = self.store.open_chunk(version.vid, index, lo, hi)
             if chunk is not None:
                 # A chunk this read fetched may be committed before the read reaches it: it
                 # is served from disk but its bytes still came from the upstream for this read.
                 fetched = index in mine
-                if not fetched and self.store.prefetched:
-                    self._prefetch_read(version.vid, index, stats)
+                # Counted as handed out: a caller that needs only this segment closes the
+                # generator at the yield, and nothing after it runs.
+                if fetched:
+                    stats.miss_bytes += hi - lo + 1
+                else:
+                    stats.hit_bytes += hi - lo + 1
+                    if self.store.prefetched:
+                        self._prefetch_read(version.vid, index, stats)
+                whole = True
                 try:
-                    while lo <= hi:
-                        if chunk.data is not None:  # held in memory: verified when it was loaded
-                            seg = Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
-                        elif chunk.covered(lo, hi):  # known good: sendfile from the page cache
-                            seg = Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched)
-                        else:  # read once, check, and send that very buffer
-                            data = await self._read_checked(version.vid, index, chunk, lo, hi)
+                    if chunk.data is not None:
+                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
+                    elif chunk.verified:  # checked since the file last changed: from the page cache
+                        self.store.stats.unchecked_bytes += hi - lo + 1
+                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched,
+                                      chunk=(version.vid, index))
+                    else:
+                        # Read and check the pieces lo..hi touches, a batch at a time (memory stays
+                        # bounded), and send the very bytes checked: the file is read once.
+                        while lo <= hi:
+                            b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
+                            data = await self._check(chunk, lo, b1)
                             if data is None:
-                                break  # dropped: the rest of the chunk is fetched again below
-                            seg = Segment(len(data), data=data, from_cache=not fetched)
-                        # Counted as handed out: a caller that needs only this segment closes
-                        # the generator at the yield, and nothing after it runs.
-                        if fetched:
-                            stats.miss_bytes += seg.length
-                        else:
-                            stats.hit_bytes += seg.length
-                        lo += seg.length
-                        yield seg
+                                self.store.discard(version.vid, index, chunk)
+                                whole = False
+                                break
+                            self.store.note_verified(version.vid, index, chunk, b1 - lo + 1)
+                            yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
+                            lo = b1 + 1
                 finally:
                     chunk.close()
-                pos = c0 + lo
-                if lo > hi:
+                if whole:
+                    pos = c0 + hi + 1
                     continue
-                # the cached copy failed its check (and was dropped) after lo: refetch the rest
+                # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
+                pos = c0 + lo
+                if fetched:
+                    stats.miss_bytes -= hi - lo + 1
+                else:
+                    stats.hit_bytes -= hi - lo + 1
             fill = self.fills.get((version.vid, index))
             if fill is None:  # the cached copy failed verification (and was dropped): refetch
                 fill = self._start_span(version, index, last, DEMAND, keep)[0]
@@ -657,20 +684,11 @@ class Reader:
                     yield seg
                 return
 
-    async def _read_checked(self, vid: str, index: int, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
-        """Bytes from ``lo`` (to ``hi``, at most to the end of lo's check window) of a cached
-        chunk, read and checked piece by piece; None (and the chunk dropped) if they are bad."""
-        step = min(hi, (lo // CHECK_WINDOW + 1) * CHECK_WINDOW - 1)
-        if self.executor is not None and step - lo >= INLINE_CHECK_MAX:
-            data = await asyncio.get_running_loop().run_in_executor(self.executor, chunk.read_checked, lo, step)
-        else:  # a few pieces from the page cache cost less than a hop to a thread
-            data = chunk.read_checked(lo, step)
-        self.store.stats.checked_bytes += chunkfile.read_span(lo, step, chunk.length)
-        if data is None:
-            self.store.discard(vid, index, chunk)
-            return None
-        self.store.note_verified(vid, index, chunk)
-        return data
+    async def _check(self, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
+        """``chunk.check(lo, hi)``; off the event loop when it is more than a few pieces."""
+        if self.executor is not None and hi - lo >= CHECK_ON_LOOP:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, chunk.check, lo, hi)
+        return chunk.check(lo, hi)
 
     async def _tail(self, fill: ChunkFill, lo: int, hi: int) -> AsyncIterator[Segment]:
         """Bytes lo..hi of a chunk being filled, as they arrive."""

@@ -18,7 +18,7 @@ from . import admin, config
 from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
-from .cache.scrub import Scrubber
+from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .cache.tier import SharedTier
 from .catalog import Catalog
@@ -29,6 +29,7 @@ from .reader import Reader
 from .reload import Reloader
 from .s3 import auth
 from .s3.face import S3Face
+from .s3.fastpath import FastPath
 from .s3.limits import RateLimit, S3Server
 from .telemetry import AccessLog, Metrics, flush_logs, get_logger, setup_logging
 from .upstream.base import Upstream
@@ -67,7 +68,6 @@ class Sidecar:
         self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
                                               hotness_half_life=settings.hotness_half_life)
         # Large-chunk verification and sendfile run here; both release the GIL.
-        self._scrub_task: asyncio.Future | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
         # the rate follows the upstream's latency, errors and throttling (docs/bandwidth.md).
@@ -123,8 +123,11 @@ class Sidecar:
 
         self.prefetch = PrefetchLoop(self)
         self.face.on_read = self._on_read
+        self.face.listing_tap = self.prefetch.listing_tap
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
+        self._scrub: asyncio.Future | None = None
+        self.fast_path: FastPath | None = None
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -177,16 +180,17 @@ class Sidecar:
         await self.ops.start()
         await self.upstream.start()
         await self.prefetch.start()
-        if s.scrub_rate > 0:
-            self._scrub_task = asyncio.ensure_future(Scrubber(self.store, s.scrub_rate, self.executor).run())
         if self.tier is not None:
             await self.tier.start()
+        self._scrub = asyncio.ensure_future(scrub_forever(self.store, s.scrub_rate, self.executor))
         s3_server = S3Server(self.face.handle, reject=self.face.reject, max_connections=s.max_client_connections,
                              rate=RateLimit(s.client_request_rate, s.client_request_burst),
                              max_line_size=s.max_header_size, max_field_size=s.max_header_size,
                              max_headers=s.max_header_count, access_log=None,
                              # S3 stores a Content-Encoding: gzip body as sent; never inflate it
                              auto_decompress=False)
+        if s.fast_path:
+            self.fast_path = s3_server.fast = FastPath(self.face, s3_server, max_headers=s.max_header_count)
         s3_runner = web.ServerRunner(s3_server, handle_signals=False, shutdown_timeout=s.shutdown_grace)
         await s3_runner.setup()
         site = web.TCPSite(s3_runner, s.listen[0], s.listen[1], backlog=1024, reuse_address=True)
@@ -217,11 +221,11 @@ class Sidecar:
         self._runners.clear()
         drained = time.monotonic() - t0
         await self.ops.stop()
-        if self._scrub_task is not None:
-            self._scrub_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._scrub_task
         await self.prefetch.stop()
+        if self._scrub is not None:
+            self._scrub.cancel()
+            with contextlib.suppress(BaseException):
+                await self._scrub
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
         if self.tier is not None:
             await self.tier.close(grace=min(2.0, self.settings.shutdown_grace))

@@ -57,6 +57,15 @@ class Metrics:
     def _add_request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
                                 ["operation", "status"], registry=r)
+        self.fast_path_requests = Counter("sidecar_fast_path_requests",
+                                          "GET/HEAD hits answered on the lean path, without aiohttp's web layer",
+                                          registry=r)
+        self.fast_path_handoffs = Counter("sidecar_fast_path_handoffs",
+                                          "Client connections the lean path handed to aiohttp (a request "
+                                          "it does not answer itself)", registry=r)
+        self.fast_path_takebacks = Counter("sidecar_fast_path_takebacks",
+                                           "Idle client connections the lean path took back from aiohttp "
+                                           "(their next request was a hit)", registry=r)
         self.request_duration = Histogram("sidecar_request_duration_seconds",
                                           "Time to answer S3 requests (to the last body byte), by operation and "
                                           "cache outcome (hit, miss, partial, pass...)",
@@ -104,6 +113,10 @@ class Metrics:
 
     def _add_prefetch_metrics(self, r: CollectorRegistry) -> None:
         # fed by the predictor loop and the reader's prefetch fills
+        self.known_keys = Gauge("sidecar_known_keys", "Keys in the prefetcher's catalogue (listed or read)",
+                                registry=r)
+        self.known_keys_bytes = Gauge("sidecar_known_keys_bytes",
+                                      "Approximate memory of the prefetcher's known-key catalogue", registry=r)
         self.prefetch_bytes = Counter("sidecar_prefetch_bytes", "Bytes the predictor had fetched ahead of demand",
                                       registry=r)
         self.prefetch_useful_bytes = Counter("sidecar_prefetch_useful_bytes",

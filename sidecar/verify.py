@@ -33,24 +33,23 @@ if TYPE_CHECKING:
 log = get_logger("sidecar.verify")
 
 
-def check_file(path: Path | str | None, length: int, crc: int) -> tuple[int | None, str | None]:
-    """(``crc``, None) when every piece of the chunk file matches the piece table that ``crc``
-    (its recorded CRC32C) vouches for, or (None, what is wrong: missing, size, crc, io-error)."""
+def check_file(path: Path | str | None, length: int, digest: int) -> str | None:
+    """None if the chunk file is good (every piece matches its CRC32C, the piece table matches
+    the digest in its name), else what is wrong: missing, size, crc, io-error."""
     if path is None:
-        return None, "missing"
+        return "missing"
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return None, "missing"
+        return "missing"
     except OSError:
-        return None, "io-error"
+        return "io-error"
     try:
-        problem = chunkfile.check_fd(fd, length, crc)
+        return chunkfile.check_file(fd, length, digest)
     except OSError:
-        return None, "io-error"
+        return "io-error"
     finally:
         os.close(fd)
-    return (crc, None) if problem is None else (None, problem)
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,12 +81,12 @@ def check_version(meta: ObjectMeta, chunk_size: int, recorded: dict[int, int],
     nbytes = 0
     for index, crc in sorted(recorded.items()):
         c0, c1 = layout.bounds(index, meta.size)
-        got, problem = check_file(path_of(index, crc), c1 - c0 + 1, crc)
+        problem = check_file(path_of(index, crc), c1 - c0 + 1, crc)
         nbytes += c1 - c0 + 1
         if problem is not None:
             problems[index] = problem
-        elif got is not None:
-            actual[index] = got
+        else:
+            actual[index] = crc
     expected = MerkleTree.of(recorded, n)
     found = MerkleTree.of(actual, n)
     corrupt = {i: problems.get(i, "crc") for i in expected.diff(found)} if expected.root != found.root else {}
@@ -175,17 +174,21 @@ def scan_dir(cache_dir: Path) -> tuple[list[tuple[Path, ObjectMeta, int, dict[in
     root = Path(cache_dir) / FORMAT
     if not root.is_dir():
         raise FileNotFoundError(f"{cache_dir} holds no cache (no {FORMAT}/ directory)")
-    found = chunkfile.scan(root)
     metas: dict[str, tuple[Path, ObjectMeta, int]] = {}
-    for vid, path in found.metas.items():
-        try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read())
-            metas[vid] = (Path(path), ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            metas[vid] = (Path(path), None, 0)  # type: ignore[assignment]
-    chunks = {vid: {i: (crc, Path(p)) for i, crc, p in files} for vid, files in found.chunks.items()}
-    stray = [Path(p) for p in found.stray]
+    chunks: dict[str, dict[int, tuple[int, Path]]] = {}
+    stray: list[Path] = []
+    for kind, vid, index, digest, name in sorted(chunkfile.scan(root)):
+        entry = Path(name)
+        if kind == "meta":
+            try:
+                d = json.loads(entry.read_bytes())
+                metas[vid] = (entry, ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                metas[vid] = (entry, None, 0)  # type: ignore[assignment]
+        elif kind == "chunk":
+            chunks.setdefault(vid, {})[index] = (digest, entry)
+        else:
+            stray.append(entry)
     out, orphans = [], stray
     for vid, (path, meta, cs) in metas.items():
         files = chunks.pop(vid, {})
@@ -210,12 +213,13 @@ def verify_dir(cache_dir: Path, bucket: str | None = None, key: str | None = Non
     for meta_path, meta, cs, recorded in versions:
         if (bucket is not None and meta.bucket != bucket) or (key is not None and meta.key != key):
             continue
-        root, vid = meta_path.parent.parent, meta_path.name.split(".")[0]
-        check = check_version(meta, cs, recorded, lambda i, crc: chunkfile.chunk_path(root, vid, i, crc))
+        shard = meta_path.parent
+        vid = meta_path.name.split(".")[0]
+        check = check_version(meta, cs, recorded, lambda i, crc: shard / chunkfile.chunk_name(vid, i, crc))
         report.add(check, keep=key is not None)
         if repair:
             for index in check.corrupt:
-                _unlink(chunkfile.chunk_path(root, vid, index, recorded[index]))
+                _unlink(shard / chunkfile.chunk_name(vid, index, recorded[index]))
                 report.dropped += 1
     if repair and bucket is None:
         for p in orphans:

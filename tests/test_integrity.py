@@ -18,8 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.cache import chunkfile
-from sidecar.cache.chunkfile import PIECE, PieceSums
 from sidecar.cache.merkle import MerkleTree
 
 MiB = 1024 * 1024
@@ -41,65 +39,6 @@ def test_merkle_root_depends_on_order_and_presence():
     assert MerkleTree([1, 2]).root != MerkleTree([2, 1]).root
     assert MerkleTree([1, None]).root != MerkleTree([1]).root
     assert MerkleTree.of({0: 5, 2: 7}, 3).root == MerkleTree([5, None, 7]).root
-
-
-def _chunk_file(tmp_path, data: bytes, pieces=(1,)) -> tuple[object, int]:
-    sums = PieceSums()
-    for i in range(0, len(data), 1000):  # bytes arrive in sizes unrelated to pieces
-        sums.update(data[i:i + 1000])
-    trailer = sums.trailer(len(data))
-    p = tmp_path / "chunk"
-    p.write_bytes(data + trailer)
-    return p, crc32c.crc32c(trailer)
-
-
-@pytest.mark.parametrize("length", [0, 1, PIECE - 1, PIECE, 3 * PIECE + 7])
-def test_chunk_file_checks_every_byte_and_its_length(tmp_path, length):
-    data = os.urandom(length)
-    p, crc = _chunk_file(tmp_path, data)
-    assert p.stat().st_size == chunkfile.file_size(length)
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        assert chunkfile.check_fd(fd, length, crc) is None
-        assert chunkfile.check_fd(fd, length, crc ^ 1) == "crc", "the trailer must be the one the index recorded"
-    finally:
-        os.close(fd)
-    raw = p.read_bytes()
-    for damaged, problem in ((raw + b"x", "size"), (raw[:-1], "size"),
-                             (bytes([raw[0] ^ 1]) + raw[1:], "crc"), (raw[:-1] + bytes([raw[-1] ^ 1]), "crc")):
-        p.write_bytes(damaged)
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            assert chunkfile.check_fd(fd, length, crc) == problem
-            assert not chunkfile.check_bytes(damaged, length, crc)
-        finally:
-            os.close(fd)
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.integers(1, 5 * PIECE), st.data())
-def test_a_range_checks_exactly_the_pieces_it_touches(length, data):
-    """A read of lo..hi fails when a byte of a piece it touches is flipped and succeeds (with
-    the right bytes) when the flipped byte lies in a piece it does not touch."""
-    body = os.urandom(length)
-    lo = data.draw(st.integers(0, length - 1))
-    hi = data.draw(st.integers(lo, length - 1))
-    flip = data.draw(st.integers(0, length - 1))
-    with tempfile.TemporaryDirectory() as d:
-        p, crc = _chunk_file(Path(d), body)
-        raw = bytearray(p.read_bytes())
-        raw[flip] ^= 0x40
-        p.write_bytes(bytes(raw))
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            table = chunkfile.read_table(fd, length, crc)
-            got = chunkfile.read_checked(fd, table, length, lo, hi)
-        finally:
-            os.close(fd)
-    touched = lo // PIECE <= flip // PIECE <= hi // PIECE
-    assert (got is None) == touched
-    if got is not None:
-        assert bytes(got) == body[lo:hi + 1]
 
 
 def _sha(b: bytes) -> str:
@@ -159,74 +98,6 @@ def test_damage_the_existing_tests_do_not_cover_is_never_served(make_sidecar, ta
     assert tap.object_gets() == [], "the refetched chunks are cached again"
 
 
-def _range(s3, bucket, key, lo, hi) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={lo}-{hi}")["Body"].read()
-
-
-def _checked(sc) -> int:
-    return sc.admin("/stats")["cache"]["checked_bytes"]
-
-
-def test_a_ranged_hit_checks_only_the_pieces_it_touches(make_sidecar, moto_s3, bucket, tmp_path):
-    data = os.urandom(2 * MiB)
-    moto_s3.put_object(Bucket=bucket, Key="r", Body=data)
-    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0, chunk_verification="every-read")
-    s3 = sc.client()
-    assert _get(s3, bucket, "r") == data
-    for lo, hi, pieces in ((100_000, 100_099, 1), (PIECE - 6, PIECE + 4, 2), (MiB + 5, MiB + 3 * PIECE, 4)):
-        before = _checked(sc)
-        assert _range(s3, bucket, "r", lo, hi) == data[lo:hi + 1]
-        assert _checked(sc) - before == pieces * PIECE, (lo, hi)
-    before = _checked(sc)
-    assert _range(s3, bucket, "r", 100_000, 100_099) == data[100_000:100_100]
-    assert _checked(sc) - before == PIECE, "every-read checks again on every read"
-
-
-def test_an_unchanged_file_is_not_checked_again_and_a_changed_one_is(make_sidecar, moto_s3, bucket, tmp_path):
-    data = os.urandom(2 * MiB)
-    moto_s3.put_object(Bucket=bucket, Key="w", Body=data)
-    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0)  # when-changed: the default
-    s3 = sc.client()
-    assert _get(s3, bucket, "w") == data
-    time.sleep(0.1)  # file times have a coarse clock: a check this close to the write is not remembered
-    assert _range(s3, bucket, "w", 0, MiB - 1) == data[:MiB]
-    before = _checked(sc)
-    assert _range(s3, bucket, "w", 0, MiB - 1) == data[:MiB]
-    assert _range(s3, bucket, "w", 1000, 300_000) == data[1000:300_001]
-    assert _checked(sc) == before, "the same file, unchanged since its check, is sent without reading it back"
-    # Rewritten in place with its modification time put back: the ctime still tells.
-    path = _chunks(tmp_path / "c")[0]
-    st = path.stat()
-    _flip(path, 200_000)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert _range(s3, bucket, "w", 150_000, 250_000) == data[150_000:250_001]
-    assert sc.admin("/stats")["cache"]["crc_failures"] == 1
-
-
-def test_a_cache_in_the_older_format_is_dropped_not_misread(make_sidecar, tap, moto_s3, bucket, tmp_path):
-    data = os.urandom(MiB)
-    moto_s3.put_object(Bucket=bucket, Key="o", Body=data)
-    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB")
-    assert _get(sc.client(), bucket, "o") == data
-    sc.stop()
-    # What a v1 sidecar left: the same names, whole-chunk CRC32C, no piece table.
-    (tmp_path / "c" / "v2").rename(tmp_path / "c" / "v1")
-    for p in _chunks_in(tmp_path / "c" / "v1"):
-        body = p.read_bytes()[:MiB]
-        p.write_bytes(body)
-        p.rename(p.with_name(f"{p.name.rsplit('.', 1)[0]}.{crc32c.crc32c(body):08x}"))
-    sc.start()
-    assert not (tmp_path / "c" / "v1").exists()
-    assert sc.admin("/stats")["cache"]["chunks"] == 0
-    tap.clear()
-    assert _sha(_get(sc.client(), bucket, "o")) == _sha(data)
-    assert len(tap.object_gets(f"/{bucket}/o")) == 1
-
-
-def _chunks_in(root: Path) -> list[Path]:
-    return [p for p in root.glob("??/*") if not p.name.endswith(".meta")]
-
-
 def test_damaged_metadata_file_is_discarded_at_start(make_sidecar, tap, moto_s3, bucket, tmp_path):
     data = os.urandom(2 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="m", Body=data)
@@ -247,7 +118,8 @@ def test_online_verify_drops_and_refetches(make_sidecar, tap, moto_s3, bucket, t
     a, b = os.urandom(3 * MiB + 5), os.urandom(MiB)
     moto_s3.put_object(Bucket=bucket, Key="a", Body=a)
     moto_s3.put_object(Bucket=bucket, Key="b", Body=b)
-    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0)
+    # no scrub: it would find the damage below before verify is asked to
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="1MiB", ram_cache_size=0, scrub_rate=0)
     s3 = sc.client()
     assert _get(s3, bucket, "a") == a and _get(s3, bucket, "b") == b
     clean = _post(sc, "/verify", {})

@@ -272,3 +272,69 @@ def test_make_policy_builds_lruk_with_options():
         LRUKPolicy(0)
     with pytest.raises(ValueError):
         LRUKPolicy(2, correlated_period=-1)
+
+
+# --- ProbationLRUK: LRU-K behind a probationary FIFO and a ghost list -------------------------------
+
+from sidecar.cache.lruk import ProbationLRUK  # noqa: E402
+
+
+def test_a_scan_of_one_hit_wonders_does_not_displace_the_reused_entries():
+    space = CacheSpace(100, ProbationLRUK(2, probation=0.1))
+    t = 0.0
+    for _ in range(3):  # ten entries read three times: they pass probation into the LRU-K queue
+        for key in range(10):
+            t += 1
+            if not space.hit(key, t):
+                space.insert(key, 9, t)
+    for key in range(1000, 1200):  # a long scan, each key read once
+        t += 1
+        if not space.hit(key, t):
+            space.insert(key, 9, t)
+    kept = sum(key in space for key in range(10))
+    assert kept >= 9, kept
+    # the same run through plain LRU loses them all
+    lru = CacheSpace(100, LRUPolicy())
+    for _ in range(3):
+        for key in range(10):
+            if not lru.hit(key, 0):
+                lru.insert(key, 9, 0)
+    for key in range(1000, 1200):
+        if not lru.hit(key, 0):
+            lru.insert(key, 9, 0)
+    assert not any(key in lru for key in range(10))
+
+
+def test_an_entry_back_from_the_ghost_list_enters_the_main_queue():
+    policy = ProbationLRUK(2, probation=0.1)
+    policy.admit("a", 1, 1.0)
+    assert policy.victim() == "a"  # alone, unread again: probation lets it go
+    policy.remove("a")
+    assert "a" not in policy
+    policy.admit("a", 1, 2.0)
+    assert "a" in policy
+    assert policy.history("a")[1] > 0  # both references count in LRU-K's history
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(1, 30)), min_size=1, max_size=300),
+       st.sampled_from([0.05, 0.1, 0.3]))
+def test_probation_keeps_the_byte_budget_and_a_consistent_index(requests, share):
+    policy = ProbationLRUK(2, probation=share, correlated_period=0.5)
+    space = CacheSpace(120, policy)
+    sizes: dict[int, int] = {}
+    for t, (key, size) in enumerate(requests):
+        size = sizes.setdefault(key, size)
+        if not space.hit(key, float(t)):
+            space.insert(key, size, float(t))
+        assert space.used <= 120
+        resident = [k for k in sizes if k in space]
+        assert len(policy) == len(resident)
+        assert sum(sizes[k] for k in resident) == space.used
+
+
+def test_make_policy_builds_probation_only_when_asked():
+    assert isinstance(make_policy("lru-k", k=2, probation=0.1), ProbationLRUK)
+    assert isinstance(make_policy("lru-k", k=2, probation=0.0), LRUKPolicy)
+    with pytest.raises(ValueError):
+        ProbationLRUK(2, probation=1.5)

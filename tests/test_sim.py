@@ -18,7 +18,11 @@ from sidecar.sim.oracle import BeladyPolicy, BeladySizePolicy
 from sidecar.sim.replay import Replay, Workload
 from sidecar.sim.trace import Trace, TraceError, next_accesses, read_csv, read_trace, write_oracle_general
 
-TRACES = Path("/work/shared/traces")
+# CI clones the repository with shared/ beside it (../shared from the repository's root); a git
+# worktree one level further down finds it one level further up.
+_REPO = Path(__file__).resolve().parents[1]
+TRACES = next((p for p in (_REPO.parent / "shared" / "traces", _REPO.parent.parent / "shared" / "traces")
+               if p.exists()), _REPO.parent / "shared" / "traces")
 CLOUD = TRACES / "cloudPhysicsIO.oracleGeneral.bin"
 needs_traces = pytest.mark.skipif(not CLOUD.exists(), reason="shared traces not present")
 
@@ -261,11 +265,13 @@ def test_sim_command_prints_a_table_and_draws_the_curve(tmp_path, capsys):
         rows.append(f"{i},{key},{10_000 + 1000 * (hash(key) % 7)},{(i * 997) % 5000},3000")
     path.write_text("\n".join(rows) + "\n")
     plot = tmp_path / "mrc.png"
-    code = main(["sim", str(path), "--sizes", "10%,50%,100000", "--policies", "lru,lru-k,lru-2-forget,belady",
+    code = main(["sim", str(path), "--sizes", "10%,50%,100000",
+                 "--policies", "lru,lru-k,lru-2-forget,lru-2-p10,default,belady",
                  "--chunk-size", "4KiB", "--plot", str(plot), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
     assert "chunk miss" in out and out.count("lru-2-forget") == 3 and out.count("belady") == 3
+    assert out.count("lru-2-p10") == 3 and out.count("default") == 3
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

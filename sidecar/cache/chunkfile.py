@@ -1,218 +1,215 @@
-"""The chunk file format (``v2``): names, the per-piece CRC32C trailer, the directory scan and
-the checks of a chunk's bytes — the one place that knows how a cached chunk looks on disk.
+"""The on-disk chunk file format (cache format ``v2``): names, piece checksums, and checks.
 
-Layout under ``<cache_dir>/v2/``::
+A chunk file holds the chunk's bytes, then a trailer::
 
-    tmp/                       chunks being written (cleared at start)
-    <aa>/<vid>.meta            JSON: bucket, key, ETag, size, headers, chunk size
-    <aa>/<vid>.<index>.<crc>   the chunk's bytes, then its trailer
+    [chunk bytes: length][piece CRC32Cs: n x u32 LE][footer: b"SCc2", piece size, n, digest (u32 LE each)]
 
-A chunk file is its ``length`` data bytes (at offset 0, so sendfile needs no arithmetic)
-followed by a trailer: the CRC32C of every ``PIECE`` (64 KiB) of the data, little-endian u32
-each, then a footer (magic ``SCK2``, piece size u32, data length u64). ``<crc>`` in the file
-name is the CRC32C of the whole trailer: the index (file names) vouches for the trailer, the
-trailer for each piece, so a read checks only the pieces it touches and still knows every byte
-it sends. A truncated file has the wrong size; a flipped bit fails its piece or the trailer.
+Each piece of ``PIECE_SIZE`` bytes (the last may be shorter) has its own CRC32C, so a read
+checks only the pieces its range touches. The *digest* is the CRC32C of the piece table; it is
+the chunk's identity in its file name (``<vid>.<index>.<digest>``), in the index and in the
+Merkle tree, so a table that rotted is caught before any piece is trusted. Data offsets are
+file offsets: ``sendfile(fd, offset)`` needs no translation.
 
-``v1`` (whole-chunk CRC32C in the name, no trailer) is recognised at start and its chunks are
-dropped — never read as v2.
+The store (``store.py``) and ``sidecar verify`` both read the directory through ``scan`` and
+check files through this module: the name format and the trailer exist once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import crc32c as _crc32c
 
 FORMAT = "v2"
-OLD_FORMATS = ("v1",)
-PIECE = 64 * 1024
-MAGIC = b"SCK2"
-_FOOTER = struct.Struct("<4sIQ")
-CHECK_WINDOW = 1024 * 1024  # bytes read and checked at once when a large range needs a check
+OLD_FORMATS = ("v1",)  # dropped at start: v1 chunk files carry one CRC per chunk, no piece table
+PIECE_SIZE = 64 * 1024
+MAGIC = b"SCc2"
+_FOOTER = struct.Struct("<4sIII")
+FOOTER_SIZE = _FOOTER.size
+_READ = 1024 * 1024  # bytes per pread when checking a whole file
+_buffers = threading.local()
 
 
 def crc32c(data, value: int = 0) -> int:
     return _crc32c.crc32c(data, value)
 
 
-def piece_count(length: int) -> int:
-    return (length + PIECE - 1) // PIECE
+def piece_count(length: int, piece: int = PIECE_SIZE) -> int:
+    return -(-length // piece)
 
 
-def trailer_size(length: int) -> int:
-    return 4 * piece_count(length) + _FOOTER.size
-
-
-def file_size(length: int) -> int:
-    """The size of a chunk file holding ``length`` data bytes."""
-    return length + trailer_size(length)
-
-
-def pieces_mask(lo: int, hi: int) -> int:
-    """Bit mask of the pieces data bytes ``lo``..``hi`` (inclusive) touch."""
-    p0, p1 = lo // PIECE, hi // PIECE
-    return ((1 << (p1 - p0 + 1)) - 1) << p0
-
-
-def read_span(lo: int, hi: int, length: int) -> int:
-    """Bytes a check of data bytes ``lo``..``hi`` reads: the whole pieces they touch."""
-    return min((hi // PIECE + 1) * PIECE, length) - lo // PIECE * PIECE
-
-
-def full_mask(length: int) -> int:
-    return (1 << piece_count(length)) - 1
+def file_size(length: int, piece: int = PIECE_SIZE) -> int:
+    """Bytes a chunk of ``length`` bytes occupies on disk, trailer included."""
+    return length + 4 * piece_count(length, piece) + FOOTER_SIZE
 
 
 class PieceSums:
-    """CRC32Cs of a chunk's pieces, computed as its bytes arrive in any sizes."""
+    """Piece CRC32Cs computed as a chunk's bytes are written (one pass over the bytes)."""
 
-    __slots__ = ("sums", "_crc", "_fill")
+    __slots__ = ("piece", "crcs", "cur", "filled")
 
-    def __init__(self) -> None:
-        self.sums: list[int] = []
-        self._crc = 0
-        self._fill = 0  # bytes of the current piece seen
+    def __init__(self, piece: int = PIECE_SIZE) -> None:
+        self.piece = piece
+        self.crcs: list[int] = []
+        self.cur = 0
+        self.filled = 0
 
-    def update(self, data) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
+        piece = self.piece
         while view:
-            take = min(PIECE - self._fill, len(view))
-            self._crc = crc32c(view[:take], self._crc)
-            self._fill += take
-            view = view[take:]
-            if self._fill == PIECE:
-                self.sums.append(self._crc)
-                self._crc, self._fill = 0, 0
+            part = view[:piece - self.filled]
+            self.cur = crc32c(part, self.cur)
+            self.filled += len(part)
+            view = view[len(part):]
+            if self.filled == piece:
+                self.crcs.append(self.cur)
+                self.cur = self.filled = 0
 
-    def table(self) -> tuple[int, ...]:
-        return tuple(self.sums) + ((self._crc,) if self._fill else ())
+    def trailer(self) -> tuple[bytes, int]:
+        """(the trailer to append after the chunk's bytes, the chunk's digest)."""
+        crcs = self.crcs + ([self.cur] if self.filled else [])
+        table = struct.pack(f"<{len(crcs)}I", *crcs)
+        digest = crc32c(table)
+        return table + _FOOTER.pack(MAGIC, self.piece, len(crcs), digest), digest
 
-    def trailer(self, length: int) -> bytes:
-        sums = self.table()
-        return struct.pack(f"<{len(sums)}I", *sums) + _FOOTER.pack(MAGIC, PIECE, length)
 
-
-def parse_trailer(raw: bytes, length: int, crc: int) -> tuple[int, ...] | None:
-    """The piece CRCs of a trailer read from a chunk file, or None if it is not the trailer the
-    index recorded (``crc``) for a chunk of ``length`` bytes."""
-    if len(raw) != trailer_size(length) or crc32c(raw) != crc:
+def parse_trailer(raw: bytes, length: int, digest: int) -> bytes | None:
+    """The piece table from a trailer read at offset ``length``, or None if it is not exactly the
+    trailer of a ``length``-byte chunk with this digest (wrong size, format, or rotted table)."""
+    if len(raw) < FOOTER_SIZE:
         return None
-    magic, piece, n = _FOOTER.unpack_from(raw, len(raw) - _FOOTER.size)
-    if magic != MAGIC or piece != PIECE or n != length:
+    magic, piece, n, stored = _FOOTER.unpack_from(raw, len(raw) - FOOTER_SIZE)
+    # The piece size is the format's: a footer that says otherwise is damaged, not another layout.
+    if magic != MAGIC or piece != PIECE_SIZE or n != piece_count(length, piece) or len(raw) != 4 * n + FOOTER_SIZE:
         return None
-    return struct.unpack_from(f"<{piece_count(length)}I", raw)
+    table = raw[:4 * n]
+    if stored != digest or crc32c(table) != digest:
+        return None
+    return table
 
 
-def read_table(fd: int, length: int, crc: int) -> tuple[int, ...] | None:
-    """The verified piece table of an open chunk file, or None (wrong size or trailer).
-    OSError when the disk fails."""
-    size = trailer_size(length)
-    raw = os.pread(fd, size + 1, length)
-    return parse_trailer(raw, length, crc) if len(raw) == size else None
+def read_table(fd: int, length: int, digest: int) -> tuple[bytes, int] | None:
+    """(piece table, piece size) of an open chunk file, or None if the trailer is bad or the file
+    is not exactly as long as the trailer says. Raises OSError on a read error."""
+    raw = os.pread(fd, _trailer_probe(length), length)
+    table = parse_trailer(raw, length, digest)
+    if table is None:
+        return None
+    return table, _FOOTER.unpack_from(raw, len(raw) - FOOTER_SIZE)[1]
 
 
-def read_checked(fd: int, table: tuple[int, ...], length: int, lo: int, hi: int) -> memoryview | None:
-    """Data bytes ``lo``..``hi`` read once (with pread, never mmap: an unreadable page would be
-    SIGBUS) and checked piece by piece against ``table``; None if any piece is short or differs.
-    OSError when the disk fails."""
-    p0, p1 = lo // PIECE, hi // PIECE
-    start, end = p0 * PIECE, min((p1 + 1) * PIECE, length)
-    buf = bytearray(end - start)
+def _trailer_probe(length: int) -> int:
+    # One byte more than the trailer at the default piece size: a longer file is caught by size.
+    return 4 * piece_count(length) + FOOTER_SIZE + 1
+
+
+def piece_crc(table: bytes, i: int) -> int:
+    return int.from_bytes(table[4 * i:4 * i + 4], "little")
+
+
+def check_pieces(fd: int, table: bytes, piece: int, length: int, p0: int, p1: int) -> memoryview | None:
+    """Read pieces p0..p1 (inclusive) of an open chunk file and check each against the table.
+    Returns their bytes (starting at offset ``p0 * piece``), or None on any mismatch or short read.
+    Raises OSError on a read error."""
+    start = p0 * piece
+    want = min(length, (p1 + 1) * piece) - start
+    buf = bytearray(want)
     view = memoryview(buf)
     got = 0
-    while got < len(buf):
+    while got < want:
         n = os.preadv(fd, [view[got:]], start + got)
         if n <= 0:
             return None
         got += n
-    for p in range(p0, p1 + 1):
-        a = p * PIECE - start
-        if crc32c(view[a:a + PIECE]) != table[p]:
+    for i in range(p0, p1 + 1):
+        a = i * piece - start
+        if crc32c(view[a:a + piece]) != piece_crc(table, i):
             return None
-    return view[lo - start:hi - start + 1]
+    return view
 
 
-def check_fd(fd: int, length: int, crc: int) -> str | None:
-    """Check a whole chunk file: None if every byte is as recorded, else ``size`` or ``crc``.
-    OSError when the disk fails."""
-    if os.fstat(fd).st_size != file_size(length):
+def check_file(fd: int, length: int, digest: int) -> str | None:
+    """Check a whole open chunk file: None if good, else what is wrong (``size``, ``crc``).
+    Reads with pread into a reused per-thread buffer, never mmap: a page that fails to read (EIO)
+    raises SIGBUS under mmap, which Python cannot turn into an error; pread raises OSError, which
+    callers report as ``io-error``."""
+    st = os.fstat(fd)
+    probe = os.pread(fd, _trailer_probe(length), length) if st.st_size >= length else b""
+    if st.st_size < length + FOOTER_SIZE or len(probe) < FOOTER_SIZE:
         return "size"
-    table = read_table(fd, length, crc)
+    magic, piece, n, _ = _FOOTER.unpack_from(probe, len(probe) - FOOTER_SIZE)
+    if magic != MAGIC or piece <= 0 or st.st_size != file_size(length, piece):
+        return "size"
+    table = parse_trailer(probe, length, digest)
     if table is None:
         return "crc"
-    for lo in range(0, length, CHECK_WINDOW):
-        if read_checked(fd, table, length, lo, min(length, lo + CHECK_WINDOW) - 1) is None:
-            return "crc"
+    buf = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < max(_READ, piece):
+        buf = _buffers.buf = bytearray(max(_READ, piece))
+    view = memoryview(buf)
+    per = max(1, len(buf) // piece)  # whole pieces per read
+    i = 0
+    while i < n:
+        j = min(n, i + per)
+        start = i * piece
+        want = min(length, j * piece) - start
+        got = os.preadv(fd, [view[:want]], start)
+        if got != want:
+            return "size"
+        for k in range(i, j):
+            a = (k - i) * piece
+            if crc32c(view[a:min(a + piece, want)]) != piece_crc(table, k):
+                return "crc"
+        i = j
     return None
 
 
-def check_bytes(raw: bytes, length: int, crc: int) -> bool:
-    """Whether a whole chunk file's contents (data and trailer) are as recorded."""
-    if len(raw) != file_size(length):
+def check_image(image: bytes, length: int, digest: int) -> bool:
+    """Whether a whole chunk file read into memory (bytes + trailer) is good."""
+    if len(image) < length + FOOTER_SIZE:
         return False
-    table = parse_trailer(raw[length:], length, crc)
+    table = parse_trailer(image[length:], length, digest)
     if table is None:
         return False
-    view = memoryview(raw)
-    return all(crc32c(view[p * PIECE:min((p + 1) * PIECE, length)]) == table[p] for p in range(len(table)))
+    piece = _FOOTER.unpack_from(image, len(image) - FOOTER_SIZE)[1]
+    view = memoryview(image)
+    for i in range(len(table) // 4):
+        if crc32c(view[i * piece:min(length, (i + 1) * piece)]) != piece_crc(table, i):
+            return False
+    return True
 
 
-# --- names and the directory scan ---------------------------------------------------------------
+# --- names -------------------------------------------------------------------------------------
 
 
-def shard(root: Path, vid: str) -> Path:
-    return root / vid[:2]
+def chunk_name(vid: str, index: int, digest: int) -> str:
+    return f"{vid}.{index}.{digest:08x}"
 
 
-def chunk_path(root: Path, vid: str, index: int, crc: int) -> Path:
-    return root / vid[:2] / f"{vid}.{index}.{crc:08x}"
+def meta_name(vid: str) -> str:
+    return f"{vid}.meta"
 
 
-def meta_path(root: Path, vid: str) -> Path:
-    return root / vid[:2] / f"{vid}.meta"
-
-
-class Scan:
-    """What a cache directory holds by name: metadata files, chunk files, and stray files."""
-
-    def __init__(self) -> None:
-        self.metas: dict[str, str] = {}  # vid -> path
-        self.chunks: dict[str, list[tuple[int, int, str]]] = {}  # vid -> (index, crc, path)
-        self.stray: list[str] = []
-
-
-def scan(root: Path) -> Scan:
-    out = Scan()
-    for d in sorted(os.scandir(root), key=lambda e: e.name):
-        if not d.is_dir() or len(d.name) != 2 or d.name == "tmp":
+def scan(root: Path) -> Iterator[tuple[str, str, int, int, str]]:
+    """Every file in the shard directories under ``root``: (kind, vid, index, digest, path) with
+    kind ``meta``, ``chunk`` or ``stray`` (a name that is neither; index and digest are 0)."""
+    for shard in os.scandir(root):
+        if not shard.is_dir() or len(shard.name) != 2:
             continue
-        for entry in sorted(os.scandir(d.path), key=lambda e: e.name):
+        for entry in os.scandir(shard.path):
             parts = entry.name.split(".")
             if len(parts) == 2 and parts[1] == "meta":
-                out.metas[parts[0]] = entry.path
-            elif len(parts) == 3:
+                yield "meta", parts[0], 0, 0, entry.path
+                continue
+            if len(parts) == 3:
                 try:
-                    out.chunks.setdefault(parts[0], []).append((int(parts[1]), int(parts[2], 16), entry.path))
+                    yield "chunk", parts[0], int(parts[1]), int(parts[2], 16), entry.path
+                    continue
                 except ValueError:
-                    out.stray.append(entry.path)
-            else:
-                out.stray.append(entry.path)
-    return out
-
-
-def drop_old_formats(cache_dir: Path) -> list[str]:
-    """Delete caches in older formats under ``cache_dir`` (their files are never read as this
-    format's). Returns the formats dropped."""
-    dropped = []
-    for old in OLD_FORMATS:
-        path = Path(cache_dir) / old
-        if path.is_dir():
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path)
-            dropped.append(old)
-    return dropped
+                    pass
+            yield "stray", "", 0, 0, entry.path

@@ -246,3 +246,118 @@ class LRUKPolicy:
             if self._packed.unpack_from(retained[key])[0] >= horizon:
                 break
             del retained[key]
+
+
+class ProbationLRUK:
+    """LRU-K behind a probationary FIFO with a ghost list (S3-FIFO's admission, Yang et al.,
+    SOSP 2023): a new entry first lands in a small FIFO holding ``probation`` of the resident
+    bytes. Reaching the FIFO's head, an entry referenced again while there moves on to the LRU-K
+    main queue; one that was not leaves, and only its key is remembered in the ghost list. An entry
+    whose key is on the ghost list when it comes back goes straight to the main queue. One-hit
+    wonders and scans so pass through the FIFO without displacing what LRU-K ranks high, and the
+    main queue keeps LRU-K's strength (the K-th reference decides) and its retained history.
+
+    The ghost list holds at most as many keys as the main queue holds entries (S3-FIFO's choice).
+    """
+
+    name = "lru-k-probation"
+
+    def __init__(self, k: int = 2, *, probation: float = 0.1, correlated_period: float = 0.0,
+                 retained_period: float | None = 3600.0, history_size: int | None = None) -> None:
+        if not 0 < probation < 1:
+            raise ValueError(f"probation must be a share of the bytes between 0 and 1, not {probation!r}")
+        self.probation = float(probation)
+        self.main = LRUKPolicy(k, correlated_period=correlated_period, retained_period=retained_period,
+                               history_size=history_size)
+        self.k = k
+        # probationary entries, oldest first: key -> (size, admitted at, later reference or -1.0)
+        self._fifo: OrderedDict[Hashable, tuple[int, float, float]] = OrderedDict()
+        self._fifo_bytes = 0
+        # sizes of main-queue entries by their LRU-K slot: 8 bytes an entry instead of a dict's ~70
+        self._slot_size = array("q")
+        self._main_bytes = 0
+        self._ghost: OrderedDict[Hashable, float] = OrderedDict()  # key -> when admitted
+        self._now = 0.0
+
+    def admit(self, key: Hashable, size: int, now: float) -> None:
+        if now > self._now:
+            self._now = now
+        if key in self._fifo or key in self.main._entries:
+            self.touch(key, now)
+            return
+        if self._ghost:
+            first = self._ghost.pop(key, None)
+            if first is not None:
+                # back after leaving probation unread: its earlier reference counts, as LRU-K's
+                # retained history would have it
+                self._to_main(key, size, first, now)
+                return
+        self._fifo[key] = (size, now, -1.0)
+        self._fifo_bytes += size
+
+    def touch(self, key: Hashable, now: float) -> None:
+        if now > self._now:
+            self._now = now
+        if key in self.main._entries:
+            self.main.touch(key, now)
+            return
+        entry = self._fifo.get(key)
+        if entry is not None:
+            self._fifo[key] = (entry[0], entry[1], now)
+
+    def victim(self) -> Hashable | None:
+        fifo = self._fifo
+        while fifo:
+            if self.main._entries and self._fifo_bytes <= self.probation * (self._fifo_bytes + self._main_bytes):
+                break
+            key = next(iter(fifo))
+            size, first, again = fifo[key]
+            if again < 0:
+                return key  # read once while on probation: it goes
+            del fifo[key]
+            self._fifo_bytes -= size
+            self._to_main(key, size, first, again)
+        return self.main.victim() if self.main._entries else None
+
+    def remove(self, key: Hashable) -> None:
+        entry = self._fifo.pop(key, None)
+        if entry is not None:
+            self._fifo_bytes -= entry[0]
+            ghost = self._ghost
+            ghost[key] = entry[1]
+            while len(ghost) > max(len(self.main._entries), 1):
+                ghost.popitem(last=False)
+            return
+        value = self.main._entries.get(key)
+        if value is not None:
+            self._main_bytes -= self._slot_size[value & _SLOT_MASK]
+            self.main.remove(key)
+
+    def forget(self, key: Hashable) -> None:
+        self.remove(key)
+        self._ghost.pop(key, None)
+        self.main.forget(key)
+
+    def _to_main(self, key: Hashable, size: int, first: float, again: float = -1.0) -> None:
+        self._main_bytes += size
+        self.main.admit(key, size, first)
+        slot = self.main._entries[key] & _SLOT_MASK
+        if slot >= len(self._slot_size):
+            self._slot_size.extend(itertools.repeat(0, slot + 1 - len(self._slot_size)))
+        self._slot_size[slot] = size
+        if again >= 0:
+            # the reference it earned on probation counts too (unless within a correlated burst)
+            self.main.touch(key, again)
+
+    def __len__(self) -> int:
+        return len(self._fifo) + len(self.main)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fifo or key in self.main._entries
+
+    @property
+    def retained(self) -> int:
+        return self.main.retained
+
+    def history(self, key: Hashable) -> tuple[int, ...]:
+        return self.main.history(key)

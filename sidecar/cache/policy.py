@@ -65,11 +65,15 @@ class LRUPolicy:
 
 def make_policy(name: str, **options: object) -> EvictionPolicy:
     """Build a policy by its configuration name. ``lru-k`` takes ``k`` and the keywords of
-    ``LRUKPolicy`` (``correlated_period``, ``retained_period``, ``history_size``)."""
+    ``LRUKPolicy`` (``correlated_period``, ``retained_period``, ``history_size``), and
+    ``probation``: a share of the bytes above 0 puts ``ProbationLRUK``'s FIFO in front."""
     if name == "lru":
         return LRUPolicy()
     if name == "lru-k":
-        from .lruk import LRUKPolicy  # noqa: PLC0415  (provided by the LRU-K module)
+        from .lruk import LRUKPolicy, ProbationLRUK  # noqa: PLC0415  (provided by the LRU-K module)
 
+        probation = float(options.pop("probation", 0.0) or 0.0)  # type: ignore[arg-type]
+        if probation > 0:
+            return ProbationLRUK(probation=probation, **options)  # type: ignore[arg-type]
         return LRUKPolicy(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown eviction policy {name!r}")

@@ -100,7 +100,8 @@ class QoSPolicy:
         """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
         options = {"k": settings.lru_k,
                    "correlated_period": settings.lru_k_correlated_period,
-                   "retained_period": settings.lru_k_retained_period} \
+                   "retained_period": settings.lru_k_retained_period,
+                   "probation": settings.lru_k_probation} \
             if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
                    lambda: make_policy(settings.policy, **options), locate=locate,

@@ -1,12 +1,21 @@
 """The chunk store: verified chunks of object versions on local disk, under a byte budget.
 
-Files are laid out as ``cache/chunkfile.py`` describes (``<cache_dir>/v2/``): ``vid`` is a hash
-of (bucket, key, ETag, size, chunk size), so a version's chunks can never be mistaken for
-another version's and keys never become paths. A chunk is written to ``tmp/`` and renamed into
-place, so a crash leaves whole chunks or none. Each chunk carries a CRC32C per 64 KiB piece; a
-read checks the pieces it touches unless the file is known unchanged since they were checked
-(``chunk_verification``), so a torn or rotted file is a miss, never bytes on the wire. The index
-is rebuilt from file names at start.
+Layout under ``<cache_dir>/v2/``::
+
+    tmp/                          chunks being written (cleared at start)
+    <aa>/<vid>.meta               JSON: bucket, key, ETag, size, headers, chunk size
+    <aa>/<vid>.<index>.<digest>   chunk bytes + piece CRC32C table (``chunkfile.py``)
+
+``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
+mistaken for another version's, and keys never become paths. A chunk is written to ``tmp/``
+and renamed into place, so a crash leaves whole chunks or none. The index is rebuilt from file
+names at start; a cache directory of an older format is deleted then, never read.
+
+Verification (docs/integrity.md): a read checks the 64 KiB pieces its range touches, unless
+those pieces were checked since the file last changed (its inode, size, mtime and ctime are the
+same as at that check) and strict mode (``verify_every_read``) is off; then the file's bytes
+may be sent with sendfile from the page cache unchecked. ``scrub_next`` re-reads chunk files
+past the page cache at a bounded rate to find media corruption the identity cannot show.
 """
 
 from __future__ import annotations
@@ -17,27 +26,21 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..objects import ObjectMeta
 from . import chunkfile
-from .chunkfile import FORMAT, PieceSums, crc32c, full_mask, pieces_mask
+from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
-from .ramtier import RamTier
 from .space import CacheSpace, NoRoom
 
-__all__ = ["FORMAT", "ChunkStore", "ChunkWriter", "VerifiedChunk", "Version", "crc32c", "version_id"]
-
 ChunkKey = tuple[str, int]
-Stamp = tuple[int, int, int, int]  # a file's identity: (inode, size, mtime_ns, ctime_ns)
-
-# A file's identity only proves "unchanged" once the clock has moved past its ctime: file times
-# are taken from a coarse clock, so a write within the same tick as the check could leave them
-# equal (git's "racily clean" problem). A check this close to the file's ctime is not memoised.
-RACY_NS = 50_000_000
+Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
 
 
 def mkdir_private(path: Path) -> None:
@@ -48,12 +51,8 @@ def mkdir_private(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-def _stamp(st: os.stat_result) -> Stamp:
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _memoisable(stamp: Stamp) -> bool:
-    return time.time_ns() - stamp[3] > RACY_NS
 
 
 def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
@@ -70,7 +69,7 @@ class Version:
 
     vid: str
     meta: ObjectMeta
-    chunks: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> crc32c
+    chunks: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> digest of its piece table
     meta_written: bool = False
     dropped: bool = False  # invalidated: nothing may be committed to it any more
     writers: int = 0  # chunks being written
@@ -87,57 +86,57 @@ class Version:
 
 
 @dataclasses.dataclass(slots=True)
+class Checked:
+    """What is known good about one chunk file: its piece table, and which pieces were checked
+    while the file had identity ``stamp``."""
+
+    stamp: Stamp
+    table: bytes
+    piece: int
+    mask: int = 0  # bit i: piece i checked under ``stamp``
+
+    def covers(self, p0: int, p1: int) -> bool:
+        want = ((1 << (p1 - p0 + 1)) - 1) << p0
+        return self.mask & want == want
+
+
+@dataclasses.dataclass(slots=True)
 class VerifiedChunk:
-    """An open chunk: bytes in memory (``data``, always verified) or a file descriptor whose
-    data bytes are at offsets 0..length-1. Pieces set in ``checked`` are known good (by a check
-    in this process of a file with the same identity); ``covered`` says whether a range may be
-    sent from the descriptor as is, and ``read_checked`` reads and checks a range (blocking,
-    safe in a worker thread). Close it."""
+    """An open chunk: bytes in memory (``data``, always verified), or a file descriptor.
+    With ``verified`` True the descriptor's bytes for the range it was opened for may be sent
+    as they are (sendfile); otherwise ``check(lo, hi)`` reads and checks the pieces that range
+    touches and returns the very bytes checked (send those: the file is read once). ``check``
+    blocks and may run in a worker thread. Close it."""
 
     length: int
-    data: bytes | memoryview | None = None
+    data: bytes | None = None
     fd: int = -1
-    crc: int = 0  # of the trailer: what the index recorded
-    checked: int = 0  # bit mask of pieces known good
-    stamp: Stamp | None = None
-    table: tuple[int, ...] | None = None  # piece CRCs, once read and matched against ``crc``
+    digest: int = 0
+    verified: bool = True
+    known: Checked | None = None  # the table (and checks) this file is read against
 
-    @property
-    def verified(self) -> bool:
-        return self.data is not None or self.checked == full_mask(self.length)
-
-    def covered(self, lo: int, hi: int) -> bool:
-        want = pieces_mask(lo, hi)
-        return self.checked & want == want
-
-    def read_checked(self, lo: int, hi: int) -> memoryview | None:
-        """Data bytes lo..hi read once and checked, or None if they are not as recorded (or
-        the disk fails)."""
+    def check(self, lo: int, hi: int) -> memoryview | None:
+        """Bytes lo..hi (chunk offsets, inclusive), checked against their pieces' CRC32Cs; None
+        if any of them is bad (or the file cannot be read: a bad chunk too)."""
         try:
-            if self.table is None:
-                self.table = chunkfile.read_table(self.fd, self.length, self.crc)
-                if self.table is None:
+            if self.known is None:
+                st = os.fstat(self.fd)
+                if st.st_size != chunkfile.file_size(self.length):
                     return None
-            data = chunkfile.read_checked(self.fd, self.table, self.length, lo, hi)
+                found = chunkfile.read_table(self.fd, self.length, self.digest)
+                if found is None:
+                    return None
+                self.known = Checked(_stamp(st), found[0], found[1])
+            k = self.known
+            p0, p1 = lo // k.piece, hi // k.piece
+            view = chunkfile.check_pieces(self.fd, k.table, k.piece, self.length, p0, p1)
         except (OSError, ValueError):
             return None
-        if data is not None:
-            self.checked |= pieces_mask(lo, hi)
-        return data
-
-    def verify(self) -> bool:
-        """Check every byte of the file (and that it is exactly as long as recorded)."""
-        if self.verified:
-            return True
-        try:
-            if os.fstat(self.fd).st_size != chunkfile.file_size(self.length):
-                return False
-        except OSError:
-            return False
-        for lo in range(0, self.length, chunkfile.CHECK_WINDOW):
-            if self.read_checked(lo, min(self.length, lo + chunkfile.CHECK_WINDOW) - 1) is None:
-                return False
-        return True
+        if view is None:
+            return None
+        k.mask |= ((1 << (p1 - p0 + 1)) - 1) << p0
+        base = p0 * k.piece
+        return view[lo - base:hi - base + 1]
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -161,10 +160,10 @@ class ChunkWriter:
         self.path = path
         self.fd = fd
         self.written = 0
-        self.crc = 0  # of the trailer, once ``seal`` wrote it
+        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
+        self.sums = PieceSums()
         self.reserved = reserved
         self.closed = False
-        self.sums = PieceSums()
 
     def write(self, data: bytes | memoryview) -> None:
         if self.written + len(data) > self.length:
@@ -177,15 +176,14 @@ class ChunkWriter:
         self.written += len(data)
 
     def seal(self) -> None:
-        """Append the piece table (the data is complete); its CRC32C names the file."""
-        trailer = self.sums.trailer(self.length)
+        """Append the piece table after the chunk's bytes (readers tailing the file read below
+        ``length`` only)."""
+        trailer, self.crc = self.sums.trailer()
         view = memoryview(trailer)
         pos = self.length
         while view:
             n = os.pwrite(self.fd, view, pos)
             view, pos = view[n:], pos + n
-        self.crc = crc32c(trailer)
-
 
     @property
     def complete(self) -> bool:
@@ -200,7 +198,7 @@ class ChunkWriter:
 
 class StoreStats:
     __slots__ = ("crc_failures", "evictions", "evicted_bytes", "write_errors", "read_errors", "rebuilt_chunks",
-                 "ram_hits", "checked_bytes", "scrubbed_bytes", "scrub_failures", "scrub_passes")
+                 "ram_hits", "checked_bytes", "unchecked_bytes", "scrubbed_bytes", "scrub_pass_seconds")
 
     def __init__(self) -> None:
         self.crc_failures = 0
@@ -210,10 +208,10 @@ class StoreStats:
         self.read_errors = 0
         self.rebuilt_chunks = 0
         self.ram_hits = 0
-        self.checked_bytes = 0  # chunk bytes read back and checked to serve a read
-        self.scrubbed_bytes = 0  # chunk bytes the background scrub read from the media and checked
-        self.scrub_failures = 0
-        self.scrub_passes = 0  # complete passes over the cache
+        self.checked_bytes = 0  # read from disk and checked against piece CRCs to serve a read
+        self.unchecked_bytes = 0  # handed out for sendfile: checked since the file last changed
+        self.scrubbed_bytes = 0
+        self.scrub_pass_seconds = 0.0  # how long the last whole pass of the scrub took
 
 
 class ChunkStore:
@@ -221,7 +219,7 @@ class ChunkStore:
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
-                 verify_every_read: bool = True,
+                 verify_every_read: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  on_evict: Callable[[str, int, int], None] | None = None) -> None:
         self.root = Path(root) / FORMAT
@@ -240,24 +238,29 @@ class ChunkStore:
         # Seconds a prefetched chunk is protected from eviction by demand data while unread:
         # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
         self.prefetch_credit = 300.0
-        self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
+        self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
-        # when-changed verification: each chunk file's identity at its last good check and the
-        # pieces that check covered. Any write through the file system changes mtime/ctime (and
-        # a replacement the inode); a match means the same bytes. every-read keeps no memo.
+        # The piece table and the pieces checked since each chunk file last changed (its identity:
+        # any write through the file system changes mtime/ctime). Strict mode checks anyway.
         self._verify_every_read = verify_every_read
-        self._checked: dict[ChunkKey, tuple[Stamp, int]] = {}
-        # piece tables read from chunk files and matched against the index's CRC
-        self._tables: dict[ChunkKey, tuple[int, ...]] = {}
-        self.dropped_formats: list[str] = []  # older cache formats deleted at start
+        self._checked: dict[ChunkKey, Checked] = {}
+        self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
+        self._scrub_started = 0.0
+        self.scrub_passes = 0  # passes the scrub has begun
+        self._ram_bytes = 0
+        self._ram_max = ram_cache_size
+        self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
 
     # --- paths ------------------------------------------------------------------------------
 
+    def _dir(self, vid: str) -> Path:
+        return self.root / vid[:2]
+
     def _chunk_path(self, vid: str, index: int, crc: int) -> Path:
-        return chunkfile.chunk_path(self.root, vid, index, crc)
+        return self._dir(vid) / chunkfile.chunk_name(vid, index, crc)
 
     def _meta_path(self, vid: str) -> Path:
-        return chunkfile.meta_path(self.root, vid)
+        return self._dir(vid) / chunkfile.meta_name(vid)
 
     def chunk_file(self, vid: str, index: int) -> Path | None:
         """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
@@ -271,20 +274,24 @@ class ChunkStore:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
         for d in (self.root.parent, self.root, self.tmp):
             mkdir_private(d)
-        self.dropped_formats = chunkfile.drop_old_formats(self.root.parent)
+        for old in OLD_FORMATS:  # another layout and trailer: never read, just deleted
+            shutil.rmtree(self.root.parent / old, ignore_errors=True)
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-        found_files = chunkfile.scan(self.root)
-        self._unlink_all(found_files.stray)
-        chunk_files = found_files.chunks
         metas: dict[str, tuple[ObjectMeta, float]] = {}
-        for vid, path in found_files.metas.items():
-            loaded = self._load_meta(path)
-            if loaded is None:
-                self._unlink_all([path])
-            else:
-                metas[vid] = loaded
+        chunk_files: dict[str, list[tuple[int, int, str]]] = {}
+        for kind, vid, index, digest, path in chunkfile.scan(self.root):
+            if kind == "meta":
+                loaded = self._load_meta(path)
+                if loaded is not None:
+                    metas[vid] = loaded
+                    continue
+            elif kind == "chunk":
+                chunk_files.setdefault(vid, []).append((index, digest, path))
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         # One version per (bucket, key): the most recently stored wins, older ones are dead.
         newest: dict[tuple[str, str], tuple[float, str]] = {}
         for vid, (meta, stored_at) in metas.items():
@@ -355,7 +362,7 @@ class ChunkStore:
         v.dropped = True
         for index in list(v.chunks):
             self.space.forget((vid, index))
-            self._forget_in_memory((vid, index))
+            self._ram_drop((vid, index))
             if self.prefetched:
                 self._prefetch_left((vid, index))
         paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
@@ -386,37 +393,43 @@ class ChunkStore:
         return v is not None and index in v.chunks
 
     def open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
-        """The chunk, verified against its CRC32C, or None (a miss). Bad files are removed."""
+        """The whole chunk, checked (strict: every piece), or None (a miss). Bad files are removed.
+        Blocking: for tests and tools, not the event loop."""
         chunk = self.open_chunk(vid, index)
-        if chunk is not None and not chunk.verify():
+        if chunk is None or chunk.data is not None:
+            return chunk
+        view = chunk.check(0, chunk.length - 1)
+        if view is None:
             self.discard(vid, index, chunk)
             return None
-        if chunk is not None:
-            self.note_verified(vid, index, chunk)
+        self.note_verified(vid, index, chunk)
+        chunk.data = bytes(view)
         return chunk
 
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
         """The chunk's verified bytes if it is held in memory (a hit), else None."""
         key = (vid, index)
-        data = self.ram.get(key)
+        data = self._ram.get(key)
         if data is not None:
+            self._ram.move_to_end(key)
             self.space.hit(key, self.clock())
             self.stats.ram_hits += 1
         return data
 
-    def open_chunk(self, vid: str, index: int) -> VerifiedChunk | None:
-        """The chunk, or None (a miss). Small chunks come back in memory and verified; larger
-        ones as an open file whose ``checked`` pieces are known good (when-changed, identity
-        unchanged): the caller sends a range from the file only if ``covered``, and otherwise
-        sends what ``read_checked`` returns (``discard`` if that fails) — off the event loop if
-        it likes, then ``note_verified``."""
+    def open_chunk(self, vid: str, index: int, lo: int = 0, hi: int = -1) -> VerifiedChunk | None:
+        """The chunk, opened to read bytes lo..hi (chunk offsets; -1: its end), or None (a miss).
+        Small chunks come back in memory, checked. Larger ones as an open file: ``verified`` when
+        the pieces of lo..hi were checked since the file last changed (and strict mode is off),
+        so the caller may sendfile them; otherwise the caller must send only what
+        ``chunk.check(lo, hi)`` returns (and ``discard`` the chunk if that is None)."""
         v = self.versions.get(vid)
         if v is None or index not in v.chunks:
             return None
         key = (vid, index)
         now = self.clock()
-        data = self.ram.get(key)
+        data = self._ram.get(key)
         if data is not None:
+            self._ram.move_to_end(key)
             self.space.hit(key, now)
             self.stats.ram_hits += 1
             return VerifiedChunk(len(data), data=data)
@@ -428,58 +441,52 @@ class ChunkStore:
             self.stats.read_errors += 1
             self._drop_chunk(v, index)
             return None
-        if self.ram.holds(length):
+        if length <= self._ram_chunk_max:
             try:
-                raw = os.pread(fd, chunkfile.file_size(length) + 1, 0)
+                image = os.pread(fd, chunkfile.file_size(length) + 1, 0)
             except OSError:
-                raw = b""
+                image = b""
             finally:
                 os.close(fd)
-            self.stats.checked_bytes += length
-            if not chunkfile.check_bytes(raw, length, crc):
+            if not chunkfile.check_image(image, length, crc):
                 return self._corrupt(v, index)
-            data = raw[:length]
-            self.ram.put(key, data)
+            data = image[:length]
+            self.stats.checked_bytes += length
+            self._ram_put(key, data)
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
-        try:
-            stamp = _stamp(os.fstat(fd))
-        except OSError:
-            os.close(fd)
-            self.stats.read_errors += 1
-            self._drop_chunk(v, index)
-            return None
-        if stamp[1] != chunkfile.file_size(length):  # truncated or extended: no piece can be trusted
-            os.close(fd)
-            return self._corrupt(v, index)
         self.space.hit(key, now)
-        chunk = VerifiedChunk(length, fd=fd, crc=crc, stamp=stamp, table=self._tables.get(key))
-        if not self._verify_every_read:
-            known = self._checked.get(key)
-            if known is not None and known[0] == stamp:
-                chunk.checked = known[1]
+        chunk = VerifiedChunk(length, fd=fd, digest=crc, verified=False)
+        known = self._checked.get(key)
+        if known is not None:
+            try:
+                same = _stamp(os.fstat(fd)) == known.stamp
+            except OSError:
+                same = False
+            if not same:  # changed since its last check: check again, from its trailer on
+                del self._checked[key]
+            else:
+                chunk.known = known
+                if not self._verify_every_read:
+                    last = length - 1 if hi < 0 else hi
+                    chunk.verified = known.covers(lo // known.piece, last // known.piece)
         return chunk
 
-    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """Remember what a check found good: the piece table, and (when-changed) the pieces
-        checked under the file's identity."""
-        key = (vid, index)
-        v = self.versions.get(vid)
-        if v is None or v.chunks.get(index) != chunk.crc:
-            return  # dropped or replaced meanwhile
-        if chunk.table is not None:
-            self._tables[key] = chunk.table
-        if self._verify_every_read or chunk.stamp is None or not _memoisable(chunk.stamp):
-            return
-        known = self._checked.get(key)
-        mask = chunk.checked | (known[1] if known is not None and known[0] == chunk.stamp else 0)
-        self._checked[key] = (chunk.stamp, mask)
+    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
+        """Remember a good check: the file's identity, piece table and the pieces checked."""
+        self.stats.checked_bytes += nbytes
+        if chunk.known is not None and (vid, index) in self.space:
+            self._checked.setdefault((vid, index), chunk.known)
+
+    def forget_checked(self, vid: str, index: int) -> None:
+        """Trust nothing checked about this chunk file: its next read checks its pieces."""
+        self._checked.pop((vid, index), None)
 
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
         """A chunk failed verification: count it, close it, and delete it."""
         chunk.close()
         v = self.versions.get(vid)
-        if v is not None and index in v.chunks and v.chunks[index] == chunk.crc:
+        if v is not None and index in v.chunks and v.chunks[index] == chunk.digest:
             self._corrupt(v, index)
 
     def drop_corrupt(self, vid: str, index: int) -> None:
@@ -493,11 +500,23 @@ class ChunkStore:
         self._drop_chunk(v, index)
         return None
 
-    def _forget_in_memory(self, key: ChunkKey) -> None:
-        """Drop what the process remembers of a chunk: its RAM copy, piece table and checks."""
+    def _ram_put(self, key: ChunkKey, data: bytes) -> None:
+        if not self._ram_chunk_max or len(data) > self._ram_chunk_max:
+            return
+        old = self._ram.pop(key, None)
+        if old is not None:
+            self._ram_bytes -= len(old)
+        self._ram[key] = data
+        self._ram_bytes += len(data)
+        while self._ram_bytes > self._ram_max and self._ram:
+            _, dropped = self._ram.popitem(last=False)
+            self._ram_bytes -= len(dropped)
+
+    def _ram_drop(self, key: ChunkKey) -> None:
         self._checked.pop(key, None)
-        self._tables.pop(key, None)
-        self.ram.drop(key)
+        old = self._ram.pop(key, None)
+        if old is not None:
+            self._ram_bytes -= len(old)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -539,9 +558,9 @@ class ChunkStore:
         # The version may have been forgotten while empty; it is live again.
         v = self.versions.setdefault(v.vid, v)
         try:
-            w.seal()
             if not v.meta_written:
                 self._write_meta(v)
+            w.seal()
             final = self._chunk_path(w.vid, w.index, w.crc)
             if not final.parent.is_dir():
                 mkdir_private(final.parent)
@@ -556,7 +575,6 @@ class ChunkStore:
         if old_crc is not None and old_crc != w.crc:
             self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
-        self._note_written(w)
         now = self.clock()
         credit = {}
         if prefetched:
@@ -567,22 +585,6 @@ class ChunkStore:
         evicted = self.space.insert((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
-
-    def _note_written(self, w: ChunkWriter) -> None:
-        """The bytes just committed were checksummed as they were written: their pieces are
-        known good while the file keeps its identity (unless the clock has not yet moved past
-        its ctime, see RACY_NS)."""
-        key = (w.vid, w.index)
-        self._checked.pop(key, None)
-        self._tables[key] = w.sums.table()
-        if self._verify_every_read:
-            return
-        try:
-            stamp = _stamp(os.fstat(w.fd))
-        except OSError:
-            return
-        if _memoisable(stamp):
-            self._checked[key] = (stamp, full_mask(w.length))
 
     def abort(self, w: ChunkWriter) -> None:
         if w.closed:
@@ -596,6 +598,44 @@ class ChunkStore:
             self.space.release(w.length)
         with contextlib.suppress(OSError):
             os.unlink(w.path)
+
+    # --- scrub ------------------------------------------------------------------------------
+
+    def scrub_next(self) -> tuple[ChunkKey, Path, int, int] | None:
+        """The next chunk file the scrub should read — (key, path, length, digest) — in passes over
+        the whole cache; None when the cache is empty. A pass's duration is kept in stats."""
+        while True:
+            if not self._scrub_order:
+                now = self.clock()
+                if self._scrub_started:
+                    self.stats.scrub_pass_seconds = now - self._scrub_started
+                self._scrub_order = [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
+                self._scrub_order.reverse()
+                self._scrub_started = now if self._scrub_order else 0.0
+                self.scrub_passes += bool(self._scrub_order)
+                if not self._scrub_order:
+                    return None
+            vid, index = self._scrub_order.pop()
+            v = self.versions.get(vid)
+            if v is not None and index in v.chunks:
+                crc = v.chunks[index]
+                return (vid, index), self._chunk_path(vid, index, crc), v.length(index), crc
+
+    def scrubbed(self, key: ChunkKey, digest: int, problem: str | None, checked: Checked | None) -> None:
+        """The scrub read a chunk file (``scrub_file``): drop it if it was bad, else remember the
+        check as if a read had made it."""
+        v = self.versions.get(key[0])
+        if v is None or v.chunks.get(key[1]) != digest:
+            return  # replaced or gone meanwhile
+        if problem is None:
+            self.stats.scrubbed_bytes += v.length(key[1])
+            if checked is not None:
+                self._checked[key] = checked
+        elif problem == "missing":
+            self.stats.read_errors += 1
+            self._drop_chunk(v, key[1])
+        else:
+            self._corrupt(v, key[1])
 
     # --- eviction ---------------------------------------------------------------------------
 
@@ -620,7 +660,7 @@ class ChunkStore:
             self._prefetch_left((v.vid, index))
         if in_space:
             self.space.remove((v.vid, index))
-        self._forget_in_memory((v.vid, index))
+        self._ram_drop((v.vid, index))
         if crc is not None:
             self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
         if not v.chunks:
@@ -663,5 +703,51 @@ class ChunkStore:
     def iter_versions(self) -> Iterator[Version]:
         return iter(list(self.versions.values()))
 
+    @property
+    def capacity(self) -> int:
+        return self.space.capacity
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes neither used nor reserved for fills in flight."""
+        return self.space.capacity - self.space.used - self.space.reserved
+
+    def unread_prefetched(self) -> set[tuple[str, str]]:
+        """(bucket, key) of the objects holding prefetched chunks no client has read yet."""
+        out = set()
+        for vid, _ in self.prefetched:
+            v = self.versions.get(vid)
+            if v is not None:
+                out.add((v.meta.bucket, v.meta.key))
+        return out
+
     def chunk_count(self, v: Version) -> int:
         return self.layout.count(v.meta.size)
+
+
+def scrub_file(path: Path, length: int, digest: int) -> tuple[str | None, Checked | None]:
+    """Read a whole chunk file from the media and check it: (problem or None, the good check).
+    Blocking (run it in a worker thread). Its clean pages are dropped from the page cache
+    first, so the bytes checked are the bytes on the device, not a cached copy of them."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "missing", None
+    except OSError:
+        return "io-error", None
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        st = os.fstat(fd)
+        problem = chunkfile.check_file(fd, length, digest)
+        if problem is not None:
+            return problem, None
+        found = chunkfile.read_table(fd, length, digest)
+        if found is None:
+            return "crc", None
+        table, piece = found
+        return None, Checked(_stamp(st), table, piece, (1 << (len(table) // 4)) - 1)
+    except OSError:
+        return "io-error", None
+    finally:
+        os.close(fd)

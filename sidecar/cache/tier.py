@@ -42,7 +42,7 @@ from ..upstream.resilient import CircuitBreaker
 
 if TYPE_CHECKING:
     from ..upstream.s3 import S3Upstream
-from .store import crc32c
+from .chunkfile import crc32c
 
 log = get_logger("sidecar.tier")
 

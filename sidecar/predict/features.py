@@ -35,11 +35,15 @@ FEATURES: tuple[str, ...] = (
     "prefix_since",      # seconds since any key under the same prefix was read
     "prefix_reads_10m",  # reads under the prefix, decayed with a 10 min time constant
     "band",              # hotness relative to the EWMA hot/cold boundary B: (h - B) / (delta B), clipped to +-4
+    "ahead",             # keys between the reader's latest new read in this prefix and this key (1: next); 0 if not ahead
+    "reader_rate",       # new objects read per second under the prefix (EWMA of the gaps); 0 if unknown
+    "eta",               # ahead / reader_rate: seconds until the reader gets here at its pace; NEVER if unknown
 )
 NEVER = 1.0e7
 _FAR_PAST = -1.0e12
 _WINDOWS = (60.0, 600.0, 3600.0)
-_FIELDS_F = ("last", "rt", "hot", "c1", "c10", "c60", "gap_mean", "gap_m2", "size", "cached")
+_FIELDS_F = ("last", "rt", "hot", "c1", "c10", "c60", "gap_mean", "gap_m2", "size", "cached", "ahead")
+_RATE_ALPHA = 0.3  # EWMA weight of the newest gap between new reads under a prefix
 _FIELDS_I = ("n", "pref", "pred", "succ")
 
 
@@ -77,6 +81,8 @@ class FeatureTracker:
         self.boundary_alpha = boundary_alpha
         self.boundary_delta = boundary_delta
         self.boundary = 0.0          # EWMA of hotness over reads: the hot/cold boundary
+        from .planner import PrefetchLedger  # noqa: PLC0415
+        self.ledger = PrefetchLedger()  # what became of the prefetches planned from this tracker's view
         self._slot: dict[ObjectId, int] = {}
         self._epoch = 0              # bumped whenever an object gets or loses a slot
         self._cand_list: list[ObjectId] | None = None
@@ -93,6 +99,9 @@ class FeatureTracker:
         self._p_last = np.full(64, _FAR_PAST)
         self._p_rt = np.zeros(64)
         self._p_c10 = np.zeros(64)
+        self._p_gap = np.zeros(64)  # EWMA of the gaps between new reads under the prefix (0: unknown)
+        self._p_front = np.zeros(64, dtype=np.int64)  # slot of the prefix's latest new read (the reader's progress)
+        self._marked = np.zeros(0, dtype=np.int64)  # slots ``look_ahead`` marked last
 
     # --- state --------------------------------------------------------------------------
 
@@ -169,9 +178,12 @@ class FeatureTracker:
                 self._p_last = np.concatenate([self._p_last, np.full(n - len(self._p_last), _FAR_PAST)])
                 self._p_rt = np.concatenate([self._p_rt, np.zeros(n - len(self._p_rt))])
                 self._p_c10 = np.concatenate([self._p_c10, np.zeros(n - len(self._p_c10))])
+                self._p_gap = np.concatenate([self._p_gap, np.zeros(n - len(self._p_gap))])
+                self._p_front = np.concatenate([self._p_front, np.zeros(n - len(self._p_front), dtype=np.int64)])
         self._prefix_id[pk] = pid
         self._prefix_keys[pid] = SortedList()
         self._p_last[pid], self._p_rt[pid], self._p_c10[pid] = _FAR_PAST, 0.0, 0.0
+        self._p_gap[pid], self._p_front[pid] = 0.0, 0
         return pid
 
     def forget(self, obj: ObjectId) -> None:
@@ -192,6 +204,8 @@ class FeatureTracker:
         if ss:
             self._pred[ss] = ps
         pid = int(self._pref[s])
+        if self._p_front[pid] == s:
+            self._p_front[pid] = 0
         keys = self._prefix_keys[pid]
         keys.remove(obj[1])
         if not keys:
@@ -254,6 +268,11 @@ class FeatureTracker:
             self._rt[s] = max(rt, t)
             self._n[s] = n + 1
             pdt = max(0.0, t - self._p_rt[pid])
+            if self._p_rt[pid] > 0 and pdt < self.neighbour_window:
+                g = self._p_gap[pid]
+                self._p_gap[pid] = pdt if g <= 0 else g + _RATE_ALPHA * (pdt - g)
+            if t >= self._p_rt[pid]:
+                self._p_front[pid] = s
             self._p_c10[pid] = self._p_c10[pid] * math.exp(-pdt / _WINDOWS[1]) + 1.0
             self._p_rt[pid] = max(self._p_rt[pid], t)
             if self.boundary == 0.0:
@@ -305,6 +324,8 @@ class FeatureTracker:
         pick[recent] = True
         for e in extra:
             pick[e] = True
+        marked = self._marked[self._marked < n]
+        pick[marked[self._ahead[marked] > 0]] = True
         sel = np.flatnonzero(pick)
         if max_cached is not None:
             sel = sel[self._cached[sel] < max_cached]
@@ -315,6 +336,35 @@ class FeatureTracker:
         out = [keys[s] for s in sel.tolist()]
         self._cand_list, self._cand_slots, self._cand_epoch = out, sel, self._epoch
         return out
+
+    def look_ahead(self, known, now: float, interval: float, *, max_ahead: int = 256,
+                   min_ahead: int = 2) -> int:
+        """Make the keys ahead of each active reader candidates: for every prefix with a new read
+        within ``neighbour_window``, the next keys ``known`` (a ``KnownKeys``) has after the
+        prefix's latest new read, as many as the reader gets through in two intervals at its
+        rate (at least ``min_ahead``, at most ``max_ahead``), each marked with how far ahead
+        it is (the ``ahead`` feature). Returns how many keys were marked."""
+        self._ahead[self._marked[self._marked < self._cap]] = 0.0
+        live = np.flatnonzero(self._p_last >= now - self.neighbour_window)
+        marked: list[int] = []
+        for pid in live.tolist():
+            front = int(self._p_front[pid])
+            obj = self._keys[front] if front else None
+            if obj is None:
+                continue
+            gap = float(self._p_gap[pid])
+            want = min_ahead if gap <= 0 else math.ceil(2.0 * interval / gap) + min_ahead
+            want = min(max_ahead, want)
+            for k, (key, size) in enumerate(known.after(obj[0], obj[1], want), 1):
+                s = self._slot.get((obj[0], key))
+                if s is None:
+                    s = self._add((obj[0], key))
+                if size >= 0 and self._size[s] <= 0:
+                    self._size[s] = size
+                self._ahead[s] = k
+                marked.append(s)
+        self._marked = np.array(marked, dtype=np.int64)
+        return len(marked)
 
     def slots(self, objs: Sequence[ObjectId]) -> np.ndarray:
         """Slot of each object (0: not tracked). The list ``candidates`` returned last, left
@@ -386,6 +436,14 @@ class FeatureTracker:
         pid = self._pref[s]
         X[:, 16] = np.minimum(NEVER, now - self._p_last[pid])
         X[:, 17] = self._p_c10[pid] * np.exp(-np.maximum(0.0, now - self._p_rt[pid]) / _WINDOWS[1])
+        ahead = self._ahead[s]
+        X[:, 19] = ahead
+        gap = self._p_gap[pid]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.where(gap > 0, 1.0 / np.where(gap > 0, gap, 1.0), 0.0)
+            X[:, 21] = np.where((ahead > 0) & (rate > 0), np.minimum(NEVER, ahead / np.where(rate > 0, rate, 1.0)),
+                                NEVER)
+        X[:, 20] = rate
         b = self.boundary
         if b > 0:
             X[:, 18] = np.clip((hot - b) / (self.boundary_delta * b), -4.0, 4.0)

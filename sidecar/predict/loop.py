@@ -27,21 +27,59 @@ import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
 from ..reader import ChunkFill, Priority
 from ..telemetry import get_logger
-from .accesslog import Access, AccessLog
+from .accesslog import Access, AccessLog, read_log
+from .known import KnownKeys, listing_tap, prefix_of
 from .planner import Candidate, PrefetchPlan, Room, plan
 
-if TYPE_CHECKING:
-    from ..server import Sidecar
+
+
+class PrefetchStore(Protocol):
+    """What the loop asks of the chunk store."""
+
+    chunk_size: int
+    prefetch_credit: float
+    capacity: int
+    free_bytes: int
+
+    def iter_versions(self) -> Iterable[Any]: ...
+    def unread_prefetched(self) -> set[tuple[str, str]]: ...
+
+
+class PrefetchPolicy(Protocol):
+    """What the loop asks of the eviction policy."""
+
+    admitted_bytes: int
+    credited_bytes: int
+
+    def guaranteed_over_quota(self) -> bool: ...
+    def is_pinned(self, key: Any) -> bool: ...
+
+
+class PrefetchHost(Protocol):
+    """The parts of the daemon the loop uses (``Sidecar`` has them): settings, metrics, the
+    cache rules, the store and policy above, the catalog (``lookup``), the reader (``ensure``,
+    ``cancel``) and the token bucket (``rate``)."""
+
+    settings: Any
+    metrics: Any
+    rules: RuleSet
+    store: PrefetchStore
+    policy: PrefetchPolicy
+    catalog: Any
+    reader: Any
+    bandwidth: Any
 
 log = get_logger("sidecar.prefetch")
 
 ACCESS_LOG_DIR = "access-log"
+LISTINGS_MAX = 64  # listing bodies waiting for the worker; beyond, the oldest are dropped
+REPLAY_MAX = 65_536  # reads of earlier runs replayed into the tracker and the catalogue at start
 PENDING_MAX = 262_144  # reads queued for the tracker between runs; beyond, the oldest are dropped
 CONCURRENT_OBJECTS = 4  # objects being prefetched at once; the rest of a plan waits its turn
 LOOKUP_TIMEOUT = 10.0
@@ -64,7 +102,7 @@ class RunReport:
 class PrefetchLoop:
     """The predictor loop of one ``Sidecar``; ``start``/``stop`` with it."""
 
-    def __init__(self, sc: "Sidecar", *, model_path: Path | None = None) -> None:
+    def __init__(self, sc: PrefetchHost, *, model_path: Path | None = None) -> None:
         self.sc = sc
         s = sc.settings
         self.enabled = bool(s.prefetch)
@@ -73,6 +111,8 @@ class PrefetchLoop:
         self.disabled_reason: str | None = None if self.enabled else "prefetch=false"
         self.access_log: Any = None
         self.features: Any = None
+        self.known = KnownKeys(max_keys=s.prefetch_known_keys)
+        self._listings: deque = deque(maxlen=LISTINGS_MAX)
         if self.enabled:
             try:
                 from .features import FeatureTracker  # noqa: PLC0415
@@ -117,6 +157,15 @@ class PrefetchLoop:
         self.access_log.record(access)
         self._pending.append(access)
 
+    def listing_tap(self, method: str, bucket: str | None, key: str | None, query: Any, status: int) -> Any:
+        """The face's hook for pass-through responses: a sink for a ListObjects body, or None."""
+        if self.access_log is None:
+            return None
+        return listing_tap(self._on_listing, method, bucket, key, query, status)
+
+    def _on_listing(self, bucket: str, body: bytes) -> None:
+        self._listings.append((bucket, body))  # parsed in the worker thread, not here
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -129,8 +178,28 @@ class PrefetchLoop:
         # The model loads in the background: onnxruntime's import must not delay serving.
         self._task = asyncio.ensure_future(self._run_forever())
 
+    def _replay(self) -> int:
+        """In the worker: the reads of earlier runs (the access log survives restarts) make their
+        keys known and give the tracker their history (periods, prefixes, readers' rates)."""
+        if self.access_log is None or self.access_log.directory is None:
+            return 0
+        recent: deque = deque(maxlen=REPLAY_MAX)
+        try:
+            recent.extend(read_log(self.access_log.directory))
+        except (OSError, ValueError) as e:
+            log.warning("access_log_not_replayed", error=repr(e))
+        for a in recent:
+            self.known.add(a.bucket, a.key, a.size)
+            self.features.observe(a)
+        return len(recent)
+
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):
+            await loop.run_in_executor(self._worker, self._replay)
+        m = self.sc.metrics
+        m.known_keys.set_function(lambda: len(self.known))
+        m.known_keys_bytes.set_function(self.known.nbytes)
         try:
             self.predictor = await loop.run_in_executor(self._worker, self._load_model)
         except Exception as e:  # noqa: BLE001 - any model problem disables prefetch, never the sidecar
@@ -233,20 +302,22 @@ class PrefetchLoop:
             if rule.pin or policy.is_pinned((v.vid, next(iter(v.chunks)))):
                 continue
             displaceable.append((obj, nbytes))
-        space = store.space
         s = sc.settings
         admitted = policy.admitted_bytes
         demand_recent = admitted - (self._admitted if self._admitted is not None else admitted)
         self._admitted = admitted
-        max_bytes = prefetch_budget(space.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
+        max_bytes = prefetch_budget(store.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
+        # No more than the bucket lets through in two intervals: a longer plan would only queue.
+        rate = sc.bandwidth.rate
+        if 0 < rate < float("inf"):
+            max_bytes = min(max_bytes, int(2 * rate * max(s.prefetch_interval, 1.0)))
         # Objects still holding prefetched chunks no client has read yet.
-        unread = {(v.meta.bucket, v.meta.key) for v in (store.versions.get(vid) for vid, _ in store.prefetched)
-                  if v is not None}
+        unread = store.unread_prefetched()
         self._expected = {o: p for o, p in self._expected.items() if o in unread or o in self._active}
         return {"now": time.time(), "cached": cached, "displaceable": displaceable,
                 "expected": dict(self._expected),
-                "free": space.capacity - space.used - space.reserved, "rules": sc.rules,
-                "threshold": s.prefetch_threshold, "max_bytes": max_bytes,
+                "free": store.free_bytes, "rules": sc.rules,
+                "threshold": s.prefetch_threshold, "max_bytes": max_bytes, "interval": s.prefetch_interval,
                 "limit": s.prefetch_candidates}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
@@ -255,8 +326,14 @@ class PrefetchLoop:
         report = RunReport()
         tracker = self.features
         pending = self._pending
+        known = self.known
+        listings = self._listings
+        while listings:
+            known.add_listing(*listings.popleft())
         while pending:
-            tracker.observe(pending.popleft())
+            a = pending.popleft()
+            known.add(a.bucket, a.key, a.size)
+            tracker.observe(a)
         if self.access_log is not None:
             try:
                 self.access_log.flush()
@@ -267,7 +344,9 @@ class PrefetchLoop:
             return None, report
         chosen, scored = choose(tracker, self.predictor, snap["now"], snap["cached"], snap["free"],
                                 snap["displaceable"], snap["rules"], threshold=snap["threshold"],
-                                max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"])
+                                max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
+                                known=known, interval=snap["interval"],
+                                horizon=float(getattr(self.predictor, "horizon", None) or 300.0))
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
@@ -284,7 +363,9 @@ class PrefetchLoop:
         cancelled = self._cancel(dropped)
         # Queued but never issued items of the old plan simply leave the queue.
         self._plan = new
-        self._queue = [i for i in new.items if i.obj not in self._active]
+        # Fetched in the order the reader will want them: soonest first (then the likeliest).
+        self._queue = sorted((i for i in new.items if i.obj not in self._active),
+                             key=lambda i: (i.eta, -i.probability))
         for i in new.items:
             self._expected[i.obj] = i.probability
         self.sc.metrics.prefetch_objects.inc(len(new.items))
@@ -373,20 +454,33 @@ def prefetch_budget(capacity: int, credited: int, demand_recent: int, max_bytes:
     return room if max_bytes is None else min(max_bytes, room)
 
 
+def _group(obj: tuple[str, str]) -> tuple[str, str]:
+    return obj[0], prefix_of(obj[1])
+
+
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
-           expected: Mapping[Hashable, float] | None = None) -> tuple[PrefetchPlan, RunReport]:
+           expected: Mapping[Hashable, float] | None = None, known: Any = None,
+           interval: float = 30.0, horizon: float = 300.0) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
     that a prefetch may push out (neither Guaranteed nor pinned), their hotness from the tracker;
     ``expected``: objects prefetched and not read since, with the probability they were fetched
     at, which stands for their hotness when higher (a new plan does not evict the last one's
-    unread objects for ones no likelier)."""
+    unread objects for ones no likelier); ``known``: the known-key catalogue, whose keys ahead
+    of each reader (``interval`` sets how far) become candidates too. The tracker's
+    ``PrefetchLedger`` settles past plans (read, or wasted after ``horizon``) and keeps prefixes
+    where prefetch has not paid quiet."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
+    from .features import FEATURES  # noqa: PLC0415
+
     report = RunReport()
+    if known is not None:
+        tracker.look_ahead(known, now, interval)
+    eta_col = FEATURES.index("eta")
     every = tracker.candidates(now, limit)
     # Fractions once, over the list as ``candidates`` returned it (``matrix`` maps that list to
     # slots without a look-up per object); wholly cached objects leave the matrix by a mask.
@@ -408,11 +502,16 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
             size = tracker.size(obj)
             if not size:
                 continue
+            eta = float(X[i, eta_col])
             cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
-                                   rules.match(*obj)))
+                                   rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
+    ledger = tracker.ledger
+    ledger.settle(now, tracker.last_access, horizon)
+    cands = ledger.admit(cands, now, _group)
     expected = expected or {}
     room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
     chosen = plan(cands, room, threshold=threshold, max_bytes=max_bytes)
+    ledger.record(chosen.items, now, _group)
     report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
     return chosen, report
 

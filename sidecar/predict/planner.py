@@ -34,6 +34,8 @@ class Candidate:
     probability: float  # predicted P(read within the horizon)
     hotness: float  # decayed read count, on the same scale as ``Room``'s
     rule: Rule  # its cache rule (do-not-cache, max size, QoS class)
+    eta: float = float("inf")  # seconds until the reader of its prefix gets to it (inf: not ahead of one)
+    probe: bool = False  # planned to test a prefix where prefetch has not paid (PrefetchLedger)
 
     @property
     def missing(self) -> int:
@@ -71,6 +73,8 @@ class PlanItem:
     nbytes: int  # missing bytes to fetch
     probability: float
     hotness: float
+    eta: float = float("inf")  # when the reader will want it: the plan is fetched soonest first
+    probe: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,5 +135,102 @@ def plan(candidates: Sequence[Candidate], room: Room, *, threshold: float = 0.7,
         free -= from_free
         displaced += need - from_free
         budget -= need
-        items.append(PlanItem(c.obj, need, c.probability, c.hotness))
+        items.append(PlanItem(c.obj, need, c.probability, c.hotness, c.eta, c.probe))
     return PrefetchPlan(tuple(items), len(candidates), len(chosen), skipped)
+
+
+class PrefetchLedger:
+    """What became of past prefetches, per prefix: a prefetch keeps quiet where it has not paid.
+
+    Each planned object is recorded with its bytes and the time it was planned; it is settled
+    as *read* once the object is accessed after that, as *wasted* once a ``horizon`` passes
+    without a read. Per prefix (bucket and "directory") the read share of settled bytes is
+    kept, decayed with ``half_life``; a prefix with too little history borrows the global share
+    (``prior`` objects' worth). A prefix whose share is below ``target`` is quiet: its candidates
+    are dropped, but for one probe object at a time in the whole cache, so a prefix whose reads
+    change can earn its prefetch back. On reads where prediction has little to say (Zipf-like
+    popularity) this keeps prefetch at a trickle; a dataset read in order keeps a share near 1
+    and is untouched."""
+
+    def __init__(self, *, target: float = 0.6, half_life: float = 1800.0, prior: float = 4.0) -> None:
+        self.target = target
+        self.half_life = half_life
+        self.prior = prior
+        self._open: dict[Hashable, tuple[float, int, Hashable]] = {}  # obj -> (planned at, bytes, group)
+        self._groups: dict[Hashable, list[float]] = {}  # group -> [read bytes, wasted bytes, objects, t]
+        self._total = [0.0, 0.0, 0.0, 0.0]
+        self._probe: Hashable | None = None  # the one quiet-group object planned as a probe
+
+    def _decayed(self, g: list[float], now: float) -> list[float]:
+        f = 0.5 ** (max(0.0, now - g[3]) / self.half_life)
+        g[0] *= f
+        g[1] *= f
+        g[2] *= f
+        g[3] = now
+        return g
+
+    def settle(self, now: float, last_access, horizon: float) -> None:
+        """Settle open entries: read (``last_access(obj)`` after planning) or wasted (horizon gone)."""
+        done = []
+        for obj, (t, n, group) in self._open.items():
+            last = last_access(obj)
+            if last is not None and last > t:
+                read = True
+            elif now - t > horizon:
+                read = False
+            else:
+                continue
+            done.append(obj)
+            for g in (self._groups.setdefault(group, [0.0, 0.0, 0.0, now]), self._total):
+                self._decayed(g, now)
+                g[0 if read else 1] += n
+                g[2] += 1
+        for obj in done:
+            del self._open[obj]
+            if obj == self._probe:
+                self._probe = None
+
+    def share(self, group: Hashable, now: float) -> float:
+        """Read share of the group's settled prefetch bytes, shrunk toward the global share."""
+        tot = self._decayed(self._total, now)
+        settled = tot[0] + tot[1]
+        glob = tot[0] / settled if settled > 0 else 1.0
+        mean = settled / tot[2] if tot[2] > 0 else 0.0
+        g = self._groups.get(group)
+        if g is not None:
+            self._decayed(g, now)
+        read, wasted = (g[0], g[1]) if g is not None else (0.0, 0.0)
+        weight = self.prior * mean
+        if read + wasted + weight <= 0:
+            return 1.0
+        return (read + glob * weight) / (read + wasted + weight)
+
+    def admit(self, cands: Sequence[Candidate], now: float, group_of) -> list[Candidate]:
+        """The candidates of groups that are not quiet, plus at most one probe from a quiet one."""
+        out = []
+        verdict: dict[Hashable, bool] = {}
+        probe_free = self._probe is None
+        for c in cands:
+            g = group_of(c.obj)
+            ok = verdict.get(g)
+            if ok is None:
+                ok = verdict[g] = self.share(g, now) >= self.target
+            if ok:
+                out.append(c)
+            elif probe_free and c.obj not in self._open:
+                out.append(dataclasses.replace(c, probe=True))
+                probe_free = False
+        return out
+
+    def record(self, items: Iterable[PlanItem], now: float, group_of) -> None:
+        for i in items:
+            if i.obj not in self._open:
+                self._open[i.obj] = (now, i.nbytes, group_of(i.obj))
+                if i.probe:
+                    self._probe = i.obj
+
+    def state(self) -> dict:
+        t = self._total
+        settled = t[0] + t[1]
+        return {"open": len(self._open), "read_share": t[0] / settled if settled else None,
+                "quiet_probe": self._probe is not None}

@@ -13,6 +13,7 @@ import numpy as np
 
 from .accesslog import Access
 from .features import FEATURES, FeatureTracker, ObjectId
+from .known import KnownKeys, prefix_of
 from .model import META_FEATURES, META_HORIZON, META_METRICS, META_TRAINED_ON
 
 THRESHOLD = 0.7          # the daemon's default prefetch_threshold: precision/recall are reported there
@@ -43,6 +44,26 @@ class SimulatedCache:
         return held[0] / held[1] if held and held[1] > 0 else 0.0
 
 
+class Listings:
+    """The listings a replayed trace implies: a reader lists a prefix before it reads it, so the
+    first read under a prefix makes every key the trace has there known, as the listing passing
+    through the daemon's face does (``known``: the ``KnownKeys`` catalogue)."""
+
+    def __init__(self, accesses: Sequence[Access]) -> None:
+        self._by_prefix: dict[tuple[str, str], dict[str, int]] = collections.defaultdict(dict)
+        for a in accesses:
+            self._by_prefix[(a.bucket, prefix_of(a.key))][a.key] = a.size
+        self.known = KnownKeys(max_keys=max(1_000_000, sum(map(len, self._by_prefix.values()))))
+        self._listed: set[tuple[str, str]] = set()
+
+    def observe(self, a: Access) -> None:
+        pk = (a.bucket, prefix_of(a.key))
+        if pk not in self._listed:
+            self._listed.add(pk)
+            for key, size in sorted(self._by_prefix[pk].items()):
+                self.known.add(a.bucket, key, size)
+
+
 def build_dataset(accesses: Iterable[Access], *, horizon: float = 300.0, sample_every: float = 30.0,
                   max_rows: int | None = None, seed: int = 0, cache_share: float = 0.2,
                   tracker: FeatureTracker | None = None, progress: bool = False,
@@ -70,6 +91,7 @@ def build_dataset(accesses: Iterable[Access], *, horizon: float = 300.0, sample_
         sizes[(a.bucket, a.key)] = a.size
     cache = SimulatedCache(max(1, int(cache_share * sum(sizes.values()))))
     tracker = tracker or FeatureTracker()
+    listings = Listings(acc)
     first, end = acc[0].t, acc[-1].t
     samples = np.arange(first + horizon, end - horizon, sample_every)
     if len(samples) == 0:
@@ -81,9 +103,11 @@ def build_dataset(accesses: Iterable[Access], *, horizon: float = 300.0, sample_
     bar = _bar(len(samples), "features", progress)
     for T in samples.tolist():
         while i < len(acc) and acc[i].t <= T:
+            listings.observe(acc[i])
             tracker.observe(acc[i])
             cache.read(acc[i])
             i += 1
+        tracker.look_ahead(listings.known, T, sample_every)
         cands = tracker.candidates(T)
         if skip_cached:
             # The loop scores only objects not wholly cached. Fitting on all candidates measured

@@ -105,11 +105,32 @@ def _scans(out: list[Access], rng: np.random.Generator, t0: float, duration: flo
         t += float(rng.exponential(every))
 
 
+def _first_epochs(out: list[Access], rng: np.random.Generator, t0: float, duration: float, *,
+                  every: float) -> None:
+    """Readers new to a listed prefix (a first epoch, a model load, a job's input scan): its keys
+    in order at the reader's own pace; some stop part-way."""
+    t = t0 + float(rng.exponential(every))
+    r = 0
+    while t < t0 + duration:
+        n = int(rng.integers(10, 200))
+        size = int(float(rng.choice([0.125, 0.5, 2, 8, 64])) * MiB)
+        gap = float(np.exp(rng.uniform(np.log(0.05), np.log(20.0))))  # seconds between objects
+        stop = n if rng.random() < 0.7 else int(rng.integers(1, n))
+        u = t
+        for i in range(stop):
+            u = _read(out, u, "fresh", f"runs/r{r:04d}/shard-{i:05d}.tar", size, parts=False,
+                      throughput=200 * MiB)
+            u += gap * float(rng.uniform(0.7, 1.3))
+        r += 1
+        t += float(rng.exponential(every))
+
+
 def generate(kind: str, *, seed: int = 0, duration: float = 6 * 3600.0, **params) -> list[Access]:
     """A time-ordered synthetic workload, the same for the same arguments.
 
     ``periodic``: training epochs over sharded datasets + scheduled batch jobs; ``zipf``:
-    independent reads of Zipf-hot objects; ``mixed``: both plus one-off scans.
+    independent reads of Zipf-hot objects; ``mixed``: both plus one-off scans and first epochs
+    over newly listed prefixes (some stopped part-way).
     Parameters (defaults): datasets (3), shards ((40, 120): per dataset), jobs (4),
     zipf_objects (3000), zipf_alpha (1.0), zipf_rate (reads/s: 1.0, or 0.3 in mixed),
     scan_every (s between one-off scans: 1800), start (Unix time of the first second).
@@ -117,7 +138,7 @@ def generate(kind: str, *, seed: int = 0, duration: float = 6 * 3600.0, **params
     if kind not in KINDS:
         raise ValueError(f"workload kind must be one of {', '.join(KINDS)}, not {kind!r}")
     unknown = set(params) - {"datasets", "shards", "jobs", "zipf_objects", "zipf_alpha", "zipf_rate",
-                             "scan_every", "start"}
+                             "scan_every", "first_epoch_every", "start"}
     if unknown:
         raise ValueError(f"unknown workload parameters: {', '.join(sorted(unknown))}")
     rng = np.random.default_rng(seed)
@@ -133,6 +154,7 @@ def generate(kind: str, *, seed: int = 0, duration: float = 6 * 3600.0, **params
               rate=float(params.get("zipf_rate", 1.0 if kind == "zipf" else 0.3)))
     if kind == "mixed":
         _scans(out, rng, t0, duration, every=float(params.get("scan_every", 1800.0)))
+        _first_epochs(out, rng, t0, duration, every=float(params.get("first_epoch_every", 300.0)))
     out = [a for a in out if a.t < t0 + duration]
     out.sort(key=lambda a: a.t)
     return out

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
-from ..catalog import Catalog
+from ..catalog import Catalog, Entry
 from ..errors import ObjectChanged, S3Error, UpstreamUnavailable, client_fault
 from ..objects import ObjectMeta
 from ..reader import Reader, ReadStats, Segment
@@ -73,6 +73,8 @@ class S3Face:
         self.suffixes = virtual_host_suffixes
         self.drop_version = drop_version
         self.on_read = on_read
+        # (method, bucket, key, query, status) -> a sink for a listing's body, or None (predict/known.py)
+        self.listing_tap: Callable[..., Callable[[bytes | None], None] | None] | None = None
         self.executor = executor
         # (bucket, key, size) -> (may be cached, metrics label): the cache rules, seen from here
         self.read_policy = read_policy or (lambda bucket, key, size: (True, ""))
@@ -157,17 +159,10 @@ class S3Face:
 
     async def _read_object(self, request: web.BaseRequest, target: Target, rid: str,
                            stats: ReadStats) -> web.StreamResponse:
+        """GetObject/HeadObject from the cache: metadata from the catalog, bytes from the reader."""
         assert target.bucket is not None and target.key is not None
         h = request.headers
-        part_param = target.param("partNumber")
-        part_number = None
-        if part_param is not None:
-            if not part_param.isdigit() or not 1 <= int(part_param) <= 10000:
-                raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
-                              ArgumentName="partNumber", ArgumentValue=part_param)
-            part_number = int(part_param)
-            if "range" in h:
-                raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+        part_number = _part_number(target, h)
         checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
         # A cold GET opens the object upstream at once; with a shared tier, a HEAD then the tier.
         if request.method == "GET" and part_number is None and self.catalog.peek(target.bucket, target.key) is None \
@@ -187,66 +182,77 @@ class S3Face:
                     return await self._forward(request, target, rid)
                 raise
             meta = entry.meta
-            verdict = conditions.evaluate(h, meta.etag, meta.last_modified_ts)
-            if verdict == conditions.PRECONDITION_FAILED:
-                raise S3Error("PreconditionFailed",
-                              Condition="If-Match" if "if-match" in h else "If-Unmodified-Since")
-            if verdict == conditions.NOT_MODIFIED:
-                return web.Response(status=304, headers={"ETag": meta.etag, "Last-Modified": meta.last_modified,
-                                                         "x-amz-request-id": rid, "Server": SERVER})
-            status, rng, extra = 200, None, ()
-            if part_number is not None:
-                info = await self.catalog.part(entry, part_number)
-                if info.status != 206:
-                    return await self._forward(request, target, rid)
-                if info.etag and info.etag != meta.etag:
-                    self.catalog.invalidate(target.bucket, target.key)
-                    continue  # the object changed since its metadata was cached
-                extra = info.headers
-                status, rng = 206, ByteRange(info.start, info.end)
-            else:
-                try:
-                    rng = resolve(parse_range(h.get("range")), meta.size)
-                except RangeNotSatisfiable:
-                    raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{meta.size}"},
-                                  RangeRequested=h.get("range", ""), ActualObjectSize=str(meta.size)) from None
-                if rng is not None:
-                    status = 206
+            not_modified = _precondition_answer(h, meta, rid)
+            if not_modified is not None:
+                return not_modified
+            selected = await self._selected_bytes(entry, part_number, h)
+            if selected is _FORWARD:
+                return await self._forward(request, target, rid)
+            if selected is _CHANGED:
+                continue
+            status, rng, extra = selected
             if checksum_mode and rng is None and not meta.checksums_known:
                 try:
                     meta = (await self.catalog.with_checksums(entry)).meta
                 except ObjectChanged:
                     continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid)
-            start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-            length = end - start + 1
-            if request.method == "HEAD":
-                resp = web.StreamResponse(status=status, headers=headers)
-                resp.content_length = length
+            resp = await self._answer_read(request, target, meta, rng, status, headers, stats)
+            if resp is not None:
                 return resp
-            keep, stats.label = self.read_policy(target.bucket, target.key, meta.size)
-            small = self.reader.read_small(meta, start, end, stats) if length else b""
-            if small is not None:
-                resp = web.Response(status=status, headers=headers, body=bytes(small))
-                if self.on_read is not None:
-                    self.on_read(target.bucket, target.key, meta, rng, stats)
-                return resp
-            segments = self.reader.read(meta, start, end, stats, keep=keep)
-            try:
-                first = await anext(segments, None)
-            except ObjectChanged:
-                self.catalog.invalidate(target.bucket, target.key)
-                await segments.aclose()
-                continue  # the object changed upstream since its metadata was cached: look again
-            try:
-                resp = await self._send_body(request, status, headers, length, first, segments)
-            finally:
-                await segments.aclose()
-                self._drop_if_replaced(meta, stats)
+        raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    async def _selected_bytes(self, entry: Entry, part_number: int | None, h):
+        """(status, range or None for the whole object, extra headers) that the request selects;
+        _FORWARD: the upstream answers it; _CHANGED: the object changed since it was looked up."""
+        meta = entry.meta
+        if part_number is not None:
+            info = await self.catalog.part(entry, part_number)
+            if info.status != 206:
+                return _FORWARD
+            if info.etag and info.etag != meta.etag:
+                self.catalog.invalidate(meta.bucket, meta.key)
+                return _CHANGED  # the object changed since its metadata was cached
+            return 206, ByteRange(info.start, info.end), info.headers
+        try:
+            rng = resolve(parse_range(h.get("range")), meta.size)
+        except RangeNotSatisfiable:
+            raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{meta.size}"},
+                          RangeRequested=h.get("range", ""), ActualObjectSize=str(meta.size)) from None
+        return (206 if rng is not None else 200), rng, ()
+
+    async def _answer_read(self, request: web.BaseRequest, target: Target, meta: ObjectMeta, rng: ByteRange | None,
+                           status: int, headers: CIMultiDict, stats: ReadStats) -> web.StreamResponse | None:
+        """The answer with the selected bytes (none for a HEAD); None: the object changed
+        upstream before anything was sent, look it up again."""
+        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        length = end - start + 1
+        if request.method == "HEAD":
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = length
+            return resp
+        keep, stats.label = self.read_policy(meta.bucket, meta.key, meta.size)
+        small = self.reader.read_small(meta, start, end, stats) if length else b""
+        if small is not None:
+            resp = web.Response(status=status, headers=headers, body=bytes(small))
             if self.on_read is not None:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
-        raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+        segments = self.reader.read(meta, start, end, stats, keep=keep)
+        try:
+            first = await anext(segments, None)
+        except ObjectChanged:
+            self.catalog.invalidate(meta.bucket, meta.key)
+            await segments.aclose()
+            return None
+        try:
+            resp = await self._send_body(request, status, headers, length, first, segments)
+        finally:
+            await segments.aclose()
+            self._drop_if_replaced(meta, stats)
+        if self.on_read is not None:
+            self.on_read(target.bucket, target.key, meta, rng, stats)
+        return resp
 
     async def _read_cold(self, request: web.BaseRequest, target: Target, rid: str, stats: ReadStats,
                          spec: RangeSpec | None, checksum_mode: bool) -> web.StreamResponse | None:
@@ -337,15 +343,9 @@ class S3Face:
             await resp.prepare(request)
         except ConnectionError as e:  # the client left before the headers went out
             raise ClientGone() from e
-        sender = BodySender(request, resp, self.executor)
+        sender = BodySender(request.transport, resp.write, self.executor)
         try:
-            seg: Segment | None = first
-            while seg is not None:
-                if seg.data is not None:
-                    await sender.send_bytes(seg.data)
-                else:
-                    await sender.send_file(seg.fd, seg.offset, seg.length)
-                seg = await anext(segments, None)
+            await sender.send_segments(first, segments, self.reader.unreadable)
             await resp.write_eof()
         except ClientGone:
             raise
@@ -431,11 +431,18 @@ class S3Face:
                 # An object's bytes passed through are a client's read: they count against the
                 # upstream cap like demand fills (the token bucket), so background leaves them room.
                 spend = self.reader.spend_demand if method == "GET" and target.key is not None else None
+                # A listing passing through tells the prefetcher which keys exist.
+                tap = self.listing_tap and self.listing_tap(method, target.bucket, target.key, target.query,
+                                                            upstream_resp.status)
                 try:
                     async for piece in upstream_resp.body:
                         if spend is not None:
                             spend(len(piece))
+                        if tap:
+                            tap(piece)
                         await resp.write(piece)
+                    if tap:
+                        tap(None)
                 except (S3Error, OSError) as e:
                     log.warning("response_aborted", error=repr(e))
                     if request.transport is not None:
@@ -476,6 +483,34 @@ class S3Face:
                 if method == "DELETE":
                     self.drop_version(entry.meta)
             self.metrics.invalidations.labels("bucket").inc()
+
+
+_FORWARD = object()  # _selected_bytes: the upstream answers this read
+_CHANGED = object()  # _selected_bytes: the object changed since it was looked up
+
+
+def _part_number(target: Target, h) -> int | None:
+    """The ``partNumber`` a read asks for, validated as S3 does."""
+    part_param = target.param("partNumber")
+    if part_param is None:
+        return None
+    if not part_param.isdigit() or not 1 <= int(part_param) <= 10000:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive",
+                      ArgumentName="partNumber", ArgumentValue=part_param)
+    if "range" in h:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter")
+    return int(part_param)
+
+
+def _precondition_answer(h, meta: ObjectMeta, rid: str) -> web.Response | None:
+    """304 for If-None-Match/If-Modified-Since that hold; raises 412 PreconditionFailed; None: serve."""
+    verdict = conditions.evaluate(h, meta.etag, meta.last_modified_ts)
+    if verdict == conditions.PRECONDITION_FAILED:
+        raise S3Error("PreconditionFailed", Condition="If-Match" if "if-match" in h else "If-Unmodified-Since")
+    if verdict == conditions.NOT_MODIFIED:
+        return web.Response(status=304, headers={"ETag": meta.etag, "Last-Modified": meta.last_modified,
+                                                 "x-amz-request-id": rid, "Server": SERVER})
+    return None
 
 
 class ClientBody:

@@ -67,7 +67,29 @@ class RateLimit:
 
 
 class _S3RequestHandler(RequestHandler):
-    """aiohttp's per-connection protocol, answering unparsable requests as S3 does."""
+    """aiohttp's per-connection protocol, answering unparsable requests as S3 does. With the lean
+    hit path on, an idle connection whose next request that path answers goes back to it."""
+
+    _at_boundary = True  # the bytes parsed so far end with a request head's empty line
+
+    def data_received(self, data: bytes) -> None:
+        server = self._manager
+        if (server is not None and server.fast is not None and self._at_boundary
+                and self._waiter is not None and not self._waiter.done() and not self._messages
+                and not self._request_in_progress and self._payload_parser is None and not self._upgraded
+                and not self._force_close and not self._close and self not in server._over
+                and self.transport is not None and server.fast.take_back(self, data)):
+            return
+        self._at_boundary = data.endswith(b"\r\n\r\n")
+        super().data_received(data)
+
+    def detach(self) -> asyncio.Transport:
+        """Give up the connection without closing it (the lean path takes it back)."""
+        transport = self.transport
+        assert transport is not None
+        self.transport = None  # so that connection_lost below leaves it open
+        self.connection_lost(None)
+        return transport
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -108,13 +130,30 @@ class S3Server(web.Server):
         self.rate = rate
         self._over: set[RequestHandler] = set()
 
-    def __call__(self) -> RequestHandler:
+    # the lean hit path (fastpath.FastPath) when on: connections start there, and it hands
+    # them to ``handler()`` for anything it does not answer itself
+    fast: "Callable[[], asyncio.Protocol] | None" = None
+
+    def __call__(self) -> asyncio.Protocol:
+        if self.fast is not None:
+            return self.fast()
+        return self.handler()
+
+    def handler(self) -> RequestHandler:
         return _S3RequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def _fast_connections(self) -> int:
+        return len(self.fast.connections) if self.fast is not None else 0  # type: ignore[attr-defined]
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
-        if len(self._connections) - len(self._over) > self.max_connections:
+        if len(self._connections) + self._fast_connections() - len(self._over) > self.max_connections:
             self._over.add(handler)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        if self.fast is not None:
+            await self.fast.shutdown(timeout)  # type: ignore[attr-defined]
+        await super().shutdown(timeout)
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)

@@ -13,8 +13,7 @@ import asyncio
 import concurrent.futures
 import os
 import select
-
-from aiohttp import web
+from collections.abc import Awaitable, Callable
 
 
 class ClientGone(Exception):
@@ -58,10 +57,12 @@ class BodySender:
 
     THREAD_MIN = 1024 * 1024  # below this a worker-thread hop costs more than it saves
 
-    def __init__(self, request: web.BaseRequest, response: web.StreamResponse,
+    def __init__(self, transport: asyncio.Transport | None, write: Callable[[bytes | memoryview], Awaitable[None]],
                  executor: concurrent.futures.Executor | None = None) -> None:
-        self._response = response
-        self._transport = request.transport
+        """``write``: sends bytes through the transport with its flow control (e.g. an aiohttp
+        response's ``write``)."""
+        self._write = write
+        self._transport = transport
         sock = self._transport.get_extra_info("socket") if self._transport is not None else None
         self._sock_fd = sock.fileno() if sock is not None else -1
         self._fd = -1
@@ -75,7 +76,7 @@ class BodySender:
         if self._transport is None or self._transport.is_closing():
             raise ClientGone()
         try:
-            await self._response.write(data)
+            await self._write(data)
         except (ConnectionResetError, RuntimeError) as e:
             raise ClientGone() from e
         self.sent += len(data)
@@ -132,6 +133,23 @@ class BodySender:
             raise ClientGone() from e
         finally:
             self._loop.remove_writer(self._fd)
+
+    async def send_segments(self, first, segments, on_unreadable: Callable[[object], None]) -> None:
+        """Send ``first`` and the rest of ``segments`` (the reader's: bytes already checked, or a
+        chunk file's checked span for sendfile). A chunk file that fails to read under sendfile
+        (EIO) is reported to ``on_unreadable`` so that the next read checks that chunk first."""
+        seg = first
+        try:
+            while seg is not None:
+                if seg.data is not None:
+                    await self.send_bytes(seg.data)
+                else:
+                    await self.send_file(seg.fd, seg.offset, seg.length)
+                seg = await anext(segments, None)
+        except OSError:
+            if seg is not None and seg.chunk is not None:
+                on_unreadable(seg)
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:

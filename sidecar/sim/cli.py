@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
 
-from ..cache.lruk import LRUKPolicy
+from ..cache.lruk import LRUKPolicy, ProbationLRUK
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
 from ..config import ConfigError, format_size, parse_duration, parse_size
@@ -18,16 +18,23 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-p(\d+))?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
 
 def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
-    """``lru``, ``lru-K`` (``lru-k``: K from --lru-k), ``lru-K-forget`` (no retained history,
-    as libCacheSim's LRU-K), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
+    """``default`` (the daemon's policy and default settings), ``lru``, ``lru-K`` (``lru-k``: K
+    from --lru-k), ``lru-K-forget`` (no retained history, as libCacheSim's LRU-K), ``lru-K-pNN``
+    (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
     INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
+    if spec == "default":
+        # the daemon's own policy object with the daemon's default settings (config.py)
+        from ..config import load  # noqa: PLC0415
+
+        settings = load({}, {})
+        return lambda: QoSPolicy.from_settings(settings, locate=locate_in_trace)
     if spec.startswith("qos:"):
         inner = policy_factory(spec[len("qos:"):], args)
         rules = load_rules(args.rules)
@@ -44,9 +51,13 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
         if not 1 <= k <= 8:
             raise ConfigError("policy", spec, "K from 1 to 8")
         history = 0 if m.group(2) else args.history_size
+        if m.group(3):
+            share = int(m.group(3)) / 100
+            return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
+                                         retained_period=args.retained_period, history_size=history)
         return lambda: LRUKPolicy(k, correlated_period=args.correlated_period,
                                   retained_period=args.retained_period, history_size=history)
-    raise ConfigError("policy", spec, "lru, lru-K (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
+    raise ConfigError("policy", spec, "default, lru, lru-K, lru-K-pNN (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
 
 
 def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
@@ -181,8 +192,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cache sizes, comma-separated: bytes (4GiB) or %% of unique bytes "
                         f"[{DEFAULT_SIZES.replace('%', '%%')}]")
     p.add_argument("--policies", default=DEFAULT_POLICIES,
-                   help="comma-separated: lru, lru-K (lru-k: K from --lru-k), lru-K-forget (no retained "
-                        "history), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                   help="comma-separated: default (the daemon's policy and default settings), lru, lru-K "
+                        "(lru-k: K from --lru-k), lru-K-forget (no retained history), lru-K-pNN (a "
+                        "probationary FIFO of NN%% of the bytes in front), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
                         f"--rules over INNER) [{DEFAULT_POLICIES}]")
     p.add_argument("--rules", metavar="FILE.yaml",
                    help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")

@@ -1,0 +1,164 @@
+"""Prefetch in the live daemon: workloads replayed over HTTP (boto3) through a real sidecar
+process in front of a throttled local upstream, each with and without prefetch.
+
+    .venv/bin/python bench/live_prefetch.py [--latency 30ms] [--bandwidth 100MiB] [--interval 1s]
+                                            [--workloads first-epoch,epochs,zipf,model-load]
+
+The upstream is a ``file://`` directory with the daemon's own throttle (``?latency=…&bandwidth=…``:
+a delay before every answer and one shared byte rate), so a miss costs what a distant store
+costs. Each run starts a fresh sidecar on an empty cache. Workloads (each lists its prefix first,
+as training jobs and loaders do):
+
+- ``first-epoch``: 60 shards of 2 MiB read once in order, 0.15 s of "compute" after each;
+- ``epochs``: 3 epochs over 40 shards of 2 MiB with a 48 MiB cache (larger than the cache);
+- ``zipf``: 800 reads, Zipf(1.0) over 300 objects of 64 KiB–1 MiB, 20 ms apart;
+- ``model-load``: 4 files of 24 MiB read one after the other at start.
+
+Figures: byte hit ratio (cache bytes / bytes read), prefetched bytes and the share of them read,
+upstream bytes, demand latency p50/p99 (client-side, whole GET), and the upstream rate against
+the cap (``--bandwidth-cap``, which prefetch must respect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.procs import Sidecar  # noqa: E402
+
+MiB = 1024 * 1024
+BUCKET = "bench"
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:{{.*}})? (\S+)$", line)
+        if m:
+            total += float(m.group(1))
+    return total
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] if xs else float("nan")
+
+
+def put(root: Path, key: str, size: int, rnd) -> None:
+    p = root / BUCKET / key
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(rnd.randbytes(size))
+
+
+def make_data(root: Path, workload: str, rnd) -> list[tuple[str, float]]:
+    """Write the workload's objects; return its reads as (key, pause after it)."""
+    if workload == "first-epoch":
+        keys = [f"ds/shard-{i:05d}.tar" for i in range(60)]
+        for k in keys:
+            put(root, k, 2 * MiB, rnd)
+        return [(k, 0.15) for k in keys]
+    if workload == "epochs":
+        keys = [f"big/shard-{i:05d}.tar" for i in range(40)]
+        for k in keys:
+            put(root, k, 2 * MiB, rnd)
+        return [(k, 0.05) for _ in range(3) for k in keys]
+    if workload == "zipf":
+        keys = [f"assets/obj-{i:05d}.bin" for i in range(300)]
+        for k in keys:
+            put(root, k, int(math.exp(rnd.uniform(math.log(64 * 1024), math.log(MiB)))), rnd)
+        weights = [1.0 / (r + 1) for r in range(len(keys))]
+        order = keys[:]
+        rnd.shuffle(order)  # popularity unrelated to key order
+        return [(k, 0.02) for k in rnd.choices(order, weights=weights, k=800)]
+    if workload == "model-load":
+        keys = [f"model/weights-{i:02d}.safetensors" for i in range(4)]
+        for k in keys:
+            put(root, k, 24 * MiB, rnd)
+        return [(k, 0.0) for k in keys]
+    raise SystemExit(f"unknown workload {workload}")
+
+
+_READS: dict[str, list[tuple[str, float]]] = {}
+
+
+def run(workload: str, prefetch: bool, args, tmp: Path) -> dict:
+    import random
+
+    up = tmp / f"up-{workload}"
+    if workload not in _READS:  # the same objects and reads for both runs
+        _READS[workload] = make_data(up, workload, random.Random(1))
+    reads = _READS[workload]
+    cache_size = "48MiB" if workload == "epochs" else "1GiB"
+    cache = Path(tempfile.mkdtemp(dir=tmp, prefix=f"cache-{workload}-{int(prefetch)}-"))
+    sc = Sidecar(f"file://{up}?latency={args.latency}&bandwidth={args.bandwidth}", cache, tmp,
+                 prefetch=str(prefetch).lower(), prefetch_interval=args.interval, cache_size=cache_size,
+                 bandwidth_cap=args.bandwidth_cap, chunk_size="1MiB")
+    try:
+        s3 = sc.client()
+        prefix = reads[0][0].rpartition("/")[0] + "/"
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            pass
+        time.sleep(1.0)  # the predictor loop's first run takes in the listing
+        lat: list[float] = []
+        nbytes = 0
+        t0 = time.perf_counter()
+        for key, pause in reads:
+            t = time.perf_counter()
+            nbytes += len(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+            lat.append(time.perf_counter() - t)
+            if pause:
+                time.sleep(pause)
+        wall = time.perf_counter() - t0
+        m = sc.metrics_text()
+    finally:
+        sc.stop()
+    hit = metric(m, "sidecar_cache_hit_bytes_total")
+    miss = metric(m, "sidecar_cache_miss_bytes_total")
+    pf = metric(m, "sidecar_prefetch_bytes_total")
+    useful = metric(m, "sidecar_prefetch_useful_bytes_total")
+    upstream = metric(m, "sidecar_upstream_bytes_total")
+    return {"workload": workload, "prefetch": prefetch, "read": nbytes, "hit_ratio": hit / max(1.0, hit + miss),
+            "prefetched": pf, "prefetched_read": useful / pf if pf else float("nan"), "upstream": upstream,
+            "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "wall": wall, "upstream_rate": upstream / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latency", default="30ms")
+    ap.add_argument("--bandwidth", default="100MiB", help="the upstream's byte rate")
+    ap.add_argument("--bandwidth-cap", default="80MiB", help="the sidecar's upstream cap (bandwidth_cap)")
+    ap.add_argument("--interval", default="1s", help="prefetch_interval")
+    ap.add_argument("--workloads", default="first-epoch,epochs,zipf,model-load")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for w in args.workloads.split(","):
+            for pf in (False, True):
+                r = run(w, pf, args, tmp)
+                rows.append(r)
+                print(f"# {w} prefetch={pf}: {r['wall']:.1f} s", file=sys.stderr, flush=True)
+    print(f"upstream: latency {args.latency}, {args.bandwidth}/s; bandwidth_cap {args.bandwidth_cap}; "
+          f"prefetch_interval {args.interval}")
+    print("| workload | prefetch | MiB read | byte hit ratio | prefetched MiB | prefetched read | "
+          "upstream MiB | upstream MiB/s | demand p50 ms | demand p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        share = "–" if r["prefetched"] == 0 else f"{r['prefetched_read']:.0%}"
+        print(f"| {r['workload']} | {'on' if r['prefetch'] else 'off'} | {r['read'] / MiB:.0f} | "
+              f"{r['hit_ratio']:.1%} | {r['prefetched'] / MiB:.1f} | {share} | {r['upstream'] / MiB:.0f} | "
+              f"{r['upstream_rate'] / MiB:.1f} | {r['p50'] * 1e3:.0f} | {r['p99'] * 1e3:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,479 @@
+"""The lean hit path: plain GET/HEAD cache hits answered on the raw connection, everything else
+handed to aiohttp's server on the same connection.
+
+aiohttp's web layer costs about two thirds of a small request's budget before the sidecar does
+anything. A connection starts here, on a bare protocol: each request head is parsed (httptools)
+and, when it is a plain GetObject/HeadObject whose version the catalog knows fresh and whose
+bytes are all cached, answered directly — headers prepared once per object version, the body
+from the RAM tier in one write, or from chunk files with ``os.sendfile``. The first request this
+path is not sure of (a write, a miss, a 304 or 412, ``partNumber``, ``response-*``, signatures that
+do not verify, anything odd in the HTTP) makes the connection aiohttp's for good: its request handler
+is attached to the transport and fed the bytes already received, so the answer is exactly what
+the S3 face gives. What this path does answer is what the face would answer, byte for byte but
+for the order of headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ..errors import ObjectChanged
+from ..reader import ReadStats
+from ..telemetry import get_logger
+from . import conditions
+from .face import new_request_id
+from .ranges import ByteRange, parse_range, resolve
+from .sendfile import BodySender, ClientGone
+from .target import Target, is_cacheable_read, parse_target
+
+if TYPE_CHECKING:
+    from ..objects import ObjectMeta
+    from .face import S3Face
+    from .limits import S3Server
+
+log = get_logger("sidecar.s3")
+
+# Request headers after which the answer is not a plain cached read, or not one this path can
+# reproduce exactly (framing, connection handling: aiohttp and the face decide).
+_HAND_OFF_HEADERS = frozenset({
+    "content-length", "transfer-encoding", "expect", "upgrade", "connection", "te", "trailer",
+})
+MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
+MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
+_REASONS = {200: b"OK", 206: b"Partial Content"}
+
+
+class RequestHead:
+    """A parsed request head: method, raw target, and headers (lower-case names, each once)."""
+
+    __slots__ = ("method", "raw_path", "headers", "_complete", "_url", "_duplicate")
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.raw_path = ""
+        self.headers: dict[str, str] = {}
+        self._complete = 0
+        self._url = b""
+        self._duplicate = False
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.decode("ascii").lower()
+        if lname in self.headers:
+            self._duplicate = True
+        self.headers[lname] = value.decode("ascii")
+
+    def on_message_complete(self) -> None:
+        self._complete += 1
+
+
+def parse_head(head: bytes, max_headers: int = 100) -> RequestHead | None:
+    """The request in ``head`` (exactly one request head, ending with an empty line), or None
+    when it is anything but a simple, well-formed HTTP/1.1 request without a body: then aiohttp's
+    parser and the face decide what it is and how to answer."""
+    if not head.isascii() or not head.endswith(b"\r\n\r\n") or len(head) > MAX_HEAD:
+        return None
+    # bare LF line ends and obsolete line folding are left to aiohttp's stricter parser
+    if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+        return None
+    req = RequestHead()
+    parser = httptools.HttpRequestParser(req)
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade, UnicodeError):
+        return None
+    if req._complete != 1 or req._duplicate or len(req.headers) > max_headers:
+        return None
+    if parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+        return None
+    req.method = parser.get_method().decode("ascii")
+    req.raw_path = req._url.decode("ascii")
+    return req
+
+
+class PreparedHeaders:
+    """The response headers of one object version that do not change from request to request,
+    built once by the face's own ``_object_headers`` (so both paths send the same headers) and
+    encoded: for whole-object and ranged answers, to a GET and to a HEAD."""
+
+    __slots__ = ("meta", "whole_get", "whole_head", "ranged_get", "ranged_head")
+
+    def __init__(self, face: "S3Face", meta: "ObjectMeta", checksum_mode: bool) -> None:
+        self.meta = meta
+        h = {"x-amz-checksum-mode": "ENABLED"} if checksum_mode else {}
+        plain = Target(meta.bucket, meta.key, ())
+        whole = face._object_headers(meta, plain, None, 200, (), h, "")
+        ranged = face._object_headers(meta, plain, ByteRange(0, 0), 206, (), h, "")
+        self.whole_get, self.whole_head = _encoded(whole)
+        self.ranged_get, self.ranged_head = _encoded(ranged)
+
+
+def _encoded(headers) -> tuple[bytes, bytes]:
+    """(GET, HEAD) header lines of a face answer, without its per-request ones."""
+    lines = [(k, v) for k, v in headers.items() if k.lower() not in ("x-amz-request-id", "content-range")]
+    text = "".join(f"{k}: {v}\r\n" for k, v in lines)
+    if "\n" in text.replace("\r\n", "") or "\r" in text.replace("\r\n", ""):
+        raise ValueError("header value with a line break")  # aiohttp refuses these: the face answers
+    head = text.encode("utf-8")
+    # aiohttp gives a body without a type application/octet-stream; a HEAD (StreamResponse) none
+    has_type = any(k.lower() == "content-type" for k, _ in lines)
+    return (head if has_type else head + b"Content-Type: application/octet-stream\r\n"), head
+
+
+class FastPath:
+    """Shared state of the lean path for one S3 listener: the face it answers for, its
+    connections, and response headers prepared per object version."""
+
+    PREPARED_MAX = 4096
+    TARGETS_MAX = 16384
+
+    def __init__(self, face: "S3Face", server: "S3Server", max_headers: int) -> None:
+        self.face = face
+        self.server = server
+        self.max_headers = max_headers
+        self.connections: set[FastProtocol] = set()
+        self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
+        self._targets: dict[tuple[str, str | None], Target] = {}
+        self._date_sec = -1
+        self._date = b""
+
+    def date(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_sec:
+            self._date_sec = now
+            self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date
+
+    def target(self, raw_path: str, host: str | None) -> Target | None:
+        """``parse_target``, remembered (clients read the same keys again and again); None: the
+        face answers it with its error XML."""
+        k = (raw_path, host)
+        t = self._targets.get(k)
+        if t is None:
+            try:
+                t = parse_target(raw_path, host, self.face.suffixes)
+            except Exception:  # noqa: BLE001
+                return None
+            if len(self._targets) >= self.TARGETS_MAX:
+                self._targets.clear()
+            self._targets[k] = t
+        return t
+
+    def prepared(self, meta: "ObjectMeta", checksum_mode: bool) -> PreparedHeaders | None:
+        key = (id(meta), checksum_mode)
+        p = self._prepared.get(key)
+        if p is not None and p.meta is meta:
+            return p
+        try:
+            p = PreparedHeaders(self.face, meta, checksum_mode)
+        except (ValueError, UnicodeError):
+            return None
+        if len(self._prepared) >= self.PREPARED_MAX:
+            self._prepared.clear()
+        self._prepared[key] = p
+        return p
+
+    def __call__(self) -> "FastProtocol":
+        return FastProtocol(self)
+
+    def take_back(self, handler, data: bytes) -> bool:
+        """An idle connection aiohttp has: if ``data`` starts with a request this path answers,
+        the connection comes back here (and True); else aiohttp keeps it."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        fp = FastProtocol(self)
+        fp.transport = handler.transport
+        peer = fp.transport.get_extra_info("peername")
+        fp.remote = peer[0] if isinstance(peer, tuple) else ""
+        answer = fp._decide(data[:end + 4])
+        if answer is None:
+            return False
+        transport = handler.detach()
+        self.face.metrics.fast_path_takebacks.inc()
+        self.connections.add(fp)
+        transport.set_protocol(fp)
+        fp.buf += data
+        fp._process(answer)
+        return True
+
+    async def shutdown(self, timeout: float | None) -> None:
+        """Close the connections still on this path; an answer being sent gets ``timeout`` seconds."""
+        busy = [c.task for c in self.connections if c.task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+        for c in list(self.connections):
+            if c.transport is not None:
+                c.transport.close()
+
+
+class _Answer:
+    """A request this path answers, once it has decided to."""
+
+    __slots__ = ("status", "head", "meta", "rng", "start", "end", "stats", "target", "range_header", "rid", "t0",
+                 "method")
+
+
+class FastProtocol(asyncio.Protocol):
+    """One client connection while it is on the lean path."""
+
+    def __init__(self, fast: FastPath) -> None:
+        self.fast = fast
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.task: asyncio.Task | None = None
+        self.remote = ""
+        self._paused_reading = False
+        self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:  # uvloop transports are no asyncio.Transport
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        server = self.fast.server
+        self.fast.connections.add(self)
+        if len(server._connections) + len(self.fast.connections) - len(server._over) > server.max_connections:
+            self.hand_off()  # over the connection limit: aiohttp's side answers SlowDown
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.task is not None:
+            if len(self.buf) > MAX_PENDING and not self._paused_reading:
+                self._paused_reading = True
+                self.transport.pause_reading()
+            return
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fast.connections.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _process(self, decided: _Answer | None = None) -> None:
+        while self.buf and self.task is None and self.transport is not None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self.hand_off()
+                return
+            n = end + 4
+            answer, decided = decided or self._decide(bytes(self.buf[:n])), None
+            if answer is None:
+                self.hand_off()
+                return
+            if not self._answer_now(answer, n):
+                self.task = asyncio.ensure_future(self._answer_later(answer, n))
+                return
+
+    def _decide(self, head: bytes) -> _Answer | None:
+        """Whether this path answers the request in ``head``, and with what; None: hand off."""
+        fast = self.fast
+        face = fast.face
+        req = parse_head(head, fast.max_headers)
+        if req is None or req.method not in ("GET", "HEAD"):
+            return None
+        h = req.headers
+        if not _HAND_OFF_HEADERS.isdisjoint(h):
+            return None
+        target = fast.target(req.raw_path, h.get("host"))
+        if target is None:
+            return None
+        if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
+                or not is_cacheable_read(req.method, target, h):
+            return None
+        if face.auth is not None:
+            # A signature that does not verify is the face's to answer (and to count, once).
+            try:
+                face.auth._verify(req.method, req.raw_path, h).check_empty()
+            except Exception:  # noqa: BLE001
+                return None
+        catalog = face.catalog
+        entry = catalog.fresh(target.bucket, target.key)
+        if entry is None:
+            return None
+        meta = entry.meta
+        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
+        # here; a 304 or 412 is the face's
+        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
+                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
+            return None
+        range_header = h.get("range")
+        try:
+            rng = resolve(parse_range(range_header), meta.size)
+        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
+            return None
+        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        if checksum_mode and rng is None and not meta.checksums_known:
+            return None
+        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        if req.method == "GET" and end >= start and not self._all_cached(meta, start, end):
+            return None
+        prepared = fast.prepared(meta, checksum_mode)
+        if prepared is None or not fast.server.rate.allow(self.remote):
+            return None
+        a = _Answer()
+        a.t0 = time.monotonic()
+        a.rng = rng
+        a.method, a.meta, a.start, a.end, a.target, a.range_header = req.method, meta, start, end, target, range_header
+        a.rid = new_request_id()
+        a.status = 206 if rng is not None else 200
+        if rng is None:
+            head_lines = prepared.whole_get if req.method == "GET" else prepared.whole_head
+            extra = b""
+        else:
+            head_lines = prepared.ranged_get if req.method == "GET" else prepared.ranged_head
+            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
+        a.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (a.status, _REASONS[a.status]), head_lines, extra,
+                           b"Content-Length: %d\r\nx-amz-request-id: " % (end - start + 1), a.rid.encode(),
+                           b"\r\n", fast.date(), b"\r\n"))
+        a.stats = ReadStats()
+        return a
+
+    def _all_cached(self, meta: "ObjectMeta", start: int, end: int) -> bool:
+        reader = self.fast.face.reader
+        store = reader.store
+        cs = reader.chunk_size
+        vid = store.version_for(meta).vid
+        return all(store.has(vid, i) for i in range(start // cs, end // cs + 1))
+
+    def _answer_now(self, a: _Answer, n: int) -> bool:
+        """Answer from memory in one write if the bytes are there (a HEAD, or a RAM-tier hit);
+        False: the body needs the chunk files."""
+        if a.method == "HEAD":
+            body: bytes | memoryview = b""
+        else:
+            face = self.fast.face
+            _, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
+            small = face.reader.read_small(a.meta, a.start, a.end, a.stats) if a.end >= a.start else b""
+            if small is None:
+                return False
+            body = small
+        del self.buf[:n]
+        self.transport.write(a.head + body if len(body) < 65536 else a.head)
+        if len(body) >= 65536:
+            self.transport.write(body)
+        self._finished(a, a.status)
+        return True
+
+    async def _answer_later(self, a: _Answer, n: int) -> None:
+        face = self.fast.face
+        face.in_flight += 1
+        keep, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
+        segments = face.reader.read(a.meta, a.start, a.end, a.stats, keep=keep)
+        status = 0
+        try:
+            try:
+                first = await anext(segments, None)
+            except ObjectChanged:
+                # nothing sent yet: forget the version and let the face look again
+                face.catalog.invalidate(a.target.bucket, a.target.key)
+                self.task = None
+                self.hand_off()
+                return
+            del self.buf[:n]
+            self.transport.write(a.head)
+            sender = BodySender(self.transport, self._write, face.executor)
+            try:
+                await sender.send_segments(first, segments, face.reader.unreadable)
+            finally:
+                sender.close()
+            status = a.status
+        except ClientGone:
+            status = 499
+            self._abort()
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception as e:  # noqa: BLE001 - headers are gone: only an aborted connection is honest
+            log.warning("response_aborted", error=repr(e), request_id=a.rid)
+            status = 499
+            self._abort()
+        finally:
+            face.in_flight -= 1
+            with contextlib.suppress(Exception):
+                await segments.aclose()
+            if status:
+                self._finished(a, status)
+        self.task = None
+        if self._paused_reading and self.transport is not None and not self.transport.is_closing():
+            self._paused_reading = False
+            self.transport.resume_reading()
+        if status == a.status:
+            self._process()
+
+    async def _write(self, data: bytes | memoryview) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise ClientGone()
+        self.transport.write(data)
+        if self._writable is not None:
+            await self._writable
+            if self.transport.is_closing():
+                raise ClientGone()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _finished(self, a: _Answer, status: int) -> None:
+        """The request log line, metrics and the read hook, as the face records every request."""
+        fast = self.fast
+        face = fast.face
+        face.metrics.fast_path_requests.inc()
+        elapsed = time.monotonic() - a.t0
+        ok = status == a.status
+        op = "GetObject" if a.method == "GET" else "HeadObject"
+        outcome = "hit" if ok else "client-gone"
+        face.metrics.observe_request(op, status, outcome, elapsed)
+        stats = a.stats
+        if a.method == "GET" and ok:
+            face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
+        if face.access_log.enabled:
+            face.access_log.emit(a.rid, a.method, op, a.target.bucket, a.target.key, a.range_header, status,
+                                 outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes, stats.miss_bytes,
+                                 elapsed)
+        if a.method == "GET" and ok and face.on_read is not None:
+            face.on_read(a.target.bucket, a.target.key, a.meta, a.rng, stats)
+
+    def hand_off(self) -> None:
+        """Make this connection aiohttp's: its request handler takes the transport and the bytes
+        received so far, and answers everything from here on."""
+        transport = self.transport
+        self.fast.connections.discard(self)
+        self.transport = None
+        if transport is None or transport.is_closing():
+            return
+        self.fast.face.metrics.fast_path_handoffs.inc()
+        if self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+        handler = self.fast.server.handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._writable is not None:  # the transport's buffer is full: tell the new protocol
+            handler.pause_writing()
+        if self.buf:
+            data, self.buf = bytes(self.buf), bytearray()
+            handler.data_received(data)

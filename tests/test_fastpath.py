@@ -1,0 +1,243 @@
+"""The lean hit path: plain GET/HEAD hits are answered on the raw connection, everything else
+is handed to aiohttp on the same connection, and both answer as the S3 face does."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidecar.s3.fastpath import parse_head
+
+KiB = 1024
+
+
+def fast_answers(sc) -> float:
+    m = re.search(r"^sidecar_fast_path_requests_total (\S+)$", sc.metrics_text(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+class Conn:
+    """One keep-alive client connection, reading responses by Content-Length."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _more(self) -> None:
+        piece = self.sock.recv(1 << 20)
+        if not piece:
+            raise ConnectionError("closed")
+        self.buf += piece
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        n = 0 if head_only else int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            self._more()
+        body, self.buf = self.buf[:n], self.buf[n:]
+        return status, headers, body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def get(path: str, *extra: str, method: str = "GET") -> bytes:
+    return ("\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *extra]) + "\r\n\r\n").encode()
+
+
+def test_hits_are_answered_on_the_fast_path(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="256KiB")
+    small, big = os.urandom(5 * KiB), os.urandom(700 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="small", Body=small, ContentType="text/plain", Metadata={"a": "b"})
+    moto_s3.put_object(Bucket=bucket, Key="big", Body=big)
+    warm = sc.client()
+    for key, body in (("small", small), ("big", big)):
+        assert warm.get_object(Bucket=bucket, Key=key)["Body"].read() == body  # misses: aiohttp's path
+    before = fast_answers(sc)
+    c = Conn(sc.url)
+    c.send(get(f"/{bucket}/small"))
+    status, headers, body = c.response()
+    assert (status, body, headers["content-type"], headers["x-amz-meta-a"]) == (200, small, "text/plain", "b")
+    c.send(get(f"/{bucket}/big", "Range: bytes=1000-300000"))  # two chunks, from the chunk files
+    status, headers, body = c.response()
+    assert (status, body, headers["content-range"]) == (206, big[1000:300001], f"bytes 1000-300000/{len(big)}")
+    c.send(get(f"/{bucket}/big", f'If-Match: "{hashlib.md5(big).hexdigest()}"', "Range: bytes=0-9"))  # as s3fs
+    assert c.response()[::2] == (206, big[:10])
+    c.send(get(f"/{bucket}/big", method="HEAD"))
+    status, headers, body = c.response(head_only=True)
+    assert (status, headers["content-length"], headers["etag"]) == (200, str(len(big)), warm.head_object(
+        Bucket=bucket, Key="big")["ETag"])
+    c.send(get(f"/{bucket}/big"))
+    assert c.response()[2] == big
+    c.close()
+    # boto3 itself (checksum mode, its own headers) takes the fast path too
+    s3 = sc.client()
+    got = s3.get_object(Bucket=bucket, Key="small", ChecksumMode="ENABLED")
+    assert got["Body"].read() == small
+    assert s3.get_object(Bucket=bucket, Key="big", Range="bytes=-10")["Body"].read() == big[-10:]
+    assert fast_answers(sc) - before >= 7
+    sc.stop()  # the request log is written in batches: all of it is out once the daemon stops
+    lines = [e for e in sc.log_events() if e.get("event") == "request" and e.get("range") == "bytes=-10"]
+    assert len(lines) == 1
+    assert {k: lines[0][k] for k in ("operation", "key", "status", "outcome", "bytes", "bytes_cache")} == {
+        "operation": "GetObject", "key": "big", "status": 206, "outcome": "hit", "bytes": 10, "bytes_cache": 10}
+
+
+def test_mixed_keep_alive_sequence_answers_each_request(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="64KiB")
+    body = os.urandom(100 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    assert sc.client().get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    before = fast_answers(sc)
+    c = Conn(sc.url)
+    c.send(get(f"/{bucket}/k"))  # a hit, on the fast path
+    assert c.response()[::2] == (200, body)
+    assert fast_answers(sc) == before + 1
+    new = b"replaced"
+    c.send(get(f"/{bucket}/k", f"Content-Length: {len(new)}", method="PUT") + new)  # handed to aiohttp
+    assert c.response()[0] == 200
+    c.send(get(f"/{bucket}/k", method="HEAD"))
+    status, headers, _ = c.response(head_only=True)
+    assert (status, headers["content-length"]) == (200, str(len(new)))
+    c.send(get(f"/{bucket}/k", "Range: bytes=2-4"))  # a miss: aiohttp's
+    assert c.response()[::2] == (206, new[2:5])
+    answered = fast_answers(sc)
+    c.send(get(f"/{bucket}/k", "Range: bytes=1-6"))  # now a hit: the connection comes back
+    assert c.response()[::2] == (206, new[1:7])
+    assert fast_answers(sc) == answered + 1
+    c.send(get(f"/{bucket}/k", "If-None-Match: *"))
+    assert c.response()[0] == 304
+    c.send(b"GET /" + bucket.encode() + b"/k HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n")
+    status, headers, text = c.response()
+    assert status == 400 and b"<Code>InvalidRequest</Code>" in text
+    c.close()
+
+
+def test_pipelined_requests_keep_their_order(make_sidecar, moto_s3, bucket):
+    sc = make_sidecar(chunk_size="64KiB")
+    a, b = os.urandom(3 * KiB), os.urandom(200 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="a", Body=a)
+    moto_s3.put_object(Bucket=bucket, Key="b", Body=b)
+    s3 = sc.client()
+    for k in ("a", "b"):
+        s3.get_object(Bucket=bucket, Key=k)["Body"].read()
+    c = Conn(sc.url)
+    c.send(get(f"/{bucket}/b") + get(f"/{bucket}/a", "Range: bytes=0-9") + get(f"/{bucket}/nope")
+           + get(f"/{bucket}/a"))
+    assert c.response()[::2] == (200, b)
+    assert c.response()[::2] == (206, a[:10])
+    status, _, text = c.response()
+    assert status == 404 and b"NoSuchKey" in text
+    assert c.response()[::2] == (200, a)
+    c.close()
+
+
+def test_fast_path_off_answers_the_same(make_sidecar, moto_s3, bucket):
+    body = os.urandom(10 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body, Metadata={"x": "y"})
+    answers = []
+    for fast in ("true", "false"):
+        sc = make_sidecar(fast_path=fast)
+        sc.client().get_object(Bucket=bucket, Key="k")["Body"].read()
+        c = Conn(sc.url)
+        got = []
+        for req in (get(f"/{bucket}/k"), get(f"/{bucket}/k", "Range: bytes=5-"),
+                    get(f"/{bucket}/k", "x-amz-checksum-mode: ENABLED", method="HEAD")):
+            c.send(req)
+            status, headers, data = c.response(head_only=req.startswith(b"HEAD"))
+            headers.pop("date"), headers.pop("x-amz-request-id")
+            got.append((status, headers, data))
+        c.close()
+        answers.append((got, fast_answers(sc)))
+    assert answers[0][0] == answers[1][0]
+    assert answers[0][1] == 3 and answers[1][1] == 0
+
+
+# --- the head parser ---------------------------------------------------------------------
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=12)
+_value = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+_path = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789/-_.%~", max_size=40).map(lambda p: "/" + p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD", "PUT", "DELETE"]), path=_path,
+       headers=st.dictionaries(_token, _value, max_size=8))
+def test_parse_head_reads_well_formed_requests(method, path, headers):
+    head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    req = parse_head(head.encode())
+    if "connection" in headers or "content-length" in headers or "transfer-encoding" in headers \
+            or "upgrade" in headers:
+        return  # framing headers: whatever the parser makes of them, the fast path hands these off
+    assert req is not None
+    assert (req.method, req.raw_path, req.headers) == (method, path, {k: v.strip() for k, v in headers.items()})
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_parse_head_refuses_what_it_cannot_read_exactly(data):
+    head = data + b"\r\n\r\n"
+    req = parse_head(head)  # never raises
+    if req is not None:
+        assert head.isascii() and head.count(b"\n") == head.count(b"\r\n")
+        assert req.method in ("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE") \
+            or req.method.isalpha()
+
+
+def test_parse_head_hands_off_the_unusual():
+    ok = b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert parse_head(ok) is not None
+    for bad in (b"GET /b/k HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: aiohttp's keep-alive rules
+                b"GET /b/k HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",  # a header twice
+                b"GET /b/k HTTP/1.1\nHost: x\n\n\r\n\r\n",  # bare LF
+                b"GET /b/k HTTP/1.1\r\nX-A: 1\r\n  folded\r\n\r\n",  # obsolete folding
+                "GET /b/\u00e9 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),  # raw non-ASCII target
+                b"GET /b/k HTTP/1.1\r\nHost: x\r\n\r\nGET /b/k HTTP/1.1\r\n\r\n",  # two requests
+                b"GARBAGE\r\n\r\n"):
+        assert parse_head(bad) is None, bad
+
+
+def test_signed_hits_take_the_fast_path_and_bad_signatures_are_refused_once(make_sidecar, moto_s3, bucket, tmp_path):
+    import boto3
+    from botocore.config import Config
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "AKIDFAST").write_text("fast-secret")
+    sc = make_sidecar(auth="sigv4", auth_keys_dir=keys)
+    body = os.urandom(6 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+
+    def client(secret):
+        return boto3.client("s3", endpoint_url=sc.url, aws_access_key_id="AKIDFAST", aws_secret_access_key=secret,
+                            region_name="us-east-1", config=Config(retries={"max_attempts": 1},
+                                                                   s3={"addressing_style": "path"}))
+
+    good = client("fast-secret")
+    assert good.get_object(Bucket=bucket, Key="k")["Body"].read() == body  # a miss
+    before = fast_answers(sc)
+    assert good.get_object(Bucket=bucket, Key="k", Range="bytes=1-5")["Body"].read() == body[1:6]
+    assert fast_answers(sc) == before + 1
+    import botocore.exceptions
+    import pytest
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        client("wrong").get_object(Bucket=bucket, Key="k")
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    text = sc.metrics_text()
+    assert 'sidecar_auth_rejections_total{code="SignatureDoesNotMatch"} 1.0' in text
+    assert fast_answers(sc) == before + 1
