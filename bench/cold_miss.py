@@ -28,10 +28,20 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from get_bench import sign  # noqa: E402
+from botocore.auth import S3SigV4Auth  # noqa: E402
+from botocore.awsrequest import AWSRequest  # noqa: E402
+from botocore.credentials import Credentials  # noqa: E402
 
 from sidecar.config import format_size, parse_size  # noqa: E402
 from support.procs import MotoServer, Sidecar  # noqa: E402
+
+
+def sign(url: str) -> dict[str, str]:
+    """SigV4 headers for a GET straight to moto (its test credentials)."""
+    req = AWSRequest(method="GET", url=url, headers={})
+    req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+    S3SigV4Auth(Credentials("testing", "testing"), "s3", "us-east-1").add_auth(req)
+    return dict(req.headers.items())
 
 
 def cpu_seconds(pid: int) -> float:

@@ -159,3 +159,18 @@ def test_too_small_for_a_chunk_streams_without_keeping(tmp_path):
         w.write(b"z" * CS)
     assert s.commit(w0) and not s.commit(w1)
     assert s.used_bytes == CS
+
+
+def test_ram_tier_keeps_small_chunks_under_its_budget_least_recent_out():
+    from sidecar.cache.ramtier import RamTier
+    ram = RamTier(capacity=10, chunk_max=4)
+    ram.put("a", b"aaaa")
+    ram.put("big", b"x" * 5)
+    assert ram.get("big") is None, "larger than chunk_max: not kept"
+    ram.put("b", b"bbbb")
+    assert ram.get("a") == b"aaaa"  # a is now the most recent
+    ram.put("c", b"cccc")
+    assert ram.get("b") is None and ram.get("a") == b"aaaa" and ram.get("c") == b"cccc" and ram.used == 8
+    ram.drop("a")
+    assert ram.used == 4 and len(ram) == 1
+    assert RamTier(capacity=0, chunk_max=4).holds(1) is False

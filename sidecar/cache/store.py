@@ -28,7 +28,6 @@ import os
 import secrets
 import shutil
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from . import chunkfile
 from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
+from .ramtier import RamTier
 from .space import CacheSpace, NoRoom
 
 ChunkKey = tuple[str, int]
@@ -238,7 +238,7 @@ class ChunkStore:
         # Seconds a prefetched chunk is protected from eviction by demand data while unread:
         # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
         self.prefetch_credit = 300.0
-        self._ram: OrderedDict[ChunkKey, bytes] = OrderedDict()
+        self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
         # The piece table and the pieces checked since each chunk file last changed (its identity:
         # any write through the file system changes mtime/ctime). Strict mode checks anyway.
@@ -247,9 +247,6 @@ class ChunkStore:
         self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
         self._scrub_started = 0.0
         self.scrub_passes = 0  # passes the scrub has begun
-        self._ram_bytes = 0
-        self._ram_max = ram_cache_size
-        self._ram_chunk_max = ram_chunk_max if ram_cache_size > 0 else 0
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -377,7 +374,7 @@ class ChunkStore:
         v.dropped = True
         for index in list(v.chunks):
             self.space.forget((vid, index))
-            self._ram_drop((vid, index))
+            self._forget_in_memory((vid, index))
             if self.prefetched:
                 self._prefetch_left((vid, index))
         paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
@@ -424,9 +421,8 @@ class ChunkStore:
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
         """The chunk's verified bytes if it is held in memory (a hit), else None."""
         key = (vid, index)
-        data = self._ram.get(key)
+        data = self.ram.get(key)
         if data is not None:
-            self._ram.move_to_end(key)
             self.space.hit(key, self.clock())
             self.stats.ram_hits += 1
         return data
@@ -442,9 +438,8 @@ class ChunkStore:
             return None
         key = (vid, index)
         now = self.clock()
-        data = self._ram.get(key)
+        data = self.ram.get(key)
         if data is not None:
-            self._ram.move_to_end(key)
             self.space.hit(key, now)
             self.stats.ram_hits += 1
             return VerifiedChunk(len(data), data=data)
@@ -456,7 +451,7 @@ class ChunkStore:
             self.stats.read_errors += 1
             self._drop_chunk(v, index)
             return None
-        if length <= self._ram_chunk_max:
+        if self.ram.holds(length):
             try:
                 image = os.pread(fd, chunkfile.file_size(length) + 1, 0)
             except OSError:
@@ -467,7 +462,7 @@ class ChunkStore:
                 return self._corrupt(v, index)
             data = image[:length]
             self.stats.checked_bytes += length
-            self._ram_put(key, data)
+            self.ram.put(key, data)
             self.space.hit(key, now)
             return VerifiedChunk(length, data=data)
         self.space.hit(key, now)
@@ -515,23 +510,10 @@ class ChunkStore:
         self._drop_chunk(v, index)
         return None
 
-    def _ram_put(self, key: ChunkKey, data: bytes) -> None:
-        if not self._ram_chunk_max or len(data) > self._ram_chunk_max:
-            return
-        old = self._ram.pop(key, None)
-        if old is not None:
-            self._ram_bytes -= len(old)
-        self._ram[key] = data
-        self._ram_bytes += len(data)
-        while self._ram_bytes > self._ram_max and self._ram:
-            _, dropped = self._ram.popitem(last=False)
-            self._ram_bytes -= len(dropped)
-
-    def _ram_drop(self, key: ChunkKey) -> None:
+    def _forget_in_memory(self, key: ChunkKey) -> None:
+        """Drop what the process remembers of a chunk: its RAM copy and its checked pieces."""
         self._checked.pop(key, None)
-        old = self._ram.pop(key, None)
-        if old is not None:
-            self._ram_bytes -= len(old)
+        self.ram.drop(key)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -675,7 +657,7 @@ class ChunkStore:
             self._prefetch_left((v.vid, index))
         if in_space:
             self.space.remove((v.vid, index))
-        self._ram_drop((v.vid, index))
+        self._forget_in_memory((v.vid, index))
         if crc is not None:
             self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
         if not v.chunks:
