@@ -180,6 +180,17 @@ class Catalog:
         learned.set_result(entry)
         return entry, opened
 
+    async def lookup_to_fetch(self, bucket: str, key: str) -> Entry:
+        """``lookup`` for a background fetch of a whole object (a warm job, a prefetch): the entry
+        also learns the upstream GET's checksums, since clients read in checksum mode (boto3's
+        default) and a whole-object answer replays them; the client's read is then a plain hit,
+        not a wait on one more upstream request."""
+        entry = await self.lookup(bucket, key)
+        try:
+            return await self.with_checksums(entry, "GET")
+        except ObjectChanged:
+            return await self.lookup(bucket, key)
+
     async def with_checksums(self, entry: Entry, kind: str) -> Entry:
         """The entry knowing the checksum headers the upstream gives ``kind`` ("GET" or "HEAD")
         of whole-object request in checksum mode, asking the upstream that same kind of request

@@ -182,7 +182,7 @@ class WarmJobs:
             key, listed_size = item
             async with self._slots:
                 try:
-                    meta = (await self.catalog.lookup(job.bucket, key)).meta
+                    meta = (await self.catalog.lookup_to_fetch(job.bucket, key)).meta
                 except S3Error as e:
                     job.fail_object(key, f"{e.code}: {e.message}")
                     job.bytes_total -= listed_size or 0  # nothing of it will be done

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
-from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
+from ..errors import S3Error, UpstreamUnavailable
 from ..reader import ChunkFill, Priority
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
@@ -64,7 +64,7 @@ class PrefetchPolicy(Protocol):
 
 class PrefetchHost(Protocol):
     """The parts of the daemon the loop uses (``Sidecar`` has them): settings, metrics, the
-    cache rules, the store and policy above, the catalog (``lookup``), the reader (``ensure``,
+    cache rules, the store and policy above, the catalog (``lookup_to_fetch``), the reader (``ensure``,
     ``cancel``) and the token bucket (``rate``)."""
 
     settings: Any
@@ -430,18 +430,13 @@ class PrefetchLoop:
         if not rule.prefetchable:
             return
         try:
-            entry = await asyncio.wait_for(sc.catalog.lookup(bucket, key), LOOKUP_TIMEOUT)
+            entry = await asyncio.wait_for(sc.catalog.lookup_to_fetch(bucket, key), LOOKUP_TIMEOUT)
         except (S3Error, UpstreamUnavailable, asyncio.TimeoutError):
             m.prefetch_fetches.labels("failed").inc()
             return
-        if not rule.caches(entry.meta.size) or entry.meta.size <= 0:
-            return
-        # Clients read in checksum mode (boto3's default), and a whole-object GET answers with
-        # the upstream GET's own checksums: learn them now, in the background, so that the
-        # client's read is a plain hit rather than a wait on one more upstream request.
-        with contextlib.suppress(S3Error, UpstreamUnavailable, ObjectChanged, asyncio.TimeoutError):
-            entry = await asyncio.wait_for(sc.catalog.with_checksums(entry, "GET"), LOOKUP_TIMEOUT)
         meta = entry.meta
+        if not rule.caches(meta.size) or meta.size <= 0:
+            return
         reader = sc.reader
         fetch = reader.fetch(meta, 0, reader.layout.count(meta.size) - 1, Priority.PREFETCH)
         fills = fetch.started
