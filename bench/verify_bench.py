@@ -156,7 +156,7 @@ def main() -> None:
             r = subprocess.run(cmd, capture_output=True, text=True)
             dt = time.perf_counter() - t0
             print(f"online: exit {r.returncode}, {dt:.2f} s wall; {r.stdout.strip()} "
-                  f"(command: sidecar verify --admin HOST:PORT)")
+                  f"(command: sidecar admin verify)")
         finally:
             sc.stop()
 

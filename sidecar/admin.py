@@ -19,7 +19,7 @@ from .cache.store import ChunkStore
 from .catalog import Catalog
 from .config import Settings
 from .operations import Operations
-from .reader import Reader
+from .reader import Priority, Reader
 from .telemetry import Metrics
 
 if TYPE_CHECKING:
@@ -363,14 +363,22 @@ async def hot(request: web.Request) -> web.Response:
 async def verify(request: web.Request) -> web.Response:
     """Check cached chunks (one object, a bucket, or everything); corrupt ones are dropped and,
     unless ``repair`` is false, refetched. ``ok`` is false when corruption is left."""
-    from .verify import targets, verify_online  # noqa: PLC0415
+    from .cache.verify import targets, verify_online  # noqa: PLC0415
 
     try:
         bucket, key, repair = targets(await _body(request))
     except ValueError as e:
         raise BadRequest(str(e)) from None
     sc = _sc(request)
-    report = await verify_online(sc.store, sc.reader, sc.executor, bucket, key, repair=repair)
+
+    async def refetch(meta, indexes: list[int]) -> int:
+        """Fetch dropped chunks again through the reader, at WARM priority; how many are cached."""
+        fetches = [sc.reader.fetch(meta, i, i, Priority.WARM) for i in indexes]
+        for fetch in fetches:
+            await fetch  # ours, or a reader's that got there first
+        return sum(1 for fetch in fetches if fetch.cached(fetch.first))
+
+    report = await verify_online(sc.store, sc.executor, refetch if repair else None, bucket, key)
     return web.json_response(report.as_json())
 
 

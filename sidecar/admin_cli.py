@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         elif a == "hot":
             return _hot(client, args)
         elif a == "verify":
-            from .verify import print_report  # noqa: PLC0415
+            from .verify_cli import print_report  # noqa: PLC0415
 
             body = {"repair": not args.no_repair, **({"bucket": args.bucket} if args.bucket else {}),
                     **({"key": args.key} if args.key else {})}

@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "sidecar.demo",
     "sidecar.config_cli",
     "sidecar.admin_cli",
-    "sidecar.verify",
+    "sidecar.verify_cli",
     "sidecar.sim.cli",
     "sidecar.inject.cli",
     "sidecar.predict.train_cli",

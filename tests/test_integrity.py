@@ -145,7 +145,7 @@ def test_online_verify_drops_and_refetches(make_sidecar, tap, moto_s3, bucket, t
     assert r.returncode == 0, r.stdout + r.stderr
     assert "checked 5 chunks (4.00 MiB) of 2 objects" in r.stdout and "0 corrupt" in r.stdout
     _flip(files[1], 5)
-    r = _cli("verify", "--admin", sc.admin_url.removeprefix("http://"), "--no-repair", "--json")
+    r = _cli("admin", "--admin", sc.admin_url.removeprefix("http://"), "verify", "--no-repair", "--json")
     out = json.loads(r.stdout)
     assert r.returncode == 1 and (out["corrupt"], out["dropped"], out["repaired"]) == (1, 1, 0)
     assert _sha(_get(s3, bucket, "a")) == _sha(a)
@@ -193,7 +193,7 @@ def test_verify_dir_names_exactly_the_damaged_chunks(damage):
     from sidecar.cache.policy import LRUPolicy
     from sidecar.cache.store import ChunkStore
     from sidecar.objects import ObjectMeta
-    from sidecar.verify import verify_dir
+    from sidecar.cache.verify import verify_dir
 
     cs = 4096
     with tempfile.TemporaryDirectory() as d:

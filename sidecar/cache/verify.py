@@ -1,34 +1,29 @@
-"""Verification of cached chunks against their CRC32Cs — one object version or the whole cache —
-shared by ``sidecar verify`` (offline, on a cache directory) and the admin API's ``POST /verify``
-(online: corrupt chunks are dropped and refetched, so "repaired" means correct bytes are cached
-again). Each version's expected CRCs (from the index) and the CRCs of the bytes on disk form two
+"""Verification of cached chunks against their checksums — one object version or the whole cache —
+behind ``sidecar verify`` (offline, on a cache directory: ``verify_cli.py``) and the admin API's
+``POST /verify`` (online: corrupt chunks are dropped and refetched, so "repaired" means correct
+bytes are cached again). Each version's expected CRCs (from the index) and the CRCs of the bytes on disk form two
 Merkle trees; their diff names the chunks that differ.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import dataclasses
 import json
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .cache.layout import ChunkLayout
-from .cache.merkle import MerkleTree
-from .cache import chunkfile
-from .cache.chunkfile import FORMAT
-from .cache.store import ChunkStore, version_id
-from .objects import ObjectMeta
-from .telemetry import get_logger
-
-if TYPE_CHECKING:
-    from .reader import Reader
+from ..objects import ObjectMeta
+from ..telemetry import get_logger
+from . import chunkfile
+from .chunkfile import FORMAT
+from .layout import ChunkLayout
+from .merkle import MerkleTree
+from .store import ChunkStore, version_id
 
 log = get_logger("sidecar.verify")
 
@@ -128,12 +123,12 @@ class VerifyReport:
 # --- online: the running daemon's store --------------------------------------------------------
 
 
-async def verify_online(store: ChunkStore, reader: "Reader", executor: concurrent.futures.Executor,
-                        bucket: str | None = None, key: str | None = None, repair: bool = True) -> VerifyReport:
+async def verify_online(store: ChunkStore, executor: concurrent.futures.Executor,
+                        refetch: Callable[[ObjectMeta, list[int]], Awaitable[int]] | None,
+                        bucket: str | None = None, key: str | None = None) -> VerifyReport:
     """Check cached versions (all, a bucket's, or one key's) off the event loop; drop corrupt
-    chunks and, with ``repair``, refetch them through the reader's one fetch path."""
-    from .reader import Priority  # noqa: PLC0415 - the reader imports the store; keep this module light
-
+    chunks and, given ``refetch`` (the reader's one fetch path: chunks of a version -> how many
+    are cached again), fetch them again."""
     t0 = time.monotonic()
     report = VerifyReport()
     loop = asyncio.get_running_loop()
@@ -153,12 +148,8 @@ async def verify_online(store: ChunkStore, reader: "Reader", executor: concurren
         for index in check.corrupt:
             store.drop_corrupt(v.vid, index)
             report.dropped += 1
-        if repair:
-            fetches = [reader.fetch(v.meta, index, index, Priority.WARM) for index in sorted(check.corrupt)]
-            for fetch in fetches:
-                await fetch  # ours, or a reader's that got there first
-                if fetch.cached(fetch.first):
-                    report.repaired += 1
+        if refetch is not None:
+            report.repaired += await refetch(v.meta, sorted(check.corrupt))
     report.seconds = time.monotonic() - t0
     (log.info if report.corrupt == 0 else log.warning)(
         "cache_verified", objects=report.objects, chunks=report.chunks_checked, corrupt=report.corrupt,
@@ -236,86 +227,6 @@ def _unlink(p: Path) -> None:
 
 
 # --- the command -----------------------------------------------------------------------------
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def print_report(out: dict[str, Any], as_json: bool, stream=sys.stdout) -> None:
-    if as_json:
-        print(json.dumps(out, indent=2), file=stream)
-        return
-    print(f"checked {out['chunks_checked']} chunks ({_human(out['bytes_checked'])}) of {out['objects']} objects "
-          f"in {out['seconds']:.2f} s: {out['corrupt']} corrupt, {out['dropped']} dropped, "
-          f"{out['repaired']} repaired", file=stream)
-    for o in out["objects_with_problems"]:
-        for c in o["corrupt"]:
-            print(f"  s3://{o['bucket']}/{o['key']} chunk {c['index']}: {c['problem']}", file=stream)
-    if out.get("orphan_files"):
-        print(f"  {out['orphan_files']} files without valid metadata"
-              + (" (removed)" if out.get("repair") else ""), file=stream)
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.key is not None and args.bucket is None:
-        print("sidecar verify: --key needs --bucket", file=sys.stderr)
-        return 2
-    if args.online or args.admin:
-        from . import config  # noqa: PLC0415
-        from .admin_cli import AdminClient, AdminError  # noqa: PLC0415
-
-        address = args.admin or config.load({}).admin_listen
-        if isinstance(address, str):
-            try:
-                address = config.parse_hostport(address)
-            except ValueError:
-                raise config.ConfigError("admin_listen", address, "host:port") from None
-        body: dict[str, Any] = {"repair": not args.no_repair}
-        if args.bucket:
-            body["bucket"] = args.bucket
-        if args.key:
-            body["key"] = args.key
-        try:
-            out = AdminClient(address, timeout=3600).call("POST", "/verify", body)
-        except AdminError as e:
-            print(f"sidecar verify: {e}", file=sys.stderr)
-            return 2
-    else:
-        from . import config  # noqa: PLC0415
-
-        cache_dir = Path(args.cache_dir) if args.cache_dir else config.load({}).cache_dir
-        try:
-            report = verify_dir(cache_dir, args.bucket, args.key, repair=args.repair)
-        except FileNotFoundError as e:
-            print(f"sidecar verify: {e}", file=sys.stderr)
-            return 2
-        out = report.as_json()
-        out["repair"] = args.repair
-    print_report(out, args.json)
-    return 0 if out["ok"] else 1
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="check cached chunks against their CRC32Cs (a cache dir, or a running sidecar)",
-                       description="Offline (default): read every chunk under --cache-dir and report the corrupt "
-                                   "ones; --repair deletes them (refetched on demand). --online: ask the running "
-                                   "sidecar, which drops corrupt chunks and refetches them. Exit 1 when corruption "
-                                   "was found and not repaired.")
-    p.add_argument("--cache-dir", default=None, help="cache directory (default: the cache_dir setting)")
-    p.add_argument("--bucket", default=None, help="only this bucket's objects")
-    p.add_argument("--key", default=None, help="only this object (needs --bucket)")
-    p.add_argument("--repair", action="store_true", help="offline: delete corrupt chunks and orphan files")
-    p.add_argument("--online", action="store_true", help="verify through the running sidecar's admin API")
-    p.add_argument("--admin", metavar="HOST:PORT", default=None,
-                   help="admin endpoint for --online (default: the admin_listen setting); implies --online")
-    p.add_argument("--no-repair", action="store_true", help="online: report and drop, but do not refetch")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_run)
 
 
 def targets(data: dict[str, Any]) -> tuple[str | None, str | None, bool]:
