@@ -441,7 +441,7 @@ class FastProtocol(asyncio.Protocol):
         """The request log line, metrics and the read hook, as the face records every request."""
         fast = self.fast
         face = fast.face
-        face.metrics.fast_path_requests.inc()
+        face.metrics.fast_path_hit()
         elapsed = time.monotonic() - a.t0
         ok = status == a.status
         op = "GetObject" if a.method == "GET" else "HeadObject"
