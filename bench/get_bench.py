@@ -181,6 +181,14 @@ def measure(pid: int, url: str, concurrency: int, duration: float, script: Path 
             "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu}
 
 
+def sign(url: str) -> dict[str, str]:
+    """SigV4 headers for a GET of ``url`` straight from moto (bench/cold_miss.py's direct GET)."""
+    req = AWSRequest(method="GET", url=url, headers={})
+    req.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+    S3SigV4Auth(Credentials("testing", "testing"), "s3", "us-east-1").add_auth(req)
+    return dict(req.headers.items())
+
+
 def signed_headers(host: str, path: str) -> str:
     """SigV4 headers for moto (signed for its host: nginx's proxy_pass sends the same Host)."""
     req = AWSRequest(method="GET", url=f"http://{host}{path}", headers={})

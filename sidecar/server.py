@@ -17,7 +17,7 @@ from aiohttp import web
 from . import admin, config
 from .bandwidth import TokenBucket
 from .cache.qos import QoSPolicy
-from .cache.rules import RuleSet
+from .cache.rules import Rule, RuleSet
 from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .cache.tier import SharedTier
@@ -86,7 +86,7 @@ class Sidecar:
             policy=self.policy, ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
             verify_every_read=settings.chunk_verification == "every-read",
             on_evict=self._on_evict)
-        self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: self.rules.match(bucket, key).metadata_ttl,
+        self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: self.rule_for(bucket, key)[0].metadata_ttl,
                                stale_if_error=settings.stale_if_error,
                                on_obsolete=self.drop_version)
         self.reader = Reader(self.store, self.upstream, self.metrics,
@@ -141,10 +141,33 @@ class Sidecar:
         self.ops.on_read(bucket, key)  # hot objects
         self.prefetch.on_read(bucket, key, meta, rng, stats)
 
+    RULE_MEMO_MAX = 65536
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        self._rules = rules
+        self._rule_memo: dict[tuple[str, str], tuple[Rule, str]] = {}
+
+    def rule_for(self, bucket: str, key: str) -> tuple[Rule, str]:
+        """The rule an object falls under and its metrics label, remembered per rule set: a hit
+        asks for both (freshness and the read policy) and clients read the same keys again."""
+        found = self._rule_memo.get((bucket, key))
+        if found is None:
+            rule = self._rules.match(bucket, key)
+            found = (rule, ",".join(f"{k}={v}" for k, v in sorted(rule.labels.items())))
+            if len(self._rule_memo) >= self.RULE_MEMO_MAX:
+                self._rule_memo.clear()
+            self._rule_memo[(bucket, key)] = found
+        return found
+
     def read_policy(self, bucket: str, key: str, size: int) -> tuple[bool, str]:
         """Whether an object may be cached, and the metrics label of its rule."""
-        rule = self.rules.match(bucket, key)
-        return rule.caches(size), ",".join(f"{k}={v}" for k, v in sorted(rule.labels.items()))
+        rule, label = self.rule_for(bucket, key)
+        return rule.caches(size), label
 
     def apply_rules(self, raw_rules) -> RuleSet:
         """Swap in a new rule set (a reload): TTLs, classes, pins and limits apply from now on.

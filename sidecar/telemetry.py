@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 import time
+from bisect import bisect_left
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import IO, Any
 
@@ -35,12 +36,76 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+class _RequestTally:
+    """One (operation, status, outcome)'s requests since start: count, seconds, and the count per
+    latency bucket (the last one: above every bound), with what ``flush`` already passed on."""
+
+    __slots__ = ("counter", "histogram", "count", "seconds", "buckets", "_count", "_seconds", "_buckets")
+
+    def __init__(self, counter: Any, histogram: Any) -> None:
+        self.counter, self.histogram = counter, histogram
+        self.count = self._count = 0
+        self.seconds = self._seconds = 0.0
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self._buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+
+    def flush(self) -> None:
+        # snapshot first: an update landing meanwhile is passed on by the next flush
+        count, seconds, buckets = self.count, self.seconds, list(self.buckets)
+        if count == self._count:
+            return
+        self.counter.inc(count - self._count)
+        # prometheus_client keeps a histogram child as its sum and one count per bucket
+        # (cumulated when collected); the version is pinned in constraints.txt
+        self.histogram._sum.inc(seconds - self._seconds)
+        for i, (now, before) in enumerate(zip(buckets, self._buckets)):
+            if now != before:
+                self.histogram._buckets[i].inc(now - before)
+        self._count, self._seconds, self._buckets = count, seconds, buckets
+
+
+class _ReadTally:
+    """One rule label's reads since start: hits, misses, hit bytes, miss bytes."""
+
+    __slots__ = ("children", "totals", "_passed")
+
+    def __init__(self, *children: Any) -> None:
+        self.children = children
+        self.totals = [0, 0, 0, 0]
+        self._passed = [0, 0, 0, 0]
+
+    def flush(self) -> None:
+        totals = list(self.totals)
+        for child, now, before in zip(self.children, totals, self._passed):
+            if now != before:
+                child.inc(now - before)
+        self._passed = totals
+
+
+class _Flush:
+    """A collector with no metrics of its own, registered first: collecting it flushes the
+    per-request tallies into the collectors that follow."""
+
+    def __init__(self, metrics: "Metrics") -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> list:
+        self.metrics.flush()
+        return []
+
+
 class Metrics:
     """Every metric family the daemon updates itself. Names and units follow Prometheus
     conventions (``promtool check metrics`` runs in the tests); ``docs/operations.md`` lists them."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # Per-request figures accumulate in plain ints (see ``observe_request``) and reach the
+        # Prometheus collectors here, first on every scrape and ``value()``/``stats()`` read.
+        r.register(_Flush(self))
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, fds...
         self._add_request_metrics(r)
         self._add_read_metrics(r)
@@ -51,8 +116,9 @@ class Metrics:
         self._add_tier_metrics(r)
         self._add_auth_metrics(r)
         self._add_operations_metrics(r)
-        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
-        self._read_children: dict[str, tuple[Any, Any, Any, Any]] = {}
+        self._request_children: dict[tuple[str, int, str], _RequestTally] = {}
+        self._read_children: dict[str, _ReadTally] = {}
+        self._fast_path_requests = self._fast_path_flushed = 0
 
     def _add_request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter("sidecar_requests", "S3 requests answered, by operation and HTTP status",
@@ -185,29 +251,47 @@ class Metrics:
                                              "restart applies", registry=r)
 
 
-    # The per-request updates, with label children looked up once per label set (a ``labels()``
-    # call costs more than the increment itself).
+    # The per-request updates. A ``labels()`` child's ``inc``/``observe`` takes a lock and, for a
+    # histogram, walks the buckets: more than a small hit's whole bookkeeping should cost. So
+    # each label set gets one plain record (ints and a float, the histogram bucket found by
+    # bisection), and ``flush`` adds what accumulated since the last scrape to the collectors.
 
     def observe_request(self, operation: str, status: int, outcome: str, seconds: float) -> None:
-        children = self._request_children.get((operation, status, outcome))
-        if children is None:
-            children = (self.requests.labels(operation, str(status)),
-                        self.request_duration.labels(operation, outcome))
-            self._request_children[(operation, status, outcome)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        rec = self._request_children.get((operation, status, outcome))
+        if rec is None:
+            rec = self._request_children[(operation, status, outcome)] = _RequestTally(
+                self.requests.labels(operation, str(status)), self.request_duration.labels(operation, outcome))
+        rec.count += 1
+        rec.seconds += seconds
+        rec.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
 
     def count_read(self, label: str, hit_bytes: int, miss_bytes: int) -> None:
-        children = self._read_children.get(label)
-        if children is None:
-            children = (self.cache_hits.labels(label), self.cache_misses.labels(label),
-                        self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
-            self._read_children[label] = children
-        children[1 if miss_bytes else 0].inc()
-        if hit_bytes:
-            children[2].inc(hit_bytes)
+        rec = self._read_children.get(label)
+        if rec is None:
+            rec = self._read_children[label] = _ReadTally(
+                self.cache_hits.labels(label), self.cache_misses.labels(label),
+                self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
+        t = rec.totals
         if miss_bytes:
-            children[3].inc(miss_bytes)
+            t[1] += 1
+            t[3] += miss_bytes
+        else:
+            t[0] += 1
+        t[2] += hit_bytes
+
+    def fast_path_hit(self) -> None:
+        self._fast_path_requests += 1
+
+    def flush(self) -> None:
+        """Add the per-request figures accumulated since the last flush to their collectors."""
+        n = self._fast_path_requests
+        if n != self._fast_path_flushed:
+            self.fast_path_requests.inc(n - self._fast_path_flushed)
+            self._fast_path_flushed = n
+        for rec in list(self._request_children.values()):
+            rec.flush()
+        for rec in list(self._read_children.values()):
+            rec.flush()
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value (0 if absent), e.g. ``value("sidecar_upstream_errors_total", {"kind": k})``."""
@@ -478,10 +562,14 @@ class AccessLog:
     ``key_mode``: ``plain`` logs object keys as they are; ``hash`` logs ``sha256:`` and the first
     16 hex digits of SHA-256 over ``bucket/key`` (same key, same hash, across pods)."""
 
-    __slots__ = ("key_mode", "_sec", "_stamp", "_log")
+    __slots__ = ("key_mode", "_sec", "_stamp", "_log", "_objects")
+
+    OBJECTS_MAX = 16384
 
     def __init__(self, key_mode: str = "plain") -> None:
         self.key_mode = key_mode
+        # (key mode, bucket, key) -> their JSON fields, escaped and scrubbed once: clients read the same keys
+        self._objects: dict[tuple[str, str | None, str | None], str] = {}
         self._sec = -1
         self._stamp = ""
         self._log = get_logger("sidecar.access")
@@ -510,19 +598,24 @@ class AccessLog:
              seconds: float) -> None:
         if _STATE.level > logging.INFO:
             return
-        key = self._key(bucket, key)
-        if _STATE.fmt != "json":
-            self._log.info("request", request_id=request_id, method=method, operation=operation, bucket=bucket,
-                           key=key, range=range_, status=status, outcome=outcome, bytes=nbytes,
-                           bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
+        if _STATE.fmt == "json":
+            # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
+            obj = self._objects.get((self.key_mode, bucket, key))
+            if obj is None:
+                obj = f'"bucket": {_opt(bucket)}, "key": {_opt(self._key(bucket, key))}'
+                if len(self._objects) >= self.OBJECTS_MAX:
+                    self._objects.clear()
+                self._objects[(self.key_mode, bucket, key)] = obj
+            _STATE.sink.write_batched(
+                f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
+                f'"event": "request", "request_id": "{request_id}", "method": {_json_str(method)}, '
+                f'"operation": "{operation}", {obj}, '
+                f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
+                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "ms": {seconds * 1000:.3f}}}\n')
             return
-        # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
-        _STATE.sink.write_batched(
-            f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
-            f'"event": "request", "request_id": "{request_id}", "method": {_json_str(method)}, '
-            f'"operation": "{operation}", "bucket": {_opt(bucket)}, "key": {_opt(key)}, '
-            f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
-            f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "ms": {seconds * 1000:.3f}}}\n')
+        self._log.info("request", request_id=request_id, method=method, operation=operation, bucket=bucket,
+                       key=self._key(bucket, key), range=range_, status=status, outcome=outcome, bytes=nbytes,
+                       bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
 
 
 def _opt(value: str | None) -> str:

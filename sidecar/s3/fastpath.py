@@ -136,6 +136,8 @@ class FastPath:
 
     PREPARED_MAX = 4096
     TARGETS_MAX = 16384
+    HEADS_MAX = 4096
+    HEAD_MEMO_BYTES = 1024  # at most 4 MiB of remembered heads
 
     def __init__(self, face: "S3Face", server: "S3Server", max_headers: int) -> None:
         self.face = face
@@ -144,6 +146,7 @@ class FastPath:
         self.connections: set[FastProtocol] = set()
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
+        self._heads: dict[bytes, RequestHead | None] = {}
         self._date_sec = -1
         self._date = b""
 
@@ -153,6 +156,22 @@ class FastPath:
             self._date_sec = now
             self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._date
+
+    def parse(self, head: bytes) -> RequestHead | None:
+        """``parse_head``, remembered for short heads: a client that does not sign its requests
+        (or a pod's own readers) sends the very same head again and again. The result depends
+        on the bytes alone and is never modified."""
+        if len(head) > self.HEAD_MEMO_BYTES:
+            return parse_head(head, self.max_headers)
+        try:
+            return self._heads[head]
+        except KeyError:
+            pass
+        req = parse_head(head, self.max_headers)
+        if len(self._heads) >= self.HEADS_MAX:
+            self._heads.clear()
+        self._heads[head] = req
+        return req
 
     def target(self, raw_path: str, host: str | None) -> Target | None:
         """``parse_target``, remembered (clients read the same keys again and again); None: the
@@ -293,7 +312,7 @@ class FastProtocol(asyncio.Protocol):
         """Whether this path answers the request in ``head``, and with what; None: hand off."""
         fast = self.fast
         face = fast.face
-        req = parse_head(head, fast.max_headers)
+        req = fast.parse(head)
         if req is None or req.method not in ("GET", "HEAD"):
             return None
         h = req.headers
@@ -442,7 +461,7 @@ class FastProtocol(asyncio.Protocol):
         """The request log line, metrics and the read hook, as the face records every request."""
         fast = self.fast
         face = fast.face
-        face.metrics.fast_path_requests.inc()
+        face.metrics.fast_path_hit()
         elapsed = time.monotonic() - a.t0
         ok = status == a.status
         op = "GetObject" if a.method == "GET" else "HeadObject"

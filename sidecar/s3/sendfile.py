@@ -49,9 +49,10 @@ def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: f
 class BodySender:
     """Sends body segments (bytes, or spans of open files) on one prepared response.
 
-    File spans go out with ``os.sendfile`` on a duplicate of the client socket's descriptor,
-    which this sender owns: if the connection closes meanwhile, the number cannot be reused
-    for another client while a send is in progress. Large spans are sent from a worker
+    File spans sent from a worker thread, and waits for a full socket, use a duplicate of the
+    client socket's descriptor, which this sender owns: if the connection closes meanwhile, the
+    number cannot be reused for another client while a send is in progress. Spans sent on the
+    loop itself use the transport's descriptor (nothing can close it during the call). Large spans are sent from a worker
     thread (sendfile releases the GIL), so copying into the socket runs beside the loop.
     """
 
@@ -85,8 +86,6 @@ class BodySender:
         if not self.zero_copy:
             await self._send_file_copying(fd, offset, count)
             return
-        if self._fd < 0:
-            self._fd = os.dup(self._sock_fd)
         await self._drain_transport()
         while count > 0:
             if self._transport.is_closing():
@@ -94,9 +93,11 @@ class BodySender:
             try:
                 if count >= self.THREAD_MIN and self._executor is not None:
                     n = await self._loop.run_in_executor(self._executor, _sendfile_until_full,
-                                                         self._fd, fd, offset, count, 0.05)
+                                                         self._dup(), fd, offset, count, 0.05)
                 else:
-                    n = _sendfile_until_full(self._fd, fd, offset, count)
+                    # On the loop, right after is_closing() said no: the transport still owns
+                    # this number, so no dup (two system calls a response) is needed for it.
+                    n = _sendfile_until_full(self._sock_fd, fd, offset, count)
             except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
                 raise ClientGone() from e
             except EOFError as e:
@@ -124,9 +125,15 @@ class BodySender:
                 raise ClientGone()
             await self._writable()
 
+    def _dup(self) -> int:
+        """This sender's own number for the client socket (for worker threads and waits)."""
+        if self._fd < 0:
+            self._fd = os.dup(self._sock_fd)
+        return self._fd
+
     async def _writable(self) -> None:
         fut = self._loop.create_future()
-        self._loop.add_writer(self._fd, lambda: fut.done() or fut.set_result(None))
+        self._loop.add_writer(self._dup(), lambda: fut.done() or fut.set_result(None))
         try:
             await asyncio.wait_for(fut, timeout=60.0)
         except asyncio.TimeoutError as e:
