@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import time
 import urllib.request
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from sidecar.predict.accesslog import Access
+from support.observe import fetched_keys, metric, wait_until
 
 SHARDS = 12
 SHARD_BYTES = 200_000
@@ -49,34 +49,11 @@ def model_path(tmp_path_factory):
     return path
 
 
-def _metric(sc, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    total = 0.0
-    for line in sc.metrics_text().splitlines():
-        m = re.match(rf"^{name}(?:{{(.*)}})? (\S+)$", line)
-        if m and (not want or all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items())):
-            total += float(m.group(2))
-    return total
-
-
 def _post(sc, path: str, body: bytes) -> None:
     req = urllib.request.Request(sc.admin_url + path, data=body, method="POST",
                                  headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
-
-
-def _gets(tap, bucket: str, prefix: str) -> set[str]:
-    return {s.path.split("/", 2)[2] for s in tap.object_gets(f"/{bucket}/{prefix}")}
-
-
-def _wait(cond, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_loop_prefetches_next_shards_not_best_effort(make_sidecar, tap, moto_s3, bucket, tmp_path, model_path):
@@ -103,20 +80,20 @@ def test_loop_prefetches_next_shards_not_best_effort(make_sidecar, tap, moto_s3,
         for p in keys:
             assert s3.get_object(Bucket=bucket, Key=keys[p][i])["Body"].read() == blobs[keys[p][i]]
     ahead = set(keys["ds/"][k + 1:k + 3])
-    assert _wait(lambda: ahead <= _gets(tap, bucket, "ds/")), "the next shards were never fetched ahead"
-    assert _wait(lambda: _metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 2)
-    assert _metric(sc, "sidecar_prefetch_bytes_total") >= 2 * SHARD_BYTES
-    assert _metric(sc, "sidecar_prefetch_runs_total", result="ok") >= 1
-    assert _metric(sc, "sidecar_prefetch_candidates_total") > 0
+    assert wait_until(lambda: ahead <= fetched_keys(tap, bucket, "ds/")), "the next shards were never fetched ahead"
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 2)
+    assert metric(sc, "sidecar_prefetch_bytes_total") >= 2 * SHARD_BYTES
+    assert metric(sc, "sidecar_prefetch_runs_total", result="ok") >= 1
+    assert metric(sc, "sidecar_prefetch_candidates_total") > 0
     time.sleep(1.5)  # a few more runs: still nothing under the BestEffort prefix
-    assert _gets(tap, bucket, "scratch/") == set(keys["scratch/"][:k + 1])
+    assert fetched_keys(tap, bucket, "scratch/") == set(keys["scratch/"][:k + 1])
 
     tap.clear()
-    useful_before = _metric(sc, "sidecar_prefetch_useful_bytes_total")
+    useful_before = metric(sc, "sidecar_prefetch_useful_bytes_total")
     for key in sorted(ahead):
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == blobs[key]
-    assert not (_gets(tap, bucket, "ds/") & ahead), "a prefetched shard was fetched again"
-    assert _metric(sc, "sidecar_prefetch_useful_bytes_total") - useful_before == len(ahead) * SHARD_BYTES
+    assert not (fetched_keys(tap, bucket, "ds/") & ahead), "a prefetched shard was fetched again"
+    assert metric(sc, "sidecar_prefetch_useful_bytes_total") - useful_before == len(ahead) * SHARD_BYTES
     runs = [e for e in sc.log_events() if e.get("event") == "predictor_run"]
     assert runs and {"candidates", "chosen", "bytes", "duration_ms"} <= runs[-1].keys()
     state = sc.admin("/stats")
@@ -135,14 +112,14 @@ def test_wasted_prefetch_counted_on_purge(make_sidecar, tap, moto_s3, bucket, mo
     _post(sc, "/purge", f'{{"bucket": "{bucket}"}}'.encode())
     for n in names[:3]:
         s3.get_object(Bucket=bucket, Key=n)["Body"].read()
-    assert _wait(lambda: _metric(sc, "sidecar_prefetch_bytes_total") > 0)
-    assert _wait(lambda: _metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 1)
-    assert _metric(sc, "sidecar_prefetch_wasted_bytes_total") == 0
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_bytes_total") > 0)
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 1)
+    assert metric(sc, "sidecar_prefetch_wasted_bytes_total") == 0
     _post(sc, "/purge", f'{{"bucket": "{bucket}"}}'.encode())
-    wasted = _metric(sc, "sidecar_prefetch_wasted_bytes_total")
+    wasted = metric(sc, "sidecar_prefetch_wasted_bytes_total")
     # (read after ``wasted``: fetches still running may only add to it)
-    assert 0 < wasted <= _metric(sc, "sidecar_prefetch_bytes_total")
-    assert _metric(sc, "sidecar_prefetch_useful_bytes_total") == 0
+    assert 0 < wasted <= metric(sc, "sidecar_prefetch_bytes_total")
+    assert metric(sc, "sidecar_prefetch_useful_bytes_total") == 0
 
 
 def _broken_schema(src, dst):
@@ -193,6 +170,6 @@ def test_retention_weight_boosts_cached_chunks_of_scored_objects(make_sidecar, m
             key = f"ret{weight}/shard-{i:03d}"
             moto_s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(SHARD_BYTES))
             s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        assert _wait(lambda: len([e for e in sc.log_events() if e.get("event") == "predictor_run"]) >= 2)
+        assert wait_until(lambda: len([e for e in sc.log_events() if e.get("event") == "predictor_run"]) >= 2)
         runs = [e for e in sc.log_events() if e.get("event") == "predictor_run"]
         assert (max(e.get("retained", 0) for e in runs) > 0) is expect
