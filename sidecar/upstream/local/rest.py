@@ -298,18 +298,23 @@ class RestRoutes:
 
     # --- writing objects --------------------------------------------------------------------------
 
+    async def _commit_whole(self, bucket: str, key: str, tmp: str, md5_hex: str, headers, sums, tags) -> dict:
+        """Make a received or copied temp file the object's new version (one part, its MD5 as
+        ETag); the temp file is gone afterwards either way. Returns the version's record."""
+        try:
+            return await self.files.commit(bucket, key, tmp, {"etag": quote_etag(md5_hex), "headers": headers,
+                                                          "checksums": sums, "parts": None, "tags": tags})
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
     async def _put_object(self, bucket: str, key: str, h: dict[str, str], req: ForwardRequest) -> ForwardResponse:
         self.files.bucket_dir(bucket)
         check_key(key)
         headers = stored_headers(h)
         tags = parse_tagging_header(h.get("x-amz-tagging"))
         tmp, _size, md5_hex, sums = await receive(self.files, req, h, MAX_PUT_SIZE)
-        try:
-            rec = await self.files.commit(bucket, key, tmp, {"etag": quote_etag(md5_hex), "headers": headers,
-                                                        "checksums": sums, "parts": None, "tags": tags})
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        rec = await self._commit_whole(bucket, key, tmp, md5_hex, headers, sums, tags)
         return response(200, [("ETag", rec["etag"])] + [(n, v) for n, v in sums])
 
     # --- copy -----------------------------------------------------------------------------------
@@ -347,12 +352,7 @@ class RestRoutes:
                     ([["x-amz-storage-class", h["x-amz-storage-class"]]] if h["x-amz-storage-class"] != "STANDARD" else [])
         tags = parse_tagging_header(h.get("x-amz-tagging")) if tag_directive == "REPLACE" else list(src.get("tags") or [])
         sums = [[f"x-amz-checksum-{algorithm}", value], ["x-amz-checksum-type", "FULL_OBJECT"]] if value else []
-        try:
-            rec = await self.files.commit(bucket, key, tmp, {"etag": quote_etag(md5_hex), "headers": headers,
-                                                        "checksums": sums, "parts": None, "tags": tags})
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        rec = await self._commit_whole(bucket, key, tmp, md5_hex, headers, sums, tags)
         inner = element("LastModified", iso_time(rec["mtime_ns"] / 1e9)) + element("ETag", rec["etag"])
         if value:
             inner += element("ChecksumType", "FULL_OBJECT") + element(f"Checksum{algorithm.upper()}", value)
