@@ -272,14 +272,18 @@ class Reader:
         index = start // cs
         if end // cs != index:
             return None
-        data = self.store.ram_chunk(self.store.version_for(meta).vid, index)
+        return self.read_ram(self.store.version_for(meta).vid, index, start - index * cs, end - index * cs, stats)
+
+    def read_ram(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats) -> bytes | memoryview | None:
+        """Bytes lo..hi (offsets in the chunk) of a chunk held in memory, counted as a hit; None
+        when it is not in memory."""
+        data = self.store.ram_chunk(vid, index)
         if data is None:
             return None
-        stats.hit_bytes += end - start + 1
+        stats.hit_bytes += hi - lo + 1
         if self.store.prefetched:
-            self._prefetch_read(self.store.version_for(meta).vid, index, stats)
-        lo = start - index * cs
-        return data if lo == 0 and end - start + 1 == len(data) else memoryview(data)[lo:end - index * cs + 1]
+            self._prefetch_read(vid, index, stats)
+        return data if lo == 0 and hi + 1 == len(data) else memoryview(data)[lo:hi + 1]
 
     def cold_window(self, start: int, end: int | None) -> tuple[int, int]:
         """The bytes a cold GET of ``start``..``end`` (``end`` None: to the end) asks the upstream

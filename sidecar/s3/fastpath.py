@@ -130,6 +130,56 @@ def _encoded(headers) -> tuple[bytes, bytes]:
     return (head if has_type else head + b"Content-Type: application/octet-stream\r\n"), head
 
 
+class HitPlan:
+    """A request this path answers, resolved against one object version under the current rules:
+    everything about the answer but its request id, date and bytes. A head sent again while the
+    version stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
+
+    __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
+                 "operation", "key", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
+                 "read_totals", "log_fields")
+
+    def __init__(self, fast: "FastPath", method: str, target: Target, entry, rng: ByteRange | None,
+                 range_header: str | None, prepared: PreparedHeaders) -> None:
+        face = fast.face
+        meta = entry.meta
+        self.method, self.target, self.entry, self.meta = method, target, entry, meta
+        self.rng, self.range_header = rng, range_header
+        self.start, self.end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        self.status = 206 if rng is not None else 200
+        self.operation = "GetObject" if method == "GET" else "HeadObject"
+        if rng is None:
+            lines = prepared.whole_get if method == "GET" else prepared.whole_head
+            extra = b""
+        else:
+            lines = prepared.ranged_get if method == "GET" else prepared.ranged_head
+            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
+        # the head up to the request id, which (with the date) is added per request
+        self.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS[self.status]), lines, extra,
+                              b"Content-Length: %d\r\nx-amz-request-id: " % (self.end - self.start + 1)))
+        # what answering it again needs: its object's catalog key and freshness, the rule's read
+        # policy, and (a GET within one chunk) where its bytes are
+        self.key = (target.bucket, target.key)
+        self.fresh_until = face.catalog.fresh_until(entry)
+        self.keep, self.label = face.read_policy(target.bucket, target.key, meta.size)
+        self.chunk = -1
+        self.vid = ""
+        self.lo = self.hi = 0
+        nbytes = self.end - self.start + 1
+        if method == "GET" and nbytes > 0:
+            cs = face.reader.chunk_size
+            if self.start // cs == self.end // cs:
+                self.vid = face.reader.store.version_for(meta).vid
+                self.chunk = self.start // cs
+                self.lo, self.hi = self.start - self.chunk * cs, self.end - self.chunk * cs
+        metrics = face.metrics
+        self.tally = metrics.request_tally(self.operation, self.status, "hit")
+        self.read_totals = metrics.read_totals(self.label)
+        sent = nbytes if method == "GET" else 0
+        self.log_fields = face.access_log.prepare(method, self.operation, target.bucket, target.key, range_header,
+                                                  self.status, "hit", sent, sent, 0)
+
+
 class FastPath:
     """Shared state of the lean path for one S3 listener: the face it answers for, its
     connections, and response headers prepared per object version."""
@@ -138,6 +188,7 @@ class FastPath:
     TARGETS_MAX = 16384
     HEADS_MAX = 4096
     HEAD_MEMO_BYTES = 1024  # at most 4 MiB of remembered heads
+    PLANS_MAX = 4096
 
     def __init__(self, face: "S3Face", server: "S3Server", max_headers: int) -> None:
         self.face = face
@@ -147,6 +198,7 @@ class FastPath:
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
         self._heads: dict[bytes, RequestHead | None] = {}
+        self.plans: dict[bytes, HitPlan] = {}
         self._date_sec = -1
         self._date = b""
 
@@ -202,6 +254,80 @@ class FastPath:
         self._prepared[key] = p
         return p
 
+    def plan(self, head: bytes) -> "HitPlan | None":
+        """What the request in ``head`` resolves to if this path answers it, else None. Without
+        signature checks the plan depends only on the head and the object's current version, so
+        a head sent again (a client that does not sign, re-reading an object) reuses it for as long
+        as the catalog holds that version fresh."""
+        memo = self.face.auth is None and len(head) <= self.HEAD_MEMO_BYTES
+        if memo:
+            plan = self.plans.get(head)
+            if plan is not None:
+                if self.current(plan):
+                    return plan
+                del self.plans[head]
+        plan = self._make_plan(head)
+        if memo and plan is not None:
+            if len(self.plans) >= self.PLANS_MAX:
+                self.plans.clear()
+            self.plans[head] = plan
+        return plan
+
+    def current(self, plan: HitPlan) -> bool:
+        """Whether ``plan`` still answers its request: its object's catalog entry is the one it was
+        made from, holds the same version and is fresh. (A reload of the rules forgets all plans.)"""
+        catalog = self.face.catalog
+        entry = catalog.entries.get(plan.key)
+        if entry is not plan.entry or entry.meta is not plan.meta or catalog.clock() >= plan.fresh_until:
+            return False
+        catalog.entries.move_to_end(plan.key)
+        return True
+
+    def forget_plans(self) -> None:
+        self.plans.clear()
+
+    def _make_plan(self, head: bytes) -> "HitPlan | None":
+        face = self.face
+        req = self.parse(head)
+        if req is None or req.method not in ("GET", "HEAD"):
+            return None
+        h = req.headers
+        if not _HAND_OFF_HEADERS.isdisjoint(h):
+            return None
+        target = self.target(req.raw_path, h.get("host"))
+        if target is None:
+            return None
+        if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
+                or not is_cacheable_read(req.method, target, h):
+            return None
+        if face.auth is not None:
+            # A signature that does not verify is the face's to answer (and to count, once).
+            try:
+                face.auth._verify(req.method, req.raw_path, h).check_empty()
+            except Exception:  # noqa: BLE001
+                return None
+        entry = face.catalog.fresh(target.bucket, target.key)
+        if entry is None:
+            return None
+        meta = entry.meta
+        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
+        # here; a 304 or 412 is the face's
+        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
+                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
+            return None
+        range_header = h.get("range")
+        try:
+            rng = resolve(parse_range(range_header), meta.size)
+        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
+            return None
+        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
+            return None  # the face asks the upstream for this kind's checksums
+        prepared = self.prepared(meta, checksum_mode)
+        if prepared is None:
+            return None
+        return HitPlan(self, req.method, target, entry, rng, range_header, prepared)
+
     def __call__(self) -> "FastProtocol":
         return FastProtocol(self)
 
@@ -239,8 +365,7 @@ class FastPath:
 class _Answer:
     """A request this path answers, once it has decided to."""
 
-    __slots__ = ("status", "head", "meta", "rng", "start", "end", "stats", "target", "range_header", "rid", "t0",
-                 "method")
+    __slots__ = ("plan", "head", "stats", "rid", "t0")
 
 
 class FastProtocol(asyncio.Protocol):
@@ -293,6 +418,7 @@ class FastProtocol(asyncio.Protocol):
     # --- requests --------------------------------------------------------------------------
 
     def _process(self, decided: _Answer | None = None) -> None:
+        fast = self.fast
         while self.buf and self.task is None and self.transport is not None:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
@@ -300,7 +426,14 @@ class FastProtocol(asyncio.Protocol):
                     self.hand_off()
                 return
             n = end + 4
-            answer, decided = decided or self._decide(bytes(self.buf[:n])), None
+            if decided is None:
+                head = bytes(self.buf[:n])
+                plan = fast.plans.get(head)
+                if plan is not None and self._answer_planned(plan, head, n):
+                    continue
+                answer = self._decide(head)
+            else:
+                answer, decided = decided, None
             if answer is None:
                 self.hand_off()
                 return
@@ -308,67 +441,63 @@ class FastProtocol(asyncio.Protocol):
                 self.task = asyncio.ensure_future(self._answer_later(answer, n))
                 return
 
+    def _answer_planned(self, plan: HitPlan, head: bytes, n: int) -> bool:
+        """A request whose head was answered before, from its plan: a HEAD, or a GET whose bytes
+        are in memory. False (nothing sent): the full decision is taken instead."""
+        t0 = time.monotonic()
+        fast = self.fast
+        face = fast.face
+        if face.auth is not None or not fast.current(plan):
+            fast.plans.pop(head, None)
+            return False
+        if not fast.server.rate.allow(self.remote):
+            return False
+        stats = ReadStats()
+        if plan.chunk >= 0:
+            body = face.reader.read_ram(plan.vid, plan.chunk, plan.lo, plan.hi, stats)
+            if body is None:  # no longer in memory: the full path reads it from disk
+                return False
+        elif plan.method == "GET" and plan.end >= plan.start:
+            return False  # spans chunks: the full path
+        else:
+            body = b""
+        stats.label = plan.label
+        rid = new_request_id()
+        del self.buf[:n]
+        out = b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body))
+        self.transport.write(out)
+        # what _finished records, from what the plan prepared
+        elapsed = time.monotonic() - t0
+        metrics = face.metrics
+        metrics.fast_path_hit()
+        plan.tally.add(elapsed)
+        if plan.method == "GET":
+            t = plan.read_totals
+            t[0] += 1
+            t[2] += stats.hit_bytes
+        log = face.access_log
+        if log.enabled and not log.emit_prepared(rid, plan.log_fields, elapsed):
+            log.emit(rid, plan.method, plan.operation, plan.target.bucket, plan.target.key, plan.range_header,
+                     plan.status, "hit", stats.hit_bytes, stats.hit_bytes, 0, elapsed)
+        if plan.method == "GET" and face.on_read is not None:
+            face.on_read(plan.target.bucket, plan.target.key, plan.meta, plan.rng, stats)
+        return True
+
     def _decide(self, head: bytes) -> _Answer | None:
         """Whether this path answers the request in ``head``, and with what; None: hand off."""
         fast = self.fast
-        face = fast.face
-        req = fast.parse(head)
-        if req is None or req.method not in ("GET", "HEAD"):
+        plan = fast.plan(head)
+        if plan is None:
             return None
-        h = req.headers
-        if not _HAND_OFF_HEADERS.isdisjoint(h):
+        if plan.method == "GET" and plan.end >= plan.start and not self._all_cached(plan.meta, plan.start, plan.end):
             return None
-        target = fast.target(req.raw_path, h.get("host"))
-        if target is None:
-            return None
-        if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
-                or not is_cacheable_read(req.method, target, h):
-            return None
-        if face.auth is not None:
-            # A signature that does not verify is the face's to answer (and to count, once).
-            try:
-                face.auth._verify(req.method, req.raw_path, h).check_empty()
-            except Exception:  # noqa: BLE001
-                return None
-        catalog = face.catalog
-        entry = catalog.fresh(target.bucket, target.key)
-        if entry is None:
-            return None
-        meta = entry.meta
-        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
-        # here; a 304 or 412 is the face's
-        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
-                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
-            return None
-        range_header = h.get("range")
-        try:
-            rng = resolve(parse_range(range_header), meta.size)
-        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
-            return None
-        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
-        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
-            return None  # the face asks the upstream for this kind's checksums
-        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-        if req.method == "GET" and end >= start and not self._all_cached(meta, start, end):
-            return None
-        prepared = fast.prepared(meta, checksum_mode)
-        if prepared is None or not fast.server.rate.allow(self.remote):
+        if not fast.server.rate.allow(self.remote):
             return None
         a = _Answer()
         a.t0 = time.monotonic()
-        a.rng = rng
-        a.method, a.meta, a.start, a.end, a.target, a.range_header = req.method, meta, start, end, target, range_header
-        a.rid = new_request_id()
-        a.status = 206 if rng is not None else 200
-        if rng is None:
-            head_lines = prepared.whole_get if req.method == "GET" else prepared.whole_head
-            extra = b""
-        else:
-            head_lines = prepared.ranged_get if req.method == "GET" else prepared.ranged_head
-            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
-        a.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (a.status, _REASONS[a.status]), head_lines, extra,
-                           b"Content-Length: %d\r\nx-amz-request-id: " % (end - start + 1), a.rid.encode(),
-                           b"\r\n", fast.date(), b"\r\n"))
+        a.plan = plan
+        a.rid = rid = new_request_id()
+        a.head = b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n"))
         a.stats = ReadStats()
         return a
 
@@ -382,12 +511,13 @@ class FastProtocol(asyncio.Protocol):
     def _answer_now(self, a: _Answer, n: int) -> bool:
         """Answer from memory in one write if the bytes are there (a HEAD, or a RAM-tier hit);
         False: the body needs the chunk files."""
-        if a.method == "HEAD":
+        p = a.plan
+        if p.method == "HEAD":
             body: bytes | memoryview = b""
         else:
             face = self.fast.face
-            _, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
-            small = face.reader.read_small(a.meta, a.start, a.end, a.stats) if a.end >= a.start else b""
+            _, a.stats.label = face.read_policy(p.target.bucket, p.target.key, p.meta.size)
+            small = face.reader.read_small(p.meta, p.start, p.end, a.stats) if p.end >= p.start else b""
             if small is None:
                 return False
             body = small
@@ -395,21 +525,22 @@ class FastProtocol(asyncio.Protocol):
         self.transport.write(a.head + body if len(body) < 65536 else a.head)
         if len(body) >= 65536:
             self.transport.write(body)
-        self._finished(a, a.status)
+        self._finished(a, p.status)
         return True
 
     async def _answer_later(self, a: _Answer, n: int) -> None:
+        p = a.plan
         face = self.fast.face
         face.in_flight += 1
-        keep, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
-        segments = face.reader.read(a.meta, a.start, a.end, a.stats, keep=keep)
+        keep, a.stats.label = face.read_policy(p.target.bucket, p.target.key, p.meta.size)
+        segments = face.reader.read(p.meta, p.start, p.end, a.stats, keep=keep)
         status = 0
         try:
             try:
                 first = await anext(segments, None)
             except ObjectChanged:
                 # nothing sent yet: forget the version and let the face look again
-                face.catalog.invalidate(a.target.bucket, a.target.key)
+                face.catalog.invalidate(p.target.bucket, p.target.key)
                 self.task = None
                 self.hand_off()
                 return
@@ -420,7 +551,7 @@ class FastProtocol(asyncio.Protocol):
                 await sender.send_segments(first, segments, face.reader.unreadable)
             finally:
                 sender.close()
-            status = a.status
+            status = p.status
         except ClientGone:
             status = 499
             self._abort()
@@ -441,7 +572,7 @@ class FastProtocol(asyncio.Protocol):
         if self._paused_reading and self.transport is not None and not self.transport.is_closing():
             self._paused_reading = False
             self.transport.resume_reading()
-        if status == a.status:
+        if status == p.status:
             self._process()
 
     async def _write(self, data: bytes | memoryview) -> None:
@@ -459,23 +590,23 @@ class FastProtocol(asyncio.Protocol):
 
     def _finished(self, a: _Answer, status: int) -> None:
         """The request log line, metrics and the read hook, as the face records every request."""
-        fast = self.fast
-        face = fast.face
+        p = a.plan
+        face = self.fast.face
         face.metrics.fast_path_hit()
         elapsed = time.monotonic() - a.t0
-        ok = status == a.status
-        op = "GetObject" if a.method == "GET" else "HeadObject"
+        ok = status == p.status
+        op = p.operation
         outcome = "hit" if ok else "client-gone"
         face.metrics.observe_request(op, status, outcome, elapsed)
         stats = a.stats
-        if a.method == "GET" and ok:
+        if p.method == "GET" and ok:
             face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
         if face.access_log.enabled:
-            face.access_log.emit(a.rid, a.method, op, a.target.bucket, a.target.key, a.range_header, status,
+            face.access_log.emit(a.rid, p.method, op, p.target.bucket, p.target.key, p.range_header, status,
                                  outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes, stats.miss_bytes,
                                  elapsed)
-        if a.method == "GET" and ok and face.on_read is not None:
-            face.on_read(a.target.bucket, a.target.key, a.meta, a.rng, stats)
+        if p.method == "GET" and ok and face.on_read is not None:
+            face.on_read(p.target.bucket, p.target.key, p.meta, p.rng, stats)
 
     def hand_off(self) -> None:
         """Make this connection aiohttp's: its request handler takes the transport and the bytes
