@@ -285,6 +285,16 @@ def test_a_head_sent_again_is_answered_from_its_plan_while_the_version_holds(mak
     # a write through the sidecar: the same head now gets the new bytes
     s3.put_object(Bucket=bucket, Key="w", Body=b"two")
     assert read("w") == b"two"
+    # the same request signed afresh (auth is off: signatures change nothing) uses the same answer
+    before = fast_answers(sc)
+    for i in range(3):
+        c.send(get(f"/{bucket}/w", f"X-Amz-Date: 20261205T00000{i}Z", f"Authorization: AWS4-HMAC-SHA256 sig={i}"))
+        assert c.response()[::2] == (200, b"two")
+    assert fast_answers(sc) - before == 3
+    # but a header that makes it uncacheable goes to the face (and the upstream)
+    c.send(get(f"/{bucket}/w", "x-amz-expected-bucket-owner: 111122223333"))
+    c.response()
+    assert fast_answers(sc) - before == 3
     # behind the sidecar's back: seen once the TTL (0.5 s) has passed, not before it
     moto_s3.put_object(Bucket=bucket, Key="live/x", Body=b"two")
     moto_s3.put_object(Bucket=bucket, Key="static", Body=b"two")

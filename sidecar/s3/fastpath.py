@@ -30,7 +30,7 @@ from . import conditions
 from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
 from .sendfile import BodySender, ClientGone
-from .target import Target, is_cacheable_read, parse_target
+from .target import Target, asks_uncacheable, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
     from ..objects import ObjectMeta
@@ -198,7 +198,7 @@ class FastPath:
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
         self._heads: dict[bytes, RequestHead | None] = {}
-        self.plans: dict[bytes, HitPlan] = {}
+        self.plans: dict[tuple, HitPlan] = {}  # by what a request asks (FastPath.plan)
         self._date_sec = -1
         self._date = b""
 
@@ -255,22 +255,31 @@ class FastPath:
         return p
 
     def plan(self, head: bytes) -> "HitPlan | None":
-        """What the request in ``head`` resolves to if this path answers it, else None. Without
-        signature checks the plan depends only on the head and the object's current version, so
-        a head sent again (a client that does not sign, re-reading an object) reuses it for as long
-        as the catalog holds that version fresh."""
-        memo = self.face.auth is None and len(head) <= self.HEAD_MEMO_BYTES
-        if memo:
-            plan = self.plans.get(head)
-            if plan is not None:
-                if self.current(plan):
-                    return plan
-                del self.plans[head]
-        plan = self._make_plan(head)
-        if memo and plan is not None:
+        """What the request in ``head`` resolves to if this path answers it, else None (the face
+        answers it). Without signature checks a plan depends only on what the request asks
+        (method, target, host, Range, If-*, checksum mode) and the object's current version, so a
+        request for the same thing again, signed afresh or not, reuses it for as long as the
+        catalog holds that version fresh."""
+        req = self.parse(head)
+        if req is None or req.method not in ("GET", "HEAD"):
+            return None
+        h = req.headers
+        if not _HAND_OFF_HEADERS.isdisjoint(h) or asks_uncacheable(h):
+            return None
+        if self.face.auth is not None:
+            return self._make_plan(req)
+        asks = (req.method, req.raw_path, h.get("host"), h.get("range"), h.get("if-match"), h.get("if-none-match"),
+                h.get("if-modified-since"), h.get("if-unmodified-since"), h.get("x-amz-checksum-mode"))
+        plan = self.plans.get(asks)
+        if plan is not None:
+            if self.current(plan):
+                return plan
+            del self.plans[asks]
+        plan = self._make_plan(req)
+        if plan is not None:
             if len(self.plans) >= self.PLANS_MAX:
                 self.plans.clear()
-            self.plans[head] = plan
+            self.plans[asks] = plan
         return plan
 
     def current(self, plan: HitPlan) -> bool:
@@ -286,14 +295,9 @@ class FastPath:
     def forget_plans(self) -> None:
         self.plans.clear()
 
-    def _make_plan(self, head: bytes) -> "HitPlan | None":
+    def _make_plan(self, req: RequestHead) -> "HitPlan | None":
         face = self.face
-        req = self.parse(head)
-        if req is None or req.method not in ("GET", "HEAD"):
-            return None
         h = req.headers
-        if not _HAND_OFF_HEADERS.isdisjoint(h):
-            return None
         target = self.target(req.raw_path, h.get("host"))
         if target is None:
             return None
@@ -341,15 +345,15 @@ class FastPath:
         fp.transport = handler.transport
         peer = fp.transport.get_extra_info("peername")
         fp.remote = peer[0] if isinstance(peer, tuple) else ""
-        answer = fp._decide(data[:end + 4])
-        if answer is None:
+        plan = self.plan(data[:end + 4])
+        if plan is None or not fp._cached(plan) or not self.server.rate.allow(fp.remote):
             return False
         transport = handler.detach()
         self.face.metrics.fast_path_takebacks.inc()
         self.connections.add(fp)
         transport.set_protocol(fp)
         fp.buf += data
-        fp._process(answer)
+        fp._process(plan)
         return True
 
     async def shutdown(self, timeout: float | None) -> None:
@@ -417,7 +421,9 @@ class FastProtocol(asyncio.Protocol):
 
     # --- requests --------------------------------------------------------------------------
 
-    def _process(self, decided: _Answer | None = None) -> None:
+    def _process(self, admitted: HitPlan | None = None) -> None:
+        """Answer the requests received, in order, while this path can; ``admitted``: the first
+        one's plan, already found cached and within the client's rate."""
         fast = self.fast
         while self.buf and self.task is None and self.transport is not None:
             end = self.buf.find(b"\r\n\r\n")
@@ -426,50 +432,39 @@ class FastProtocol(asyncio.Protocol):
                     self.hand_off()
                 return
             n = end + 4
-            if decided is None:
-                head = bytes(self.buf[:n])
-                plan = fast.plans.get(head)
-                if plan is not None and self._answer_planned(plan, head, n):
-                    continue
-                answer = self._decide(head)
+            if admitted is None:
+                plan = fast.plan(bytes(self.buf[:n]))
+                if plan is None or not self._cached(plan) or not fast.server.rate.allow(self.remote):
+                    self.hand_off()  # the face answers it (SlowDown for a client over its rate)
+                    return
             else:
-                answer, decided = decided, None
-            if answer is None:
-                self.hand_off()
-                return
-            if not self._answer_now(answer, n):
-                self.task = asyncio.ensure_future(self._answer_later(answer, n))
+                plan, admitted = admitted, None
+            if not self._answer_planned(plan, n):
+                self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
                 return
 
-    def _answer_planned(self, plan: HitPlan, head: bytes, n: int) -> bool:
-        """A request whose head was answered before, from its plan: a HEAD, or a GET whose bytes
-        are in memory. False (nothing sent): the full decision is taken instead."""
+    def _answer_planned(self, plan: HitPlan, n: int) -> bool:
+        """Answer a HEAD, or a GET whose bytes are in memory, straight from its plan: one write,
+        and the request's records from what the plan prepared. False (nothing sent): the bytes
+        are in chunk files."""
         t0 = time.monotonic()
         fast = self.fast
         face = fast.face
-        if face.auth is not None or not fast.current(plan):
-            fast.plans.pop(head, None)
-            return False
-        if not fast.server.rate.allow(self.remote):
-            return False
         stats = ReadStats()
         if plan.chunk >= 0:
             body = face.reader.read_ram(plan.vid, plan.chunk, plan.lo, plan.hi, stats)
-            if body is None:  # no longer in memory: the full path reads it from disk
+            if body is None:  # not in memory: the chunk file
                 return False
         elif plan.method == "GET" and plan.end >= plan.start:
-            return False  # spans chunks: the full path
+            return False  # several chunks
         else:
             body = b""
         stats.label = plan.label
         rid = new_request_id()
         del self.buf[:n]
-        out = b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body))
-        self.transport.write(out)
-        # what _finished records, from what the plan prepared
+        self.transport.write(b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body)))
         elapsed = time.monotonic() - t0
-        metrics = face.metrics
-        metrics.fast_path_hit()
+        face.metrics.fast_path_hit()
         plan.tally.add(elapsed)
         if plan.method == "GET":
             t = plan.read_totals
@@ -483,21 +478,21 @@ class FastProtocol(asyncio.Protocol):
             face.on_read(plan.target.bucket, plan.target.key, plan.meta, plan.rng, stats)
         return True
 
-    def _decide(self, head: bytes) -> _Answer | None:
-        """Whether this path answers the request in ``head``, and with what; None: hand off."""
-        fast = self.fast
-        plan = fast.plan(head)
-        if plan is None:
-            return None
-        if plan.method == "GET" and plan.end >= plan.start and not self._all_cached(plan.meta, plan.start, plan.end):
-            return None
-        if not fast.server.rate.allow(self.remote):
-            return None
+    def _cached(self, plan: HitPlan) -> bool:
+        """Whether every byte the planned answer sends is in the cache."""
+        if plan.method != "GET" or plan.end < plan.start:
+            return True
+        if plan.chunk >= 0:
+            return self.fast.face.reader.store.has(plan.vid, plan.chunk)
+        return self._all_cached(plan.meta, plan.start, plan.end)
+
+    def _answer(self, plan: HitPlan) -> _Answer:
+        """A planned request, to be answered from the chunk files."""
         a = _Answer()
         a.t0 = time.monotonic()
         a.plan = plan
         a.rid = rid = new_request_id()
-        a.head = b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n"))
+        a.head = b"".join((plan.head, rid.encode(), b"\r\n", self.fast.date(), b"\r\n"))
         a.stats = ReadStats()
         return a
 
@@ -508,31 +503,11 @@ class FastProtocol(asyncio.Protocol):
         vid = store.version_for(meta).vid
         return all(store.has(vid, i) for i in range(start // cs, end // cs + 1))
 
-    def _answer_now(self, a: _Answer, n: int) -> bool:
-        """Answer from memory in one write if the bytes are there (a HEAD, or a RAM-tier hit);
-        False: the body needs the chunk files."""
-        p = a.plan
-        if p.method == "HEAD":
-            body: bytes | memoryview = b""
-        else:
-            face = self.fast.face
-            _, a.stats.label = face.read_policy(p.target.bucket, p.target.key, p.meta.size)
-            small = face.reader.read_small(p.meta, p.start, p.end, a.stats) if p.end >= p.start else b""
-            if small is None:
-                return False
-            body = small
-        del self.buf[:n]
-        self.transport.write(a.head + body if len(body) < 65536 else a.head)
-        if len(body) >= 65536:
-            self.transport.write(body)
-        self._finished(a, p.status)
-        return True
-
     async def _answer_later(self, a: _Answer, n: int) -> None:
         p = a.plan
         face = self.fast.face
         face.in_flight += 1
-        keep, a.stats.label = face.read_policy(p.target.bucket, p.target.key, p.meta.size)
+        keep, a.stats.label = p.keep, p.label
         segments = face.reader.read(p.meta, p.start, p.end, a.stats, keep=keep)
         status = 0
         try:
