@@ -29,7 +29,7 @@ from ..telemetry import get_logger
 from . import conditions
 from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
-from .sendfile import BodySender, ClientGone
+from .sendfile import BodySender, ClientGone, sendfile_until_full
 from .target import Target, asks_uncacheable, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
@@ -342,9 +342,7 @@ class FastPath:
         if end < 0:
             return False
         fp = FastProtocol(self)
-        fp.transport = handler.transport
-        peer = fp.transport.get_extra_info("peername")
-        fp.remote = peer[0] if isinstance(peer, tuple) else ""
+        fp._attach(handler.transport)
         plan = self.plan(data[:end + 4])
         if plan is None or not fp._cached(plan) or not self.server.rate.allow(fp.remote):
             return False
@@ -381,19 +379,26 @@ class FastProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.task: asyncio.Task | None = None
         self.remote = ""
+        self._sock_fd = -1
         self._paused_reading = False
         self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport) -> None:  # uvloop transports are no asyncio.Transport
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        self._attach(transport)
         server = self.fast.server
         self.fast.connections.add(self)
         if len(server._connections) + len(self.fast.connections) - len(server._over) > server.max_connections:
             self.hand_off()  # over the connection limit: aiohttp's side answers SlowDown
+
+    def _attach(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        # sendfile straight to the socket (never under TLS, whose bytes go through the transport)
+        self._sock_fd = sock.fileno() if sock is not None and transport.get_extra_info("sslcontext") is None else -1
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -439,7 +444,7 @@ class FastProtocol(asyncio.Protocol):
                     return
             else:
                 plan, admitted = admitted, None
-            if not self._answer_planned(plan, n):
+            if not self._answer_planned(plan, n) and not self._answer_from_file(plan, n):
                 self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
                 return
 
@@ -478,6 +483,81 @@ class FastProtocol(asyncio.Protocol):
             face.on_read(plan.target.bucket, plan.target.key, plan.meta, plan.rng, stats)
         return True
 
+    def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
+        """A GET within one chunk whose pieces were checked since its file last changed: the
+        head, then ``sendfile`` on the loop right away; only what the socket does not take at once
+        is left to a task. False (nothing sent): the reader's full read answers it."""
+        if plan.chunk < 0 or self._sock_fd < 0:
+            return False
+        a = self._answer(plan)
+        face = self.fast.face
+        got = face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
+        if got is None:
+            return False
+        seg, chunk = got
+        del self.buf[:n]
+        if seg.data is not None:
+            chunk.close()
+            self.transport.write(a.head + seg.data)
+            self._finished(a, plan.status)
+            return True
+        self.transport.write(a.head)
+        sent = 0
+        try:
+            if not self.transport.get_write_buffer_size():
+                sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            chunk.close()
+            self._abort()
+            self._finished(a, 499)
+            return True
+        except OSError as e:  # EIO from the cache disk: the next read checks this chunk first
+            face.reader.unreadable(seg)
+            chunk.close()
+            log.warning("response_aborted", error=repr(e), request_id=a.rid)
+            self._abort()
+            self._finished(a, 499)
+            return True
+        if sent == seg.length:
+            chunk.close()
+            self._finished(a, plan.status)
+            return True
+        face.in_flight += 1
+        self.task = asyncio.ensure_future(self._send_rest(a, seg, chunk, sent))
+        return True
+
+    async def _send_rest(self, a: _Answer, seg, chunk, sent: int) -> None:
+        """The rest of a file span the socket did not take at once."""
+        face = self.fast.face
+        status = 499
+        sender = BodySender(self.transport, self._write, face.executor)
+        try:
+            await sender.send_file(seg.fd, seg.offset + sent, seg.length - sent)
+            status = a.plan.status
+        except ClientGone:
+            self._abort()
+        except asyncio.CancelledError:
+            raise
+        except OSError as e:
+            face.reader.unreadable(seg)
+            log.warning("response_aborted", error=repr(e), request_id=a.rid)
+            self._abort()
+        finally:
+            sender.close()
+            chunk.close()
+            face.in_flight -= 1
+            self._finished(a, status)
+        self._resume(status == a.plan.status)
+
+    def _resume(self, ok: bool) -> None:
+        """After an answer sent by a task: read again, and answer what arrived meanwhile."""
+        self.task = None
+        if self._paused_reading and self.transport is not None and not self.transport.is_closing():
+            self._paused_reading = False
+            self.transport.resume_reading()
+        if ok:
+            self._process()
+
     def _cached(self, plan: HitPlan) -> bool:
         """Whether every byte the planned answer sends is in the cache."""
         if plan.method != "GET" or plan.end < plan.start:
@@ -494,6 +574,7 @@ class FastProtocol(asyncio.Protocol):
         a.rid = rid = new_request_id()
         a.head = b"".join((plan.head, rid.encode(), b"\r\n", self.fast.date(), b"\r\n"))
         a.stats = ReadStats()
+        a.stats.label = plan.label
         return a
 
     def _all_cached(self, meta: "ObjectMeta", start: int, end: int) -> bool:
@@ -507,8 +588,7 @@ class FastProtocol(asyncio.Protocol):
         p = a.plan
         face = self.fast.face
         face.in_flight += 1
-        keep, a.stats.label = p.keep, p.label
-        segments = face.reader.read(p.meta, p.start, p.end, a.stats, keep=keep)
+        segments = face.reader.read(p.meta, p.start, p.end, a.stats, keep=p.keep)
         status = 0
         try:
             try:
@@ -543,12 +623,7 @@ class FastProtocol(asyncio.Protocol):
                 await segments.aclose()
             if status:
                 self._finished(a, status)
-        self.task = None
-        if self._paused_reading and self.transport is not None and not self.transport.is_closing():
-            self._paused_reading = False
-            self.transport.resume_reading()
-        if status == p.status:
-            self._process()
+        self._resume(status == p.status)
 
     async def _write(self, data: bytes | memoryview) -> None:
         if self.transport is None or self.transport.is_closing():
