@@ -208,22 +208,25 @@ class TierBlock:
         # (HMAC under way over binding + b"\0" + bytes, the value it must reach), or None: no shared key
         self._mac, self._expected_mac = mac if mac is not None else (None, "")
 
-    async def pieces(self) -> AsyncIterator[bytes]:
+    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
         tier, b = self.tier, self.binding
-        held: list[bytes] = []
+        held: list[bytes | memoryview] = []
         whole = 0
         pos = 0
         try:
             for want in b.pieces:
                 n = min(b.piece, self.length - pos)
-                buf = bytearray()
-                while len(buf) < n:
+                parts: list[bytes | memoryview] = []
+                have = 0
+                while have < n:
                     async with asyncio.timeout_at(self._deadline):
-                        got = await self._body.read(n - len(buf))
+                        got = await self._body.read(n - have)
                     if not got:
                         raise BlockRejected("corrupt")  # shorter than its length
-                    buf += got
-                piece = bytes(buf)
+                    parts.append(got)
+                    have += len(got)
+                # (views of immutable bytes as they came: joined only when the piece came in parts)
+                piece = parts[0] if len(parts) == 1 else b"".join(parts)
                 if crc32c(piece) != want:
                     raise BlockRejected("corrupt")
                 whole = crc32c(piece, whole)
