@@ -17,6 +17,12 @@ Latency (``--latency-objects``): time to first byte and to last byte of a whole-
 (3) a tier hit: a sidecar whose cache is empty reading what another pod put in the tier.
 Each client is warmed by one read of another object first (connection pools, TLS contexts).
 Prints medians, and what the tier-hit pod asked of the upstream meanwhile.
+
+``--upstream-latency 20ms --upstream-bandwidth 100MiB`` puts a proxy in front of the upstream
+(for the direct GETs and the sidecars alike) that holds each request that long and paces
+bodies at that rate per connection, as a distant S3 region is to a cluster whose tier store is
+in the cluster (the tier's store is reached directly). Without them, both stores are moto
+processes on this machine, equally near.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sidecar.config import format_size, parse_size  # noqa: E402
-from support.procs import MotoServer, Sidecar  # noqa: E402
+from sidecar.config import format_size, parse_duration, parse_size  # noqa: E402
+from support.procs import MotoServer, Sidecar, client as s3_client  # noqa: E402
+from support.tap import Fault, Tap  # noqa: E402
 
 
 def upstream_bytes(sc: Sidecar) -> float:
@@ -96,7 +103,7 @@ def run(n: int, tier: bool, upstream: MotoServer, tier_store: MotoServer, bucket
     return total
 
 
-def latency(upstream: MotoServer, tier_store: MotoServer, bucket: str, keys: list[str], chunk: str,
+def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chunk: str,
             work: Path, logs: Path) -> None:
     warm = "warm-up"
     flags = dict(chunk_size=chunk, prefetch="false", metadata_ttl=60, readahead_chunks=0)
@@ -114,7 +121,7 @@ def latency(upstream: MotoServer, tier_store: MotoServer, bucket: str, keys: lis
     plain = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **flags)
     reader = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **tiered)
     try:
-        cases = {"direct upstream GET": upstream.client(), "sidecar miss, no tier": plain.client(),
+        cases = {"direct upstream GET": s3_client(upstream.url), "sidecar miss, no tier": plain.client(),
                  "sidecar tier hit": reader.client()}
         for client in cases.values():
             ttlb(client, bucket, warm)
@@ -148,6 +155,10 @@ def main() -> None:
     ap.add_argument("--latency-objects", type=int, default=8, help="objects timed for latency (0 skips it)")
     ap.add_argument("--size", default="8MiB")
     ap.add_argument("--chunk", default="2MiB")
+    ap.add_argument("--upstream-latency", type=parse_duration, default=0.0,
+                    help="hold each upstream request this long (a distant region)")
+    ap.add_argument("--upstream-bandwidth", type=parse_size, default=0,
+                    help="pace upstream bodies at this many bytes/s per connection (0: unpaced)")
     args = ap.parse_args()
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="tier-bench-"))
@@ -172,8 +183,19 @@ def main() -> None:
                     print(f"{n:>4} {'yes' if tier else 'no':>5} {total / 2**20:>13.1f} {total / dataset:>10.2f}",
                           flush=True)
         if args.latency_objects:
-            print(f"objects of {format_size(size)}, chunk {args.chunk}")
-            latency(upstream, tier_store, bucket, keys[:args.latency_objects], args.chunk, work, logs)
+            far = upstream
+            if args.upstream_latency or args.upstream_bandwidth:
+                far = Tap(upstream.url)
+                far.fault = lambda seen: Fault(delay=args.upstream_latency,
+                                               throttle_bps=float(args.upstream_bandwidth) or None)
+            print(f"objects of {format_size(size)}, chunk {args.chunk}; upstream held "
+                  f"{args.upstream_latency * 1000:.0f} ms per request, paced at "
+                  f"{format_size(args.upstream_bandwidth) + '/s' if args.upstream_bandwidth else 'no limit'}")
+            try:
+                latency(far, tier_store, bucket, keys[:args.latency_objects], args.chunk, work, logs)
+            finally:
+                if far is not upstream:
+                    far.close()
     finally:
         upstream.stop()
         tier_store.stop()

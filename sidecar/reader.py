@@ -635,12 +635,12 @@ class Reader:
         self._ended(fill)
         fill.finish(kept)
 
-    async def carried_checksums(self, meta: ObjectMeta) -> tuple[tuple[str, str], ...] | None:
+    async def carried_checksums(self, meta: ObjectMeta, *, keep: bool = True) -> tuple[tuple[str, str], ...] | None:
         """The checksum headers of a whole-object GET of this version, as block 0 in the shared
         tier carries them (bound to the version this pod resolved against the upstream, and
         verified like its bytes); None: no tier, chunk 0 is local, or the block does not carry
-        them. Starts the demand read of the whole object from the tier (the ``read`` that follows
-        takes it over as its own), so the answer costs no extra request."""
+        them. Starts the demand read of the whole object from the tier (the ``read`` that follows,
+        with the same ``keep``, takes it over as its own), so the answer costs no extra request."""
         if self.tier is None or meta.size <= 0:
             return None
         version = self.store.version_for(meta)
@@ -648,7 +648,7 @@ class Reader:
             return None
         fill = self.fills.get((version.vid, 0))
         if fill is None:
-            fills = self._start_span(version, 0, self.layout.count(meta.size) - 1, DEMAND)
+            fills = self._start_span(version, 0, self.layout.count(meta.size) - 1, DEMAND, keep)
             if not fills:
                 return None
             fill = fills[0]

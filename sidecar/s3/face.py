@@ -197,7 +197,7 @@ class S3Face:
             kind = "HEAD" if request.method == "HEAD" else "GET"
             if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry, kind, carried=self.reader.carried_checksums)).meta
+                    meta = (await self.catalog.with_checksums(entry, kind, carried=self._carried_checksums)).meta
                 except ObjectChanged:
                     continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
@@ -205,6 +205,11 @@ class S3Face:
             if resp is not None:
                 return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    def _carried_checksums(self, meta: ObjectMeta):
+        """A whole GET's checksum headers as the shared tier's block 0 carries them (the read of
+        the object from the tier starts meanwhile, under the object's caching rule)."""
+        return self.reader.carried_checksums(meta, keep=self.read_policy(meta.bucket, meta.key, meta.size)[0])
 
     async def _selected_bytes(self, entry: Entry, part_number: int | None, h):
         """(status, range or None for the whole object, extra headers) that the request selects;
