@@ -77,6 +77,13 @@ def timed_get(client, bucket: str, key: str) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t0
 
 
+def cpu_seconds(sc: Sidecar) -> float:
+    """User + system CPU the sidecar process has used so far (Linux /proc)."""
+    assert sc.proc is not None
+    fields = Path(f"/proc/{sc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ttlb(client, bucket: str, key: str) -> float:
     return timed_get(client, bucket, key)[1]
 
@@ -128,22 +135,26 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         before = upstream_requests(reader)
         hits_before = reader.admin("/stats")["tier"]["reads"].get("hit", 0)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        cpu0 = {"sidecar miss, no tier": cpu_seconds(plain), "sidecar tier hit": cpu_seconds(reader)}
         for k in keys:
             for name, client in cases.items():
                 times[name].append(timed_get(client, bucket, k))
+        cpu = {"sidecar miss, no tier": cpu_seconds(plain) - cpu0["sidecar miss, no tier"],
+               "sidecar tier hit": cpu_seconds(reader) - cpu0["sidecar tier hit"]}
         after = upstream_requests(reader)
         hits = reader.admin("/stats")["tier"]["reads"].get("hit", 0) - hits_before
     finally:
         plain.stop()
         reader.stop()
     print(f"\nwhole-object GET, {len(keys)} objects, medians (min-max) in ms:")
-    print(f"{'':24} {'TTFB':>20} {'TTLB':>20}")
+    print(f"{'':24} {'TTFB':>20} {'TTLB':>20} {'sidecar CPU ms/GET':>19}")
     for name, got in times.items():
         cols = []
         for i in (0, 1):
             ms = [t[i] * 1000 for t in got]
             cols.append(f"{statistics.median(ms):7.1f} ({min(ms):.0f}-{max(ms):.0f})")
-        print(f"{name:24} {cols[0]:>20} {cols[1]:>20}")
+        used = f"{cpu[name] * 1000 / len(got):.1f}" if name in cpu else "-"
+        print(f"{name:24} {cols[0]:>20} {cols[1]:>20} {used:>19}")
     asked = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
     print(f"tier-hit pod: {hits:.0f} block hits; upstream requests meanwhile: {asked or 'none'}")
 
