@@ -599,6 +599,10 @@ class Reader:
             fill.carried.set_result(block.checksums if block is not None else None)
         if block is None:
             return
+        if block.checksums is not None and fill.version.meta.get_checksums is None:
+            # Kept with the version (and on disk with its metadata): a whole GET read later,
+            # once chunk 0 is local, needs no upstream request for them either.
+            self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
         if fill.done:
             await block.close()
             return
@@ -651,12 +655,14 @@ class Reader:
     async def carried_checksums(self, meta: ObjectMeta, *, keep: bool = True) -> tuple[tuple[str, str], ...] | None:
         """The checksum headers of a whole-object GET of this version, as block 0 in the shared
         tier carries them (bound to the version this pod resolved against the upstream, and
-        verified like its bytes); None: no tier, chunk 0 is local, or the block does not carry
-        them. Starts the demand read of the whole object from the tier (the ``read`` that follows,
+        verified like its bytes); None: no tier, chunk 0 is local without them, or the block does
+        not carry them. Starts the demand read of the whole object from the tier (the ``read`` that follows,
         with the same ``keep``, takes it over as its own), so the answer costs no extra request."""
         if self.tier is None or meta.size <= 0:
             return None
         version = self.store.version_for(meta)
+        if version.meta.get_checksums is not None:  # learned from block 0 by an earlier read
+            return version.meta.get_checksums
         if self.store.has(version.vid, 0):
             return None
         fill = self.fills.get((version.vid, 0))

@@ -116,6 +116,24 @@ def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, 
     assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
 
 
+def test_checksum_headers_come_with_block_0_to_a_ranged_read_too(pods, moto_s3, bucket, tap, tier_moto,
+                                                                  tier_bucket):
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 2)
+    b = pods()
+    tap.clear()
+    got = b.client().get_object(Bucket=bucket, Key="obj", Range="bytes=0-99")
+    assert got["Body"].read() == body[:100]
+    assert not any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    got = b.client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body
+    assert any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    # chunk 0 was local by then, and the checksum headers its block carried were kept with it
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
 def test_pod_that_never_saw_the_gets_checksums_writes_none_and_the_reader_asks_upstream(
         pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
     body = put(moto_s3, bucket, "obj", 2 * CHUNK)
