@@ -617,8 +617,10 @@ class Reader:
                 if fill.done:
                     return
                 fill.tier_upto += len(piece)  # before readers can see the bytes
-                fill.received(piece, fill.written)  # attached readers send it from memory meanwhile
-                await self._write_off_loop(writer, piece)
+                fill.received(piece, fill.written)
+                # Written on the loop, like an upstream piece: a page-cache write costs less than
+                # a hop to a thread.
+                writer.write(piece)
                 fill.progressed(len(piece))
                 if fill.refs:
                     await asyncio.sleep(0)  # let attached readers send this piece from memory
@@ -636,21 +638,6 @@ class Reader:
             self.metrics.prefetch_bytes.inc(fill.length)
         self._ended(fill)
         fill.finish(kept)
-
-    async def _write_off_loop(self, writer: ChunkWriter, piece: bytes | memoryview) -> None:
-        """``writer.write(piece)`` in the executor: a tier block arrives at the store's full speed,
-        and a write held up by the kernel's dirty-page throttling must not stall the event loop
-        (every client's sends). A cancelled caller still waits for the write: the thread holds
-        the temp file's descriptor."""
-        if self.executor is None:
-            writer.write(piece)
-            return
-        done = asyncio.get_running_loop().run_in_executor(self.executor, writer.write, piece)
-        try:
-            await asyncio.shield(done)
-        except asyncio.CancelledError:
-            await asyncio.wait((done,))
-            raise
 
     async def carried_checksums(self, meta: ObjectMeta, *, keep: bool = True) -> tuple[tuple[str, str], ...] | None:
         """The checksum headers of a whole-object GET of this version, as block 0 in the shared
