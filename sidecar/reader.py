@@ -550,7 +550,7 @@ class Reader:
 
     async def _run_span_via_tier(self, version: Version, fills: list[ChunkFill]) -> None:
         """Ask the shared tier for every chunk of a span (one request per block, at most
-        ``READS_IN_FLIGHT`` at once, in order), commit the verified hits as they stream in, then
+        at once, in order: cache/tier.py), commit the verified hits as they stream in, then
         fetch each remaining run of missing bytes with one upstream GET."""
         try:
             await asyncio.gather(*(self._fill_from_tier(f) for f in fills), return_exceptions=True)
@@ -594,7 +594,7 @@ class Reader:
             await self._gated(fill, fill.length)
             if fill.done:
                 return
-        block = await self.tier.open(fill.version.meta, fill.index, fill.length)
+        block = await self.tier.open(fill.version.meta, fill.index, fill.length, background=fill.priority != DEMAND)
         if fill.carried is not None and not fill.carried.done():
             fill.carried.set_result(block.checksums if block is not None else None)
         if block is None:

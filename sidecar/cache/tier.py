@@ -21,7 +21,9 @@ Reads stream: the binding is checked when the block's headers arrive, and each p
 out as soon as its CRC32C matches, so a client's first bytes do not wait for the whole block
 (with a shared key, a block is handed out only once its HMAC over all its bytes checks out: a
 CRC cannot stand against someone who forges blocks on purpose). At most ``READS_IN_FLIGHT``
-blocks are read at once, asked for in the order they are wanted.
+blocks are read at once for clients, and ``BACKGROUND_READS_IN_FLIGHT`` more for read-ahead and
+prefetch (so background reads never hold a client's read back), each asked for in the order
+they are wanted.
 
 Reads are best effort: a block that is missing, corrupt, mis-bound, slower than the deadline,
 an error, or asked for while the circuit breaker is open, is a miss (counted by cause), and the
@@ -59,7 +61,8 @@ log = get_logger("sidecar.tier")
 # v2: piece CRCs and block 0's GET checksum headers in the binding (v1 blocks are not read).
 BLOCK_FORMAT = "tier-v2"
 WRITE_WORKERS = 4
-READS_IN_FLIGHT = 8  # block reads at once per pod; more only shares the same link and store
+READS_IN_FLIGHT = 8  # demand block reads at once per pod; more only shares the same link and store
+BACKGROUND_READS_IN_FLIGHT = 4  # read-ahead and prefetch block reads, apart from demand's
 MAX_PIECES = 16  # a block's piece CRCs stay well inside S3's 2 KB of user metadata
 MIN_PIECE = 256 * 1024
 _BINDING = "sidecar-binding"  # user metadata: the binding line
@@ -197,8 +200,9 @@ class TierBlock:
     piece only once verified. Raises BlockRejected part way (counted). ``close`` frees the read."""
 
     def __init__(self, tier: "SharedTier", binding: Binding, body, release, length: int, deadline: float,
-                 mac: Any) -> None:
+                 mac: Any, slots: asyncio.Semaphore) -> None:
         self.tier = tier
+        self._slots = slots
         self.binding = binding
         self.checksums = binding.checksums
         self.length = length
@@ -265,7 +269,7 @@ class TierBlock:
     async def close(self) -> None:
         if self._release is not None:
             release, self._release = self._release, None
-            self.tier._slots.release()
+            self._slots.release()
             with contextlib.suppress(Exception):
                 await release()
 
@@ -297,7 +301,9 @@ class SharedTier:
         # until a probe after the cool-down (an open breaker only costs upstream bytes).
         self.breaker = breaker or CircuitBreaker(threshold=1, cooldown=2.0, max_cooldown=60.0)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=write_queue)
-        self._slots = asyncio.Semaphore(READS_IN_FLIGHT)  # FIFO: blocks are read in the order asked
+        # FIFO: blocks are read in the order asked; background reads have their own slots
+        self._slots = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._background_slots = asyncio.Semaphore(BACKGROUND_READS_IN_FLIGHT)
         self._queued: set[str] = set()  # block keys waiting or being written (no duplicate work)
         self._client: Any = None
         self._raw: S3Upstream | None = None
@@ -386,27 +392,30 @@ class SharedTier:
 
     # --- read ---------------------------------------------------------------------------
 
-    async def open(self, meta: ObjectMeta, index: int, length: int) -> TierBlock | None:
+    async def open(self, meta: ObjectMeta, index: int, length: int, *, background: bool = False) -> TierBlock | None:
         """Chunk ``index`` of ``meta``'s version as a block whose headers and binding checked
         out (its bytes are verified as they are read), or None: any fault is a miss, counted by
-        its cause, never an error. Waits for a free read slot (``READS_IN_FLIGHT``) first."""
+        its cause, never an error. Waits for a free read slot first (``READS_IN_FLIGHT``, or
+        ``BACKGROUND_READS_IN_FLIGHT`` for read-ahead and prefetch)."""
         if self._client is None:
             return None
         if not self.breaker.allow():
             self._count("breaker_open")
             return None
         key = self.naming.key(meta, index)
-        await self._slots.acquire()
+        slots = self._background_slots if background else self._slots
+        await slots.acquire()
         try:
-            block = await self._open_block(key, meta, index, length)
+            block = await self._open_block(key, meta, index, length, slots)
         except BaseException:
-            self._slots.release()
+            slots.release()
             raise
         if block is None:
-            self._slots.release()
+            slots.release()
         return block
 
-    async def _open_block(self, key: str, meta: ObjectMeta, index: int, length: int) -> TierBlock | None:
+    async def _open_block(self, key: str, meta: ObjectMeta, index: int, length: int,
+                          slots: asyncio.Semaphore) -> TierBlock | None:
         deadline = asyncio.get_running_loop().time() + self.read_within
         try:
             async with asyncio.timeout_at(deadline):
@@ -442,7 +451,7 @@ class SharedTier:
             with contextlib.suppress(Exception):
                 await release()
             raise
-        return TierBlock(self, binding, body, release, length, deadline, mac)
+        return TierBlock(self, binding, body, release, length, deadline, mac, slots)
 
     async def get(self, meta: ObjectMeta, index: int, length: int) -> bytes | None:
         """Chunk ``index`` of ``meta``'s version, all verified (bytes and binding), or None."""
