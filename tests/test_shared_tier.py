@@ -3,11 +3,14 @@ moto server as the tier's store; faults injected by a tap in front of the tier."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support.tap import Fault
 
@@ -353,3 +356,47 @@ def test_unreadable_hmac_key_file_is_a_config_error(tmp_path):
     settings = settings_for_tests(shared_tier="s3://tier-bucket/p", shared_tier_hmac_key_file=str(tmp_path / "none"))
     with pytest.raises(ConfigError):
         SharedTier.from_settings(settings, Metrics())
+
+
+# --- block bindings (sidecar/cache/tier.py): pure logic ------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=5 * 2**30))
+def test_a_block_has_at_most_16_pieces_of_whole_64k_units(length):
+    from sidecar.cache.tier import MAX_PIECES, MIN_PIECE, piece_size
+
+    p = piece_size(length)
+    assert p % 65536 == 0 and p >= MIN_PIECE
+    assert -(-length // p) <= MAX_PIECES
+
+
+_b64 = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_:", min_size=1,
+               max_size=60)
+_sums = st.lists(st.tuples(st.sampled_from(["x-amz-checksum-crc32", "x-amz-checksum-crc64nvme",
+                                            "x-amz-checksum-sha256", "x-amz-checksum-type"]), _b64), max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=3 * 65536 + 7), index=st.integers(0, 3), sums=st.none() | _sums.map(tuple),
+       key=st.text(max_size=40), etag=st.text(min_size=1, max_size=40))
+def test_a_binding_names_one_block_and_describes_its_bytes(data, index, sums, key, etag):
+    from sidecar.cache.chunkfile import crc32c
+    from sidecar.cache.tier import BlockNaming, BlockRejected, piece_crcs
+    from sidecar.objects import ObjectMeta
+
+    naming = BlockNaming("job", 65536 * 4, "http://up")
+    meta = ObjectMeta("bkt", key, etag, 10 * 65536 * 4, "", (), get_checksums=sums)
+    line = naming.binding(meta, index, data)
+    assert line.isascii() and line.isprintable()
+    got = naming.parse(line, meta, index, len(data))
+    assert got.crc == crc32c(data) and got.pieces == piece_crcs(data, got.piece)
+    assert got.checksums == (sums if index == 0 else None)  # only block 0 carries them
+    for other in (dataclasses.replace(meta, etag=etag + "x"), dataclasses.replace(meta, key=key + "/"),
+                  dataclasses.replace(meta, size=meta.size + 1)):
+        with pytest.raises(BlockRejected, match="misbound"):
+            naming.parse(line, other, index, len(data))
+    with pytest.raises(BlockRejected, match="misbound"):
+        naming.parse(line, meta, index + 1, len(data))
+    with pytest.raises(BlockRejected):  # pieces cut short: the binding no longer describes the block
+        naming.parse(line.split(";g=")[0][:-8] + (";g=" + line.split(";g=")[1] if ";g=" in line else ""),
+                     meta, index, len(data))
