@@ -540,9 +540,13 @@ class Reader:
         store = self.store
         writer = self._open_writer(fill)
         received = fill.written
+        # the counter's children, looked up once a chunk rather than once a piece
+        demand_bytes = self.metrics.upstream_bytes.labels("demand")
+        background_bytes = self.metrics.upstream_bytes.labels(purpose)
         while received < fill.length:
             want = min(PIECE, fill.length - received)
-            background = await self._gated(fill, want)
+            # demand never waits for the gate (no coroutine a piece for it either)
+            background = fill.priority != DEMAND and await self._gated(fill, want)
             try:
                 piece = await body.read(want)
             except S3Error:
@@ -554,7 +558,7 @@ class Reader:
             fill.received(piece, received)
             received += len(piece)
             # Promoted (a client joined): the rest is demand's, in the counter as in the bucket.
-            self.metrics.upstream_bytes.labels(purpose if background else "demand").inc(len(piece))
+            (background_bytes if background else demand_bytes).inc(len(piece))
             if self.spend_demand is not None and not background:
                 self.spend_demand(len(piece))
             try:
