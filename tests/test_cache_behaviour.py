@@ -282,11 +282,15 @@ def test_read_overtaken_by_a_write_leaves_no_old_chunks(make_sidecar, tap, moto_
     sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="64KiB", metadata_ttl="indefinite",
                       prefetch="false", readahead_chunks=0)
     s3 = sc.client()
-    tap.fault = lambda seen: Fault(answer_delay=1.0) if seen.method == "GET" and "/race" in seen.path else None
+    tap.fault = lambda seen: Fault(answer_delay=1.2) if seen.method == "GET" and "/race" in seen.path else None
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             reading = pool.submit(_get, s3, bucket, "race")
-            time.sleep(0.4)  # the upstream has answered with the old version; the sidecar waits
+            # the upstream has answered with the old version; the tap holds the answer 1.2 s
+            deadline = time.monotonic() + 20
+            while not any(s.status for s in tap.object_gets(f"/{bucket}/race")):
+                assert time.monotonic() < deadline, "the sidecar never asked the upstream"
+                time.sleep(0.02)
             s3.put_object(Bucket=bucket, Key="race", Body=new)
             assert reading.result(timeout=30) == old, "a read that began before the write ends on what it began"
     finally:
