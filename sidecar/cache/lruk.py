@@ -424,3 +424,225 @@ class ProbationLRUK:
 
     def history(self, key: Hashable) -> tuple[int, ...]:
         return self.main.history(key)
+
+
+class AdmitLRUK(LRUKPolicy):
+    """LRU-K whose newcomers pass an adaptive probationary queue, its size set as ARC sets its
+    split (Megiddo & Modha, FAST 2003), its ghost list the LRU-K retained history itself.
+
+    - A key with no history (a stranger) enters *probation*: a FIFO of entries read once.
+      Any later reference (correlated or not) moves it to the *main* part, ranked by LRU-K.
+      A key that comes back while LRU-K still retains its history skips probation: its past
+      references count (the paper's retained information), and it goes straight to main.
+    - ``victim``: the probation's oldest entry while probation holds more than its *target*
+      bytes (or main is empty); otherwise main's LRU-K victim.
+    - The target moves on returns, each a sign that one part let a reused key go too soon: a
+      key that left probation unread raises it, a key that left main lowers it, by the key's
+      size times the ratio of the other kind's retained keys to this kind's (at least 1),
+      bounded by ``max_share`` of the resident bytes. The retained histories carry a flag
+      saying which part each key left, so the ghost list costs one byte a key.
+
+    With a target of 0 it is plain LRU-K (strangers go first, the oldest first; a returning
+    key is admitted on its history): where probation does not pay (cloudPhysics) the target
+    stays near 0; where one-hit scans crowd a recency-ranked main (OLTP) it grows toward an
+    S3-FIFO-like split. Same interface as ``LRUKPolicy``.
+    """
+
+    name = "lru-k-admit"
+
+    def __init__(self, k: int = 2, *, correlated_period: float = 0.0, retained_period: float | None = 3600.0,
+                 history_size: int | None = None, target: float = 0.0, max_share: float = 0.5,
+                 window: float = 0.1) -> None:
+        """``target``: the starting probation share of the resident bytes; ``max_share``: its
+        bound (0 keeps the target at 0: plain LRU-K)."""
+        super().__init__(k, correlated_period=correlated_period, retained_period=retained_period,
+                         history_size=history_size)
+        if not 0 <= max_share < 1:
+            raise ValueError(f"max_share must be from 0 to below 1, not {max_share!r}")
+        if not 0 <= target <= max_share:
+            raise ValueError(f"target must be from 0 to max_share, not {target!r}")
+        self.max_share = float(max_share)
+        self.share = float(target)  # probation's target, a share of the resident bytes
+        self.window = float(window)
+        # LRU-K's record + bytes evicted from its part before it + which part it left
+        self._packed = struct.Struct(f"<dd{k + 1}qqB")
+        self._evicted = [0, 0]  # bytes evicted from main [0] / probation [1]
+        self._size = array("q")  # slot -> bytes
+        self._probation: OrderedDict[Hashable, int] = OrderedDict()  # key -> slot, oldest first
+        self.probation_bytes = 0
+        self.main_bytes = 0
+        self._left = [0, 0]  # retained keys that left main [0] / probation [1]
+
+    # --- the policy interface ----------------------------------------------------------------
+
+    def admit(self, key: Hashable, size: int, now: float) -> None:
+        if key in self._entries:
+            self.touch(key, now)
+            return
+        k = self.k
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+        else:
+            slot = len(self._keys)
+            if slot > _SLOT_MASK:
+                raise OverflowError("LRU-K index is full")
+            self._keys.append(key)
+            self._hist.extend(itertools.repeat(0, k))
+            self._last_seq.append(0)
+            self._last_time.append(0.0)
+            self._size.append(0)
+        self._size[slot] = size
+        base = slot * k
+        hist: list[int] | tuple[int, ...] = (0,) * k
+        past = self._retained.pop(key, None) if self._retained else None
+        returning = False
+        if past is not None:
+            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
+            on_probation = kept.pop()
+            mark = kept.pop()
+            self._left[on_probation] -= 1
+            if self.retained_period is None or now - evicted_at <= self.retained_period:
+                hist = kept
+                self._last_time[slot] = last_time
+                self._last_seq[slot] = last_seq
+                returning = True
+                if self._evicted[on_probation] - mark <= self.window * (self.probation_bytes + self.main_bytes):
+                    self._adapt(size, bool(on_probation))
+        self._hist[base:base + k] = array("q", hist)
+        rank = self._reference(slot, now)
+        value = rank << _SLOT_BITS | slot
+        self._entries[key] = value
+        if returning:
+            self.main_bytes += size
+            self._push(value)
+        else:
+            self._probation[key] = slot
+            self.probation_bytes += size
+        self._expire(now)
+
+    def touch(self, key: Hashable, now: float) -> None:
+        value = self._entries.get(key)
+        if value is None:
+            return
+        slot = value & _SLOT_MASK
+        rank = self._reference(slot, now)
+        new = rank << _SLOT_BITS | slot
+        if self._probation and self._probation.pop(key, None) is not None:
+            size = self._size[slot]
+            self.probation_bytes -= size
+            self.main_bytes += size
+            self._entries[key] = new
+            self._push(new)
+        elif new != value:
+            self._entries[key] = new
+            self._push(new)
+
+    def victim(self) -> Hashable | None:
+        probation = self._probation
+        if probation and (self.probation_bytes > self.share * (self.probation_bytes + self.main_bytes)
+                          or self.main_bytes <= 0):
+            return next(iter(probation))
+        if self.main_bytes > 0:
+            found = super().victim()
+            if found is not None:
+                return found
+        return next(iter(probation), None)
+
+    def remove(self, key: Hashable) -> None:
+        value = self._entries.pop(key, None)
+        if value is None:
+            return
+        slot = value & _SLOT_MASK
+        size = self._size[slot]
+        on_probation = self._probation.pop(key, None) is not None
+        if on_probation:
+            self.probation_bytes -= size
+        else:
+            self.main_bytes -= size
+        self._keys[slot] = None
+        self._free.append(slot)
+        limit = len(self._entries) + 1 if self.history_size is None else self.history_size
+        if limit > 0:
+            base = slot * self.k
+            self._retained[key] = self._packed.pack(self._now, self._last_time[slot], self._last_seq[slot],
+                                                    *self._hist[base:base + self.k], self._evicted[on_probation],
+                                                    on_probation)
+            self._left[on_probation] += 1
+            while len(self._retained) > limit:
+                self._drop_oldest()
+        self._evicted[on_probation] += size
+
+    def forget(self, key: Hashable) -> None:
+        self.remove(key)
+        past = self._retained.pop(key, None)
+        if past is not None:
+            self._left[past[-1]] -= 1
+
+    def boost(self, key: Hashable, weight: float) -> None:
+        """``LRUKPolicy.boost`` for main entries; one on probation has no rank to raise yet (a
+        read, not a prediction, moves it on)."""
+        if key not in self._probation:
+            super().boost(key, weight)
+
+    # --- inspection ------------------------------------------------------------------------------
+
+    @property
+    def probation_count(self) -> int:
+        return len(self._probation)
+
+    def on_probation(self, key: Hashable) -> bool:
+        return key in self._probation
+
+    def left_probation(self, key: Hashable) -> bool | None:
+        """For a retained key: whether it left from probation (None: not retained)."""
+        past = self._retained.get(key)
+        return None if past is None else bool(past[-1])
+
+    def history(self, key: Hashable) -> tuple[int, ...]:
+        value = self._entries.get(key)
+        if value is not None:
+            return super().history(key)
+        past = self._retained.get(key)
+        return tuple(self._packed.unpack(past)[3:3 + self.k]) if past is not None else ()
+
+    def order(self) -> list[Hashable]:
+        """Resident keys, next victim first if probation is over its target (ignoring the
+        correlated-period exemption): probation oldest first, then main by LRU-K rank."""
+        main = [self._keys[v & _SLOT_MASK] for k, v in sorted(self._entries.items(), key=lambda kv: kv[1])
+                if k not in self._probation]
+        return [*self._probation, *main]
+
+    # --- internals -------------------------------------------------------------------------------
+
+    @property
+    def target(self) -> float:
+        """Probation's target in bytes."""
+        return self.share * (self.probation_bytes + self.main_bytes)
+
+    def _adapt(self, size: int, from_probation: bool) -> None:
+        step = size / (self.probation_bytes + self.main_bytes + size)
+        self.share = min(self.max_share, max(0.0, self.share + (step if from_probation else -step)))
+
+    def _drop_oldest(self) -> None:
+        _, past = self._retained.popitem(last=False)
+        self._left[past[-1]] -= 1
+
+    def _push(self, value: int) -> None:
+        heap = self._heap
+        heapq.heappush(heap, value)
+        if len(heap) > 2 * (len(self._entries) - len(self._probation)) + 64:
+            probation = self._probation
+            heap[:] = [v for key, v in self._entries.items() if key not in probation]
+            heapq.heapify(heap)
+
+    def _expire(self, now: float) -> None:
+        if self.retained_period is None:
+            return
+        retained = self._retained
+        horizon = now - self.retained_period
+        while retained:
+            key = next(iter(retained))
+            if self._packed.unpack_from(retained[key])[0] >= horizon:
+                break
+            self._drop_oldest()

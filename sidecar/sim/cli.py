@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
 
-from ..cache.lruk import LRUKPolicy, ProbationLRUK
+from ..cache.lruk import AdmitLRUK, LRUKPolicy, ProbationLRUK
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
 from ..config import ConfigError, format_size, parse_duration, parse_size
@@ -19,7 +19,7 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+))?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?)?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
@@ -53,6 +53,11 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
         if not 1 <= k <= 8:
             raise ConfigError("policy", spec, "K from 1 to 8")
         history = 0 if m.group(2) else args.history_size
+        if m.group(5):
+            bound = int(m.group(6)) / 100 if m.group(6) else 0.5
+            return lambda: AdmitLRUK(k, correlated_period=args.correlated_period, retained_period=args.retained_period,
+                                     history_size=history, max_share=bound,
+                                     window=int(m.group(7)) / 100 if m.group(7) else 0.1)
         if m.group(3):
             share, adaptive = int(m.group(4)) / 100, m.group(3) == "a"
             return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
