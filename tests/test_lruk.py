@@ -445,10 +445,12 @@ admit_ops = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(ops=admit_ops, capacity=st.integers(30, 150), crp=st.sampled_from([0.0, 0.5]),
        rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
-       max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]))
-def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share, start):
-    policy = AdmitLRUK(2, correlated_period=crp, retained_period=rip, history_size=history_size,
-                       target=min(start, max_share), max_share=max_share)
+       max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
+       chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]))
+def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
+                                                            start, chances, k):
+    policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
+                       target=min(start, max_share), max_share=max_share, chances=chances)
     space = CacheSpace(capacity, policy)
     sizes: dict[int, int] = {}
     now = 0.0
@@ -487,9 +489,10 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
 @settings(max_examples=150, deadline=None)
 @given(ops=operations, rip=st.sampled_from([None, 2.0, 10.0]), history_size=st.sampled_from([None, 0, 1, 3]))
 def test_admit_lruk_with_no_probation_share_is_plain_lruk(ops, rip, history_size):
-    """At a target of 0 strangers go first, oldest first, and a returning key is admitted on its
-    history: exactly LRU-K's choices (K=2, no correlated period: every main entry has K references)."""
-    admit = AdmitLRUK(2, retained_period=rip, history_size=history_size, max_share=0.0)
+    """At a target of 0 and without second chances strangers go first, oldest first, and a
+    returning key is admitted on its history: exactly LRU-K's choices (K=2, no correlated period:
+    every main entry has K references)."""
+    admit = AdmitLRUK(2, retained_period=rip, history_size=history_size, max_share=0.0, chances=0)
     plain = LRUKPolicy(2, retained_period=rip, history_size=history_size)
     now = 0.0
     for op, key, dt in ops:
@@ -593,3 +596,22 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     settings = load({"lru_k_admission": "adaptive"}, {})
     policy = QoSPolicy.from_settings(settings, locate=lambda key: None)
     assert all(isinstance(group.policy, AdmitLRUK) for group in policy._groups())
+
+
+def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
+    policy = AdmitLRUK(2, correlated_period=10.0, chances=3)
+    for key in ("often", "once"):  # both move to main on a second reference within one burst
+        policy.admit(key, 1, 0.0)
+        policy.touch(key, 0.0)
+    for _ in range(3):
+        policy.touch("often", 0.0)  # correlated: LRU-K's history cannot tell them apart
+    policy.touch("once", 0.0)  # the later reference: LRU-K alone would evict "often" first
+    plain = AdmitLRUK(2, correlated_period=10.0, chances=0)
+    for key in ("often", "once"):
+        plain.admit(key, 1, 0.0)
+        plain.touch(key, 0.0)
+    for _ in range(3):
+        plain.touch("often", 0.0)
+    plain.touch("once", 0.0)
+    assert plain.victim() == "often"
+    assert policy.victim() == "once"  # "often" is spared, "once" (count 1) spared then taken

@@ -19,7 +19,7 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?)?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?(?:-c(\d))?)?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
@@ -57,7 +57,8 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
             bound = int(m.group(6)) / 100 if m.group(6) else 0.5
             return lambda: AdmitLRUK(k, correlated_period=args.correlated_period, retained_period=args.retained_period,
                                      history_size=history, max_share=bound,
-                                     window=int(m.group(7)) / 100 if m.group(7) else 0.1)
+                                     window=int(m.group(7)) / 100 if m.group(7) else 0.1,
+                                     chances=int(m.group(8) or 3))
         if m.group(3):
             share, adaptive = int(m.group(4)) / 100, m.group(3) == "a"
             return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
