@@ -479,8 +479,8 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         victim = policy.victim()
         assert victim is None if not resident else victim in resident  # never an absent entry
         # the ghost list is LRU-K's retained history: bounded, and its two kinds add up
-        bound = len(resident) + 1 if history_size is None else history_size
-        assert policy.retained <= max(bound, 0) + 1
+        bound = int(1.5 * (len(resident) + 1)) if history_size is None else history_size
+        assert policy.retained <= bound + 2
         assert sum(policy._left) == policy.retained and min(policy._left) >= 0
         assert 0.0 <= policy.share <= max_share
         assert len(policy._heap) <= 2 * len(resident) + 65
@@ -489,10 +489,11 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
 @settings(max_examples=150, deadline=None)
 @given(ops=operations, rip=st.sampled_from([None, 2.0, 10.0]), history_size=st.sampled_from([None, 0, 1, 3]))
 def test_admit_lruk_with_no_probation_share_is_plain_lruk(ops, rip, history_size):
-    """At a target of 0 and without second chances strangers go first, oldest first, and a
-    returning key is admitted on its history: exactly LRU-K's choices (K=2, no correlated period:
-    every main entry has K references)."""
-    admit = AdmitLRUK(2, retained_period=rip, history_size=history_size, max_share=0.0, chances=0)
+    """At a target of 0, without second chances and with returns ranked by their history,
+    strangers go first, oldest first, and a returning key is admitted on its history: exactly
+    LRU-K's choices (K=2, no correlated period: every main entry has K references)."""
+    admit = AdmitLRUK(2, retained_period=rip, history_size=history_size, max_share=0.0, chances=0,
+                      fresh_returns=False, ghost=1.0)
     plain = LRUKPolicy(2, retained_period=rip, history_size=history_size)
     now = 0.0
     for op, key, dt in ops:
@@ -615,3 +616,19 @@ def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
     plain.touch("once", 0.0)
     assert plain.victim() == "often"
     assert policy.victim() == "once"  # "often" is spared, "once" (count 1) spared then taken
+
+
+def test_a_returning_key_ranks_as_if_just_read_not_by_its_stale_history():
+    fresh, plain = AdmitLRUK(2), AdmitLRUK(2, fresh_returns=False)
+    for policy in (fresh, plain):
+        t = 0.0
+        for key in ("old", "a", "b"):  # "old" read twice long ago, then evicted
+            for _ in range(2):
+                t += 1
+                policy.admit(key, 1, t) if key not in policy else policy.touch(key, t)
+        policy.remove("old")
+        t += 1
+        policy.admit("old", 1, t)  # back, within its retained history
+        assert not policy.on_probation("old")
+    assert plain.victim() == "old"  # LRU-K: its second-newest reference is the oldest of all
+    assert fresh.victim() == "a"

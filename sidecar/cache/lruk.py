@@ -468,10 +468,12 @@ class AdmitLRUK(LRUKPolicy):
 
     def __init__(self, k: int = 2, *, correlated_period: float = 0.0, retained_period: float | None = 3600.0,
                  history_size: int | None = None, target: float = 0.0, max_share: float = 0.5,
-                 window: float = 0.1, chances: int = 3) -> None:
+                 window: float = 0.1, chances: int = 3, fresh_returns: bool = True, ghost: float = 1.5) -> None:
         """``target``: the starting probation share of the resident bytes; ``max_share``: its
         bound (0 keeps it at 0); ``window``: see the class; ``chances``: main's second chances
-        per entry (0: none, at most 100)."""
+        per entry (0: none, at most 100); ``fresh_returns``: a returning key with K references
+        ranks as if referenced K times just now (False: by its history, as LRU-K); ``ghost``: with
+        ``history_size`` None, this many times the resident entries keep their history."""
         super().__init__(k, correlated_period=correlated_period, retained_period=retained_period,
                          history_size=history_size)
         if not 0 <= max_share < 1:
@@ -482,6 +484,10 @@ class AdmitLRUK(LRUKPolicy):
             raise ValueError(f"window must be from 0 to 1, not {window!r}")
         if not isinstance(chances, int) or not 0 <= chances <= 100:
             raise ValueError(f"chances must be an integer from 0 to 100, not {chances!r}")
+        if not 0 <= ghost <= 16:
+            raise ValueError(f"ghost must be from 0 to 16, not {ghost!r}")
+        self.fresh_returns = bool(fresh_returns)
+        self.ghost = float(ghost)
         self.max_share = float(max_share)
         self.share = float(target)  # probation's target, a share of the resident bytes
         self.window = float(window)
@@ -546,6 +552,12 @@ class AdmitLRUK(LRUKPolicy):
         if returning:
             self._state[slot] = 0
             self.main_bytes += size
+            if self.fresh_returns and value >= _FULL << _SLOT_BITS:
+                # ranked as if its K-distance ended now (S3-FIFO puts a ghost hit at the back of
+                # its main queue): a history from before its eviction is stale and would make it
+                # the next victim
+                value = (_FULL + self._clock) << _SLOT_BITS | slot
+                self._entries[key] = value
             self._push(value)
         else:
             self._state[slot] = self._ON_PROBATION
@@ -617,7 +629,7 @@ class AdmitLRUK(LRUKPolicy):
         self._state[slot] = 0
         self._keys[slot] = None
         self._free.append(slot)
-        limit = len(self._entries) + 1 if self.history_size is None else self.history_size
+        limit = int(self.ghost * (len(self._entries) + 1)) if self.history_size is None else self.history_size
         if limit > 0:
             base = slot * self.k
             self._retained[key] = self._packed.pack(self._now, self._last_time[slot], self._last_seq[slot],

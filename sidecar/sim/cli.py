@@ -28,8 +28,10 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     """``default`` (the daemon's policy and default settings), ``lru``, ``lru-K`` (``lru-k``: K
     from --lru-k), ``lru-K-forget`` (no retained history, as libCacheSim's LRU-K), ``lru-K-pNN``
     (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front; ``lru-K-aNN``: its
-    share adaptive, starting at NN %%), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
-    INNER per class, rules from --rules)."""
+    share adaptive, starting at NN %%), ``lru-K-admit[MM][-wWW][-cC]`` (``AdmitLRUK``: adaptive
+    probation, its share bounded by MM %% [50], moved by returns within WW %% of the resident bytes
+    [10], C second chances in main [3]; the daemon's ``lru_k_admission: adaptive``), ``belady``,
+    ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
     if spec == "default":
         # the daemon's own policy object with the daemon's default settings (config.py)
@@ -66,7 +68,8 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
                                          adaptive=adaptive)
         return lambda: LRUKPolicy(k, correlated_period=args.correlated_period,
                                   retained_period=args.retained_period, history_size=history)
-    raise ConfigError("policy", spec, "default, lru, lru-K, lru-K-pNN (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
+    raise ConfigError("policy", spec, "default, lru, lru-K (e.g. lru-2), lru-K-pNN, lru-K-aNN, lru-K-admit, lru-K-forget, "
+                                      "belady, belady-size or qos:INNER")
 
 
 def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
@@ -207,7 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help="comma-separated: default (the daemon's policy and default settings), lru, lru-K "
                         "(lru-k: K from --lru-k), lru-K-forget (no retained history), lru-K-pNN (a "
-                        "probationary FIFO of NN%% of the bytes in front), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                        "probationary FIFO of NN%% of the bytes in front), lru-K-admit (adaptive probation and "
+                        "second chances: lru_k_admission: adaptive), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
                         f"--rules over INNER) [{DEFAULT_POLICIES}]")
     p.add_argument("--rules", metavar="FILE.yaml",
                    help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")
