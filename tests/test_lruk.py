@@ -446,11 +446,13 @@ admit_ops = st.lists(
 @given(ops=admit_ops, capacity=st.integers(30, 150), crp=st.sampled_from([0.0, 0.5]),
        rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
        max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
-       chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]))
+       chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]), fresh=st.booleans(),
+       ghost=st.sampled_from([1.0, 1.5]))
 def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
-                                                            start, chances, k):
+                                                            start, chances, k, fresh, ghost):
     policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
-                       target=min(start, max_share), max_share=max_share, chances=chances)
+                       target=min(start, max_share), max_share=max_share, chances=chances,
+                       fresh_returns=fresh, ghost=ghost)
     space = CacheSpace(capacity, policy)
     sizes: dict[int, int] = {}
     now = 0.0
@@ -479,7 +481,7 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         victim = policy.victim()
         assert victim is None if not resident else victim in resident  # never an absent entry
         # the ghost list is LRU-K's retained history: bounded, and its two kinds add up
-        bound = int(1.5 * (len(resident) + 1)) if history_size is None else history_size
+        bound = int(ghost * (len(resident) + 1)) if history_size is None else history_size
         assert policy.retained <= bound + 2
         assert sum(policy._left) == policy.retained and min(policy._left) >= 0
         assert 0.0 <= policy.share <= max_share
@@ -619,7 +621,7 @@ def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
 
 
 def test_a_returning_key_ranks_as_if_just_read_not_by_its_stale_history():
-    fresh, plain = AdmitLRUK(2), AdmitLRUK(2, fresh_returns=False)
+    fresh, plain = AdmitLRUK(2, fresh_returns=True), AdmitLRUK(2)
     for policy in (fresh, plain):
         t = 0.0
         for key in ("old", "a", "b"):  # "old" read twice long ago, then evicted
