@@ -50,6 +50,8 @@ _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _FULL = 1 << 62
 # Bounds of an adaptive probation share: the FIFO never vanishes nor takes the whole cache.
 _ADAPT_MIN, _ADAPT_MAX = 0.01, 0.9
+# AdmitLRUK's state byte of an entry on probation (otherwise: its count of second chances).
+_ON_PROBATION = 255
 # Entries examined for one not inside a correlated burst before settling for the oldest.
 _ELIGIBLE_SCAN = 32
 
@@ -464,7 +466,6 @@ class AdmitLRUK(LRUKPolicy):
     """
 
     name = "lru-k-admit"
-    _ON_PROBATION = 255
 
     def __init__(self, k: int = 2, *, correlated_period: float = 0.0, retained_period: float | None = 3600.0,
                  history_size: int | None = None, target: float = 0.0, max_share: float = 0.5,
@@ -563,7 +564,7 @@ class AdmitLRUK(LRUKPolicy):
                 self._entries[key] = value
             self._push(value)
         else:
-            self._state[slot] = self._ON_PROBATION
+            self._state[slot] = _ON_PROBATION
             self.probation_bytes += size
             self.probation_count += 1
             fifo = self._fifo
@@ -579,9 +580,10 @@ class AdmitLRUK(LRUKPolicy):
         slot = value & _SLOT_MASK
         rank = self._reference(slot, now)
         new = rank << _SLOT_BITS | slot
-        state = self._state[slot]
-        if state == self._ON_PROBATION:  # read again: on to main (its FIFO value goes stale)
-            self._state[slot] = 0
+        states = self._state
+        state = states[slot]
+        if state == _ON_PROBATION:  # read again: on to main (its FIFO value goes stale)
+            states[slot] = 0
             size = self._size[slot]
             self.probation_bytes -= size
             self.probation_count -= 1
@@ -590,7 +592,7 @@ class AdmitLRUK(LRUKPolicy):
             self._push(new)
             return
         if state < self.chances:
-            self._state[slot] = state + 1
+            states[slot] = state + 1
         if new != value:
             self._entries[key] = new
             self._push(new)
@@ -623,7 +625,7 @@ class AdmitLRUK(LRUKPolicy):
             return
         slot = value & _SLOT_MASK
         size = self._size[slot]
-        left_probation = self._state[slot] == self._ON_PROBATION
+        left_probation = self._state[slot] == _ON_PROBATION
         if left_probation:
             self.probation_bytes -= size
             self.probation_count -= 1
@@ -664,7 +666,7 @@ class AdmitLRUK(LRUKPolicy):
 
     def on_probation(self, key: Hashable) -> bool:
         value = self._entries.get(key)
-        return value is not None and self._state[value & _SLOT_MASK] == self._ON_PROBATION
+        return value is not None and self._state[value & _SLOT_MASK] == _ON_PROBATION
 
     def left_probation(self, key: Hashable) -> bool | None:
         """For a retained key: whether it left from probation (None: not retained)."""
@@ -681,14 +683,14 @@ class AdmitLRUK(LRUKPolicy):
         """Resident keys: probation oldest first, then main by LRU-K rank (ignoring the share,
         second chances and the correlated-period exemption)."""
         probation = [self._keys[v & _SLOT_MASK] for v in self._fifo[self._head:] if self._live(v)]
-        main = sorted(v for v in self._entries.values() if self._state[v & _SLOT_MASK] != self._ON_PROBATION)
+        main = sorted(v for v in self._entries.values() if self._state[v & _SLOT_MASK] != _ON_PROBATION)
         return [*probation, *(self._keys[v & _SLOT_MASK] for v in main)]
 
     # --- internals -------------------------------------------------------------------------------
 
     def _live(self, item: int) -> bool:
         slot = item & _SLOT_MASK
-        return (self._keys[slot] is not None and self._state[slot] == self._ON_PROBATION
+        return (self._keys[slot] is not None and self._state[slot] == _ON_PROBATION
                 and self._last_seq[slot] == item >> _SLOT_BITS)
 
     def _oldest(self) -> Hashable | None:
@@ -720,8 +722,8 @@ class AdmitLRUK(LRUKPolicy):
         heap = self._heap
         heapq.heappush(heap, value)
         if len(heap) > 2 * (len(self._entries) - self.probation_count) + 64:
-            state, on = self._state, self._ON_PROBATION
-            heap[:] = [v for v in self._entries.values() if state[v & _SLOT_MASK] != on]
+            state = self._state
+            heap[:] = [v for v in self._entries.values() if state[v & _SLOT_MASK] != _ON_PROBATION]
             heapq.heapify(heap)
 
     def _expire(self, now: float) -> None:
