@@ -447,12 +447,12 @@ admit_ops = st.lists(
        rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
        max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
        chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]), fresh=st.booleans(),
-       ghost=st.sampled_from([1.0, 1.5]))
+       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans())
 def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
-                                                            start, chances, k, fresh, ghost):
+                                                            start, chances, k, fresh, ghost, fill):
     policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
                        target=min(start, max_share), max_share=max_share, chances=chances,
-                       fresh_returns=fresh, ghost=ghost)
+                       fresh_returns=fresh, ghost=ghost, fill_main=fill)
     space = CacheSpace(capacity, policy)
     sizes: dict[int, int] = {}
     now = 0.0
@@ -634,3 +634,16 @@ def test_a_returning_key_ranks_as_if_just_read_not_by_its_stale_history():
         assert not policy.on_probation("old")
     assert plain.victim() == "old"  # LRU-K: its second-newest reference is the oldest of all
     assert fresh.victim() == "a"
+
+
+def test_with_fill_main_the_cold_start_fills_main_and_later_strangers_pass_probation():
+    policy = AdmitLRUK(2, fill_main=True)
+    space = CacheSpace(30, policy)
+    for t, key in enumerate("abc"):
+        space.insert(key, 10, float(t))
+    assert not any(policy.on_probation(k) for k in "abc") and policy.main_bytes == 30
+    space.insert("d", 10, 3.0)  # the first victim ("a": nothing on probation yet); full from now on
+    assert policy.on_probation("d") and "a" not in space
+    for t, key in enumerate("efgh", start=4):  # more strangers: each pushes out the one before
+        space.insert(key, 10, float(t))
+    assert [k for k in "bcdefgh" if k in space] == ["b", "c", "h"]  # a cyclic scan keeps a frozen part
