@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sidecar.cache.lruk import LRUKPolicy, ProbationLRUK  # noqa: E402
+from sidecar.cache.lruk import AdmitLRUK, LRUKPolicy, ProbationLRUK  # noqa: E402
 from sidecar.cache.policy import LRUPolicy  # noqa: E402
 from sidecar.cache.space import CacheSpace  # noqa: E402
 
@@ -36,9 +36,12 @@ def build(spec: str):
     k, _, share = rest.partition(":")
     if name == "lru-k":
         return LRUKPolicy(k=int(k or 2))
+    if name == "lru-k-admit":
+        return AdmitLRUK(k=int(k or 2))
     if name in ("lru-k-probation", "lru-k-adaptive"):
         return ProbationLRUK(k=int(k or 2), probation=float(share or 0.1), adaptive=name == "lru-k-adaptive")
-    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K, lru-k-probation:K:SHARE, lru-k-adaptive:K:SHARE)")
+    raise SystemExit(f"unknown policy {spec!r} (lru, lru-k:K, lru-k-admit:K, lru-k-probation:K:SHARE, "
+                     "lru-k-adaptive:K:SHARE)")
 
 
 def chunk_keys(n: int) -> list[tuple[str, int]]:
@@ -55,7 +58,7 @@ def bench_touch(spec: str, keys: list, ops: int, rng: random.Random) -> float:
     policy = build(spec)
     for i, key in enumerate(keys):
         policy.admit(key, 4 << 20, i * 1e-3)
-    if isinstance(policy, ProbationLRUK):
+    if isinstance(policy, (ProbationLRUK, AdmitLRUK)):
         # time the steady state: most entries past probation, in the LRU-K queue
         for key in keys:
             policy.touch(key, len(keys) * 1e-3)
@@ -153,7 +156,8 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=1_000_000, help="resident entries")
     ap.add_argument("--ops", type=int, default=1_000_000, help="operations timed per figure")
     ap.add_argument("--policy", action="append", 
-                    help="lru, lru-k:K, lru-k-probation:K:SHARE or lru-k-adaptive:K:SHARE (repeatable)")
+                    help="lru, lru-k:K, lru-k-admit:K, lru-k-probation:K:SHARE or lru-k-adaptive:K:SHARE "
+                         "(repeatable)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     specs = args.policy or ["lru", "lru-k:1", "lru-k:2", "lru-k:3"]

@@ -49,8 +49,9 @@ def reference_rows(trace_path: str, capacities: list[int], names: list[str]) -> 
     return rows
 
 
-def our_rows(trace_path: str, capacities: list[int], specs: list[str]) -> list[tuple[str, int, float, float]]:
-    args = build_parser().parse_args(["sim", trace_path])
+def our_rows(trace_path: str, capacities: list[int], specs: list[str],
+             sim_args: list[str] = ()) -> list[tuple[str, int, float, float]]:
+    args = build_parser().parse_args(["sim", trace_path, *sim_args])
     trace = read_trace(trace_path)
     workload = Workload.build(trace)
     rows = []

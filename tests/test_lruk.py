@@ -428,3 +428,222 @@ def test_qos_policy_boosts_chunks_but_not_credited_ones():
     assert q.boost([("bkt", "a", 0), ("bkt", "c", 0), ("bkt", "gone", 0)], 0.3) == 1
     assert q.victim() == ("bkt", "b", 0)
     assert q.boost([("bkt", "b", 0)], 0.0) == 0
+
+
+# --- AdmitLRUK: LRU-K behind an adaptive probationary FIFO ------------------------------------------
+
+from sidecar.cache.lruk import AdmitLRUK  # noqa: E402
+from sidecar.cache.qos import QoSPolicy  # noqa: E402
+from sidecar.cache.rules import RuleSet  # noqa: E402
+
+admit_ops = st.lists(
+    st.tuples(st.sampled_from(["read", "read", "read", "remove", "forget", "boost", "victim"]),
+              st.integers(0, 25), st.integers(1, 30), st.sampled_from([0.0, 0.2, 1.0, 5.0])),
+    min_size=1, max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=admit_ops, capacity=st.integers(30, 150), crp=st.sampled_from([0.0, 0.5]),
+       rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
+       max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
+       chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]), fresh=st.booleans(),
+       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans())
+def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
+                                                            start, chances, k, fresh, ghost, fill):
+    policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
+                       target=min(start, max_share), max_share=max_share, chances=chances,
+                       fresh_returns=fresh, ghost=ghost, fill_main=fill)
+    space = CacheSpace(capacity, policy)
+    sizes: dict[int, int] = {}
+    now = 0.0
+    for op, key, size, dt in ops:
+        now += dt
+        size = sizes.setdefault(key, size)
+        if op == "read":
+            if not space.hit(key, now):
+                space.insert(key, size, now)
+        elif op == "remove":
+            space.remove(key)
+        elif op == "forget":
+            space.forget(key)
+        elif op == "boost":
+            policy.boost(key, 0.5)
+        else:
+            victim = policy.victim()
+            assert (victim is None) == (len(space) == 0)
+            if victim is not None:
+                space.remove(victim)
+        resident = {k for k in sizes if k in space}
+        assert space.used <= capacity
+        assert {k for k in sizes if k in policy} == resident and len(policy) == len(resident)
+        assert policy.probation_bytes + policy.main_bytes == space.used
+        assert policy.probation_bytes == sum(sizes[k] for k in resident if policy.on_probation(k))
+        victim = policy.victim()
+        assert victim is None if not resident else victim in resident  # never an absent entry
+        # the ghost list is LRU-K's retained history: bounded, and its two kinds add up
+        bound = int(ghost * (len(resident) + 1)) if history_size is None else history_size
+        assert policy.retained <= bound + 2
+        assert sum(policy._left) == policy.retained and min(policy._left) >= 0
+        assert 0.0 <= policy.share <= max_share
+        assert len(policy._heap) <= 2 * len(resident) + 65
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=operations, rip=st.sampled_from([None, 2.0, 10.0]), history_size=st.sampled_from([None, 0, 1, 3]))
+def test_admit_lruk_with_no_probation_share_is_plain_lruk(ops, rip, history_size):
+    """At a target of 0, without second chances and with returns ranked by their history,
+    strangers go first, oldest first, and a returning key is admitted on its history: exactly
+    LRU-K's choices (K=2, no correlated period: every main entry has K references)."""
+    admit = AdmitLRUK(2, retained_period=rip, history_size=history_size, max_share=0.0, chances=0,
+                      fresh_returns=False, ghost=1.0)
+    plain = LRUKPolicy(2, retained_period=rip, history_size=history_size)
+    now = 0.0
+    for op, key, dt in ops:
+        now += dt
+        for policy in (admit, plain):
+            if op == "admit":
+                policy.admit(key, 1, now)
+            elif op == "touch":
+                policy.touch(key, now)
+            elif op == "remove":
+                policy.remove(key)
+        if op == "victim":
+            victim = plain.victim()
+            assert admit.victim() == victim
+            if victim is not None:
+                admit.remove(victim)
+                plain.remove(victim)
+        assert admit.victim() == plain.victim()
+        assert admit.retained == plain.retained
+        for key in range(6):
+            assert admit.history(key) == plain.history(key)
+
+
+def test_a_stranger_waits_on_probation_and_a_second_read_moves_it_to_main():
+    policy = AdmitLRUK(2, max_share=0.5)
+    policy.admit("a", 10, 1.0)
+    assert policy.on_probation("a") and policy.probation_bytes == 10 and policy.main_bytes == 0
+    policy.touch("a", 2.0)
+    assert not policy.on_probation("a") and policy.main_bytes == 10
+    policy.admit("b", 10, 3.0)
+    assert policy.victim() == "b"  # probation is over its target (0): its oldest goes first
+    policy.remove("b")
+    assert policy.left_probation("b") is True
+    policy.admit("b", 10, 4.0)  # back while its history is retained: straight to main
+    assert not policy.on_probation("b") and policy.history("b")[1] > 0
+
+
+def test_probation_share_grows_when_its_leavers_return_and_shrinks_when_mains_do():
+    policy = AdmitLRUK(2, max_share=0.5, window=1.0)
+    space = CacheSpace(100, policy)
+    t = 0.0
+
+    def read(key):
+        nonlocal t
+        t += 1
+        if not space.hit(key, t):
+            space.insert(key, 10, t)
+
+    for key in range(10):  # ten entries read twice: all in main
+        read(key)
+        read(key)
+    for key in range(100, 104):  # strangers push main entries out, then leave probation unread
+        read(key)
+    assert policy.target == 0
+    gone = [k for k in range(100, 104) if k not in space and policy.left_probation(k)]
+    assert gone
+    read(gone[0])  # one that left probation comes back: a bigger probation would have kept it
+    grown = policy.target
+    assert grown > 0
+    left_main = [k for k in range(10) if k not in space and policy.left_probation(k) is False]
+    assert left_main
+    read(left_main[0])  # one that left main comes back: main was too small
+    assert policy.target < grown
+
+
+def test_a_larger_target_shields_new_entries_from_a_main_of_old_favourites():
+    policy = AdmitLRUK(2, max_share=0.5, target=0.5)
+    space = CacheSpace(100, policy)
+    for t, key in enumerate([*range(10), *range(10)]):  # main full of entries read twice
+        if not space.hit(key, float(t)):
+            space.insert(key, 10, float(t))
+    for t, key in enumerate(range(100, 104), start=50):
+        space.insert(key, 10, float(t))
+    # probation holds up to half the bytes: the newcomers displaced main entries, not each other
+    assert all(key in space for key in range(100, 104))
+
+
+def test_admit_lruk_victim_skips_pinned_entries_under_qos():
+    rules = RuleSet.from_config([{"bucket": "b", "prefix": "keep/", "pin": True}])
+    policy = QoSPolicy(rules, lambda: AdmitLRUK(2, max_share=0.5), locate=lambda key: ("b", key))
+    space = CacheSpace(50, policy)
+    space.insert("keep/a", 10, 0.0)
+    space.insert("keep/b", 10, 0.0)
+    for t, key in enumerate(["x", "y", "z", "w", "v", "u", "x", "t"], start=1):
+        if not space.hit(key, float(t)):
+            space.insert(key, 10, float(t))
+        assert "keep/a" in space and "keep/b" in space
+        assert policy.victim() not in ("keep/a", "keep/b")
+
+
+def test_make_policy_and_the_daemon_settings_build_admit_lruk():
+    assert isinstance(make_policy("lru-k", k=2, admission="adaptive"), AdmitLRUK)
+    assert type(make_policy("lru-k", k=2, admission="off")) is LRUKPolicy
+    assert isinstance(make_policy("lru-k", k=2, probation=0.1, admission="adaptive"), ProbationLRUK)
+    with pytest.raises(ValueError):
+        make_policy("lru-k", k=2, admission="sometimes")
+    with pytest.raises(ValueError):
+        AdmitLRUK(2, max_share=1.0)
+    from sidecar.config import load  # noqa: PLC0415
+
+    settings = load({"lru_k_admission": "adaptive"}, {})
+    policy = QoSPolicy.from_settings(settings, locate=lambda key: None)
+    assert all(isinstance(group.policy, AdmitLRUK) for group in policy._groups())
+
+
+def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
+    policy = AdmitLRUK(2, correlated_period=10.0, chances=3)
+    for key in ("often", "once"):  # both move to main on a second reference within one burst
+        policy.admit(key, 1, 0.0)
+        policy.touch(key, 0.0)
+    for _ in range(3):
+        policy.touch("often", 0.0)  # correlated: LRU-K's history cannot tell them apart
+    policy.touch("once", 0.0)  # the later reference: LRU-K alone would evict "often" first
+    plain = AdmitLRUK(2, correlated_period=10.0, chances=0)
+    for key in ("often", "once"):
+        plain.admit(key, 1, 0.0)
+        plain.touch(key, 0.0)
+    for _ in range(3):
+        plain.touch("often", 0.0)
+    plain.touch("once", 0.0)
+    assert plain.victim() == "often"
+    assert policy.victim() == "once"  # "often" is spared, "once" (count 1) spared then taken
+
+
+def test_a_returning_key_ranks_as_if_just_read_not_by_its_stale_history():
+    fresh, plain = AdmitLRUK(2, fresh_returns=True), AdmitLRUK(2)
+    for policy in (fresh, plain):
+        t = 0.0
+        for key in ("old", "a", "b"):  # "old" read twice long ago, then evicted
+            for _ in range(2):
+                t += 1
+                policy.admit(key, 1, t) if key not in policy else policy.touch(key, t)
+        policy.remove("old")
+        t += 1
+        policy.admit("old", 1, t)  # back, within its retained history
+        assert not policy.on_probation("old")
+    assert plain.victim() == "old"  # LRU-K: its second-newest reference is the oldest of all
+    assert fresh.victim() == "a"
+
+
+def test_with_fill_main_the_cold_start_fills_main_and_later_strangers_pass_probation():
+    policy = AdmitLRUK(2, fill_main=True)
+    space = CacheSpace(30, policy)
+    for t, key in enumerate("abc"):
+        space.insert(key, 10, float(t))
+    assert not any(policy.on_probation(k) for k in "abc") and policy.main_bytes == 30
+    space.insert("d", 10, 3.0)  # the first victim ("a": nothing on probation yet); full from now on
+    assert policy.on_probation("d") and "a" not in space
+    for t, key in enumerate("efgh", start=4):  # more strangers: each pushes out the one before
+        space.insert(key, 10, float(t))
+    assert [k for k in "bcdefgh" if k in space] == ["b", "c", "h"]  # a cyclic scan keeps a frozen part

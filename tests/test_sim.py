@@ -266,12 +266,13 @@ def test_sim_command_prints_a_table_and_draws_the_curve(tmp_path, capsys):
     path.write_text("\n".join(rows) + "\n")
     plot = tmp_path / "mrc.png"
     code = main(["sim", str(path), "--sizes", "10%,50%,100000",
-                 "--policies", "lru,lru-k,lru-2-forget,lru-2-p10,default,belady",
+                 "--policies", "lru,lru-k,lru-2-forget,lru-2-p10,lru-2-admit,lru-1-admit20-w5-c1-f,default,belady",
                  "--chunk-size", "4KiB", "--plot", str(plot), "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0
     assert "chunk miss" in out and out.count("lru-2-forget") == 3 and out.count("belady") == 3
     assert out.count("lru-2-p10") == 3 and out.count("default") == 3
+    assert out.count("lru-2-admit ") == 3 and out.count("lru-1-admit20-w5-c1-f") == 3
     assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -307,3 +308,18 @@ def test_sim_runs_the_qos_policy_with_rules(tmp_path, capsys):
     hot_reads, scan_reads = 40, 2000
     assert float(lines["lru"][-3]) == 1.0  # LRU loses the hot objects to the scan
     assert float(lines["qos:lru"][-3]) == pytest.approx((5 + scan_reads) / (hot_reads + scan_reads), abs=1e-4)
+
+
+def test_sim_admit_policy_is_the_daemons_adaptive_admission():
+    from sidecar.cache.lruk import AdmitLRUK
+    from sidecar.cli import build_parser
+    from sidecar.sim.cli import policy_factory
+
+    args = build_parser().parse_args(["sim", "t.csv", "--correlated-period", "1"])
+    policy = policy_factory("lru-3-admit20-w5-c1-f", args)()
+    assert isinstance(policy, AdmitLRUK)
+    assert (policy.k, policy.max_share, policy.window, policy.chances, policy.fresh_returns, policy.ghost) == \
+        (3, 0.2, 0.05, 1, True, 1.5)
+    plain = policy_factory("lru-2-admit", args)()
+    assert (plain.max_share, plain.window, plain.chances, plain.fresh_returns, plain.correlated_period) == \
+        (0.5, 0.1, 3, False, 1.0)

@@ -50,6 +50,8 @@ _SLOT_MASK = (1 << _SLOT_BITS) - 1
 _FULL = 1 << 62
 # Bounds of an adaptive probation share: the FIFO never vanishes nor takes the whole cache.
 _ADAPT_MIN, _ADAPT_MAX = 0.01, 0.9
+# AdmitLRUK's state byte of an entry on probation (otherwise: its count of second chances).
+_ON_PROBATION = 255
 # Entries examined for one not inside a correlated burst before settling for the oldest.
 _ELIGIBLE_SCAN = 32
 
@@ -424,3 +426,322 @@ class ProbationLRUK:
 
     def history(self, key: Hashable) -> tuple[int, ...]:
         return self.main.history(key)
+
+
+class AdmitLRUK(LRUKPolicy):
+    """LRU-K whose newcomers pass an adaptive probationary queue, its size set as ARC sets its
+    split (Megiddo & Modha, FAST 2003), its ghost list LRU-K's retained history itself, and
+    whose main part gives frequently read entries second chances (S3-FIFO's main queue).
+
+    - A key with no history (a stranger) enters *probation*, a FIFO. Any later reference
+      (correlated or not) moves it to the *main* part, ranked by LRU-K. A key that comes back
+      while LRU-K still retains its history skips probation: its past references count (the
+      paper's retained information) and it goes straight to main.
+    - ``victim``: the probation's oldest entry while probation holds more than its target share
+      of the resident bytes (or main is empty); otherwise main's LRU-K victim.
+    - The share moves on returns, each a sign that one part let a reused key go too soon: a key
+      that left probation raises it, a key that left main lowers it, by the key's share of the
+      resident bytes, within ``[0, max_share]``. Only returns of keys evicted within the last
+      ``window`` of the resident bytes evicted from their part count: both parts are judged on
+      the same margin, what a slightly larger part would have kept (ARC's lists have that
+      length by construction; the retained history is much longer, and counting every return
+      from it grew probation on cloudPhysics, where it does not pay). Each retained history
+      carries the part it left and that part's eviction byte count then: 9 bytes a key.
+    - Second chances: main counts an entry's references (correlated ones too) up to
+      ``chances``; a main victim with a count left is spared instead, its count lowered by one
+      and ranked as if referenced now (until its next reference ranks it by its history again).
+      Where references fold into one correlated burst (a trace with coarse times, a client
+      reading a chunk in many ranges) LRU-K's history cannot tell a chunk read ten times from
+      one read once; the count still can.
+
+    With a share of 0 and no second chances it makes exactly LRU-K's choices (strangers go
+    first, oldest first; a returning key is admitted on its history; a test checks it). On
+    cloudPhysics the share stays near 0 and it equals LRU-2; on OLTP (whose references all
+    fold: the trace has one timestamp) it grows to 10-15 % and, with the second chances, beats
+    S3-FIFO at every size (docs/policy.md).
+
+    Layout: LRU-K's, plus per slot its size (8 bytes) and one state byte (on probation, or the
+    main count); the FIFO is a flat array of (admission time, slot) with lazy deletion (8 bytes
+    an entry, stale ones dropped as the head passes them or when they outnumber live ones).
+    """
+
+    name = "lru-k-admit"
+
+    def __init__(self, k: int = 2, *, correlated_period: float = 0.0, retained_period: float | None = 3600.0,
+                 history_size: int | None = None, target: float = 0.0, max_share: float = 0.5,
+                 window: float = 0.1, chances: int = 3, fresh_returns: bool = False, ghost: float = 1.0,
+                 fill_main: bool = False) -> None:
+        """``target``: the starting probation share of the resident bytes; ``max_share``: its
+        bound (0 keeps it at 0); ``window``: see the class; ``chances``: main's second chances
+        per entry (0: none, at most 100); ``fresh_returns``: a returning key with K references
+        ranks as if referenced K times just now (False: by its history, as LRU-K); ``ghost``: with
+        ``history_size`` None, this many times the resident entries keep their history. The last
+        two trade one workload for another (docs/policy.md): fresh returns with 1.5x history
+        gain .008-.02 on cloudPhysics and lose up to .34 on the mixed workload, whose returning
+        keys are mostly epochs' shards that would then push out its Zipf-hot objects.
+        ``fill_main``: until the first victim is asked for (the cache is not full yet) strangers
+        go to main, as libCacheSim's S3-FIFO fills its main queue; it keeps a frozen part of a
+        cyclic scan larger than the cache (the periodic workload: .9050 against 1.0 at 10 %),
+        but on cloudPhysics the cold start's one-hit wonders then sit in main (.9505 against
+        .9254 at 5 %)."""
+        super().__init__(k, correlated_period=correlated_period, retained_period=retained_period,
+                         history_size=history_size)
+        if not 0 <= max_share < 1:
+            raise ValueError(f"max_share must be from 0 to below 1, not {max_share!r}")
+        if not 0 <= target <= max_share:
+            raise ValueError(f"target must be from 0 to max_share, not {target!r}")
+        if not 0 <= window <= 1:
+            raise ValueError(f"window must be from 0 to 1, not {window!r}")
+        if not isinstance(chances, int) or not 0 <= chances <= 100:
+            raise ValueError(f"chances must be an integer from 0 to 100, not {chances!r}")
+        if not 0 <= ghost <= 16:
+            raise ValueError(f"ghost must be from 0 to 16, not {ghost!r}")
+        self.fresh_returns = bool(fresh_returns)
+        self.fill_main = bool(fill_main)
+        self.ghost = float(ghost)
+        self.max_share = float(max_share)
+        self.share = float(target)  # probation's target, a share of the resident bytes
+        self.window = float(window)
+        self.chances = chances
+        # LRU-K's record + bytes evicted from its part before it + which part it left
+        self._packed = struct.Struct(f"<dd{k + 1}qqB")
+        self._evicted = [0, 0]  # bytes evicted from main [0] / probation [1]
+        self._left = [0, 0]  # retained keys that left main [0] / probation [1]
+        self._size = array("q")  # slot -> bytes
+        self._state = bytearray()  # slot -> _ON_PROBATION, or main's reference count
+        # probationary entries as (admitted at, in logical time) << 32 | slot, oldest first; some
+        # stale (an entry on probation has had no other reference, so its last one dates it)
+        self._fifo = array("q")
+        self._head = 0
+        self.probation_count = 0
+        self.probation_bytes = 0
+        self.main_bytes = 0
+        self._filling = True  # no victim asked for yet: the cache is not full
+
+    # --- the policy interface ----------------------------------------------------------------
+
+    def admit(self, key: Hashable, size: int, now: float) -> None:
+        if key in self._entries:
+            self.touch(key, now)
+            return
+        k = self.k
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+        else:
+            slot = len(self._keys)
+            if slot > _SLOT_MASK:
+                raise OverflowError("LRU-K index is full")
+            self._keys.append(key)
+            self._hist.extend(itertools.repeat(0, k))
+            self._last_seq.append(0)
+            self._last_time.append(0.0)
+            self._size.append(0)
+            self._state.append(0)
+        self._size[slot] = size
+        base = slot * k
+        hist: list[int] | tuple[int, ...] = (0,) * k
+        past = self._retained.pop(key, None) if self._retained else None
+        returning = False
+        if past is not None:
+            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
+            left_probation = kept.pop()
+            mark = kept.pop()
+            self._left[left_probation] -= 1
+            if self.retained_period is None or now - evicted_at <= self.retained_period:
+                hist = kept
+                self._last_time[slot] = last_time
+                self._last_seq[slot] = last_seq
+                returning = True
+                resident = self.probation_bytes + self.main_bytes + size
+                if self._evicted[left_probation] - mark <= self.window * resident:
+                    step = size / resident if left_probation else -size / resident
+                    self.share = min(self.max_share, max(0.0, self.share + step))
+        self._hist[base:base + k] = array("q", hist)
+        rank = self._reference(slot, now)
+        value = rank << _SLOT_BITS | slot
+        self._entries[key] = value
+        if returning or (self._filling and self.fill_main):
+            self._state[slot] = 0
+            self.main_bytes += size
+            if self.fresh_returns and value >= _FULL << _SLOT_BITS:
+                # ranked as if its K-distance ended now (S3-FIFO puts a ghost hit at the back of
+                # its main queue): a history from before its eviction is stale and would make it
+                # the next victim
+                value = (_FULL + self._clock) << _SLOT_BITS | slot
+                self._entries[key] = value
+            self._push(value)
+        else:
+            self._state[slot] = _ON_PROBATION
+            self.probation_bytes += size
+            self.probation_count += 1
+            fifo = self._fifo
+            fifo.append(self._last_seq[slot] << _SLOT_BITS | slot)
+            if len(fifo) - self._head > 2 * self.probation_count + 64:
+                self._compact()
+        self._expire(now)
+
+    def touch(self, key: Hashable, now: float) -> None:
+        value = self._entries.get(key)
+        if value is None:
+            return
+        slot = value & _SLOT_MASK
+        rank = self._reference(slot, now)
+        new = rank << _SLOT_BITS | slot
+        states = self._state
+        state = states[slot]
+        if state == _ON_PROBATION:  # read again: on to main (its FIFO value goes stale)
+            states[slot] = 0
+            size = self._size[slot]
+            self.probation_bytes -= size
+            self.probation_count -= 1
+            self.main_bytes += size
+            self._entries[key] = new
+            self._push(new)
+            return
+        if state < self.chances:
+            states[slot] = state + 1
+        if new != value:
+            self._entries[key] = new
+            self._push(new)
+
+    def victim(self) -> Hashable | None:
+        self._filling = False
+        if self.probation_count and (self.probation_bytes > self.share * (self.probation_bytes + self.main_bytes)
+                                     or self.main_bytes <= 0):
+            return self._oldest()
+        found = super().victim() if self.main_bytes > 0 else None
+        if self.chances:
+            state, entries = self._state, self._entries
+            while found is not None:
+                value = entries[found]
+                slot = value & _SLOT_MASK
+                if not state[slot]:
+                    break
+                # read since it entered main or was last spared: spared, behind every entry
+                # referenced so far (a tick of its own), until its next reference
+                state[slot] -= 1
+                self._clock += 1
+                new = ((_FULL if value >= _FULL << _SLOT_BITS else 0) + self._clock) << _SLOT_BITS | slot
+                entries[found] = new
+                self._push(new)
+                found = super().victim()
+        return found if found is not None else self._oldest()
+
+    def remove(self, key: Hashable) -> None:
+        value = self._entries.pop(key, None)
+        if value is None:
+            return
+        slot = value & _SLOT_MASK
+        size = self._size[slot]
+        left_probation = self._state[slot] == _ON_PROBATION
+        if left_probation:
+            self.probation_bytes -= size
+            self.probation_count -= 1
+        else:
+            self.main_bytes -= size
+        self._state[slot] = 0
+        self._keys[slot] = None
+        self._free.append(slot)
+        limit = int(self.ghost * (len(self._entries) + 1)) if self.history_size is None else self.history_size
+        if limit > 0:
+            base = slot * self.k
+            self._retained[key] = self._packed.pack(self._now, self._last_time[slot], self._last_seq[slot],
+                                                    *self._hist[base:base + self.k], self._evicted[left_probation],
+                                                    left_probation)
+            self._left[left_probation] += 1
+            while len(self._retained) > limit:
+                self._drop_oldest()
+        self._evicted[left_probation] += size
+
+    def forget(self, key: Hashable) -> None:
+        self.remove(key)
+        past = self._retained.pop(key, None)
+        if past is not None:
+            self._left[past[-1]] -= 1
+
+    def boost(self, key: Hashable, weight: float) -> None:
+        """``LRUKPolicy.boost`` for main entries; one on probation has no rank to raise yet (a
+        read, not a prediction, moves it on)."""
+        if not self.on_probation(key):
+            super().boost(key, weight)
+
+    # --- inspection ------------------------------------------------------------------------------
+
+    @property
+    def target(self) -> float:
+        """Probation's target in bytes."""
+        return self.share * (self.probation_bytes + self.main_bytes)
+
+    def on_probation(self, key: Hashable) -> bool:
+        value = self._entries.get(key)
+        return value is not None and self._state[value & _SLOT_MASK] == _ON_PROBATION
+
+    def left_probation(self, key: Hashable) -> bool | None:
+        """For a retained key: whether it left from probation (None: not retained)."""
+        past = self._retained.get(key)
+        return None if past is None else bool(past[-1])
+
+    def history(self, key: Hashable) -> tuple[int, ...]:
+        if key in self._entries:
+            return super().history(key)
+        past = self._retained.get(key)
+        return tuple(self._packed.unpack(past)[3:3 + self.k]) if past is not None else ()
+
+    def order(self) -> list[Hashable]:
+        """Resident keys: probation oldest first, then main by LRU-K rank (ignoring the share,
+        second chances and the correlated-period exemption)."""
+        probation = [self._keys[v & _SLOT_MASK] for v in self._fifo[self._head:] if self._live(v)]
+        main = sorted(v for v in self._entries.values() if self._state[v & _SLOT_MASK] != _ON_PROBATION)
+        return [*probation, *(self._keys[v & _SLOT_MASK] for v in main)]
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _live(self, item: int) -> bool:
+        slot = item & _SLOT_MASK
+        return (self._keys[slot] is not None and self._state[slot] == _ON_PROBATION
+                and self._last_seq[slot] == item >> _SLOT_BITS)
+
+    def _oldest(self) -> Hashable | None:
+        """The probation's oldest entry; stale values at the head are dropped."""
+        fifo, head = self._fifo, self._head
+        while head < len(fifo):
+            value = fifo[head]
+            if self._live(value):
+                break
+            head += 1
+        else:
+            self._fifo, self._head = array("q"), 0
+            return None
+        if head > 4096 and head > len(fifo) // 2:
+            del fifo[:head]
+            head = 0
+        self._head = head
+        return self._keys[fifo[head] & _SLOT_MASK]
+
+    def _compact(self) -> None:
+        self._fifo = array("q", (v for v in self._fifo[self._head:] if self._live(v)))
+        self._head = 0
+
+    def _drop_oldest(self) -> None:
+        _, past = self._retained.popitem(last=False)
+        self._left[past[-1]] -= 1
+
+    def _push(self, value: int) -> None:
+        heap = self._heap
+        heapq.heappush(heap, value)
+        if len(heap) > 2 * (len(self._entries) - self.probation_count) + 64:
+            state = self._state
+            heap[:] = [v for v in self._entries.values() if state[v & _SLOT_MASK] != _ON_PROBATION]
+            heapq.heapify(heap)
+
+    def _expire(self, now: float) -> None:
+        if self.retained_period is None:
+            return
+        retained = self._retained
+        horizon = now - self.retained_period
+        while retained:
+            key = next(iter(retained))
+            if self._packed.unpack_from(retained[key])[0] >= horizon:
+                break
+            self._drop_oldest()

@@ -66,14 +66,20 @@ class LRUPolicy:
 def make_policy(name: str, **options: object) -> EvictionPolicy:
     """Build a policy by its configuration name. ``lru-k`` takes ``k`` and the keywords of
     ``LRUKPolicy`` (``correlated_period``, ``retained_period``, ``history_size``), and
-    ``probation``: a share of the bytes above 0 puts ``ProbationLRUK``'s FIFO in front."""
+    ``probation``: a share of the bytes above 0 puts ``ProbationLRUK``'s FIFO in front;
+    ``admission``: ``adaptive`` (and no ``probation``) builds ``AdmitLRUK``, ``off`` plain LRU-K."""
     if name == "lru":
         return LRUPolicy()
     if name == "lru-k":
-        from .lruk import LRUKPolicy, ProbationLRUK  # noqa: PLC0415  (provided by the LRU-K module)
+        from .lruk import AdmitLRUK, LRUKPolicy, ProbationLRUK  # noqa: PLC0415  (provided by the LRU-K module)
 
         probation = float(options.pop("probation", 0.0) or 0.0)  # type: ignore[arg-type]
+        admission = str(options.pop("admission", "off") or "off")
         if probation > 0:
             return ProbationLRUK(probation=probation, **options)  # type: ignore[arg-type]
+        if admission == "adaptive":
+            return AdmitLRUK(**options)  # type: ignore[arg-type]
+        if admission != "off":
+            raise ValueError(f"unknown LRU-K admission {admission!r} (off or adaptive)")
         return LRUKPolicy(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown eviction policy {name!r}")

@@ -101,7 +101,8 @@ class QoSPolicy:
         options = {"k": settings.lru_k,
                    "correlated_period": settings.lru_k_correlated_period,
                    "retained_period": settings.lru_k_retained_period,
-                   "probation": settings.lru_k_probation} \
+                   "probation": settings.lru_k_probation,
+                   "admission": settings.lru_k_admission} \
             if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
                    lambda: make_policy(settings.policy, **options), locate=locate,

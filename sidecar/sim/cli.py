@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable, Hashable, Sequence
 
-from ..cache.lruk import LRUKPolicy, ProbationLRUK
+from ..cache.lruk import AdmitLRUK, LRUKPolicy, ProbationLRUK
 from ..cache.policy import EvictionPolicy, LRUPolicy
 from ..cache.qos import QoSPolicy
 from ..config import ConfigError, format_size, parse_duration, parse_size
@@ -19,7 +19,7 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+))?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?(?:-c(\d))?(-f)?(-m)?)?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
@@ -28,8 +28,12 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     """``default`` (the daemon's policy and default settings), ``lru``, ``lru-K`` (``lru-k``: K
     from --lru-k), ``lru-K-forget`` (no retained history, as libCacheSim's LRU-K), ``lru-K-pNN``
     (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front; ``lru-K-aNN``: its
-    share adaptive, starting at NN %%), ``belady``, ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over
-    INNER per class, rules from --rules)."""
+    share adaptive, starting at NN %%), ``lru-K-admit[MM][-wWW][-cC][-f][-m]`` (``AdmitLRUK``: adaptive
+    probation, its share bounded by MM %% [50], moved by returns within WW %% of the resident bytes
+    [10], C second chances in main [3]; ``-f``: returning keys ranked fresh, 1.5x history; ``-m``:
+    the cold start fills main; the
+    daemon's ``lru_k_admission: adaptive`` is ``lru-K-admit``), ``belady``,
+    ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
     if spec == "default":
         # the daemon's own policy object with the daemon's default settings (config.py)
@@ -53,6 +57,13 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
         if not 1 <= k <= 8:
             raise ConfigError("policy", spec, "K from 1 to 8")
         history = 0 if m.group(2) else args.history_size
+        if m.group(5):
+            bound = int(m.group(6)) / 100 if m.group(6) else 0.5
+            return lambda: AdmitLRUK(k, correlated_period=args.correlated_period, retained_period=args.retained_period,
+                                     history_size=history, max_share=bound,
+                                     window=int(m.group(7)) / 100 if m.group(7) else 0.1,
+                                     chances=int(m.group(8) or 3), fresh_returns=bool(m.group(9)),
+                                     ghost=1.5 if m.group(9) else 1.0, fill_main=bool(m.group(10)))
         if m.group(3):
             share, adaptive = int(m.group(4)) / 100, m.group(3) == "a"
             return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
@@ -60,7 +71,8 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
                                          adaptive=adaptive)
         return lambda: LRUKPolicy(k, correlated_period=args.correlated_period,
                                   retained_period=args.retained_period, history_size=history)
-    raise ConfigError("policy", spec, "default, lru, lru-K, lru-K-pNN (e.g. lru-2), lru-K-forget, belady, belady-size or qos:INNER")
+    raise ConfigError("policy", spec, "default, lru, lru-K (e.g. lru-2), lru-K-pNN, lru-K-aNN, lru-K-admit, lru-K-forget, "
+                                      "belady, belady-size or qos:INNER")
 
 
 def locate_in_trace(key: Hashable) -> tuple[str, str] | None:
@@ -201,7 +213,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=DEFAULT_POLICIES,
                    help="comma-separated: default (the daemon's policy and default settings), lru, lru-K "
                         "(lru-k: K from --lru-k), lru-K-forget (no retained history), lru-K-pNN (a "
-                        "probationary FIFO of NN%% of the bytes in front), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                        "probationary FIFO of NN%% of the bytes in front), lru-K-admit (adaptive probation and "
+                        "second chances: lru_k_admission: adaptive), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
                         f"--rules over INNER) [{DEFAULT_POLICIES}]")
     p.add_argument("--rules", metavar="FILE.yaml",
                    help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")
