@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidecar.cache.policy import LRUPolicy
 from sidecar.cache.store import ChunkStore, version_id
@@ -174,3 +176,28 @@ def test_ram_tier_keeps_small_chunks_under_its_budget_least_recent_out():
     ram.drop("a")
     assert ram.used == 4 and len(ram) == 1
     assert RamTier(capacity=0, chunk_max=4).holds(1) is False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from("put drop read corrupt refetch".split()),
+                          st.integers(0, 5), st.integers(1, 3)), max_size=30))
+def test_the_index_is_the_one_record_of_cached_chunks(tmp_path_factory, ops):
+    """Whatever is written, read, evicted, corrupted or dropped, the budget counts exactly the
+    chunks the index holds, and the policy orders exactly those."""
+    s = store(tmp_path_factory.mktemp("c"), capacity=7 * CS)
+    for op, n, chunks in ops:
+        m = meta(f"k{n}", chunks * CS - 7, etag=f'"e{n % 2}"')
+        v = s.version_for(m)
+        if op == "put" or op == "refetch":
+            put(s, m, os.urandom(m.size))
+        elif op == "drop":
+            s.drop_version(v.vid)
+        elif op == "read":
+            read(s, m)
+        elif op == "corrupt" and s.has(v.vid, 0):
+            s.drop_corrupt(v.vid, 0)
+        cached = [(vid, i) for vid, ver in s.versions.items() for i in ver.chunks]
+        assert s.used_bytes == sum(s.versions[vid].length(i) for vid, i in cached)
+        assert s.entries == len(cached) == len(s.space.policy)
+        assert all(k in s.space.policy for k in cached)
+        assert s.used_bytes <= s.capacity

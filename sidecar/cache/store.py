@@ -37,7 +37,7 @@ from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
 from .ramtier import RamTier
-from .space import CacheSpace, NoRoom
+from .space import Budget, NoRoom
 
 ChunkKey = tuple[str, int]
 Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
@@ -226,8 +226,10 @@ class ChunkStore:
         self.tmp = self.root / "tmp"
         self.chunk_size = chunk_size
         self.layout = ChunkLayout(chunk_size)
-        self.space = CacheSpace(capacity, policy)
+        # The index (``versions``, each with its ``chunks``) is the one record of which chunks are
+        # cached; the budget counts their bytes and asks the index their sizes.
         self.versions: dict[str, Version] = {}
+        self.space = Budget(capacity, policy, self._cached_length)
         self.clock = clock
         self.stats = StoreStats()
         self.on_evict = on_evict
@@ -258,6 +260,10 @@ class ChunkStore:
 
     def _meta_path(self, vid: str) -> Path:
         return self._dir(vid) / chunkfile.meta_name(vid)
+
+    def _cached_length(self, key: ChunkKey) -> int | None:
+        v = self.versions.get(key[0])
+        return v.length(key[1]) if v is not None and key[1] in v.chunks else None
 
     def chunk_file(self, vid: str, index: int) -> Path | None:
         """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
@@ -320,7 +326,7 @@ class ChunkStore:
                 try:
                     self._admit((v.vid, index), v.length(index), now)
                 except NoRoom:
-                    self._drop_chunk(v, index)
+                    self._drop_chunk(v, index, counted=False)
                     continue
                 self.stats.rebuilt_chunks += 1
         return [v for _, v in found]
@@ -373,7 +379,7 @@ class ChunkStore:
             return
         v.dropped = True
         for index in list(v.chunks):
-            self.space.forget((vid, index))
+            self.space.take((vid, index), v.length(index), dead=True)
             self._forget_in_memory((vid, index))
             if self.prefetched:
                 self._prefetch_left((vid, index))
@@ -423,7 +429,7 @@ class ChunkStore:
         key = (vid, index)
         data = self.ram.get(key)
         if data is not None:
-            self.space.hit(key, self.clock())
+            self.space.touch(key, self.clock())
             self.stats.ram_hits += 1
         return data
 
@@ -440,7 +446,7 @@ class ChunkStore:
         now = self.clock()
         data = self.ram.get(key)
         if data is not None:
-            self.space.hit(key, now)
+            self.space.touch(key, now)
             self.stats.ram_hits += 1
             return VerifiedChunk(len(data), data=data)
         crc = v.chunks[index]
@@ -463,9 +469,9 @@ class ChunkStore:
             data = image[:length]
             self.stats.checked_bytes += length
             self.ram.put(key, data)
-            self.space.hit(key, now)
+            self.space.touch(key, now)
             return VerifiedChunk(length, data=data)
-        self.space.hit(key, now)
+        self.space.touch(key, now)
         chunk = VerifiedChunk(length, fd=fd, digest=crc, verified=False)
         known = self._checked.get(key)
         if known is not None:
@@ -485,7 +491,7 @@ class ChunkStore:
     def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
         """Remember a good check: the file's identity, piece table and the pieces checked."""
         self.stats.checked_bytes += nbytes
-        if chunk.known is not None and (vid, index) in self.space:
+        if chunk.known is not None and self.has(vid, index):
             self._checked.setdefault((vid, index), chunk.known)
 
     def forget_checked(self, vid: str, index: int) -> None:
@@ -569,8 +575,10 @@ class ChunkStore:
         w.closed = True
         w.version.writers -= 1
         old_crc = v.chunks.get(w.index)
-        if old_crc is not None and old_crc != w.crc:
-            self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
+        if old_crc is not None:  # a refetch of a chunk already cached replaces it
+            self.space.take((w.vid, w.index), w.length)
+            if old_crc != w.crc:
+                self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
         now = self.clock()
         credit = {}
@@ -579,7 +587,7 @@ class ChunkStore:
             # Protected from demand data until read or the predicted read's horizon (QoSPolicy).
             if self.prefetch_credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
                 credit["credit_until"] = now + self.prefetch_credit
-        evicted = self.space.insert((w.vid, w.index), w.length, now, reserved=True, **credit)
+        evicted = self.space.add((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
 
@@ -637,7 +645,7 @@ class ChunkStore:
     # --- eviction ---------------------------------------------------------------------------
 
     def _admit(self, key: ChunkKey, size: int, now: float) -> None:
-        evicted = self.space.insert(key, size, now)
+        evicted = self.space.add(key, size, now)
         self._evicted(evicted, "capacity")
 
     def _evicted(self, keys: list, reason: str) -> None:
@@ -649,14 +657,16 @@ class ChunkStore:
             self.stats.evicted_bytes += v.length(index)
             if self.on_evict is not None:
                 self.on_evict(reason, 1, v.length(index))
-            self._drop_chunk(v, index, in_space=False)
+            self._drop_chunk(v, index, counted=False)
 
-    def _drop_chunk(self, v: Version, index: int, in_space: bool = True) -> None:
+    def _drop_chunk(self, v: Version, index: int, counted: bool = True) -> None:
+        """Forget a chunk and delete its file. ``counted``: its bytes are still in the budget
+        (not when the budget evicted it, or never counted it)."""
         crc = v.chunks.pop(index, None)
         if self.prefetched:
             self._prefetch_left((v.vid, index))
-        if in_space:
-            self.space.remove((v.vid, index))
+        if counted and crc is not None:
+            self.space.take((v.vid, index), v.length(index))
         self._forget_in_memory((v.vid, index))
         if crc is not None:
             self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
