@@ -65,8 +65,7 @@ class Sidecar:
         self.settings = settings
         self.metrics = Metrics()
         self.rules = RuleSet.from_settings(settings)
-        self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
-                                              hotness_half_life=settings.hotness_half_life)
+        self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules)
         # Large-chunk verification and sendfile run here; both release the GIL.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
@@ -132,7 +131,7 @@ class Sidecar:
         self.admin_address: tuple[str, int] | None = None
 
     def _locate(self, chunk_key) -> tuple[str, str] | None:
-        """The object a chunk belongs to, for the rules and hotness the policy keeps per object."""
+        """The object a chunk belongs to, for the rules and pins the policy applies per object."""
         v = self.store.versions.get(chunk_key[0])
         return (v.meta.bucket, v.meta.key) if v is not None else None
 
