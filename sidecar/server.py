@@ -91,7 +91,7 @@ class Sidecar:
         self.reader = Reader(self.store, self.upstream, self.metrics,
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
-                             on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
+                             on_object_changed=self.catalog.version_changed,
                              gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
@@ -100,7 +100,7 @@ class Sidecar:
                                              gate=lambda nbytes: self.bandwidth.acquire(nbytes))
         self.reader.tier = self.tier
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
-                           virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
+                           virtual_host_suffixes=settings.virtual_host_suffixes,
                            read_policy=self.read_policy,
                            executor=self.executor)
         self.face.access_log = AccessLog(settings.log_keys)
