@@ -120,9 +120,10 @@ class VerifiedChunk:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        tier, self.tier = self.tier, None
-        if tier is not None:
-            tier.settle(self)
+        if self.bad or self.passed:  # something to settle (a chunk only sent needs nothing)
+            tier, self.tier = self.tier, None
+            if tier is not None:
+                tier.settle(self)
 
 
 class DiskTier:
