@@ -201,3 +201,37 @@ def test_the_index_is_the_one_record_of_cached_chunks(tmp_path_factory, ops):
         assert s.entries == len(cached) == len(s.space.policy)
         assert all(k in s.space.policy for k in cached)
         assert s.used_bytes <= s.capacity
+
+
+def test_the_disk_tier_hands_out_only_verified_chunks(tmp_path):
+    """The disk tier's ``get`` (the RAM tier's protocol) gives a chunk's bytes only after
+    checking every piece; a damaged file is a miss and leaves the index."""
+    s = store(tmp_path)
+    data = os.urandom(2 * CS)
+    m = meta("k", len(data))
+    put(s, m, data)
+    vid = s.version_for(m).vid
+    assert s.disk.get((vid, 0)) == data[:CS] and s.disk.get((vid, 1)) == data[CS:]
+    path = s.chunk_file(vid, 1)
+    with open(path, "r+b") as f:
+        f.seek(CS // 2)
+        f.write(bytes([data[CS + CS // 2] ^ 1]))
+    assert s.disk.get((vid, 1)) is None
+    assert not s.has(vid, 1) and not path.exists() and s.stats.crc_failures == 1
+    assert s.used_bytes == CS and s.disk.get((vid, 1)) is None
+
+
+def test_a_chunk_whose_check_fails_is_dropped_when_closed(tmp_path):
+    """Callers need not remember to report a failed check: closing the chunk does."""
+    s = store(tmp_path)
+    data = os.urandom(CS)
+    m = meta("k", len(data))
+    put(s, m, data)
+    vid = s.version_for(m).vid
+    with open(s.chunk_file(vid, 0), "r+b") as f:
+        f.write(bytes([data[0] ^ 1]))
+    c = s.open_chunk(vid, 0)
+    assert c is not None and not c.verified and c.check(0, 99) is None
+    assert s.has(vid, 0), "still indexed until the chunk is closed"
+    c.close()
+    assert not s.has(vid, 0) and s.stats.crc_failures == 1
