@@ -6,7 +6,7 @@ what it holds. The chunks themselves are kept by two implementations of one veri
 protocol (``ramtier.VerifiedChunks``): the RAM tier (small chunks, in memory) in front of the
 disk tier (``disk.py``: the files, their layout and what was checked of them). Both hand out
 only verified bytes. Besides, the store keeps the prefetch ledger (chunks a prefetch brought
-that no client has read yet) and the scrub's round over the cache.
+that no client has read yet).
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
 mistaken for another version's, and keys never become paths. A chunk is written to a temp file
@@ -139,7 +139,7 @@ class StoreStats:
 
 class ChunkStore:
     """The index of cached chunks, their budget, the RAM tier in front of the disk tier, the
-    prefetch ledger and the scrub's round; see the module docstring."""
+    prefetch ledger; see the module docstring."""
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
@@ -163,13 +163,10 @@ class ChunkStore:
         # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
         self.prefetch_credit = 300.0
         self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
-        self.disk = DiskTier(root, stats=self.stats, locate=self._locate, on_bad=self._bad,
+        self.disk = DiskTier(root, stats=self.stats, locate=self.locate, on_bad=self._bad,
                              verify_every_read=verify_every_read)
         self.root, self.tmp = self.disk.root, self.disk.tmp
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
-        self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
-        self._scrub_started = 0.0
-        self.scrub_passes = 0  # passes the scrub has begun
 
     # --- the index, asked by the budget and the disk tier --------------------------------------
 
@@ -177,7 +174,7 @@ class ChunkStore:
         v = self.versions.get(key[0])
         return v.length(key[1]) if v is not None and key[1] in v.chunks else None
 
-    def _locate(self, key: ChunkKey) -> tuple[int, int] | None:
+    def locate(self, key: ChunkKey) -> tuple[int, int] | None:
         """(digest, length) of a cached chunk, or None."""
         v = self.versions.get(key[0])
         if v is None:
@@ -465,25 +462,9 @@ class ChunkStore:
 
     # --- scrub ------------------------------------------------------------------------------
 
-    def scrub_next(self) -> tuple[ChunkKey, Path, int, int] | None:
-        """The next chunk file the scrub should read — (key, path, length, digest) — in passes over
-        the whole cache; None when the cache is empty. A pass's duration is kept in stats."""
-        while True:
-            if not self._scrub_order:
-                now = self.clock()
-                if self._scrub_started:
-                    self.stats.scrub_pass_seconds = now - self._scrub_started
-                self._scrub_order = [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
-                self._scrub_order.reverse()
-                self._scrub_started = now if self._scrub_order else 0.0
-                self.scrub_passes += bool(self._scrub_order)
-                if not self._scrub_order:
-                    return None
-            vid, index = self._scrub_order.pop()
-            v = self.versions.get(vid)
-            if v is not None and index in v.chunks:
-                crc = v.chunks[index]
-                return (vid, index), self.disk.chunk_path(vid, index, crc), v.length(index), crc
+    def chunk_keys(self) -> list[ChunkKey]:
+        """Every cached chunk, version by version in index order (the scrub's pass)."""
+        return [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
 
     def scrubbed(self, key: ChunkKey, digest: int, problem: str | None, checked: Checked | None) -> None:
         """The scrub read a chunk file (``scrub_file``): drop it if it was bad, else remember the
