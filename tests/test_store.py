@@ -235,3 +235,31 @@ def test_a_chunk_whose_check_fails_is_dropped_when_closed(tmp_path):
     assert s.has(vid, 0), "still indexed until the chunk is closed"
     c.close()
     assert not s.has(vid, 0) and s.stats.crc_failures == 1
+
+
+def test_chunks_evicted_before_the_budget_gives_up_leave_the_index(tmp_path):
+    """A write that cannot fit even after evicting everything evictable (the rest is pinned)
+    is not kept; the chunks evicted on the way are gone from the index and the disk too, so the
+    budget still counts exactly what the index holds."""
+    from sidecar.cache.qos import QoSPolicy
+    from sidecar.cache.rules import RuleSet
+
+    rules = RuleSet.from_config([{"bucket": "pinned", "pin": True}])
+    policy = QoSPolicy(rules, LRUPolicy)
+    s = ChunkStore(tmp_path, chunk_size=CS, capacity=3 * CS, policy=policy)
+    policy._locate = lambda key: (lambda v: (v.meta.bucket, v.meta.key) if v else None)(s.versions.get(key[0]))
+    s.open()
+    put(s, meta("p", 2 * CS + 1, bucket="pinned"), os.urandom(2 * CS + 1))
+    put(s, meta("x", CS - 1), os.urandom(CS - 1))
+    assert s.used_bytes == 3 * CS
+    w = s.begin_write(s.version_for(meta("big", CS)), 0)  # x goes, and still it does not fit
+    w.write(os.urandom(CS))
+    assert not s.commit(w), "no room: the chunk is served but not kept"
+    w.close()
+    cached = [(vid, i) for vid, ver in s.versions.items() for i in ver.chunks]
+    assert s.used_bytes == sum(s.versions[vid].length(i) for vid, i in cached) == 2 * CS + 1
+    assert len(_chunk_files(tmp_path)) == len(cached) == 3
+
+
+def _chunk_files(root):
+    return [p for p in (root / "v2").glob("??/*") if not p.name.endswith(".meta")]

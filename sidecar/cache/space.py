@@ -15,7 +15,12 @@ from .policy import EvictionPolicy
 
 
 class NoRoom(Exception):
-    """The budget cannot fit the entry: everything left is in flight or protected."""
+    """The budget cannot fit the entry: everything left is in flight or protected. ``evicted``:
+    the entries evicted before it gave up (already uncounted: their owner must drop them)."""
+
+    def __init__(self, size: int, evicted: list[Hashable] | None = None) -> None:
+        super().__init__(size)
+        self.evicted = evicted or []
 
 
 class Budget:
@@ -54,7 +59,7 @@ class Budget:
         while self.used + self.reserved + size > self.capacity:
             key = self.policy.victim()
             if key is None:
-                raise NoRoom(size)
+                raise NoRoom(size, evicted)
             n = self.size_of(key)
             self.policy.remove(key)
             if n is None:  # policy out of step with the owner's record: drop it from the policy
@@ -116,7 +121,12 @@ class CacheSpace(Budget):
         return False
 
     def make_room(self, size: int) -> list[Hashable]:
-        evicted = super().make_room(size)
+        try:
+            evicted = super().make_room(size)
+        except NoRoom as e:
+            for key in e.evicted:
+                del self.sizes[key]
+            raise
         for key in evicted:
             del self.sizes[key]
         return evicted

@@ -241,7 +241,8 @@ class ChunkStore:
             for index in sorted(v.chunks):
                 try:
                     self._admit((v.vid, index), v.length(index), now)
-                except NoRoom:
+                except NoRoom as e:
+                    self._evicted(e.evicted, "capacity")
                     self._drop_chunk(v, index, counted=False)
                     continue
                 self.stats.rebuilt_chunks += 1
@@ -394,8 +395,8 @@ class ChunkStore:
             try:
                 evicted = self.space.reserve(length, self.clock())
                 reserved = True
-            except NoRoom:
-                pass
+            except NoRoom as e:
+                evicted = e.evicted
         self._evicted(evicted, "capacity")
         try:
             path, fd = self.disk.temp_file(v.vid, index)
