@@ -89,7 +89,7 @@ def serve(root: Path, cs: int, total: int, rng: int, gib: float) -> None:
             lo = r.randrange(0, length - rng)
             hi = lo + rng - 1
             if mode == "when-changed, first read":
-                s._checked.pop((vid, i), None)  # as after a start: nothing checked yet
+                s.forget_checked(vid, i)  # as after a start: nothing checked yet
             c = s.open_chunk(vid, i, lo, hi)
             if c.verified:
                 n, off = hi - lo + 1, lo

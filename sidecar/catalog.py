@@ -5,6 +5,11 @@ learned. Fresh entries (younger than the metadata TTL) answer without the upstre
 ones are revalidated with a conditional HEAD (If-None-Match: <ETag>). Writes through the
 sidecar invalidate at once, and a lookup that was in flight when the write happened is
 never installed, so a read after a write never sees the old version.
+
+The catalog is the one owner of which version is current. When it learns that a version is
+dead (overwritten, deleted, or found replaced upstream in the middle of a read) it retires it
+through ``on_obsolete``, which drops that version's chunks from the store; nobody else decides
+that a cached version is obsolete.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class Catalog:
         self.clock = clock
         self.entries: OrderedDict[ObjectKey, Entry] = OrderedDict()
         self._lookups: dict[ObjectKey, _Lookup] = {}
-        self.on_obsolete = on_obsolete  # a version is known to be replaced or deleted upstream
+        self.on_obsolete = on_obsolete  # retire a version known to be replaced or deleted upstream
         # how old (seconds since the upstream last confirmed it) metadata may be and still be
         # served while the upstream cannot be reached; None: no limit
         self.stale_if_error = stale_if_error
@@ -135,8 +140,8 @@ class Catalog:
             except S3Error as err:
                 if err.status == 404 and not call.poisoned:
                     gone = self._drop(k)
-                    if gone is not None and self.on_obsolete is not None:
-                        self.on_obsolete(gone.meta)
+                    if gone is not None:
+                        self._retire(gone.meta)
                 raise
             entry = Entry(meta, self.clock())
             if call.poisoned:
@@ -151,8 +156,8 @@ class Catalog:
                 current.stale = False
                 return current
             self._put(k, entry)
-            if current is not None and self.on_obsolete is not None:
-                self.on_obsolete(current.meta)
+            if current is not None:
+                self._retire(current.meta)
             return entry
         finally:
             if self._lookups.get(k) is call:
@@ -229,9 +234,7 @@ class Catalog:
             # (a client then has none to check), never with another kind's.
             return entry
         if meta.etag != entry.meta.etag or meta.size != entry.meta.size:
-            self.invalidate(bucket, key)
-            if self.on_obsolete is not None:
-                self.on_obsolete(entry.meta)
+            self.version_changed(entry.meta)
             raise ObjectChanged()
         learned = entry.meta.learned(meta)
         if learned.checksums_for(kind) is None:  # an upstream that cannot say: it said nothing
@@ -252,15 +255,21 @@ class Catalog:
                 entry.parts[number] = info
         return info
 
-    def invalidate(self, bucket: str, key: str) -> Entry | None:
-        """Forget the object's current version; lookups in flight are not installed."""
+    def invalidate(self, bucket: str, key: str, *, retire: bool = False) -> Entry | None:
+        """Forget the object's current version; lookups in flight are not installed.
+        ``retire``: its data changed (overwritten, deleted), so the version is dead: its cached
+        chunks go too. Without it (a metadata change, a purge) they may serve the same version
+        again once a lookup confirms its ETag."""
         k = (bucket, key)
         call = self._lookups.pop(k, None)
         if call is not None:
             call.poisoned = True
-        return self._drop(k)
+        gone = self._drop(k)
+        if retire and gone is not None:
+            self._retire(gone.meta)
+        return gone
 
-    def invalidate_bucket(self, bucket: str) -> list[Entry]:
+    def invalidate_bucket(self, bucket: str, *, retire: bool = False) -> list[Entry]:
         for k, call in list(self._lookups.items()):
             if k[0] == bucket:
                 call.poisoned = True
@@ -270,7 +279,31 @@ class Catalog:
             e = self._drop(k)
             if e is not None:
                 dropped.append(e)
+                if retire:
+                    self._retire(e.meta)
         return dropped
+
+    def version_changed(self, meta: ObjectMeta) -> None:
+        """The upstream no longer has ``meta``'s version (a conditional request on its ETag
+        failed, or it answered another version): forget it if it is still the current one, and
+        retire it. A newer version already learned stays current."""
+        current = self.entries.get((meta.bucket, meta.key))
+        if current is None or (current.meta.etag == meta.etag and current.meta.size == meta.size):
+            self.invalidate(meta.bucket, meta.key)
+        self._retire(meta)
+
+    def settle(self, meta: ObjectMeta) -> None:
+        """A read that fetched bytes of ``meta``'s version finished. If the catalog no longer
+        points at that version (a write through the sidecar replaced or deleted the object
+        meanwhile), the chunks the read kept are retired: after a restart with the upstream out
+        of reach, stale-if-error would otherwise serve a version known to be dead."""
+        current = self.entries.get((meta.bucket, meta.key))
+        if current is None or current.meta.etag != meta.etag or current.meta.size != meta.size:
+            self._retire(meta)
+
+    def _retire(self, meta: ObjectMeta) -> None:
+        if self.on_obsolete is not None:
+            self.on_obsolete(meta)
 
     def _drop(self, k: ObjectKey) -> Entry | None:
         return self.entries.pop(k, None)

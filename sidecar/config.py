@@ -381,7 +381,7 @@ OPTIONS: tuple[Option, ...] = (
            "LRU-K: predicted probability of a read from which an object's cached chunks get "
            "lru_k_retention_weight"),
     Option("hotness_half_life", 600.0, parse_duration, DURATION_FORM,
-           "half-life of the decayed per-object hotness used by the policy and the predictor"),
+           "half-life of the decayed per-object read hotness (admin /hot) and of the predictor's hotness feature"),
     # --- prefetch and bandwidth
     Option("prefetch", True, parse_bool, "true or false", "run the access predictor and prefetch"),
     Option("prefetch_interval", 30.0, parse_duration, DURATION_FORM, "how often the predictor runs"),

@@ -788,11 +788,9 @@ class Reader:
                         while lo <= hi:
                             b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
                             data = await self._check(chunk, lo, b1)
-                            if data is None:
-                                self.store.discard(version.vid, index, chunk)
+                            if data is None:  # closing the chunk (below) drops it
                                 whole = False
                                 break
-                            self.store.note_verified(version.vid, index, chunk, b1 - lo + 1)
                             yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
                             lo = b1 + 1
                 finally:

@@ -66,8 +66,7 @@ class Sidecar:
         self.metrics = Metrics()
         self.fast_path: FastPath | None = None
         self.rules = RuleSet.from_settings(settings)
-        self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
-                                              hotness_half_life=settings.hotness_half_life)
+        self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules)
         # Large-chunk verification and sendfile run here; both release the GIL.
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
@@ -93,7 +92,7 @@ class Sidecar:
         self.reader = Reader(self.store, self.upstream, self.metrics,
                              readahead_chunks=settings.readahead_chunks,
                              readahead_max_bytes=settings.readahead_max_bytes,
-                             on_object_changed=lambda meta: self.catalog.invalidate(meta.bucket, meta.key),
+                             on_object_changed=self.catalog.version_changed,
                              gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
                              executor=self.executor)
@@ -102,7 +101,7 @@ class Sidecar:
                                              gate=lambda nbytes: self.bandwidth.acquire(nbytes))
         self.reader.tier = self.tier
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
-                           virtual_host_suffixes=settings.virtual_host_suffixes, drop_version=self.drop_version,
+                           virtual_host_suffixes=settings.virtual_host_suffixes,
                            read_policy=self.read_policy,
                            executor=self.executor)
         self.face.access_log = AccessLog(settings.log_keys)
@@ -132,7 +131,7 @@ class Sidecar:
         self.admin_address: tuple[str, int] | None = None
 
     def _locate(self, chunk_key) -> tuple[str, str] | None:
-        """The object a chunk belongs to, for the rules and hotness the policy keeps per object."""
+        """The object a chunk belongs to, for the rules and pins the policy applies per object."""
         v = self.store.versions.get(chunk_key[0])
         return (v.meta.bucket, v.meta.key) if v is not None else None
 

@@ -302,3 +302,24 @@ def test_read_overtaken_by_a_write_leaves_no_old_chunks(make_sidecar, tap, moto_
     with pytest.raises(ClientError) as err:  # the new version was never read, so nothing may answer
         _get(gone.client(), bucket, "race")
     assert err.value.response["Error"]["Code"] == "ServiceUnavailable"
+
+
+def test_a_version_found_replaced_mid_read_is_retired(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    """An object replaced behind the sidecar's back is found out by the next fill (its If-Match
+    on the cached ETag fails): the read is answered with the new version after one new lookup,
+    and the old version's chunks are dropped, not left to wait for eviction."""
+    old, new = os.urandom(3 * 64 * 1024), os.urandom(3 * 64 * 1024)
+    moto_s3.put_object(Bucket=bucket, Key="swap", Body=old)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="64KiB", metadata_ttl="indefinite",
+                      prefetch="false", readahead_chunks=0)
+    s3 = sc.client()
+    assert _get(s3, bucket, "swap", Range="bytes=0-99") == old[:100]
+    assert len(_chunk_files(tmp_path / "c")) == 1
+    moto_s3.put_object(Bucket=bucket, Key="swap", Body=new)  # behind the sidecar's back
+    tap.clear()
+    tail = 2 * 64 * 1024  # a chunk not cached yet: its fill asks for the old ETag
+    assert _get(s3, bucket, "swap", Range=f"bytes={tail}-{tail + 99}") == new[tail:tail + 100]
+    assert len(tap.requests("HEAD", "/swap")) == 1, "the catalog was asked once for the new version"
+    metas = [p for p in (tmp_path / "c" / "v2").glob("??/*") if p.name.endswith(".meta")]
+    assert len(metas) == 1 and len(_chunk_files(tmp_path / "c")) == 1, "only the new version is cached"
+    assert _get(s3, bucket, "swap", Range="bytes=0-99") == new[:100]

@@ -251,14 +251,6 @@ def test_hotness_table_is_bounded_and_forgets_the_coldest():
     assert [obj for obj, _ in table.hottest(2, 1000.0)] == ["hot", 999]
 
 
-def test_qos_policy_keeps_hotness_per_object():
-    policy = QoSPolicy(QOS_RULES, LRUPolicy)
-    for index in range(4):
-        policy.admit(("b", "obj", index), 1, 0.0)  # one read, four chunks
-    policy.touch(("b", "obj", 0), 5.0)
-    assert policy.hotness.at(("b", "obj"), 5.0) > policy.hotness.at(("b", "obj"), 0.0) * 0.9 > 0
-
-
 def test_reloading_drops_a_quota_group_and_applies_new_quotas():
     policy = QoSPolicy(QOS_RULES, LRUPolicy)
     space = CacheSpace(20, policy)

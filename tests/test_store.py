@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sidecar.cache.policy import LRUPolicy
 from sidecar.cache.store import ChunkStore, version_id
@@ -174,3 +176,90 @@ def test_ram_tier_keeps_small_chunks_under_its_budget_least_recent_out():
     ram.drop("a")
     assert ram.used == 4 and len(ram) == 1
     assert RamTier(capacity=0, chunk_max=4).holds(1) is False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from("put drop read corrupt refetch".split()),
+                          st.integers(0, 5), st.integers(1, 3)), max_size=30))
+def test_the_index_is_the_one_record_of_cached_chunks(tmp_path_factory, ops):
+    """Whatever is written, read, evicted, corrupted or dropped, the budget counts exactly the
+    chunks the index holds, and the policy orders exactly those."""
+    s = store(tmp_path_factory.mktemp("c"), capacity=7 * CS)
+    for op, n, chunks in ops:
+        m = meta(f"k{n}", chunks * CS - 7, etag=f'"e{n % 2}"')
+        v = s.version_for(m)
+        if op == "put" or op == "refetch":
+            put(s, m, os.urandom(m.size))
+        elif op == "drop":
+            s.drop_version(v.vid)
+        elif op == "read":
+            read(s, m)
+        elif op == "corrupt" and s.has(v.vid, 0):
+            s.drop_corrupt(v.vid, 0)
+        cached = [(vid, i) for vid, ver in s.versions.items() for i in ver.chunks]
+        assert s.used_bytes == sum(s.versions[vid].length(i) for vid, i in cached)
+        assert s.entries == len(cached) == len(s.space.policy)
+        assert all(k in s.space.policy for k in cached)
+        assert s.used_bytes <= s.capacity
+
+
+def test_the_disk_tier_hands_out_only_verified_chunks(tmp_path):
+    """The disk tier's ``get`` (the RAM tier's protocol) gives a chunk's bytes only after
+    checking every piece; a damaged file is a miss and leaves the index."""
+    s = store(tmp_path)
+    data = os.urandom(2 * CS)
+    m = meta("k", len(data))
+    put(s, m, data)
+    vid = s.version_for(m).vid
+    assert s.disk.get((vid, 0)) == data[:CS] and s.disk.get((vid, 1)) == data[CS:]
+    path = s.chunk_file(vid, 1)
+    with open(path, "r+b") as f:
+        f.seek(CS // 2)
+        f.write(bytes([data[CS + CS // 2] ^ 1]))
+    assert s.disk.get((vid, 1)) is None
+    assert not s.has(vid, 1) and not path.exists() and s.stats.crc_failures == 1
+    assert s.used_bytes == CS and s.disk.get((vid, 1)) is None
+
+
+def test_a_chunk_whose_check_fails_is_dropped_when_closed(tmp_path):
+    """Callers need not remember to report a failed check: closing the chunk does."""
+    s = store(tmp_path)
+    data = os.urandom(CS)
+    m = meta("k", len(data))
+    put(s, m, data)
+    vid = s.version_for(m).vid
+    with open(s.chunk_file(vid, 0), "r+b") as f:
+        f.write(bytes([data[0] ^ 1]))
+    c = s.open_chunk(vid, 0)
+    assert c is not None and not c.verified and c.check(0, 99) is None
+    assert s.has(vid, 0), "still indexed until the chunk is closed"
+    c.close()
+    assert not s.has(vid, 0) and s.stats.crc_failures == 1
+
+
+def test_chunks_evicted_before_the_budget_gives_up_leave_the_index(tmp_path):
+    """A write that cannot fit even after evicting everything evictable (the rest is pinned)
+    is not kept; the chunks evicted on the way are gone from the index and the disk too, so the
+    budget still counts exactly what the index holds."""
+    from sidecar.cache.qos import QoSPolicy
+    from sidecar.cache.rules import RuleSet
+
+    rules = RuleSet.from_config([{"bucket": "pinned", "pin": True}])
+    policy = QoSPolicy(rules, LRUPolicy)
+    s = ChunkStore(tmp_path, chunk_size=CS, capacity=3 * CS, policy=policy)
+    policy._locate = lambda key: (lambda v: (v.meta.bucket, v.meta.key) if v else None)(s.versions.get(key[0]))
+    s.open()
+    put(s, meta("p", 2 * CS + 1, bucket="pinned"), os.urandom(2 * CS + 1))
+    put(s, meta("x", CS - 1), os.urandom(CS - 1))
+    assert s.used_bytes == 3 * CS
+    w = s.begin_write(s.version_for(meta("big", CS)), 0)  # x goes, and still it does not fit
+    w.write(os.urandom(CS))
+    assert not s.commit(w), "no room: the chunk is served but not kept"
+    w.close()
+    cached = [(vid, i) for vid, ver in s.versions.items() for i in ver.chunks]
+    assert s.used_bytes == sum(s.versions[vid].length(i) for vid, i in cached) == 2 * CS + 1
+    assert len(_chunk_files(tmp_path)) == len(cached) == 3
+
+
+def _chunk_files(root):
+    return [p for p in (root / "v2").glob("??/*") if not p.name.endswith(".meta")]

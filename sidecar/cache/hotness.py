@@ -33,7 +33,7 @@ def half_life_to_lambda(half_life_s: float) -> float:
 
 
 class HotnessTable:
-    """Decayed hotness per object, bounded in size; the policy and the predictor read it.
+    """Decayed hotness per object, bounded in size (the daemon's one table: ``Operations.hotness``).
 
     Touches of one object closer together than ``correlated_period`` count once: a read of a
     large object touches each of its chunks, and that is one read, not one per chunk. When

@@ -1,4 +1,4 @@
-"""QoS-aware eviction: one policy per QoS class (and per Guaranteed quota), pins, object hotness.
+"""QoS-aware eviction: one policy per QoS class (and per Guaranteed quota), and pins.
 
 ``QoSPolicy`` implements the same interface as every policy, so ``CacheSpace``, the daemon and
 the simulator run it unchanged. Inside, entries are grouped by the ``Rule`` of their object:
@@ -21,7 +21,8 @@ guess was wrong and the entry is the first victim of all. Only when nothing but 
 entries is left does one go, the one whose credit runs longest (predicted to be read last).
 
 Chunk keys are opaque here: ``locate(key)`` tells which (bucket, object key) a chunk belongs
-to; it decides the rule, the pins and the hotness counter of the object.
+to; it decides the rule and the pins of the object. Read hotness per object is not kept here:
+the daemon keeps one table of it (``Operations.hotness``, fed once per client read).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import heapq
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
-from .hotness import HotnessTable, half_life_to_lambda
 from .policy import EvictionPolicy, LRUPolicy, make_policy
 from .rules import PrefixMap, QoSClass, Rule, RuleSet
 
@@ -71,9 +71,8 @@ class QoSPolicy:
     name = "qos"
 
     def __init__(self, rules: RuleSet | None = None, class_policy: Callable[[], EvictionPolicy] = LRUPolicy, *,
-                 locate: Locate = object_of, hotness: HotnessTable | None = None) -> None:
+                 locate: Locate = object_of) -> None:
         self.rules = rules or RuleSet()
-        self.hotness = hotness if hotness is not None else HotnessTable(half_life_to_lambda(600.0))
         self._new_policy = class_policy
         self._locate = locate
         self._best_effort = _Group(QoSClass.BEST_EFFORT, class_policy())
@@ -95,8 +94,8 @@ class QoSPolicy:
         self._now = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Any, *, locate: Locate = object_of, rules: RuleSet | None = None,
-                      hotness_half_life: float = 600.0) -> "QoSPolicy":
+    def from_settings(cls, settings: Any, *, locate: Locate = object_of,
+                      rules: RuleSet | None = None) -> "QoSPolicy":
         """The daemon's policy: its rules, and ``settings.policy`` (with ``lru_k``) per class."""
         options = {"k": settings.lru_k,
                    "correlated_period": settings.lru_k_correlated_period,
@@ -105,8 +104,7 @@ class QoSPolicy:
                    "admission": settings.lru_k_admission} \
             if settings.policy == "lru-k" else {}
         return cls(rules if rules is not None else RuleSet.from_settings(settings),
-                   lambda: make_policy(settings.policy, **options), locate=locate,
-                   hotness=HotnessTable(half_life_to_lambda(hotness_half_life)))
+                   lambda: make_policy(settings.policy, **options), locate=locate)
 
     # --- the policy interface ----------------------------------------------------------------
 
@@ -138,11 +136,9 @@ class QoSPolicy:
                 self._credit_soon = sorted(live)
                 self._credit_late = sorted((-t, i, k) for t, i, k in live)
             self._attach(key, self._group(rule), False, now)
-            return  # a prefetch is no read: neither a reference nor hotness
+            return  # a prefetch is no read: no reference
         self._attach(key, self._group(rule), pinned, now)
         self.admitted_bytes += size
-        if obj is not None:
-            self.hotness.touch(obj, now)
 
     def touch(self, key: Hashable, now: float) -> None:
         group = self._where.get(key)
@@ -157,9 +153,6 @@ class QoSPolicy:
             group.policy.admit(key, self._sizes[key], now)
         elif key not in self._pinned:
             group.policy.touch(key, now)
-        obj = self._locate(key)
-        if obj is not None:
-            self.hotness.touch(obj, now)
 
     def victim(self) -> Hashable | None:
         credit = self._credit

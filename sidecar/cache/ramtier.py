@@ -2,7 +2,8 @@
 
 Only bytes that were checked (or that the sidecar wrote itself) are put here, and they are
 never checked again: memory is the sidecar's own, like ZFS's ARC. It is one implementation of
-the small verified-chunk protocol below; the disk store composes it in front of its files.
+the small verified-chunk protocol below; the disk tier (``disk.py``) is the other, and the chunk
+store composes this one in front of it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from typing import Hashable, Protocol
 
 class VerifiedChunks(Protocol):
     """A cache that only hands out verified chunk bytes: ``get`` returns them or None (a miss),
-    ``put`` offers bytes already verified, ``drop`` forgets a chunk."""
+    ``drop`` forgets a chunk."""
 
     def get(self, key: Hashable) -> bytes | None: ...
 
-    def put(self, key: Hashable, data: bytes) -> None: ...
-
     def drop(self, key: Hashable) -> None: ...
+
+
+class VerifiedChunkCache(VerifiedChunks, Protocol):
+    """One that is also given chunks whole: ``put`` offers bytes already verified. The RAM tier
+    is; the disk tier is written by streaming (``ChunkWriter``), so that readers can send a
+    chunk's first bytes while the rest is still arriving."""
+
+    def put(self, key: Hashable, data: bytes) -> None: ...
 
 
 class RamTier:

@@ -1,21 +1,17 @@
-"""The chunk store: verified chunks of object versions on local disk, under a byte budget.
+"""The chunk store: verified chunks of object versions under a byte budget, in two tiers.
 
-Layout under ``<cache_dir>/v2/``::
-
-    tmp/                          chunks being written (cleared at start)
-    <aa>/<vid>.meta               JSON: bucket, key, ETag, size, headers, chunk size
-    <aa>/<vid>.<index>.<digest>   chunk bytes + piece CRC32C table (``chunkfile.py``)
+The store's index (``versions``, each with the ``chunks`` it has) is the one record of which
+chunks are cached; the byte budget (``space.Budget``) and the eviction policy count and order
+what it holds. The chunks themselves are kept by two implementations of one verified-chunk
+protocol (``ramtier.VerifiedChunks``): the RAM tier (small chunks, in memory) in front of the
+disk tier (``disk.py``: the files, their layout and what was checked of them). Both hand out
+only verified bytes. Besides, the store keeps the prefetch ledger (chunks a prefetch brought
+that no client has read yet).
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
-mistaken for another version's, and keys never become paths. A chunk is written to ``tmp/``
+mistaken for another version's, and keys never become paths. A chunk is written to a temp file
 and renamed into place, so a crash leaves whole chunks or none. The index is rebuilt from file
 names at start; a cache directory of an older format is deleted then, never read.
-
-Verification (docs/integrity.md): a read checks the 64 KiB pieces its range touches, unless
-those pieces were checked since the file last changed (its inode, size, mtime and ctime are the
-same as at that check) and strict mode (``verify_every_read``) is off; then the file's bytes
-may be sent with sendfile from the page cache unchecked. ``scrub_next`` re-reads chunk files
-past the page cache at a bounded rate to find media corruption the identity cannot show.
 """
 
 from __future__ import annotations
@@ -23,36 +19,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..objects import ObjectMeta
-from . import chunkfile
-from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
+from .chunkfile import PieceSums
+from .disk import ChunkKey, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
 from .layout import ChunkLayout
 from .policy import EvictionPolicy
 from .ramtier import RamTier
-from .space import CacheSpace, NoRoom
+from .space import Budget, NoRoom
 
-ChunkKey = tuple[str, int]
-Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
-
-
-def mkdir_private(path: Path) -> None:
-    """A cache directory, 0700 whatever the umask (umask can only take bits away, and one
-    that takes the owner's would make the directory unusable)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o777 != 0o700:
-        os.chmod(path, 0o700)
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+__all__ = ["ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
+           "mkdir_private", "scrub_file", "version_id"]
 
 
 def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
@@ -83,65 +64,6 @@ class Version:
         return ChunkLayout(self.chunk_size).length(index, self.meta.size)
 
     chunk_size: int = 0
-
-
-@dataclasses.dataclass(slots=True)
-class Checked:
-    """What is known good about one chunk file: its piece table, and which pieces were checked
-    while the file had identity ``stamp``."""
-
-    stamp: Stamp
-    table: bytes
-    piece: int
-    mask: int = 0  # bit i: piece i checked under ``stamp``
-
-    def covers(self, p0: int, p1: int) -> bool:
-        want = ((1 << (p1 - p0 + 1)) - 1) << p0
-        return self.mask & want == want
-
-
-@dataclasses.dataclass(slots=True)
-class VerifiedChunk:
-    """An open chunk: bytes in memory (``data``, always verified), or a file descriptor.
-    With ``verified`` True the descriptor's bytes for the range it was opened for may be sent
-    as they are (sendfile); otherwise ``check(lo, hi)`` reads and checks the pieces that range
-    touches and returns the very bytes checked (send those: the file is read once). ``check``
-    blocks and may run in a worker thread. Close it."""
-
-    length: int
-    data: bytes | None = None
-    fd: int = -1
-    digest: int = 0
-    verified: bool = True
-    known: Checked | None = None  # the table (and checks) this file is read against
-
-    def check(self, lo: int, hi: int) -> memoryview | None:
-        """Bytes lo..hi (chunk offsets, inclusive), checked against their pieces' CRC32Cs; None
-        if any of them is bad (or the file cannot be read: a bad chunk too)."""
-        try:
-            if self.known is None:
-                st = os.fstat(self.fd)
-                if st.st_size != chunkfile.file_size(self.length):
-                    return None
-                found = chunkfile.read_table(self.fd, self.length, self.digest)
-                if found is None:
-                    return None
-                self.known = Checked(_stamp(st), found[0], found[1])
-            k = self.known
-            p0, p1 = lo // k.piece, hi // k.piece
-            view = chunkfile.check_pieces(self.fd, k.table, k.piece, self.length, p0, p1)
-        except (OSError, ValueError):
-            return None
-        if view is None:
-            return None
-        k.mask |= ((1 << (p1 - p0 + 1)) - 1) << p0
-        base = p0 * k.piece
-        return view[lo - base:hi - base + 1]
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class ChunkWriter:
@@ -214,20 +136,22 @@ class StoreStats:
         self.scrub_pass_seconds = 0.0  # how long the last whole pass of the scrub took
 
 
+
 class ChunkStore:
-    """Chunks on disk plus the in-memory index, budget and small-chunk RAM cache."""
+    """The index of cached chunks, their budget, the RAM tier in front of the disk tier, the
+    prefetch ledger; see the module docstring."""
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
                  verify_every_read: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  on_evict: Callable[[str, int, int], None] | None = None) -> None:
-        self.root = Path(root) / FORMAT
-        self.tmp = self.root / "tmp"
         self.chunk_size = chunk_size
         self.layout = ChunkLayout(chunk_size)
-        self.space = CacheSpace(capacity, policy)
+        # The index (``versions``, each with its ``chunks``) is the one record of which chunks are
+        # cached; the budget counts their bytes and asks the index their sizes.
         self.versions: dict[str, Version] = {}
+        self.space = Budget(capacity, policy, self._cached_length)
         self.clock = clock
         self.stats = StoreStats()
         self.on_evict = on_evict
@@ -239,48 +163,46 @@ class ChunkStore:
         # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
         self.prefetch_credit = 300.0
         self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
+        self.disk = DiskTier(root, stats=self.stats, locate=self.locate, on_bad=self._bad,
+                             verify_every_read=verify_every_read)
+        self.root, self.tmp = self.disk.root, self.disk.tmp
         self._vids: dict[tuple[str, str, str, int], str] = {}  # memo of version_id()
-        # The piece table and the pieces checked since each chunk file last changed (its identity:
-        # any write through the file system changes mtime/ctime). Strict mode checks anyway.
-        self._verify_every_read = verify_every_read
-        self._checked: dict[ChunkKey, Checked] = {}
-        self._scrub_order: list[ChunkKey] = []  # the chunks the scrub's current pass has left
-        self._scrub_started = 0.0
-        self.scrub_passes = 0  # passes the scrub has begun
 
-    # --- paths ------------------------------------------------------------------------------
+    # --- the index, asked by the budget and the disk tier --------------------------------------
 
-    def _dir(self, vid: str) -> Path:
-        return self.root / vid[:2]
+    def _cached_length(self, key: ChunkKey) -> int | None:
+        v = self.versions.get(key[0])
+        return v.length(key[1]) if v is not None and key[1] in v.chunks else None
 
-    def _chunk_path(self, vid: str, index: int, crc: int) -> Path:
-        return self._dir(vid) / chunkfile.chunk_name(vid, index, crc)
+    def locate(self, key: ChunkKey) -> tuple[int, int] | None:
+        """(digest, length) of a cached chunk, or None."""
+        v = self.versions.get(key[0])
+        if v is None:
+            return None
+        digest = v.chunks.get(key[1])
+        return None if digest is None else (digest, v.length(key[1]))
 
-    def _meta_path(self, vid: str) -> Path:
-        return self._dir(vid) / chunkfile.meta_name(vid)
+    def _bad(self, key: ChunkKey, digest: int, problem: str) -> None:
+        """The disk tier found the chunk's file bad or missing: it leaves the cache."""
+        v = self.versions.get(key[0])
+        if v is not None and v.chunks.get(key[1]) == digest:
+            self._drop_chunk(v, key[1])
 
     def chunk_file(self, vid: str, index: int) -> Path | None:
         """Where a cached chunk's bytes are (``sidecar verify``), or None if it is not cached."""
         v = self.versions.get(vid)
         crc = v.chunks.get(index) if v is not None else None
-        return None if crc is None else self._chunk_path(vid, index, crc)
+        return None if crc is None else self.disk.chunk_path(vid, index, crc)
 
     # --- start ------------------------------------------------------------------------------
 
     def open(self) -> list[Version]:
         """Create the layout and rebuild the index from disk. Returns the versions found."""
-        for d in (self.root.parent, self.root, self.tmp):
-            mkdir_private(d)
-        for old in OLD_FORMATS:  # another layout and trailer: never read, just deleted
-            shutil.rmtree(self.root.parent / old, ignore_errors=True)
-        for entry in os.scandir(self.tmp):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
         metas: dict[str, tuple[ObjectMeta, float]] = {}
         chunk_files: dict[str, list[tuple[int, int, str]]] = {}
-        for kind, vid, index, digest, path in chunkfile.scan(self.root):
+        for kind, vid, index, digest, path in self.disk.prepare():
             if kind == "meta":
-                loaded = self._load_meta(path)
+                loaded = self.disk.load_meta(path, self.chunk_size)
                 if loaded is not None:
                     metas[vid] = loaded
                     continue
@@ -300,40 +222,31 @@ class ChunkStore:
         for vid, (meta, stored_at) in metas.items():
             files = chunk_files.pop(vid, [])
             if vid not in live or version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
-                self._unlink_all([p for _, _, p in files] + [str(self._meta_path(vid))])
+                self.disk.unlink([p for _, _, p in files] + [str(self.disk.meta_path(vid))])
                 continue
             v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
             n = self.layout.count(meta.size)
             for index, crc, path in sorted(files):
                 if index >= n or index in v.chunks:
-                    self._unlink_all([path])
+                    self.disk.unlink([path])
                     continue
                 v.chunks[index] = crc
             self.versions[vid] = v
             found.append((stored_at, v))
         for files in chunk_files.values():  # chunks without metadata
-            self._unlink_all([p for _, _, p in files])
+            self.disk.unlink([p for _, _, p in files])
         # Admit oldest first so the policy's recency order follows storage order.
         now = self.clock()
         for _, v in sorted(found, key=lambda t: t[0]):
             for index in sorted(v.chunks):
                 try:
                     self._admit((v.vid, index), v.length(index), now)
-                except NoRoom:
-                    self._drop_chunk(v, index)
+                except NoRoom as e:
+                    self._evicted(e.evicted, "capacity")
+                    self._drop_chunk(v, index, counted=False)
                     continue
                 self.stats.rebuilt_chunks += 1
         return [v for _, v in found]
-
-    def _load_meta(self, path: str) -> tuple[ObjectMeta, float] | None:
-        try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read())
-            if d.get("chunk_size") != self.chunk_size:
-                return None
-            return ObjectMeta.from_json(d["meta"]), float(d.get("stored_at", 0.0))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
 
     # --- versions ---------------------------------------------------------------------------
 
@@ -362,7 +275,7 @@ class ChunkStore:
         v.meta = learned
         if v.meta_written and not v.dropped:
             try:
-                self._write_meta(v)
+                self.disk.write_meta(v.vid, v.meta, self.chunk_size)
             except OSError:
                 self.stats.write_errors += 1
 
@@ -373,30 +286,13 @@ class ChunkStore:
             return
         v.dropped = True
         for index in list(v.chunks):
-            self.space.forget((vid, index))
+            self.space.take((vid, index), v.length(index), dead=True)
             self._forget_in_memory((vid, index))
             if self.prefetched:
                 self._prefetch_left((vid, index))
-        paths = [str(self._chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
+        paths = [str(self.disk.chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
         v.chunks.clear()
-        self._unlink_all(paths + [str(self._meta_path(vid))])
-
-    def _write_meta(self, v: Version) -> None:
-        body = json.dumps({"meta": v.meta.to_json(), "chunk_size": self.chunk_size,
-                           "stored_at": time.time()}).encode()
-        self._atomic_write(self._meta_path(v.vid), body)
-        v.meta_written = True
-
-    def _atomic_write(self, path: Path, body: bytes) -> None:
-        tmp = self.tmp / (secrets.token_hex(8) + ".meta")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # exactly, whatever the umask
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        mkdir_private(path.parent)
-        os.replace(tmp, path)
+        self.disk.unlink(paths + [str(self.disk.meta_path(vid))])
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -405,34 +301,33 @@ class ChunkStore:
         return v is not None and index in v.chunks
 
     def open_verified(self, vid: str, index: int) -> VerifiedChunk | None:
-        """The whole chunk, checked (strict: every piece), or None (a miss). Bad files are removed.
-        Blocking: for tests and tools, not the event loop."""
+        """The whole chunk in memory, checked (every piece), or None (a miss; a bad file is
+        removed). Blocking: for tests and tools, not the event loop."""
         chunk = self.open_chunk(vid, index)
         if chunk is None or chunk.data is not None:
             return chunk
-        view = chunk.check(0, chunk.length - 1)
-        if view is None:
-            self.discard(vid, index, chunk)
-            return None
-        self.note_verified(vid, index, chunk)
-        chunk.data = bytes(view)
-        return chunk
+        try:
+            view = chunk.check(0, chunk.length - 1)
+            data = None if view is None else bytes(view)
+        finally:
+            chunk.close()
+        return None if data is None else VerifiedChunk(len(data), data=data)
 
     def ram_chunk(self, vid: str, index: int) -> bytes | None:
         """The chunk's verified bytes if it is held in memory (a hit), else None."""
         key = (vid, index)
         data = self.ram.get(key)
         if data is not None:
-            self.space.hit(key, self.clock())
+            self.space.touch(key, self.clock())
             self.stats.ram_hits += 1
         return data
 
     def open_chunk(self, vid: str, index: int, lo: int = 0, hi: int = -1) -> VerifiedChunk | None:
         """The chunk, opened to read bytes lo..hi (chunk offsets; -1: its end), or None (a miss).
-        Small chunks come back in memory, checked. Larger ones as an open file: ``verified`` when
-        the pieces of lo..hi were checked since the file last changed (and strict mode is off),
-        so the caller may sendfile them; otherwise the caller must send only what
-        ``chunk.check(lo, hi)`` returns (and ``discard`` the chunk if that is None)."""
+        Small chunks come back in memory, checked: from the RAM tier, or read whole from the
+        disk tier into it. Larger ones as an open file (``DiskTier.open``): ``verified`` when
+        the pieces of lo..hi were checked since the file last changed, so the caller may
+        sendfile them; otherwise the caller sends only what ``chunk.check(lo, hi)`` returns."""
         v = self.versions.get(vid)
         if v is None or index not in v.chunks:
             return None
@@ -440,64 +335,36 @@ class ChunkStore:
         now = self.clock()
         data = self.ram.get(key)
         if data is not None:
-            self.space.hit(key, now)
             self.stats.ram_hits += 1
-            return VerifiedChunk(len(data), data=data)
-        crc = v.chunks[index]
-        length = v.length(index)
-        try:
-            fd = os.open(self._chunk_path(vid, index, crc), os.O_RDONLY)
-        except OSError:
-            self.stats.read_errors += 1
-            self._drop_chunk(v, index)
-            return None
-        if self.ram.holds(length):
-            try:
-                image = os.pread(fd, chunkfile.file_size(length) + 1, 0)
-            except OSError:
-                image = b""
-            finally:
-                os.close(fd)
-            if not chunkfile.check_image(image, length, crc):
-                return self._corrupt(v, index)
-            data = image[:length]
-            self.stats.checked_bytes += length
+        else:
+            length = v.length(index)
+            if not self.ram.holds(length):
+                chunk = self.disk.open(key, v.chunks[index], length, lo, hi)
+                if chunk is not None:
+                    self.space.touch(key, now)
+                return chunk
+            data = self.disk.read_whole(key, v.chunks[index], length)
+            if data is None:
+                return None
             self.ram.put(key, data)
-            self.space.hit(key, now)
-            return VerifiedChunk(length, data=data)
-        self.space.hit(key, now)
-        chunk = VerifiedChunk(length, fd=fd, digest=crc, verified=False)
-        known = self._checked.get(key)
-        if known is not None:
-            try:
-                same = _stamp(os.fstat(fd)) == known.stamp
-            except OSError:
-                same = False
-            if not same:  # changed since its last check: check again, from its trailer on
-                del self._checked[key]
-            else:
-                chunk.known = known
-                if not self._verify_every_read:
-                    last = length - 1 if hi < 0 else hi
-                    chunk.verified = known.covers(lo // known.piece, last // known.piece)
-        return chunk
+        self.space.touch(key, now)
+        return VerifiedChunk(len(data), data=data)
 
     def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
-        """Remember a good check: the file's identity, piece table and the pieces checked."""
-        self.stats.checked_bytes += nbytes
-        if chunk.known is not None and (vid, index) in self.space:
-            self._checked.setdefault((vid, index), chunk.known)
+        """Settle a good check now, counting ``nbytes`` as checked (closing the chunk would
+        settle it too, counting what ``check`` returned)."""
+        chunk.checked = nbytes
+        self.disk.settle(chunk)
 
     def forget_checked(self, vid: str, index: int) -> None:
         """Trust nothing checked about this chunk file: its next read checks its pieces."""
-        self._checked.pop((vid, index), None)
+        self.disk.drop((vid, index))
 
     def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """A chunk failed verification: count it, close it, and delete it."""
+        """A chunk failed verification: count it, close it, and delete it (what closing a chunk
+        whose ``check`` failed does anyway)."""
+        chunk.bad = True
         chunk.close()
-        v = self.versions.get(vid)
-        if v is not None and index in v.chunks and v.chunks[index] == chunk.digest:
-            self._corrupt(v, index)
 
     def drop_corrupt(self, vid: str, index: int) -> None:
         """A check (``sidecar verify``) found the chunk's bytes bad: count it and delete it."""
@@ -512,7 +379,7 @@ class ChunkStore:
 
     def _forget_in_memory(self, key: ChunkKey) -> None:
         """Drop what the process remembers of a chunk: its RAM copy and its checked pieces."""
-        self._checked.pop(key, None)
+        self.disk.drop(key)
         self.ram.drop(key)
 
     # --- writes -----------------------------------------------------------------------------
@@ -528,13 +395,11 @@ class ChunkStore:
             try:
                 evicted = self.space.reserve(length, self.clock())
                 reserved = True
-            except NoRoom:
-                pass
+            except NoRoom as e:
+                evicted = e.evicted
         self._evicted(evicted, "capacity")
-        path = self.tmp / f"{v.vid}.{index}.{secrets.token_hex(6)}"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            os.fchmod(fd, 0o600)  # exactly, whatever the umask
+            path, fd = self.disk.temp_file(v.vid, index)
         except OSError:
             if reserved:
                 self.space.release(length)
@@ -556,12 +421,10 @@ class ChunkStore:
         v = self.versions.setdefault(v.vid, v)
         try:
             if not v.meta_written:
-                self._write_meta(v)
+                self.disk.write_meta(v.vid, v.meta, self.chunk_size)
+                v.meta_written = True
             w.seal()
-            final = self._chunk_path(w.vid, w.index, w.crc)
-            if not final.parent.is_dir():
-                mkdir_private(final.parent)
-            os.replace(w.path, final)
+            self.disk.place(w.path, w.vid, w.index, w.crc)
         except OSError:
             self.stats.write_errors += 1
             self.abort(w)
@@ -569,8 +432,10 @@ class ChunkStore:
         w.closed = True
         w.version.writers -= 1
         old_crc = v.chunks.get(w.index)
-        if old_crc is not None and old_crc != w.crc:
-            self._unlink_all([str(self._chunk_path(w.vid, w.index, old_crc))])
+        if old_crc is not None:  # a refetch of a chunk already cached replaces it
+            self.space.take((w.vid, w.index), w.length)
+            if old_crc != w.crc:
+                self.disk.unlink([str(self.disk.chunk_path(w.vid, w.index, old_crc))])
         v.chunks[w.index] = w.crc
         now = self.clock()
         credit = {}
@@ -579,7 +444,7 @@ class ChunkStore:
             # Protected from demand data until read or the predicted read's horizon (QoSPolicy).
             if self.prefetch_credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
                 credit["credit_until"] = now + self.prefetch_credit
-        evicted = self.space.insert((w.vid, w.index), w.length, now, reserved=True, **credit)
+        evicted = self.space.add((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
 
@@ -598,25 +463,9 @@ class ChunkStore:
 
     # --- scrub ------------------------------------------------------------------------------
 
-    def scrub_next(self) -> tuple[ChunkKey, Path, int, int] | None:
-        """The next chunk file the scrub should read — (key, path, length, digest) — in passes over
-        the whole cache; None when the cache is empty. A pass's duration is kept in stats."""
-        while True:
-            if not self._scrub_order:
-                now = self.clock()
-                if self._scrub_started:
-                    self.stats.scrub_pass_seconds = now - self._scrub_started
-                self._scrub_order = [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
-                self._scrub_order.reverse()
-                self._scrub_started = now if self._scrub_order else 0.0
-                self.scrub_passes += bool(self._scrub_order)
-                if not self._scrub_order:
-                    return None
-            vid, index = self._scrub_order.pop()
-            v = self.versions.get(vid)
-            if v is not None and index in v.chunks:
-                crc = v.chunks[index]
-                return (vid, index), self._chunk_path(vid, index, crc), v.length(index), crc
+    def chunk_keys(self) -> list[ChunkKey]:
+        """Every cached chunk, version by version in index order (the scrub's pass)."""
+        return [(vid, i) for vid, v in self.versions.items() for i in v.chunks]
 
     def scrubbed(self, key: ChunkKey, digest: int, problem: str | None, checked: Checked | None) -> None:
         """The scrub read a chunk file (``scrub_file``): drop it if it was bad, else remember the
@@ -627,7 +476,7 @@ class ChunkStore:
         if problem is None:
             self.stats.scrubbed_bytes += v.length(key[1])
             if checked is not None:
-                self._checked[key] = checked
+                self.disk.remember(key, checked)
         elif problem == "missing":
             self.stats.read_errors += 1
             self._drop_chunk(v, key[1])
@@ -637,7 +486,7 @@ class ChunkStore:
     # --- eviction ---------------------------------------------------------------------------
 
     def _admit(self, key: ChunkKey, size: int, now: float) -> None:
-        evicted = self.space.insert(key, size, now)
+        evicted = self.space.add(key, size, now)
         self._evicted(evicted, "capacity")
 
     def _evicted(self, keys: list, reason: str) -> None:
@@ -649,21 +498,23 @@ class ChunkStore:
             self.stats.evicted_bytes += v.length(index)
             if self.on_evict is not None:
                 self.on_evict(reason, 1, v.length(index))
-            self._drop_chunk(v, index, in_space=False)
+            self._drop_chunk(v, index, counted=False)
 
-    def _drop_chunk(self, v: Version, index: int, in_space: bool = True) -> None:
+    def _drop_chunk(self, v: Version, index: int, counted: bool = True) -> None:
+        """Forget a chunk and delete its file. ``counted``: its bytes are still in the budget
+        (not when the budget evicted it, or never counted it)."""
         crc = v.chunks.pop(index, None)
         if self.prefetched:
             self._prefetch_left((v.vid, index))
-        if in_space:
-            self.space.remove((v.vid, index))
+        if counted and crc is not None:
+            self.space.take((v.vid, index), v.length(index))
         self._forget_in_memory((v.vid, index))
         if crc is not None:
-            self._unlink_all([str(self._chunk_path(v.vid, index, crc))])
+            self.disk.unlink([str(self.disk.chunk_path(v.vid, index, crc))])
         if not v.chunks:
             # Nothing left on disk for this version: forget it and its metadata file.
             if v.meta_written:
-                self._unlink_all([str(self._meta_path(v.vid))])
+                self.disk.unlink([str(self.disk.meta_path(v.vid))])
                 v.meta_written = False
             if not v.writers and self.versions.get(v.vid) is v:
                 del self.versions[v.vid]
@@ -677,15 +528,6 @@ class ChunkStore:
         n = self.prefetched.pop(key, 0)
         if n and self.on_prefetch_wasted is not None:
             self.on_prefetch_wasted(n)
-
-    def _unlink_all(self, paths: list[str]) -> None:
-        for p in paths:
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                self.stats.write_errors += 1
 
     # --- accounting -------------------------------------------------------------------------
 
@@ -722,29 +564,3 @@ class ChunkStore:
         return self.layout.count(v.meta.size)
 
 
-def scrub_file(path: Path, length: int, digest: int) -> tuple[str | None, Checked | None]:
-    """Read a whole chunk file from the media and check it: (problem or None, the good check).
-    Blocking (run it in a worker thread). Its clean pages are dropped from the page cache
-    first, so the bytes checked are the bytes on the device, not a cached copy of them."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return "missing", None
-    except OSError:
-        return "io-error", None
-    try:
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        st = os.fstat(fd)
-        problem = chunkfile.check_file(fd, length, digest)
-        if problem is not None:
-            return problem, None
-        found = chunkfile.read_table(fd, length, digest)
-        if found is None:
-            return "crc", None
-        table, piece = found
-        return None, Checked(_stamp(st), table, piece, (1 << (len(table) // 4)) - 1)
-    except OSError:
-        return "io-error", None
-    finally:
-        os.close(fd)

@@ -63,7 +63,6 @@ def new_request_id() -> str:
 class S3Face:
     def __init__(self, *, upstream: Upstream, catalog: Catalog, reader: Reader, metrics: Metrics,
                  virtual_host_suffixes: tuple[str, ...],
-                 drop_version: Callable[[ObjectMeta], None],
                  executor: concurrent.futures.Executor | None = None,
                  read_policy: Callable[[str, str, int], tuple[bool, str]] | None = None,
                  on_read: Callable[[str, str, ObjectMeta, ByteRange | None, ReadStats], None] | None = None) -> None:
@@ -72,7 +71,6 @@ class S3Face:
         self.reader = reader
         self.metrics = metrics
         self.suffixes = virtual_host_suffixes
-        self.drop_version = drop_version
         self.on_read = on_read
         # (method, bucket, key, query, status) -> a sink for a listing's body, or None (predict/known.py)
         self.listing_tap: Callable[..., Callable[[bytes | None], None] | None] | None = None
@@ -250,8 +248,7 @@ class S3Face:
         segments = self.reader.read(meta, start, end, stats, keep=keep)
         try:
             first = await anext(segments, None)
-        except ObjectChanged:
-            self.catalog.invalidate(meta.bucket, meta.key)
+        except ObjectChanged:  # the reader has told the catalog
             await segments.aclose()
             return None
         try:
@@ -312,14 +309,11 @@ class S3Face:
 
     def _drop_if_replaced(self, meta: ObjectMeta, stats: ReadStats) -> None:
         """A read that was already under way when a write through the sidecar replaced or
-        deleted its object finishes on the old version, and the chunks it fetched were kept.
-        Forget them now: the catalog no longer points at them, and after a restart with the
-        upstream out of reach, stale-if-error would otherwise serve a version known to be dead."""
-        if stats.miss_bytes == 0 and stats.tier_bytes == 0:
-            return
-        current = self.catalog.peek(meta.bucket, meta.key)
-        if current is None or current.meta.etag != meta.etag or current.meta.size != meta.size:
-            self.drop_version(meta)
+        deleted its object finishes on the old version, and the chunks it fetched (from the
+        upstream or the shared tier) were kept: the catalog retires them if that version is no
+        longer current."""
+        if stats.miss_bytes or stats.tier_bytes:
+            self.catalog.settle(meta)
 
     def _object_headers(self, meta: ObjectMeta, target: Target, rng: ByteRange | None, status: int,
                         extra, h, rid: str, *, kind: str = "GET") -> CIMultiDict:
@@ -481,22 +475,16 @@ class S3Face:
         if target.bucket is None:
             return
         if target.key is not None:
-            entry = self.catalog.invalidate(target.bucket, target.key)
             kind = "data" if changes_object_data(method, target, headers) else "metadata"
-            if entry is not None and kind == "data":
-                self.drop_version(entry.meta)
+            self.catalog.invalidate(target.bucket, target.key, retire=kind == "data")
             self.metrics.invalidations.labels(kind).inc()
         elif deleted_keys:
             for key in deleted_keys:
-                entry = self.catalog.invalidate(target.bucket, key)
-                if entry is not None:
-                    self.drop_version(entry.meta)
+                self.catalog.invalidate(target.bucket, key, retire=True)
             self.metrics.invalidations.labels("data").inc(len(deleted_keys))
         elif method == "DELETE" or method == "POST":
             # DeleteBucket, or a browser-form upload whose key is inside the body.
-            for entry in self.catalog.invalidate_bucket(target.bucket):
-                if method == "DELETE":
-                    self.drop_version(entry.meta)
+            self.catalog.invalidate_bucket(target.bucket, retire=method == "DELETE")
             self.metrics.invalidations.labels("bucket").inc()
 
 

@@ -2,7 +2,8 @@
 
 A request becomes cache items first (``Workload``): the whole object, or with a chunk size the
 chunks its byte range covers, as the daemon caches them. ``Replay.run`` then feeds the items to
-``CacheSpace.hit``/``insert`` exactly as the daemon does and counts misses:
+``CacheSpace.hit``/``insert`` (the daemon's ``Budget`` and eviction, with its own table of
+items where the daemon has its chunk index) and counts misses:
 
 - object miss ratio: requests that missed at least one item / requests;
 - byte miss ratio: requested bytes that lay in missed items / requested bytes;
