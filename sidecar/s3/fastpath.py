@@ -582,8 +582,7 @@ class FastProtocol(asyncio.Protocol):
             try:
                 first = await anext(segments, None)
             except ObjectChanged:
-                # nothing sent yet: forget the version and let the face look again
-                face.catalog.invalidate(p.target.bucket, p.target.key)
+                # nothing sent yet (the reader has told the catalog): the face looks again
                 self.task = None
                 self.hand_off()
                 return
