@@ -134,6 +134,7 @@ class DiskTier:
                  on_bad: Callable[[ChunkKey, int, str], None],
                  verify_every_read: bool = False) -> None:
         self.root = Path(root) / FORMAT
+        self._root = str(self.root)
         self.tmp = self.root / "tmp"
         self.stats = stats  # counts crc_failures, read/write errors, checked/unchecked bytes
         self.locate = locate  # key -> (digest, length) from the index, or None: not cached
@@ -149,7 +150,11 @@ class DiskTier:
         return self.root / vid[:2]
 
     def chunk_path(self, vid: str, index: int, digest: int) -> Path:
-        return self._dir(vid) / chunkfile.chunk_name(vid, index, digest)
+        return Path(self.chunk_file(vid, index, digest))
+
+    def chunk_file(self, vid: str, index: int, digest: int) -> str:
+        """``chunk_path`` as a string, built without pathlib (every hit on a file opens one)."""
+        return f"{self._root}/{vid[:2]}/{chunkfile.chunk_name(vid, index, digest)}"
 
     def meta_path(self, vid: str) -> Path:
         return self._dir(vid) / chunkfile.meta_name(vid)
@@ -206,7 +211,7 @@ class DiskTier:
         strict mode is off), so the caller may sendfile them; otherwise the caller sends only
         what ``check(lo, hi)`` returns."""
         try:
-            fd = os.open(self.chunk_path(key[0], key[1], digest), os.O_RDONLY)
+            fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
         except OSError:
             self.stats.read_errors += 1
             self.on_bad(key, digest, "missing")
@@ -231,7 +236,7 @@ class DiskTier:
         """A small cached chunk's bytes, read in one call and checked whole; None if its file is
         missing or bad (then dropped)."""
         try:
-            fd = os.open(self.chunk_path(key[0], key[1], digest), os.O_RDONLY)
+            fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
         except OSError:
             self.stats.read_errors += 1
             self.on_bad(key, digest, "missing")
