@@ -124,6 +124,7 @@ class Sidecar:
         self.prefetch = PrefetchLoop(self)
         self.face.on_read = self._on_read
         self.face.listing_tap = self.prefetch.listing_tap
+        self.catalog.on_learned = self.prefetch.on_learned  # HEADs name keys too
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None
