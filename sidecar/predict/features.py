@@ -102,6 +102,7 @@ class FeatureTracker:
         self._p_gap = np.zeros(64)  # EWMA of the gaps between new reads under the prefix (0: unknown)
         self._p_front = np.zeros(64, dtype=np.int64)  # slot of the prefix's latest new read (the reader's progress)
         self._marked = np.zeros(0, dtype=np.int64)  # slots ``look_ahead`` marked last
+        self.cold: list[ObjectId] = []  # keys ahead of readers without a rate yet, never read (``look_ahead``)
 
     # --- state --------------------------------------------------------------------------
 
@@ -298,6 +299,11 @@ class FeatureTracker:
             return 0.0
         return float(self._hot[s] * math.exp(-self.lam * max(0.0, now - self._rt[s])))
 
+    def ahead(self, obj: ObjectId) -> int:
+        """How far ahead of its prefix's reader ``look_ahead`` last marked ``obj`` (0: not ahead)."""
+        s = self._slot.get(obj)
+        return int(self._ahead[s]) if s is not None else 0
+
     def last_access(self, obj: ObjectId) -> float | None:
         s = self._slot.get(obj)
         if s is None or self._last[s] <= _FAR_PAST:
@@ -338,22 +344,29 @@ class FeatureTracker:
         return out
 
     def look_ahead(self, known, now: float, interval: float, *, max_ahead: int = 256,
-                   min_ahead: int = 2) -> int:
+                   min_ahead: int = 2, small_set: int = 16) -> int:
         """Make the keys ahead of each active reader candidates: for every prefix with a new read
         within ``neighbour_window``, the next keys ``known`` (a ``KnownKeys``) has after the
         prefix's latest new read, as many as the reader gets through in two intervals at its
         rate (at least ``min_ahead``, at most ``max_ahead``), each marked with how far ahead
-        it is (the ``ahead`` feature). Returns how many keys were marked."""
+        it is (the ``ahead`` feature). A reader without a rate yet (one new read so far: a
+        first epoch's first shard, a model load's first file) gets ``min_ahead`` keys, or the
+        rest of its prefix when that holds at most ``small_set`` keys; those keys are listed in
+        ``cold`` (the loop plans them without waiting for a rate). Returns how many keys were marked."""
         self._ahead[self._marked[self._marked < self._cap]] = 0.0
         live = np.flatnonzero(self._p_last >= now - self.neighbour_window)
         marked: list[int] = []
+        cold: list[ObjectId] = []
         for pid in live.tolist():
             front = int(self._p_front[pid])
             obj = self._keys[front] if front else None
             if obj is None:
                 continue
             gap = float(self._p_gap[pid])
-            want = min_ahead if gap <= 0 else math.ceil(2.0 * interval / gap) + min_ahead
+            if gap > 0:
+                want = math.ceil(2.0 * interval / gap) + min_ahead
+            else:
+                want = max_ahead if known.count(obj[0], obj[1]) <= small_set else min_ahead
             want = min(max_ahead, want)
             for k, (key, size) in enumerate(known.after(obj[0], obj[1], want), 1):
                 s = self._slot.get((obj[0], key))
@@ -363,7 +376,10 @@ class FeatureTracker:
                     self._size[s] = size
                 self._ahead[s] = k
                 marked.append(s)
+                if gap <= 0 and self._n[s] == 0:
+                    cold.append((obj[0], key))
         self._marked = np.array(marked, dtype=np.int64)
+        self.cold = cold
         return len(marked)
 
     def slots(self, objs: Sequence[ObjectId]) -> np.ndarray:

@@ -20,9 +20,11 @@ line; the sidecar serves on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
@@ -85,6 +87,8 @@ REPLAY_MAX = 65_536  # reads of earlier runs replayed into the tracker and the c
 PENDING_MAX = 262_144  # reads queued for the tracker between runs; beyond, the oldest are dropped
 CONCURRENT_OBJECTS = 4  # objects being prefetched at once; the rest of a plan waits its turn
 LOOKUP_TIMEOUT = 10.0
+READERS_MAX = 4096  # prefixes remembered as read, for "a reader's first read under a prefix"
+EARLY_RUN_GAP = 0.5  # seconds: a new reader runs the loop early at most this often
 
 
 @dataclasses.dataclass
@@ -118,6 +122,7 @@ class PrefetchLoop:
         self.features: Any = None
         self.known = KnownKeys(max_keys=s.prefetch_known_keys)
         self._listings: deque = deque(maxlen=LISTINGS_MAX)
+        self._learned: deque = deque(maxlen=PENDING_MAX)  # (bucket, key, size, etag) from upstream HEADs
         if self.enabled:
             try:
                 from .features import FeatureTracker  # noqa: PLC0415
@@ -141,6 +146,9 @@ class PrefetchLoop:
         self._issuer: asyncio.Task | None = None
         self._expected: dict[Hashable, float] = {}  # planned object -> its probability, until read
         self._admitted: int | None = None  # the policy's demand-admitted bytes at the last snapshot
+        self._readers: collections.OrderedDict = collections.OrderedDict()  # prefixes read lately
+        self._run_now = False  # a wake-up that asks for a run (a new reader), not a new interval
+        self._early_at = -math.inf
 
     # --- the request path ----------------------------------------------------------------
 
@@ -161,6 +169,20 @@ class PrefetchLoop:
         access = Access(time.time(), bucket, key, start, end, size, outcome)
         self.access_log.record(access)
         self._pending.append(access)
+        # A reader's first read under a prefix: plan now, not up to an interval later (a model
+        # load is over in a few seconds). At most one early run per EARLY_RUN_GAP.
+        pk = (bucket, prefix_of(key))
+        seen = self._readers
+        if pk in seen:
+            seen.move_to_end(pk)
+        else:
+            seen[pk] = None
+            if len(seen) > READERS_MAX:
+                seen.popitem(last=False)
+            if self._task is not None and access.t - self._early_at >= EARLY_RUN_GAP:
+                self._early_at = access.t
+                self._run_now = True
+                self._wake.set()
 
     def listing_tap(self, method: str, bucket: str | None, key: str | None, query: Any, status: int) -> Any:
         """The face's hook for pass-through responses: a sink for a ListObjects body, or None."""
@@ -170,6 +192,12 @@ class PrefetchLoop:
 
     def _on_listing(self, bucket: str, body: bytes) -> None:
         self._listings.append((bucket, body))  # parsed in the worker thread, not here
+
+    def on_learned(self, meta: Any) -> None:
+        """The catalog's hook after an upstream HEAD (a client's HEAD, or the lookup before a read):
+        the key, its size and ETag join the known-key catalogue at the next run. O(1), no I/O."""
+        if self.access_log is not None:
+            self._learned.append((meta.bucket, meta.key, meta.size, meta.etag))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -249,7 +277,9 @@ class PrefetchLoop:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, self.sc.settings.prefetch_interval))
-                continue  # woken by a reload: wait the new interval
+                if not self._run_now:
+                    continue  # woken by a reload: wait the new interval
+            self._run_now = False
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -337,6 +367,9 @@ class PrefetchLoop:
         listings = self._listings
         while listings:
             known.add_listing(*listings.popleft())
+        learned = self._learned
+        while learned:
+            known.add(*learned.popleft())
         while pending:
             a = pending.popleft()
             known.add(a.bucket, a.key, a.size)
@@ -536,6 +569,20 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
             eta = float(X[i, eta_col])
             cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
                                    rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
+    if known is not None and tracker.cold:
+        # Keys ahead of a reader that has no rate yet (its first read of a listed prefix): the
+        # model has no pace to judge them by, so they are planned at the threshold, soonest
+        # first, as a reader of a listed prefix reads on in key order; the ledger mutes a prefix
+        # where that does not pay.
+        have = {c.obj for c in cands}
+        for obj in tracker.cold:
+            if obj in have or get(obj, 0.0) >= 1.0:
+                continue
+            size = tracker.size(obj)
+            if not size:
+                continue
+            cands.append(Candidate(obj, size, float(get(obj, 0.0)), threshold, tracker.hotness(obj, now),
+                                   rules.match(*obj), eta=float(tracker.ahead(obj))))
     ledger = tracker.ledger
     ledger.settle(now, tracker.last_access, horizon)
     cands = ledger.admit(cands, now, _group)

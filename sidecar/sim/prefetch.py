@@ -124,8 +124,12 @@ class PrefetchHook:
     def __init__(self, predictor: Any, tracker: Any, rules: RuleSet, chunk_size: int | None, *,
                  threshold: float = 0.7, max_bytes: int | None = None, limit: int = 100_000,
                  credit: float | None = None, retention_weight: float = 0.0,
-                 retention_threshold: float = 0.85) -> None:
-        """``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
+                 retention_threshold: float = 0.85, listings: Any = None, interval: float = 30.0) -> None:
+        """``listings``: a ``train.Listings`` (a prefix's keys become known at its first read, as a
+        listing passing through the daemon's face makes them): the keys ahead of each reader are
+        candidates, as in the daemon and in training; ``interval``: the replay's tick, which sets
+        how far ahead (``FeatureTracker.look_ahead``).
+        ``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
         (``lru_k_retention_weight``/``_threshold``), the same ``QoSPolicy.boost`` after each run.
         ``credit``: seconds a prefetched chunk is protected from demand data while unread (as
         the daemon's ``ChunkStore.prefetch_credit``): the predictor's horizon unless given; 0: none."""
@@ -139,6 +143,8 @@ class PrefetchHook:
         self.credit = credit if credit is not None else (getattr(predictor, "horizon", None) or 300.0)
         self.retention_weight = retention_weight
         self.retention_threshold = retention_threshold
+        self.listings = listings
+        self.interval = interval
         self.stats = PrefetchStats()
         self.watching: dict[Hashable, int] = {}  # prefetched item -> bytes, until read or evicted
         self.expected: dict[tuple[str, str], float] = {}  # object -> probability it was prefetched at
@@ -165,8 +171,10 @@ class PrefetchHook:
         off = tr.offsets[index] if tr.offsets is not None else 0
         length = tr.lengths[index] if tr.lengths is not None else None
         end = size - 1 if length is None else off + length - 1
-        self.tracker.observe(Access(tr.times[index], bucket, name, off, max(off, end), size,
-                                    "miss" if missed else "hit"))
+        access = Access(tr.times[index], bucket, name, off, max(off, end), size, "miss" if missed else "hit")
+        if self.listings is not None:
+            self.listings.observe(access)
+        self.tracker.observe(access)
 
     def tick(self, replay: Replay, now: float) -> None:
         from ..predict.loop import choose, prefetch_budget  # noqa: PLC0415
@@ -204,6 +212,8 @@ class PrefetchHook:
         chosen, report = choose(tracker, self.predictor, now, cached, free, displaceable, self.rules,
                                 threshold=self.threshold, max_bytes=budget, limit=self.limit,
                                 expected=expected,
+                                known=self.listings.known if self.listings is not None else None,
+                                interval=self.interval,
                                 retain_threshold=self.retention_threshold if retain else None)
         if report.confident:
             space.policy.boost([k for obj in report.confident for k in chunks.get(obj, ())],
@@ -278,6 +288,7 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
     ``capacity``: bytes, or a percentage of the evaluated part's unique bytes."""
     from ..predict.features import FeatureTracker  # noqa: PLC0415
     from ..predict.model import Predictor  # noqa: PLC0415
+    from ..predict.train import Listings  # noqa: PLC0415
 
     rules = rules or RuleSet()
     train_part, eval_part = split(sorted(accesses, key=lambda a: a.t), train_fraction)
@@ -304,10 +315,13 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
 
     without = Replay(workload, capacity, policy(), tick=interval, label="without prefetch").run()
     tracker = FeatureTracker()
+    listings = Listings(accesses)
     for a in train_part:
+        listings.observe(a)
         tracker.observe(a)
     hook = PrefetchHook(predictor, tracker, rules, chunk_size, threshold=threshold, max_bytes=max_bytes,
-                        retention_weight=retention_weight, retention_threshold=retention_threshold)
+                        retention_weight=retention_weight, retention_threshold=retention_threshold,
+                        listings=listings, interval=interval)
     replay = Replay(workload, capacity, _Watched(policy(), hook.on_remove), hooks=[hook], tick=interval,
                     label="with prefetch")
     with_prefetch = replay.run()
