@@ -104,6 +104,7 @@ class RunReport:
     duration_s: float = 0.0
     cpu_s: float = 0.0
     retained: int = 0  # cached chunks given retention weight after the run
+    outyielded: int = 0  # candidates over the threshold left out: the cache earns more without them
     # objects scored at least the retention threshold -> probability (predictor-weighted retention)
     confident: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -149,6 +150,8 @@ class PrefetchLoop:
         self._readers: collections.OrderedDict = collections.OrderedDict()  # prefixes read lately
         self._run_now = False  # a wake-up that asks for a run (a new reader), not a new interval
         self._early_at = -math.inf
+        self._snap_at: float | None = None  # monotonic time of the last snapshot (demand rate)
+        self._demand_hits = 0  # bytes served from the cache since, not counting prefetched chunks' first reads
 
     # --- the request path ----------------------------------------------------------------
 
@@ -167,6 +170,7 @@ class PrefetchLoop:
         else:
             outcome = "partial"
         access = Access(time.time(), bucket, key, start, end, size, outcome)
+        self._demand_hits += max(0, stats.hit_bytes - getattr(stats, "prefetched", 0))
         self.access_log.record(access)
         self._pending.append(access)
         # A reader's first read under a prefix: plan now, not up to an interval later (a model
@@ -343,6 +347,11 @@ class PrefetchLoop:
         demand_recent = admitted - (self._admitted if self._admitted is not None else admitted)
         self._admitted = admitted
         max_bytes = prefetch_budget(store.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
+        now_m = time.monotonic()
+        since = now_m - self._snap_at if self._snap_at is not None else s.prefetch_interval
+        self._snap_at = now_m
+        hits, self._demand_hits = self._demand_hits, 0
+        earned = demand_yield(hits, since, store.capacity)
         # No more than the bucket lets through in two intervals: a longer plan would only queue.
         rate = sc.bandwidth.rate
         if 0 < rate < float("inf"):
@@ -354,7 +363,7 @@ class PrefetchLoop:
                 "expected": dict(self._expected),
                 "free": store.free_bytes, "rules": sc.rules,
                 "threshold": s.prefetch_threshold, "max_bytes": max_bytes, "interval": s.prefetch_interval,
-                "limit": s.prefetch_candidates,
+                "limit": s.prefetch_candidates, "demand_yield": earned,
                 "retain_threshold": s.lru_k_retention_threshold if s.lru_k_retention_weight > 0 else None}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
@@ -387,7 +396,7 @@ class PrefetchLoop:
                                 max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
                                 known=known, interval=snap["interval"],
                                 horizon=float(getattr(self.predictor, "horizon", None) or 300.0),
-                                retain_threshold=snap.get("retain_threshold"))
+                                retain_threshold=snap.get("retain_threshold"), demand_yield=snap["demand_yield"])
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
@@ -513,12 +522,37 @@ def _group(obj: tuple[str, str]) -> tuple[str, str]:
     return obj[0], prefix_of(obj[1])
 
 
+def demand_yield(hit_bytes: int, seconds: float, capacity: int) -> float:
+    """Hit bytes per second per cached byte the cache earned on demand alone over ``seconds``."""
+    if seconds <= 0 or capacity <= 0:
+        return 0.0
+    return hit_bytes / seconds / capacity
+
+
+def expected_wait(row: Any, horizon: float) -> float:
+    """Seconds until a candidate's read is expected, from its feature row: its reader's ETA when
+    it lies ahead of one; when it is due by a regular period (gap spread under a quarter of the
+    mean), the time until due; else its mean gap (irregular re-reads, e.g. Zipf popularity); the
+    horizon when it has no history."""
+    from .features import FEATURES, NEVER  # noqa: PLC0415
+
+    f = FEATURES.index
+    eta, mean, std, due = (float(row[f(n)]) for n in ("eta", "gap_mean", "gap_std", "until_due"))
+    if eta < NEVER:
+        return eta
+    if mean >= NEVER:
+        return horizon
+    if 0 <= std <= 0.25 * mean:
+        return max(0.0, due)
+    return mean
+
+
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
            expected: Mapping[Hashable, float] | None = None, known: Any = None,
            interval: float = 30.0, horizon: float = 300.0,
-           retain_threshold: float | None = None) -> tuple[PrefetchPlan, RunReport]:
+           retain_threshold: float | None = None, demand_yield: float = 0.0) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
@@ -530,7 +564,12 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     ``PrefetchLedger`` settles past plans (read, or wasted after ``horizon``) and keeps prefixes
     where prefetch has not paid quiet. ``retain_threshold``: wholly cached objects are scored
     too, and every object scored at least this lands in ``report.confident`` (the cache then
-    weights their chunks' retention: ``QoSPolicy.boost``)."""
+    weights their chunks' retention: ``QoSPolicy.boost``). ``demand_yield``: what a cached byte
+    earns on demand alone, hit bytes per second per byte of cache (``demand_yield``): a
+    prefetched byte earns its probability once, after its ``expected_wait``, and holds its room
+    (protected by its credit) until then; a candidate that earns less per second than the data
+    it would keep out is not planned (on Zipf reads in a small cache, where a prefetch held for
+    minutes pushes out demand data that would have hit meanwhile)."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     from .features import FEATURES  # noqa: PLC0415
@@ -565,6 +604,9 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
             obj = every[j]
             size = tracker.size(obj)
             if not size:
+                continue
+            if demand_yield > 0 and probs[i] / max(1.0, expected_wait(X[i], horizon)) < demand_yield:
+                report.outyielded += 1
                 continue
             eta = float(X[i, eta_col])
             cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),

@@ -149,6 +149,7 @@ class PrefetchHook:
         self.watching: dict[Hashable, int] = {}  # prefetched item -> bytes, until read or evicted
         self.expected: dict[tuple[str, str], float] = {}  # object -> probability it was prefetched at
         self._admitted = 0  # the policy's demand-admitted bytes at the last run
+        self._demand_hits = 0  # bytes of requests served wholly from demand-cached items since the last run
 
     def on_remove(self, key: Hashable) -> None:
         n = self.watching.pop(key, 0)
@@ -162,10 +163,12 @@ class PrefetchHook:
         items = range(index, index + 1) if w.first is None else range(w.first[index], w.first[index + 1])
         watching = self.watching
         bucket, name = _locate(tr.keys[index])
+        for j in items:
+            n = watching.pop(w.keys[j], 0) if watching else 0
+            self.stats.useful_bytes += n
+            if not missed and not n:
+                self._demand_hits += w.wanted[j]
         if watching:
-            for j in items:
-                n = watching.pop(w.keys[j], 0)
-                self.stats.useful_bytes += n
             self.expected.pop((bucket, name), None)
         size = tr.sizes[index]
         off = tr.offsets[index] if tr.offsets is not None else 0
@@ -177,7 +180,7 @@ class PrefetchHook:
         self.tracker.observe(access)
 
     def tick(self, replay: Replay, now: float) -> None:
-        from ..predict.loop import choose, prefetch_budget  # noqa: PLC0415
+        from ..predict.loop import choose, demand_yield, prefetch_budget  # noqa: PLC0415
 
         c0 = time.thread_time()
         space = replay.space
@@ -208,12 +211,14 @@ class PrefetchHook:
         admitted = space.policy.admitted_bytes
         budget = prefetch_budget(space.capacity, space.policy.credited_bytes, admitted - self._admitted,
                                  self.max_bytes)
+        earned = demand_yield(self._demand_hits, self.interval, space.capacity)
+        self._demand_hits = 0
         self._admitted = admitted
         chosen, report = choose(tracker, self.predictor, now, cached, free, displaceable, self.rules,
                                 threshold=self.threshold, max_bytes=budget, limit=self.limit,
                                 expected=expected,
                                 known=self.listings.known if self.listings is not None else None,
-                                interval=self.interval,
+                                interval=self.interval, demand_yield=earned,
                                 retain_threshold=self.retention_threshold if retain else None)
         if report.confident:
             space.policy.boost([k for obj in report.confident for k in chunks.get(obj, ())],
