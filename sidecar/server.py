@@ -71,8 +71,9 @@ class Sidecar:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
         # the rate follows the upstream's latency, errors and throttling (docs/bandwidth.md).
+        # A 50 ms burst: background over any second stays within ~5 % of the rate (docs/bandwidth.md).
         self.bandwidth = TokenBucket(settings.bandwidth_cap, floor=settings.bandwidth_floor or None,
-                                     tolerance=settings.bandwidth_latency_tolerance,
+                                     tolerance=settings.bandwidth_latency_tolerance, burst=0.05, debt=1.0,
                                      on_decrease=lambda reason: self.metrics.bandwidth_decreases.labels(reason).inc())
         self.metrics.bandwidth_rate.set_function(lambda: _finite(self.bandwidth.rate))
         self.metrics.bandwidth_tokens.set_function(lambda: _finite(self.bandwidth.tokens))
