@@ -12,6 +12,8 @@ unaligned ranges of 64 KiB, 256 KiB and 1 MiB inside a 64 MiB object c=16 (a wrk
 sets a random Range per request). For each: req/s, MiB/s, and CPU-s/GiB of the server (its
 processes' user+system CPU time over the run, divided by GiB served).
 
+With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 MiB objects.
+
 Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstream GET, nginx
 ``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
 and the sidecar; time to first and last byte, and the ratio to the direct GET.
@@ -181,6 +183,14 @@ def measure(pid: int, url: str, concurrency: int, duration: float, script: Path 
             "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu}
 
 
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
 def sign(url: str) -> dict[str, str]:
     """SigV4 headers for a GET of ``url`` straight from moto (bench/cold_miss.py's direct GET)."""
     req = AWSRequest(method="GET", url=url, headers={})
@@ -285,6 +295,12 @@ def main() -> int:
                     runs[who].append(measure(pid, f"{base}/{BUCKET}/hot-{size}", c, args.duration, script,
                                              length or size))
             print_hit_row(name, runs, flush=True)
+        rss = None
+        if 64 * MiB in sizes:
+            # 64 clients on 64 MiB objects: the sidecar's peak resident memory (its high-water mark)
+            wrk(f"{sc.url}/{BUCKET}/hot-{64 * MiB}", 64, args.duration, None)
+            rss = peak_rss(sc.proc.pid)
+            print(f"sidecar peak RSS after 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB", flush=True)
         cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
         ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
         for i in range(args.cold_rounds):
@@ -302,7 +318,7 @@ def main() -> int:
           f"{args.rounds} interleaved {args.duration:g}s runs, servers on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU} ==")
     print(f"{'case':<32} {'nginx req/s':>11} {'MiB/s':>8} {'CPUs/GiB':>8} | {'sidecar req/s':>13} {'MiB/s':>8} "
           f"{'CPUs/GiB':>8} | {'req/s x':>7} {'CPU x':>6}")
-    summary: dict = {"hits": {}, "cold": {}}
+    summary: dict = {"hits": {}, "cold": {}, "peak_rss_bytes_64_clients": rss}
     for name, runs in results.items():
         summary["hits"][name] = print_hit_row(name, runs)
     print(f"\n== cold 64 MiB misses, medians of {args.cold_rounds} (fresh object each) ==")
@@ -314,6 +330,8 @@ def main() -> int:
         print(f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct")
     n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
     print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x")
+    if rss is not None:
+        print(f"\nsidecar peak RSS (VmHWM) with 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB")
     (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0

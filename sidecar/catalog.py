@@ -85,6 +85,14 @@ class Catalog:
         self.entries.move_to_end(k)
         return e
 
+    def fresh_until(self, entry: Entry) -> float:
+        """The clock time until which ``entry`` stays fresh under the current TTLs (unless it is
+        confirmed again); -inf for an entry restored from disk."""
+        if entry.learned_at == float("-inf"):
+            return float("-inf")
+        ttl = self.ttl(entry.meta.bucket, entry.meta.key)
+        return entry.learned_at + ttl if ttl is not None else float("inf")
+
     def _fresh(self, k: ObjectKey, e: Entry) -> bool:
         ttl = self.ttl(*k)
         if e.learned_at == float("-inf"):

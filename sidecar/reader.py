@@ -272,14 +272,46 @@ class Reader:
         index = start // cs
         if end // cs != index:
             return None
-        data = self.store.ram_chunk(self.store.version_for(meta).vid, index)
+        return self.read_ram(self.store.version_for(meta).vid, index, start - index * cs, end - index * cs, stats)
+
+    def read_now(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats, *,
+                 keep: bool = True) -> tuple[Segment, VerifiedChunk] | None:
+        """A read that needs no waiting: bytes start..end lie in one cached chunk, in memory or
+        in pieces of its file checked since the file last changed. Its one segment, and the
+        chunk to close once the segment is sent; None: ``read`` answers it (several chunks, not
+        cached, or pieces still to check)."""
+        cs = self.chunk_size
+        index = start // cs
+        if end < start or end // cs != index:
+            return None
+        version = self.store.version_for(meta)
+        lo, hi = start - index * cs, end - index * cs
+        chunk = self.store.open_chunk(version.vid, index, lo, hi)
+        if chunk is None:
+            return None
+        if chunk.data is None and not chunk.verified:
+            chunk.close()
+            return None
+        if keep:
+            self._note_sequential(version, start, end)
+        stats.hit_bytes += hi - lo + 1
+        if self.store.prefetched:
+            self._prefetch_read(version.vid, index, stats)
+        if chunk.data is not None:
+            return Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1]), chunk
+        self.store.stats.unchecked_bytes += hi - lo + 1
+        return Segment(hi - lo + 1, fd=chunk.fd, offset=lo, chunk=(version.vid, index)), chunk
+
+    def read_ram(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats) -> bytes | memoryview | None:
+        """Bytes lo..hi (offsets in the chunk) of a chunk held in memory, counted as a hit; None
+        when it is not in memory."""
+        data = self.store.ram_chunk(vid, index)
         if data is None:
             return None
-        stats.hit_bytes += end - start + 1
+        stats.hit_bytes += hi - lo + 1
         if self.store.prefetched:
-            self._prefetch_read(self.store.version_for(meta).vid, index, stats)
-        lo = start - index * cs
-        return data if lo == 0 and end - start + 1 == len(data) else memoryview(data)[lo:end - index * cs + 1]
+            self._prefetch_read(vid, index, stats)
+        return data if lo == 0 and hi + 1 == len(data) else memoryview(data)[lo:hi + 1]
 
     def cold_window(self, start: int, end: int | None) -> tuple[int, int]:
         """The bytes a cold GET of ``start``..``end`` (``end`` None: to the end) asks the upstream

@@ -64,6 +64,7 @@ class Sidecar:
                  flags: dict | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.fast_path: FastPath | None = None
         self.rules = RuleSet.from_settings(settings)
         self.policy = QoSPolicy.from_settings(settings, locate=self._locate, rules=self.rules,
                                               hotness_half_life=settings.hotness_half_life)
@@ -129,7 +130,6 @@ class Sidecar:
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None
-        self.fast_path: FastPath | None = None
         self.s3_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
 
@@ -153,6 +153,8 @@ class Sidecar:
     def rules(self, rules: RuleSet) -> None:
         self._rules = rules
         self._rule_memo: dict[tuple[str, str], tuple[Rule, str]] = {}
+        if self.fast_path is not None:
+            self.fast_path.forget_plans()  # they hold TTLs, labels and read policies of the old rules
 
     def rule_for(self, bucket: str, key: str) -> tuple[Rule, str]:
         """The rule an object falls under and its metrics label, remembered per rule set: a hit

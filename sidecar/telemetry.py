@@ -49,6 +49,11 @@ class _RequestTally:
         self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
         self._buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
 
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+        self.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+
     def flush(self) -> None:
         # snapshot first: an update landing meanwhile is passed on by the next flush
         count, seconds, buckets = self.count, self.seconds, list(self.buckets)
@@ -257,27 +262,34 @@ class Metrics:
     # bisection), and ``flush`` adds what accumulated since the last scrape to the collectors.
 
     def observe_request(self, operation: str, status: int, outcome: str, seconds: float) -> None:
+        self.request_tally(operation, status, outcome).add(seconds)
+
+    def request_tally(self, operation: str, status: int, outcome: str) -> "_RequestTally":
+        """The record ``observe_request`` adds to (a caller answering the same kind of request
+        again and again may hold on to it)."""
         rec = self._request_children.get((operation, status, outcome))
         if rec is None:
             rec = self._request_children[(operation, status, outcome)] = _RequestTally(
                 self.requests.labels(operation, str(status)), self.request_duration.labels(operation, outcome))
-        rec.count += 1
-        rec.seconds += seconds
-        rec.buckets[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        return rec
 
     def count_read(self, label: str, hit_bytes: int, miss_bytes: int) -> None:
-        rec = self._read_children.get(label)
-        if rec is None:
-            rec = self._read_children[label] = _ReadTally(
-                self.cache_hits.labels(label), self.cache_misses.labels(label),
-                self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
-        t = rec.totals
+        t = self.read_totals(label)
         if miss_bytes:
             t[1] += 1
             t[3] += miss_bytes
         else:
             t[0] += 1
         t[2] += hit_bytes
+
+    def read_totals(self, label: str) -> list[int]:
+        """A rule label's [hits, misses, hit bytes, miss bytes], which ``count_read`` adds to."""
+        rec = self._read_children.get(label)
+        if rec is None:
+            rec = self._read_children[label] = _ReadTally(
+                self.cache_hits.labels(label), self.cache_misses.labels(label),
+                self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
+        return rec.totals
 
     def fast_path_hit(self) -> None:
         self._fast_path_requests += 1
@@ -599,23 +611,38 @@ class AccessLog:
         if _STATE.level > logging.INFO:
             return
         if _STATE.fmt == "json":
-            # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
-            obj = self._objects.get((self.key_mode, bucket, key))
-            if obj is None:
-                obj = f'"bucket": {_opt(bucket)}, "key": {_opt(self._key(bucket, key))}'
-                if len(self._objects) >= self.OBJECTS_MAX:
-                    self._objects.clear()
-                self._objects[(self.key_mode, bucket, key)] = obj
-            _STATE.sink.write_batched(
-                f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
-                f'"event": "request", "request_id": "{request_id}", "method": {_json_str(method)}, '
-                f'"operation": "{operation}", {obj}, '
-                f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
-                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "ms": {seconds * 1000:.3f}}}\n')
+            self.emit_prepared(request_id, self.prepare(method, operation, bucket, key, range_, status, outcome,
+                                                        nbytes, bytes_cache, bytes_upstream), seconds)
             return
         self._log.info("request", request_id=request_id, method=method, operation=operation, bucket=bucket,
                        key=self._key(bucket, key), range=range_, status=status, outcome=outcome, bytes=nbytes,
                        bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
+
+    def prepare(self, method: str, operation: str, bucket: str | None, key: str | None, range_: str | None,
+                status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int) -> str:
+        """The fields of a JSON line between its request id and its duration: a caller that logs
+        the same answer again and again prepares them once."""
+        # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
+        obj = self._objects.get((self.key_mode, bucket, key))
+        if obj is None:
+            obj = f'"bucket": {_opt(bucket)}, "key": {_opt(self._key(bucket, key))}'
+            if len(self._objects) >= self.OBJECTS_MAX:
+                self._objects.clear()
+            self._objects[(self.key_mode, bucket, key)] = obj
+        return (f'"method": {_json_str(method)}, "operation": "{operation}", {obj}, '
+                f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
+                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, ')
+
+    def emit_prepared(self, request_id: str, fields: str, seconds: float) -> bool:
+        """Log one request whose fields ``prepare`` gave; False (nothing logged) when lines are not
+        JSON: the caller then uses ``emit``."""
+        if _STATE.fmt != "json":
+            return False
+        if _STATE.level <= logging.INFO:
+            _STATE.sink.write_batched(
+                f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
+                f'"event": "request", "request_id": "{request_id}", {fields}"ms": {seconds * 1000:.3f}}}\n')
+        return True
 
 
 def _opt(value: str | None) -> str:

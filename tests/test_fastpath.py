@@ -4,9 +4,14 @@ is handed to aiohttp on the same connection, and both answer as the S3 face does
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
+import time
+import urllib.request
+
+import yaml
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -243,3 +248,63 @@ def test_signed_hits_take_the_fast_path_and_bad_signatures_are_refused_once(make
     text = sc.metrics_text()
     assert 'sidecar_auth_rejections_total{code="SignatureDoesNotMatch"} 1.0' in text
     assert fast_answers(sc) == before + 1
+
+
+def _reload(sc) -> None:
+    req = urllib.request.Request(sc.admin_url + "/reload", method="POST", data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert json.loads(r.read())["changed"] == ["rules"]
+
+
+def test_a_head_sent_again_is_answered_from_its_plan_while_the_version_holds(make_sidecar, moto_s3, bucket,
+                                                                              tmp_path):
+    """A client that does not sign sends the very same head again and again: the lean path answers
+    it from what it resolved the first time, but never past the object's TTL, a write through the
+    sidecar, or a reload of the rules."""
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "live/", "metadata_ttl": 0.5}]}))
+    sc = make_sidecar(config=str(cfg), chunk_size="256KiB", metadata_ttl="indefinite")
+    s3 = sc.client()
+    for key in ("live/x", "w", "static"):
+        moto_s3.put_object(Bucket=bucket, Key=key, Body=b"one")
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"one"
+    c = Conn(sc.url)
+    heads = {key: get(f"/{bucket}/{key}") for key in ("live/x", "w", "static")}
+
+    def read(key: str) -> bytes:
+        c.send(heads[key])
+        status, _, body = c.response()
+        assert status == 200
+        return body
+
+    before = fast_answers(sc)
+    for _ in range(5):
+        assert [read(k) for k in heads] == [b"one"] * 3
+    assert fast_answers(sc) - before == 15
+    # a write through the sidecar: the same head now gets the new bytes
+    s3.put_object(Bucket=bucket, Key="w", Body=b"two")
+    assert read("w") == b"two"
+    # the same request signed afresh (auth is off: signatures change nothing) uses the same answer
+    before = fast_answers(sc)
+    for i in range(3):
+        c.send(get(f"/{bucket}/w", f"X-Amz-Date: 20261205T00000{i}Z", f"Authorization: AWS4-HMAC-SHA256 sig={i}"))
+        assert c.response()[::2] == (200, b"two")
+    assert fast_answers(sc) - before == 3
+    # but a header that makes it uncacheable goes to the face (and the upstream)
+    c.send(get(f"/{bucket}/w", "x-amz-expected-bucket-owner: 111122223333"))
+    c.response()
+    assert fast_answers(sc) - before == 3
+    # behind the sidecar's back: seen once the TTL (0.5 s) has passed, not before it
+    moto_s3.put_object(Bucket=bucket, Key="live/x", Body=b"two")
+    moto_s3.put_object(Bucket=bucket, Key="static", Body=b"two")
+    assert read("live/x") == b"one"
+    time.sleep(0.7)
+    assert read("live/x") == b"two"
+    assert read("static") == b"one", "the default TTL here is indefinite"
+    # a reload that gives every object a short TTL applies to heads answered before it
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "", "metadata_ttl": 0.2}]}))
+    _reload(sc)
+    time.sleep(0.4)
+    assert read("static") == b"two"
+    c.close()

@@ -262,7 +262,7 @@ def test_credentials_never_appear_in_logs_metrics_errors_or_config(make_sidecar,
 
 
 def test_notable_events_are_logged(make_sidecar, tap, moto_s3, bucket):
-    sc = make_sidecar(chunk_size="1MiB", cache_size="4MiB", event_interval="0.3")
+    sc = make_sidecar(chunk_size="1MiB", cache_size="4MiB", event_interval="1")
     s3 = sc.client()
     for i in range(8):
         moto_s3.put_object(Bucket=bucket, Key=f"o{i}", Body=os.urandom(1024 * KiB))

@@ -29,8 +29,8 @@ from ..telemetry import get_logger
 from . import conditions
 from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
-from .sendfile import BodySender, ClientGone
-from .target import Target, is_cacheable_read, parse_target
+from .sendfile import BodySender, ClientGone, sendfile_until_full
+from .target import Target, asks_uncacheable, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
     from ..objects import ObjectMeta
@@ -130,6 +130,56 @@ def _encoded(headers) -> tuple[bytes, bytes]:
     return (head if has_type else head + b"Content-Type: application/octet-stream\r\n"), head
 
 
+class HitPlan:
+    """A request this path answers, resolved against one object version under the current rules:
+    everything about the answer but its request id, date and bytes. A head sent again while the
+    version stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
+
+    __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
+                 "operation", "key", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
+                 "read_totals", "log_fields")
+
+    def __init__(self, fast: "FastPath", method: str, target: Target, entry, rng: ByteRange | None,
+                 range_header: str | None, prepared: PreparedHeaders) -> None:
+        face = fast.face
+        meta = entry.meta
+        self.method, self.target, self.entry, self.meta = method, target, entry, meta
+        self.rng, self.range_header = rng, range_header
+        self.start, self.end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        self.status = 206 if rng is not None else 200
+        self.operation = "GetObject" if method == "GET" else "HeadObject"
+        if rng is None:
+            lines = prepared.whole_get if method == "GET" else prepared.whole_head
+            extra = b""
+        else:
+            lines = prepared.ranged_get if method == "GET" else prepared.ranged_head
+            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
+        # the head up to the request id, which (with the date) is added per request
+        self.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS[self.status]), lines, extra,
+                              b"Content-Length: %d\r\nx-amz-request-id: " % (self.end - self.start + 1)))
+        # what answering it again needs: its object's catalog key and freshness, the rule's read
+        # policy, and (a GET within one chunk) where its bytes are
+        self.key = (target.bucket, target.key)
+        self.fresh_until = face.catalog.fresh_until(entry)
+        self.keep, self.label = face.read_policy(target.bucket, target.key, meta.size)
+        self.chunk = -1
+        self.vid = ""
+        self.lo = self.hi = 0
+        nbytes = self.end - self.start + 1
+        if method == "GET" and nbytes > 0:
+            cs = face.reader.chunk_size
+            if self.start // cs == self.end // cs:
+                self.vid = face.reader.store.version_for(meta).vid
+                self.chunk = self.start // cs
+                self.lo, self.hi = self.start - self.chunk * cs, self.end - self.chunk * cs
+        metrics = face.metrics
+        self.tally = metrics.request_tally(self.operation, self.status, "hit")
+        self.read_totals = metrics.read_totals(self.label)
+        sent = nbytes if method == "GET" else 0
+        self.log_fields = face.access_log.prepare(method, self.operation, target.bucket, target.key, range_header,
+                                                  self.status, "hit", sent, sent, 0)
+
+
 class FastPath:
     """Shared state of the lean path for one S3 listener: the face it answers for, its
     connections, and response headers prepared per object version."""
@@ -138,6 +188,7 @@ class FastPath:
     TARGETS_MAX = 16384
     HEADS_MAX = 4096
     HEAD_MEMO_BYTES = 1024  # at most 4 MiB of remembered heads
+    PLANS_MAX = 4096
 
     def __init__(self, face: "S3Face", server: "S3Server", max_headers: int) -> None:
         self.face = face
@@ -147,6 +198,7 @@ class FastPath:
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
         self._heads: dict[bytes, RequestHead | None] = {}
+        self.plans: dict[tuple, HitPlan] = {}  # by what a request asks (FastPath.plan)
         self._date_sec = -1
         self._date = b""
 
@@ -202,6 +254,84 @@ class FastPath:
         self._prepared[key] = p
         return p
 
+    def plan(self, head: bytes) -> "HitPlan | None":
+        """What the request in ``head`` resolves to if this path answers it, else None (the face
+        answers it). Without signature checks a plan depends only on what the request asks
+        (method, target, host, Range, If-*, checksum mode) and the object's current version, so a
+        request for the same thing again, signed afresh or not, reuses it for as long as the
+        catalog holds that version fresh."""
+        req = self.parse(head)
+        if req is None or req.method not in ("GET", "HEAD"):
+            return None
+        h = req.headers
+        if not _HAND_OFF_HEADERS.isdisjoint(h) or asks_uncacheable(h):
+            return None
+        if self.face.auth is not None:
+            return self._make_plan(req)
+        asks = (req.method, req.raw_path, h.get("host"), h.get("range"), h.get("if-match"), h.get("if-none-match"),
+                h.get("if-modified-since"), h.get("if-unmodified-since"), h.get("x-amz-checksum-mode"))
+        plan = self.plans.get(asks)
+        if plan is not None:
+            if self.current(plan):
+                return plan
+            del self.plans[asks]
+        plan = self._make_plan(req)
+        if plan is not None:
+            if len(self.plans) >= self.PLANS_MAX:
+                self.plans.clear()
+            self.plans[asks] = plan
+        return plan
+
+    def current(self, plan: HitPlan) -> bool:
+        """Whether ``plan`` still answers its request: its object's catalog entry is the one it was
+        made from, holds the same version and is fresh. (A reload of the rules forgets all plans.)"""
+        catalog = self.face.catalog
+        entry = catalog.entries.get(plan.key)
+        if entry is not plan.entry or entry.meta is not plan.meta or catalog.clock() >= plan.fresh_until:
+            return False
+        catalog.entries.move_to_end(plan.key)
+        return True
+
+    def forget_plans(self) -> None:
+        self.plans.clear()
+
+    def _make_plan(self, req: RequestHead) -> "HitPlan | None":
+        face = self.face
+        h = req.headers
+        target = self.target(req.raw_path, h.get("host"))
+        if target is None:
+            return None
+        if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
+                or not is_cacheable_read(req.method, target, h):
+            return None
+        if face.auth is not None:
+            # A signature that does not verify is the face's to answer (and to count, once).
+            try:
+                face.auth._verify(req.method, req.raw_path, h).check_empty()
+            except Exception:  # noqa: BLE001
+                return None
+        entry = face.catalog.fresh(target.bucket, target.key)
+        if entry is None:
+            return None
+        meta = entry.meta
+        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
+        # here; a 304 or 412 is the face's
+        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
+                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
+            return None
+        range_header = h.get("range")
+        try:
+            rng = resolve(parse_range(range_header), meta.size)
+        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
+            return None
+        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
+        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
+            return None  # the face asks the upstream for this kind's checksums
+        prepared = self.prepared(meta, checksum_mode)
+        if prepared is None:
+            return None
+        return HitPlan(self, req.method, target, entry, rng, range_header, prepared)
+
     def __call__(self) -> "FastProtocol":
         return FastProtocol(self)
 
@@ -212,18 +342,16 @@ class FastPath:
         if end < 0:
             return False
         fp = FastProtocol(self)
-        fp.transport = handler.transport
-        peer = fp.transport.get_extra_info("peername")
-        fp.remote = peer[0] if isinstance(peer, tuple) else ""
-        answer = fp._decide(data[:end + 4])
-        if answer is None:
+        fp._attach(handler.transport)
+        plan = self.plan(data[:end + 4])
+        if plan is None or not fp._cached(plan) or not self.server.rate.allow(fp.remote):
             return False
         transport = handler.detach()
         self.face.metrics.fast_path_takebacks.inc()
         self.connections.add(fp)
         transport.set_protocol(fp)
         fp.buf += data
-        fp._process(answer)
+        fp._process(plan)
         return True
 
     async def shutdown(self, timeout: float | None) -> None:
@@ -239,8 +367,7 @@ class FastPath:
 class _Answer:
     """A request this path answers, once it has decided to."""
 
-    __slots__ = ("status", "head", "meta", "rng", "start", "end", "stats", "target", "range_header", "rid", "t0",
-                 "method")
+    __slots__ = ("plan", "head", "stats", "rid", "t0")
 
 
 class FastProtocol(asyncio.Protocol):
@@ -252,19 +379,26 @@ class FastProtocol(asyncio.Protocol):
         self.buf = bytearray()
         self.task: asyncio.Task | None = None
         self.remote = ""
+        self._sock_fd = -1
         self._paused_reading = False
         self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport) -> None:  # uvloop transports are no asyncio.Transport
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        self._attach(transport)
         server = self.fast.server
         self.fast.connections.add(self)
         if len(server._connections) + len(self.fast.connections) - len(server._over) > server.max_connections:
             self.hand_off()  # over the connection limit: aiohttp's side answers SlowDown
+
+    def _attach(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        # sendfile straight to the socket (never under TLS, whose bytes go through the transport)
+        self._sock_fd = sock.fileno() if sock is not None and transport.get_extra_info("sslcontext") is None else -1
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -292,7 +426,10 @@ class FastProtocol(asyncio.Protocol):
 
     # --- requests --------------------------------------------------------------------------
 
-    def _process(self, decided: _Answer | None = None) -> None:
+    def _process(self, admitted: HitPlan | None = None) -> None:
+        """Answer the requests received, in order, while this path can; ``admitted``: the first
+        one's plan, already found cached and within the client's rate."""
+        fast = self.fast
         while self.buf and self.task is None and self.transport is not None:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
@@ -300,76 +437,144 @@ class FastProtocol(asyncio.Protocol):
                     self.hand_off()
                 return
             n = end + 4
-            answer, decided = decided or self._decide(bytes(self.buf[:n])), None
-            if answer is None:
-                self.hand_off()
-                return
-            if not self._answer_now(answer, n):
-                self.task = asyncio.ensure_future(self._answer_later(answer, n))
+            if admitted is None:
+                plan = fast.plan(bytes(self.buf[:n]))
+                if plan is None or not self._cached(plan) or not fast.server.rate.allow(self.remote):
+                    self.hand_off()  # the face answers it (SlowDown for a client over its rate)
+                    return
+            else:
+                plan, admitted = admitted, None
+            if not self._answer_planned(plan, n) and not self._answer_from_file(plan, n):
+                self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
                 return
 
-    def _decide(self, head: bytes) -> _Answer | None:
-        """Whether this path answers the request in ``head``, and with what; None: hand off."""
+    def _answer_planned(self, plan: HitPlan, n: int) -> bool:
+        """Answer a HEAD, or a GET whose bytes are in memory, straight from its plan: one write,
+        and the request's records from what the plan prepared. False (nothing sent): the bytes
+        are in chunk files."""
+        t0 = time.monotonic()
         fast = self.fast
         face = fast.face
-        req = fast.parse(head)
-        if req is None or req.method not in ("GET", "HEAD"):
-            return None
-        h = req.headers
-        if not _HAND_OFF_HEADERS.isdisjoint(h):
-            return None
-        target = fast.target(req.raw_path, h.get("host"))
-        if target is None:
-            return None
-        if target.key is None or any(k.lower() != "x-id" for k, _ in target.query) \
-                or not is_cacheable_read(req.method, target, h):
-            return None
-        if face.auth is not None:
-            # A signature that does not verify is the face's to answer (and to count, once).
-            try:
-                face.auth._verify(req.method, req.raw_path, h).check_empty()
-            except Exception:  # noqa: BLE001
-                return None
-        catalog = face.catalog
-        entry = catalog.fresh(target.bucket, target.key)
-        if entry is None:
-            return None
-        meta = entry.meta
-        # If-* that select the object (s3fs sends If-Match on every ranged read) are answered
-        # here; a 304 or 412 is the face's
-        if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
-                and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
-            return None
-        range_header = h.get("range")
+        stats = ReadStats()
+        if plan.chunk >= 0:
+            body = face.reader.read_ram(plan.vid, plan.chunk, plan.lo, plan.hi, stats)
+            if body is None:  # not in memory: the chunk file
+                return False
+        elif plan.method == "GET" and plan.end >= plan.start:
+            return False  # several chunks
+        else:
+            body = b""
+        stats.label = plan.label
+        rid = new_request_id()
+        del self.buf[:n]
+        self.transport.write(b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body)))
+        elapsed = time.monotonic() - t0
+        face.metrics.fast_path_hit()
+        plan.tally.add(elapsed)
+        if plan.method == "GET":
+            t = plan.read_totals
+            t[0] += 1
+            t[2] += stats.hit_bytes
+        log = face.access_log
+        if log.enabled and not log.emit_prepared(rid, plan.log_fields, elapsed):
+            log.emit(rid, plan.method, plan.operation, plan.target.bucket, plan.target.key, plan.range_header,
+                     plan.status, "hit", stats.hit_bytes, stats.hit_bytes, 0, elapsed)
+        if plan.method == "GET" and face.on_read is not None:
+            face.on_read(plan.target.bucket, plan.target.key, plan.meta, plan.rng, stats)
+        return True
+
+    def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
+        """A GET within one chunk whose pieces were checked since its file last changed: the
+        head, then ``sendfile`` on the loop right away; only what the socket does not take at once
+        is left to a task. False (nothing sent): the reader's full read answers it."""
+        if plan.chunk < 0 or self._sock_fd < 0:
+            return False
+        a = self._answer(plan)
+        face = self.fast.face
+        got = face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
+        if got is None:
+            return False
+        seg, chunk = got
+        del self.buf[:n]
+        if seg.data is not None:
+            chunk.close()
+            self.transport.write(a.head + seg.data)
+            self._finished(a, plan.status)
+            return True
+        self.transport.write(a.head)
+        sent = 0
         try:
-            rng = resolve(parse_range(range_header), meta.size)
-        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
-            return None
-        checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
-        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
-            return None  # the face asks the upstream for this kind's checksums
-        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-        if req.method == "GET" and end >= start and not self._all_cached(meta, start, end):
-            return None
-        prepared = fast.prepared(meta, checksum_mode)
-        if prepared is None or not fast.server.rate.allow(self.remote):
-            return None
+            if not self.transport.get_write_buffer_size():
+                sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            chunk.close()
+            self._abort()
+            self._finished(a, 499)
+            return True
+        except OSError as e:  # EIO from the cache disk: the next read checks this chunk first
+            face.reader.unreadable(seg)
+            chunk.close()
+            log.warning("response_aborted", error=repr(e), request_id=a.rid)
+            self._abort()
+            self._finished(a, 499)
+            return True
+        if sent == seg.length:
+            chunk.close()
+            self._finished(a, plan.status)
+            return True
+        face.in_flight += 1
+        self.task = asyncio.ensure_future(self._send_rest(a, seg, chunk, sent))
+        return True
+
+    async def _send_rest(self, a: _Answer, seg, chunk, sent: int) -> None:
+        """The rest of a file span the socket did not take at once."""
+        face = self.fast.face
+        status = 499
+        sender = BodySender(self.transport, self._write, face.executor)
+        try:
+            await sender.send_file(seg.fd, seg.offset + sent, seg.length - sent)
+            status = a.plan.status
+        except ClientGone:
+            self._abort()
+        except asyncio.CancelledError:
+            raise
+        except OSError as e:
+            face.reader.unreadable(seg)
+            log.warning("response_aborted", error=repr(e), request_id=a.rid)
+            self._abort()
+        finally:
+            sender.close()
+            chunk.close()
+            face.in_flight -= 1
+            self._finished(a, status)
+        self._resume(status == a.plan.status)
+
+    def _resume(self, ok: bool) -> None:
+        """After an answer sent by a task: read again, and answer what arrived meanwhile."""
+        self.task = None
+        if self._paused_reading and self.transport is not None and not self.transport.is_closing():
+            self._paused_reading = False
+            self.transport.resume_reading()
+        if ok:
+            self._process()
+
+    def _cached(self, plan: HitPlan) -> bool:
+        """Whether every byte the planned answer sends is in the cache."""
+        if plan.method != "GET" or plan.end < plan.start:
+            return True
+        if plan.chunk >= 0:
+            return self.fast.face.reader.store.has(plan.vid, plan.chunk)
+        return self._all_cached(plan.meta, plan.start, plan.end)
+
+    def _answer(self, plan: HitPlan) -> _Answer:
+        """A planned request, to be answered from the chunk files."""
         a = _Answer()
         a.t0 = time.monotonic()
-        a.rng = rng
-        a.method, a.meta, a.start, a.end, a.target, a.range_header = req.method, meta, start, end, target, range_header
-        a.rid = new_request_id()
-        a.status = 206 if rng is not None else 200
-        if rng is None:
-            head_lines = prepared.whole_get if req.method == "GET" else prepared.whole_head
-            extra = b""
-        else:
-            head_lines = prepared.ranged_get if req.method == "GET" else prepared.ranged_head
-            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
-        a.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (a.status, _REASONS[a.status]), head_lines, extra,
-                           b"Content-Length: %d\r\nx-amz-request-id: " % (end - start + 1), a.rid.encode(),
-                           b"\r\n", fast.date(), b"\r\n"))
+        a.plan = plan
+        a.rid = rid = new_request_id()
+        a.head = b"".join((plan.head, rid.encode(), b"\r\n", self.fast.date(), b"\r\n"))
         a.stats = ReadStats()
+        a.stats.label = plan.label
         return a
 
     def _all_cached(self, meta: "ObjectMeta", start: int, end: int) -> bool:
@@ -379,37 +584,18 @@ class FastProtocol(asyncio.Protocol):
         vid = store.version_for(meta).vid
         return all(store.has(vid, i) for i in range(start // cs, end // cs + 1))
 
-    def _answer_now(self, a: _Answer, n: int) -> bool:
-        """Answer from memory in one write if the bytes are there (a HEAD, or a RAM-tier hit);
-        False: the body needs the chunk files."""
-        if a.method == "HEAD":
-            body: bytes | memoryview = b""
-        else:
-            face = self.fast.face
-            _, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
-            small = face.reader.read_small(a.meta, a.start, a.end, a.stats) if a.end >= a.start else b""
-            if small is None:
-                return False
-            body = small
-        del self.buf[:n]
-        self.transport.write(a.head + body if len(body) < 65536 else a.head)
-        if len(body) >= 65536:
-            self.transport.write(body)
-        self._finished(a, a.status)
-        return True
-
     async def _answer_later(self, a: _Answer, n: int) -> None:
+        p = a.plan
         face = self.fast.face
         face.in_flight += 1
-        keep, a.stats.label = face.read_policy(a.target.bucket, a.target.key, a.meta.size)
-        segments = face.reader.read(a.meta, a.start, a.end, a.stats, keep=keep)
+        segments = face.reader.read(p.meta, p.start, p.end, a.stats, keep=p.keep)
         status = 0
         try:
             try:
                 first = await anext(segments, None)
             except ObjectChanged:
                 # nothing sent yet: forget the version and let the face look again
-                face.catalog.invalidate(a.target.bucket, a.target.key)
+                face.catalog.invalidate(p.target.bucket, p.target.key)
                 self.task = None
                 self.hand_off()
                 return
@@ -420,7 +606,7 @@ class FastProtocol(asyncio.Protocol):
                 await sender.send_segments(first, segments, face.reader.unreadable)
             finally:
                 sender.close()
-            status = a.status
+            status = p.status
         except ClientGone:
             status = 499
             self._abort()
@@ -437,12 +623,7 @@ class FastProtocol(asyncio.Protocol):
                 await segments.aclose()
             if status:
                 self._finished(a, status)
-        self.task = None
-        if self._paused_reading and self.transport is not None and not self.transport.is_closing():
-            self._paused_reading = False
-            self.transport.resume_reading()
-        if status == a.status:
-            self._process()
+        self._resume(status == p.status)
 
     async def _write(self, data: bytes | memoryview) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -459,23 +640,23 @@ class FastProtocol(asyncio.Protocol):
 
     def _finished(self, a: _Answer, status: int) -> None:
         """The request log line, metrics and the read hook, as the face records every request."""
-        fast = self.fast
-        face = fast.face
+        p = a.plan
+        face = self.fast.face
         face.metrics.fast_path_hit()
         elapsed = time.monotonic() - a.t0
-        ok = status == a.status
-        op = "GetObject" if a.method == "GET" else "HeadObject"
+        ok = status == p.status
+        op = p.operation
         outcome = "hit" if ok else "client-gone"
         face.metrics.observe_request(op, status, outcome, elapsed)
         stats = a.stats
-        if a.method == "GET" and ok:
+        if p.method == "GET" and ok:
             face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
         if face.access_log.enabled:
-            face.access_log.emit(a.rid, a.method, op, a.target.bucket, a.target.key, a.range_header, status,
+            face.access_log.emit(a.rid, p.method, op, p.target.bucket, p.target.key, p.range_header, status,
                                  outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes, stats.miss_bytes,
                                  elapsed)
-        if a.method == "GET" and ok and face.on_read is not None:
-            face.on_read(a.target.bucket, a.target.key, a.meta, a.rng, stats)
+        if p.method == "GET" and ok and face.on_read is not None:
+            face.on_read(p.target.bucket, p.target.key, p.meta, p.rng, stats)
 
     def hand_off(self) -> None:
         """Make this connection aiohttp's: its request handler takes the transport and the bytes

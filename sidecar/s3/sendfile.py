@@ -22,7 +22,7 @@ class ClientGone(Exception):
     client_fault = True  # never the upstream's failure (``errors.client_fault``)
 
 
-def _sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: float = 0.0) -> int:
+def sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: float = 0.0) -> int:
     """Send file bytes until done or the socket stays full for ``wait`` seconds; returns bytes
     sent. With ``wait`` (in a worker thread) a fast client is fed without returning to the
     event loop at every full socket buffer; a slow one hands the thread back soon."""
@@ -92,12 +92,12 @@ class BodySender:
                 raise ClientGone()
             try:
                 if count >= self.THREAD_MIN and self._executor is not None:
-                    n = await self._loop.run_in_executor(self._executor, _sendfile_until_full,
+                    n = await self._loop.run_in_executor(self._executor, sendfile_until_full,
                                                          self._dup(), fd, offset, count, 0.05)
                 else:
                     # On the loop, right after is_closing() said no: the transport still owns
                     # this number, so no dup (two system calls a response) is needed for it.
-                    n = _sendfile_until_full(self._sock_fd, fd, offset, count)
+                    n = sendfile_until_full(self._sock_fd, fd, offset, count)
             except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
                 raise ClientGone() from e
             except EOFError as e:

@@ -129,7 +129,12 @@ def is_cacheable_read(method: str, target: Target, headers) -> bool:
     x_id = target.param("x-id")
     if x_id is not None and x_id not in ("GetObject", "HeadObject"):
         return False
-    return not any(h in headers for h in _UNCACHEABLE_READ_HEADERS)
+    return not asks_uncacheable(headers)
+
+
+def asks_uncacheable(headers) -> bool:
+    """Whether a read's headers make it one the cache cannot answer (SSE-C, owner or payer checks)."""
+    return any(h in headers for h in _UNCACHEABLE_READ_HEADERS)
 
 
 def changes_object_data(method: str, target: Target, headers) -> bool:
