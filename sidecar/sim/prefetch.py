@@ -8,7 +8,10 @@ time the hook makes the daemon loop's decision (``loop.choose``: tracker candida
 scores, ``planner.plan`` within the room) and puts the planned objects' chunks in the cache
 through ``Replay.prefetch``, with the daemon's credit (``QoSPolicy``: protected from demand data
 until read or the model's horizon) and its budget (``loop.prefetch_budget``). The tracker is fed every request as it is replayed (and the training
-part beforehand, as a running daemon would have seen it).
+part beforehand, as a running daemon would have seen it); a prefix's keys become known at its
+first read (``train.Listings``, as a listing passing through the daemon makes them), so the keys
+ahead of each reader are candidates as in the daemon; the demand hit bytes of each tick feed the
+loop's demand-yield test (``loop.demand_yield``).
 
 A prefetch lands at once here: the simulation measures what the predictor chooses, not how fast
 the upstream delivers it (the token bucket's concern).
