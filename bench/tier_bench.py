@@ -1,14 +1,28 @@
-"""Shared tier payoff: N sidecars (pods) reading one dataset, with and without a shared tier.
+"""Shared tier payoff and latency: N sidecars (pods) reading one dataset, with and without a shared tier.
 
     .venv/bin/python bench/tier_bench.py [--pods 1,2,4] [--objects 6] [--size 8MiB] [--chunk 2MiB]
+    .venv/bin/python bench/tier_bench.py --pods '' --latency-objects 12   # latency only
 
-One moto server is the upstream, a second moto server holds the tier. For each N, N fresh
-sidecars (each its own empty cache) read the whole dataset one pod after the other, as pods of
-a job that start minutes apart do; with the tier, each pod's background writes are let finish
-before the next pod starts. Prints the upstream bytes all pods together pulled (the sidecars'
-own ``sidecar_upstream_bytes_total``) against the dataset size, and the median time to last
-byte of a whole-object GET served by an upstream miss (pod 1) and by tier hits (pods 2..N),
-next to a direct GET from the upstream.
+One moto server process is the upstream, a second moto server process holds the tier.
+
+Payoff (``--pods``): for each N, N fresh sidecars (each its own empty cache) read the whole
+dataset one pod after the other, as pods of a job that start minutes apart do; with the tier,
+each pod's background writes are let finish before the next pod starts. Prints the upstream
+bytes all pods together pulled (the sidecars' own ``sidecar_upstream_bytes_total``) against the
+dataset size.
+
+Latency (``--latency-objects``): time to first byte and to last byte of a whole-object GET
+(boto3's defaults: checksum mode on) of each object, taken in turn, object by object, as
+(1) a direct GET from the upstream, (2) a cold miss through a sidecar without a tier, and
+(3) a tier hit: a sidecar whose cache is empty reading what another pod put in the tier.
+Each client is warmed by one read of another object first (connection pools, TLS contexts).
+Prints medians, and what the tier-hit pod asked of the upstream meanwhile.
+
+``--upstream-latency 20ms --upstream-bandwidth 100MiB`` puts a proxy in front of the upstream
+(for the direct GETs and the sidecars alike) that holds each request that long and paces
+bodies at that rate per connection, as a distant S3 region is to a cluster whose tier store is
+in the cluster (the tier's store is reached directly). Without them, both stores are moto
+processes on this machine, equally near.
 """
 
 from __future__ import annotations
@@ -27,12 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from sidecar.config import format_size, parse_size  # noqa: E402
-from support.procs import MotoServer, Sidecar  # noqa: E402
+from sidecar.config import format_size, parse_duration, parse_size  # noqa: E402
+from support.procs import MotoServer, Sidecar, client as s3_client  # noqa: E402
+from support.tap import Fault, Tap  # noqa: E402
 
 
 def upstream_bytes(sc: Sidecar) -> float:
     return float(sc.admin("/stats")["upstream"]["bytes"])
+
+
+def upstream_requests(sc: Sidecar) -> dict[str, float]:
+    return {k: v for k, v in sc.admin("/stats")["upstream"]["requests"].items() if v}
 
 
 def drain(sc: Sidecar, timeout: float = 60.0) -> None:
@@ -48,42 +67,109 @@ def drain(sc: Sidecar, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def ttlb(client, bucket: str, key: str) -> float:
+def timed_get(client, bucket: str, key: str) -> tuple[float, float]:
+    """(time to first body byte, time to last byte) of a whole-object GET."""
     t0 = time.perf_counter()
-    client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return time.perf_counter() - t0
+    body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    body.read(1)
+    t1 = time.perf_counter()
+    body.read()
+    return t1 - t0, time.perf_counter() - t0
+
+
+def cpu_seconds(sc: Sidecar) -> float:
+    """User + system CPU the sidecar process has used so far (Linux /proc)."""
+    assert sc.proc is not None
+    fields = Path(f"/proc/{sc.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ttlb(client, bucket: str, key: str) -> float:
+    return timed_get(client, bucket, key)[1]
 
 
 def run(n: int, tier: bool, upstream: MotoServer, tier_store: MotoServer, bucket: str, keys: list[str],
-        chunk: str, work: Path, logs: Path) -> tuple[float, list[float], list[float]]:
+        chunk: str, work: Path, logs: Path) -> float:
     flags = dict(chunk_size=chunk, prefetch="false", metadata_ttl=60)
     if tier:
         tier_bucket = "tier-" + uuid.uuid4().hex[:10]
         tier_store.client().create_bucket(Bucket=tier_bucket)
         flags.update(shared_tier=f"s3://{tier_bucket}/job", shared_tier_endpoint=tier_store.url)
     total = 0.0
-    first: list[float] = []
-    later: list[float] = []
-    for pod in range(n):
+    for _ in range(n):
         sc = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **flags)
         try:
             c = sc.client()
-            times = [ttlb(c, bucket, k) for k in keys]
-            (first if pod == 0 else later).extend(times)
+            for k in keys:
+                ttlb(c, bucket, k)
             if tier:
                 drain(sc)
             total += upstream_bytes(sc)
         finally:
             sc.stop()
-    return total, first, later
+    return total
+
+
+def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chunk: str,
+            work: Path, logs: Path) -> None:
+    warm = "warm-up"
+    flags = dict(chunk_size=chunk, prefetch="false", metadata_ttl=60, readahead_chunks=0)
+    tier_bucket = "tier-" + uuid.uuid4().hex[:10]
+    tier_store.client().create_bucket(Bucket=tier_bucket)
+    tiered = dict(flags, shared_tier=f"s3://{tier_bucket}/job", shared_tier_endpoint=tier_store.url)
+    filler = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **tiered)
+    try:
+        c = filler.client()
+        for k in [warm, *keys]:
+            ttlb(c, bucket, k)
+        drain(filler)
+    finally:
+        filler.stop()
+    plain = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **flags)
+    reader = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **tiered)
+    try:
+        cases = {"direct upstream GET": s3_client(upstream.url), "sidecar miss, no tier": plain.client(),
+                 "sidecar tier hit": reader.client()}
+        for client in cases.values():
+            ttlb(client, bucket, warm)
+        before = upstream_requests(reader)
+        hits_before = reader.admin("/stats")["tier"]["reads"].get("hit", 0)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+        cpu0 = {"sidecar miss, no tier": cpu_seconds(plain), "sidecar tier hit": cpu_seconds(reader)}
+        for k in keys:
+            for name, client in cases.items():
+                times[name].append(timed_get(client, bucket, k))
+        cpu = {"sidecar miss, no tier": cpu_seconds(plain) - cpu0["sidecar miss, no tier"],
+               "sidecar tier hit": cpu_seconds(reader) - cpu0["sidecar tier hit"]}
+        after = upstream_requests(reader)
+        hits = reader.admin("/stats")["tier"]["reads"].get("hit", 0) - hits_before
+    finally:
+        plain.stop()
+        reader.stop()
+    print(f"\nwhole-object GET, {len(keys)} objects, medians (min-max) in ms:")
+    print(f"{'':24} {'TTFB':>20} {'TTLB':>20} {'sidecar CPU ms/GET':>19}")
+    for name, got in times.items():
+        cols = []
+        for i in (0, 1):
+            ms = [t[i] * 1000 for t in got]
+            cols.append(f"{statistics.median(ms):7.1f} ({min(ms):.0f}-{max(ms):.0f})")
+        used = f"{cpu[name] * 1000 / len(got):.1f}" if name in cpu else "-"
+        print(f"{name:24} {cols[0]:>20} {cols[1]:>20} {used:>19}")
+    asked = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
+    print(f"tier-hit pod: {hits:.0f} block hits; upstream requests meanwhile: {asked or 'none'}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pods", default="1,2,4")
+    ap.add_argument("--pods", default="1,2,4", help="pod counts for the payoff table ('' skips it)")
     ap.add_argument("--objects", type=int, default=6)
+    ap.add_argument("--latency-objects", type=int, default=8, help="objects timed for latency (0 skips it)")
     ap.add_argument("--size", default="8MiB")
     ap.add_argument("--chunk", default="2MiB")
+    ap.add_argument("--upstream-latency", type=parse_duration, default=0.0,
+                    help="hold each upstream request this long (a distant region)")
+    ap.add_argument("--upstream-bandwidth", type=parse_size, default=0,
+                    help="pace upstream bodies at this many bytes/s per connection (0: unpaced)")
     args = ap.parse_args()
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="tier-bench-"))
@@ -94,21 +180,33 @@ def main() -> None:
         s3 = upstream.client()
         bucket = "data"
         s3.create_bucket(Bucket=bucket)
-        keys = [f"shard-{i:03d}" for i in range(args.objects)]
-        for k in keys:
+        keys = [f"shard-{i:03d}" for i in range(max(args.objects, args.latency_objects))]
+        for k in [*keys, "warm-up"]:
             s3.put_object(Bucket=bucket, Key=k, Body=os.urandom(size))
-        dataset = size * len(keys)
-        direct = statistics.median(ttlb(s3, bucket, k) for k in keys)
-        print(f"dataset {len(keys)} x {format_size(size)} = {dataset / 2**20:.0f} MiB, chunk {args.chunk}; "
-              f"direct upstream GET TTLB median {direct * 1000:.1f} ms")
-        print(f"{'pods':>4} {'tier':>5} {'upstream MiB':>13} {'x dataset':>10} {'miss TTLB ms':>13} "
-              f"{'later pods TTLB ms':>19}")
-        for n in (int(x) for x in args.pods.split(",")):
-            for tier in (False, True):
-                total, first, later = run(n, tier, upstream, tier_store, bucket, keys, args.chunk, work, logs)
-                later_ms = f"{statistics.median(later) * 1000:.1f}" if later else "-"
-                print(f"{n:>4} {'yes' if tier else 'no':>5} {total / 2**20:>13.1f} {total / dataset:>10.2f} "
-                      f"{statistics.median(first) * 1000:>13.1f} {later_ms:>19}", flush=True)
+        pods = [int(x) for x in args.pods.split(",") if x.strip()]
+        if pods:
+            dataset = size * args.objects
+            print(f"dataset {args.objects} x {format_size(size)} = {dataset / 2**20:.0f} MiB, chunk {args.chunk}")
+            print(f"{'pods':>4} {'tier':>5} {'upstream MiB':>13} {'x dataset':>10}")
+            for n in pods:
+                for tier in (False, True):
+                    total = run(n, tier, upstream, tier_store, bucket, keys[:args.objects], args.chunk, work, logs)
+                    print(f"{n:>4} {'yes' if tier else 'no':>5} {total / 2**20:>13.1f} {total / dataset:>10.2f}",
+                          flush=True)
+        if args.latency_objects:
+            far = upstream
+            if args.upstream_latency or args.upstream_bandwidth:
+                far = Tap(upstream.url)
+                far.fault = lambda seen: Fault(delay=args.upstream_latency,
+                                               throttle_bps=float(args.upstream_bandwidth) or None)
+            print(f"objects of {format_size(size)}, chunk {args.chunk}; upstream held "
+                  f"{args.upstream_latency * 1000:.0f} ms per request, paced at "
+                  f"{format_size(args.upstream_bandwidth) + '/s' if args.upstream_bandwidth else 'no limit'}")
+            try:
+                latency(far, tier_store, bucket, keys[:args.latency_objects], args.chunk, work, logs)
+            finally:
+                if far is not upstream:
+                    far.close()
     finally:
         upstream.stop()
         tier_store.stop()

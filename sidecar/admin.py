@@ -198,6 +198,7 @@ def stats_snapshot(sc: Daemon) -> dict[str, Any]:
             "misses": total("sidecar_cache_misses_total"),
             "hit_bytes": total("sidecar_cache_hit_bytes_total"),
             "miss_bytes": total("sidecar_cache_miss_bytes_total"),
+            "tier_bytes": total("sidecar_cache_tier_bytes_total"),
             "coalesced": total("sidecar_coalesced_waiters_total"),
             "readahead_bytes": total("sidecar_readahead_bytes_total"),
         },

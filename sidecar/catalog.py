@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .errors import NotModified, ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -205,14 +205,22 @@ class Catalog:
         except ObjectChanged:
             return await self.lookup(bucket, key)
 
-    async def with_checksums(self, entry: Entry, kind: str) -> Entry:
+    async def with_checksums(self, entry: Entry, kind: str, *,
+                             carried: Callable[[ObjectMeta], Awaitable[tuple | None]] | None = None) -> Entry:
         """The entry knowing the checksum headers the upstream gives ``kind`` ("GET" or "HEAD")
         of whole-object request in checksum mode, asking the upstream that same kind of request
         when it does not know them yet (metadata learned from a ranged GET, from the other kind,
         or stored by an older version). Upstreams answer the kinds differently: one is never
-        derived from the other. Raises ObjectChanged if the answer is of another version."""
+        derived from the other. Raises ObjectChanged if the answer is of another version.
+        ``carried``: where a GET's answer may already be known for this very version (the shared
+        tier's block 0, Reader.carried_checksums), asked before the upstream."""
         if entry.meta.checksums_for(kind) is not None:
             return entry
+        if kind == "GET" and carried is not None:
+            sums = await carried(entry.meta)
+            if sums is not None:
+                entry.meta = dataclasses.replace(entry.meta, get_checksums=sums)
+                return entry
         bucket, key = entry.meta.bucket, entry.meta.key
         try:
             if kind == "HEAD":

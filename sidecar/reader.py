@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from .cache.layout import ChunkLayout
 from .cache import chunkfile
 from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
+from .cache.tier import BlockRejected
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
 from .telemetry import Metrics, get_logger
@@ -79,7 +80,8 @@ class ChunkFill:
     bytes from the temp file via ``fd``."""
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
-                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep", "gate_wait")
+                 "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep", "gate_wait",
+                 "tier_upto", "carried")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -99,6 +101,10 @@ class ChunkFill:
         self.readahead = False  # counted in Reader.readahead_in_flight until it ends
         self.keep = True  # false: streamed to its readers but not kept (a do-not-cache rule)
         self.gate_wait: asyncio.Future | None = None  # the gate being awaited; a promotion cancels it
+        self.tier_upto = 0  # the first bytes, up to here, came from the shared tier (the rest: upstream)
+        # Chunk 0 with a shared tier: the GET checksum headers its tier block carries, once known
+        # (None: not carried, or not from the tier). See Reader.carried_checksums.
+        self.carried: asyncio.Future | None = None
 
     @property
     def fd(self) -> int:
@@ -128,7 +134,12 @@ class ChunkFill:
         self.written += n
         self._wake()
 
+    def _settle_carried(self) -> None:
+        if self.carried is not None and not self.carried.done():
+            self.carried.set_result(None)
+
     def finish(self, kept: bool) -> None:
+        self._settle_carried()
         self.done = True
         self.kept = kept
         self.recent = b""
@@ -139,6 +150,7 @@ class ChunkFill:
     def fail(self, error: BaseException) -> None:
         if self.done:
             return
+        self._settle_carried()
         self.error = error
         self.done = True
         self.recent = b""
@@ -183,11 +195,32 @@ class Segment:
 
 @dataclasses.dataclass(slots=True)
 class ReadStats:
-    hit_bytes: int = 0
-    miss_bytes: int = 0
+    hit_bytes: int = 0  # from the local cache
+    miss_bytes: int = 0  # fetched from the upstream for (or while) this read
+    tier_bytes: int = 0  # fetched from the shared tier for (or while) this read
     joined: int = 0
     label: str = ""  # the cache rule's metrics label
     prefetched: int = 0  # bytes of chunks a prefetch brought, read for the first time
+
+    def fetched(self, tier_upto: int, lo: int, n: int) -> None:
+        """``n`` bytes from offset ``lo`` of a chunk fetched for this read, whose first
+        ``tier_upto`` bytes came from the shared tier (negative ``n``: take them back)."""
+        a, b = (lo, lo + n) if n >= 0 else (lo + n, lo)
+        tier = max(0, min(b, tier_upto) - a)
+        if n < 0:
+            tier = -tier
+        self.tier_bytes += tier
+        self.miss_bytes += n - tier
+
+    @property
+    def outcome(self) -> str:
+        """hit: all from the local cache; tier: all from the shared tier; miss: none from the
+        local cache, some from the upstream; partial: the rest."""
+        if not self.miss_bytes and not self.tier_bytes:
+            return "hit"
+        if self.hit_bytes:
+            return "partial"
+        return "tier" if not self.miss_bytes else "miss"
 
 
 class Fetch:
@@ -252,6 +285,8 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
+        # version -> fills ``carried_checksums`` started for the read about to come (its own)
+        self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
 
     # --- public -------------------------------------------------------------------------
@@ -263,7 +298,8 @@ class Reader:
         version = self.store.version_for(meta)
         if end >= start and keep:
             self._note_sequential(version, start, end)
-        return self._segments(version, start, end, stats if stats is not None else ReadStats(), keep=keep)
+        mine = self._claims.pop(version.vid, None)
+        return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep)
 
     def read_small(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats) -> bytes | memoryview | None:
         """Bytes start..end when they lie in one chunk held in memory (the common small hit),
@@ -331,7 +367,7 @@ class Reader:
         self._launch(self._run_span(version, fills, opened) if fills else opened.close())
         if end >= start and keep:
             self._note_sequential(version, start, end)
-        return self._segments(version, start, end, stats, {f.index for f in fills}, keep=keep)
+        return self._segments(version, start, end, stats, {f.index: f for f in fills}, keep=keep)
 
     def fetch(self, meta: ObjectMeta, first: int, last: int, priority: Priority) -> "Fetch":
         """Bring chunks first..last of a version into the cache in the background; ``await`` the
@@ -420,6 +456,8 @@ class Reader:
             c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
             fill.keep = keep
+            if i == 0 and self.tier is not None:
+                fill.carried = asyncio.get_running_loop().create_future()
             self.fills[fill.key] = fill
             fills.append(fill)
             i += 1
@@ -483,23 +521,32 @@ class Reader:
             if opened is not None:
                 await opened.close()
 
+    async def _gated(self, fill: ChunkFill, nbytes: int) -> bool:
+        """Wait for the bandwidth gate if the fill is background work; whether it still is (a
+        demand reader joining it cancels the wait, ``_promote``: demand never waits)."""
+        background = fill.priority != DEMAND
+        if self.gate is not None and background:
+            waiter = fill.gate_wait = asyncio.ensure_future(self.gate(nbytes))
+            try:
+                await asyncio.wait((waiter,))
+            finally:
+                fill.gate_wait = None
+                waiter.cancel()
+            background = not waiter.cancelled()
+        return background
+
     async def _fill_chunk(self, fill: ChunkFill, body, purpose: str) -> None:
         """Receive one chunk's bytes into its temp file and commit it."""
         store = self.store
         writer = self._open_writer(fill)
         received = fill.written
+        # the counter's children, looked up once a chunk rather than once a piece
+        demand_bytes = self.metrics.upstream_bytes.labels("demand")
+        background_bytes = self.metrics.upstream_bytes.labels(purpose)
         while received < fill.length:
             want = min(PIECE, fill.length - received)
-            background = fill.priority != DEMAND
-            if self.gate is not None and background:
-                # A demand reader joining this fill cancels the wait (``_promote``): demand never waits.
-                waiter = fill.gate_wait = asyncio.ensure_future(self.gate(want))
-                try:
-                    await asyncio.wait((waiter,))
-                finally:
-                    fill.gate_wait = None
-                    waiter.cancel()
-                background = not waiter.cancelled()
+            # demand never waits for the gate (no coroutine a piece for it either)
+            background = fill.priority != DEMAND and await self._gated(fill, want)
             try:
                 piece = await body.read(want)
             except S3Error:
@@ -511,7 +558,7 @@ class Reader:
             fill.received(piece, received)
             received += len(piece)
             # Promoted (a client joined): the rest is demand's, in the counter as in the bucket.
-            self.metrics.upstream_bytes.labels(purpose if background else "demand").inc(len(piece))
+            (background_bytes if background else demand_bytes).inc(len(piece))
             if self.spend_demand is not None and not background:
                 self.spend_demand(len(piece))
             try:
@@ -538,20 +585,23 @@ class Reader:
     # --- the shared tier: local → tier → upstream ------------------------------------------
 
     async def _run_span_via_tier(self, version: Version, fills: list[ChunkFill]) -> None:
-        """Ask the shared tier for every chunk of a span at once (one request per block), commit
-        the verified hits, then fetch each remaining run of missing chunks with one upstream GET."""
+        """Ask the shared tier for every chunk of a span (one request per block, at most
+        at once, in order: cache/tier.py), commit the verified hits as they stream in, then
+        fetch each remaining run of missing bytes with one upstream GET."""
         try:
-            hits = await asyncio.gather(*(self._fill_from_tier(f) for f in fills), return_exceptions=True)
+            await asyncio.gather(*(self._fill_from_tier(f) for f in fills), return_exceptions=True)
         except BaseException:  # cancelled: nobody will fill these
             for f in fills:
                 if not f.done:
                     self._abandon(f, UpstreamUnavailable())
             raise
         runs: list[list[ChunkFill]] = []
-        for f, hit in zip(fills, hits):
-            if hit is True:
+        for f in fills:
+            if f.done:
                 continue
-            if runs and runs[-1][-1].index == f.index - 1:
+            # A block found corrupt part way keeps its verified head: a run resumes inside its
+            # first chunk only, so such a chunk starts a run of its own.
+            if runs and runs[-1][-1].index == f.index - 1 and not f.written:
                 runs[-1].append(f)
             else:
                 runs.append([f])
@@ -569,29 +619,89 @@ class Reader:
                 if not f.done:
                     self._abandon(f, UpstreamUnavailable())
 
-    async def _fill_from_tier(self, fill: ChunkFill) -> bool:
-        """Fill one chunk from a verified tier block; False: a miss (the upstream fills it)."""
+    async def _fill_from_tier(self, fill: ChunkFill) -> None:
+        """Fill one chunk from its tier block, piece by verified piece, and commit it. A miss
+        leaves the fill untouched; a block found wrong part way leaves the verified head in the
+        temp file: either way the upstream fills the rest."""
         assert self.tier is not None
-        data = await self.tier.get(fill.version.meta, fill.index, fill.length)
-        if data is None or fill.done:
-            return False
-        writer = self._open_writer(fill)
-        fill.received(data, 0)  # attached readers send these verified bytes from memory meanwhile:
-        try:  # a whole block is written off the loop, not to hold them up
-            if self.executor is not None:
-                await asyncio.get_running_loop().run_in_executor(self.executor, writer.write, data)
-            else:
-                writer.write(data)
-        except OSError:
+        if fill.priority != DEMAND:
+            # Prefetch, readahead: the whole block under the bandwidth bucket, before the tier is
+            # asked (its read deadline is for the transfer; a demand reader joining ends the wait).
+            await self._gated(fill, fill.length)
+            if fill.done:
+                return
+        block = await self.tier.open(fill.version.meta, fill.index, fill.length, background=fill.priority != DEMAND)
+        if fill.carried is not None and not fill.carried.done():
+            fill.carried.set_result(block.checksums if block is not None else None)
+        if block is None:
+            return
+        if block.checksums is not None and fill.version.meta.get_checksums is None:
+            # Kept with the version (and on disk with its metadata): a whole GET read later,
+            # once chunk 0 is local, needs no upstream request for them either.
+            self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
+        if fill.done:
+            await block.close()
+            return
+        try:
+            writer = self._open_writer(fill)
+        except DiskFault:
+            await block.close()
+            return  # the upstream span meets the same disk and sends its readers straight upstream
+        pieces = block.pieces()
+        try:
+            async for piece in pieces:
+                if fill.done:
+                    return
+                fill.tier_upto += len(piece)  # before readers can see the bytes
+                fill.received(piece, fill.written)
+                # Written on the loop, like an upstream piece: a page-cache write costs less than
+                # a hop to a thread.
+                writer.write(piece)
+                fill.progressed(len(piece))
+                if fill.refs:
+                    await asyncio.sleep(0)  # let attached readers send this piece from memory
+        except BlockRejected:
+            return  # counted by the tier
+        except OSError as e:
             self.metrics.disk_errors.labels("write").inc()
-            self.store.abort(writer)
-            fill.writer = None
-            return False
-        fill.progressed(len(data))
+            self.store.stats.write_errors += 1
+            self._abandon(fill, DiskFault(str(e)))
+            return
+        finally:
+            await pieces.aclose()
         kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
+        if kept and fill.priority == PREFETCH:
+            self.metrics.prefetch_bytes.inc(fill.length)
         self._ended(fill)
         fill.finish(kept)
-        return True
+
+    async def carried_checksums(self, meta: ObjectMeta, *, keep: bool = True) -> tuple[tuple[str, str], ...] | None:
+        """The checksum headers of a whole-object GET of this version, as block 0 in the shared
+        tier carries them (bound to the version this pod resolved against the upstream, and
+        verified like its bytes); None: no tier, chunk 0 is local without them, or the block does
+        not carry them. Starts the demand read of the whole object from the tier (the ``read`` that follows,
+        with the same ``keep``, takes it over as its own), so the answer costs no extra request."""
+        if self.tier is None or meta.size <= 0:
+            return None
+        version = self.store.version_for(meta)
+        if version.meta.get_checksums is not None:  # learned from block 0 by an earlier read
+            return version.meta.get_checksums
+        if self.store.has(version.vid, 0):
+            return None
+        fill = self.fills.get((version.vid, 0))
+        if fill is None:
+            fills = self._start_span(version, 0, self.layout.count(meta.size) - 1, DEMAND, keep)
+            if not fills:
+                return None
+            fill = fills[0]
+            self._claims[version.vid] = {f.index: f for f in fills}
+            while len(self._claims) > 1024:  # a read that never came
+                self._claims.popitem(last=False)
+        elif fill.priority != DEMAND:
+            self._promote(fill)
+        if fill.carried is None:
+            return None
+        return await asyncio.shield(fill.carried)
 
     def _offer_to_tier(self, fill: ChunkFill) -> None:
         """A chunk fetched from the upstream is committed: queue it for the tier, to be read back
@@ -637,20 +747,20 @@ class Reader:
     # --- readers ------------------------------------------------------------------------
 
     async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
-                        mine: set[int] | None = None, *, keep: bool = True) -> AsyncIterator[Segment]:
+                        mine: dict[int, ChunkFill] | None = None, *, keep: bool = True) -> AsyncIterator[Segment]:
         if end < start:
             return
         cs = self.chunk_size
         size = version.meta.size
         first, last = start // cs, end // cs
         pos = start
-        mine = set() if mine is None else mine  # chunks whose fetch this read started
+        mine = {} if mine is None else mine  # chunks whose fetch this read started
         for index in range(first, last + 1):
             c0, c1 = self.layout.bounds(index, size)
             lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
             if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
-                mine.update(f.index for f in self._start_span(version, index, last, DEMAND, keep))
-            mine.update(self._look_ahead(version, index, last, keep))
+                mine.update((f.index, f) for f in self._start_span(version, index, last, DEMAND, keep))
+            mine.update((f.index, f) for f in self._look_ahead(version, index, last, keep))
             chunk = self.store.open_chunk(version.vid, index, lo, hi)
             if chunk is not None:
                 # A chunk this read fetched may be committed before the read reaches it: it
@@ -659,7 +769,7 @@ class Reader:
                 # Counted as handed out: a caller that needs only this segment closes the
                 # generator at the yield, and nothing after it runs.
                 if fetched:
-                    stats.miss_bytes += hi - lo + 1
+                    stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
                 else:
                     stats.hit_bytes += hi - lo + 1
                     if self.store.prefetched:
@@ -693,21 +803,23 @@ class Reader:
                 # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
                 pos = c0 + lo
                 if fetched:
-                    stats.miss_bytes -= hi - lo + 1
+                    stats.fetched(mine[index].tier_upto, hi + 1, -(hi - lo + 1))
                 else:
                     stats.hit_bytes -= hi - lo + 1
             fill = self.fills.get((version.vid, index))
             if fill is None:  # the cached copy failed verification (and was dropped): refetch
                 fill = self._start_span(version, index, last, DEMAND, keep)[0]
-                mine.add(index)
+                mine[index] = fill
             elif index not in mine:
                 stats.joined += 1
                 self.metrics.coalesced.labels("chunk").inc()
             if fill.priority != DEMAND:
                 self._promote(fill)
             try:
+                at = lo
                 async for seg in self._tail(fill, lo, hi):
-                    stats.miss_bytes += seg.length
+                    stats.fetched(fill.tier_upto, at, seg.length)
+                    at += seg.length
                     pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
                     yield seg
             except (DiskFault, FillEndedShort):
@@ -768,11 +880,11 @@ class Reader:
                 if f.gate_wait is not None:
                     f.gate_wait.cancel()
 
-    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[int]:
+    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[ChunkFill]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""
         for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
             if not self.store.has(version.vid, j) and (version.vid, j) not in self.fills:
-                return [f.index for f in self._start_span(version, j, last, DEMAND, keep)]
+                return self._start_span(version, j, last, DEMAND, keep)
         return []
 
     # --- sequential readahead -------------------------------------------------------------

@@ -70,14 +70,14 @@ class _RequestTally:
 
 
 class _ReadTally:
-    """One rule label's reads since start: hits, misses, hit bytes, miss bytes."""
+    """One rule label's reads since start: hits, misses, hit bytes, miss bytes, tier bytes."""
 
     __slots__ = ("children", "totals", "_passed")
 
     def __init__(self, *children: Any) -> None:
         self.children = children
-        self.totals = [0, 0, 0, 0]
-        self._passed = [0, 0, 0, 0]
+        self.totals = [0] * len(children)
+        self._passed = [0] * len(children)
 
     def flush(self) -> None:
         totals = list(self.totals)
@@ -147,13 +147,16 @@ class Metrics:
         self.cache_hits = Counter("sidecar_cache_hits", "Object reads served entirely from the cache",
                                   ["label"], registry=r)
         self.cache_misses = Counter("sidecar_cache_misses",
-                                    "Object reads that needed bytes from the upstream (wholly or partly)",
-                                    ["label"], registry=r)
+                                    "Object reads that needed bytes from beyond the local cache: the upstream "
+                                    "or the shared tier (wholly or partly)", ["label"], registry=r)
         self.cache_hit_bytes = Counter("sidecar_cache_hit_bytes", "Bytes served to clients from the cache",
                                        ["label"], registry=r)
         self.cache_miss_bytes = Counter("sidecar_cache_miss_bytes",
                                         "Bytes served to clients as they arrived from the upstream", ["label"],
                                         registry=r)
+        self.cache_tier_bytes = Counter("sidecar_cache_tier_bytes",
+                                        "Bytes served to clients as they arrived from the shared tier (neither "
+                                        "local hits nor upstream bytes)", ["label"], registry=r)
         self.coalesced = Counter("sidecar_coalesced_waiters",
                                  "Reads that joined a fetch already in flight instead of starting one",
                                  ["kind"], registry=r)
@@ -273,22 +276,26 @@ class Metrics:
                 self.requests.labels(operation, str(status)), self.request_duration.labels(operation, outcome))
         return rec
 
-    def count_read(self, label: str, hit_bytes: int, miss_bytes: int) -> None:
+    def count_read(self, label: str, hit_bytes: int, miss_bytes: int, tier_bytes: int = 0) -> None:
+        """One object read: bytes from the local cache, the upstream and the shared tier."""
         t = self.read_totals(label)
-        if miss_bytes:
+        if miss_bytes or tier_bytes:
             t[1] += 1
             t[3] += miss_bytes
+            t[4] += tier_bytes
         else:
             t[0] += 1
         t[2] += hit_bytes
 
     def read_totals(self, label: str) -> list[int]:
-        """A rule label's [hits, misses, hit bytes, miss bytes], which ``count_read`` adds to."""
+        """A rule label's [hits, misses, hit bytes, miss bytes, tier bytes], which ``count_read``
+        adds to."""
         rec = self._read_children.get(label)
         if rec is None:
             rec = self._read_children[label] = _ReadTally(
                 self.cache_hits.labels(label), self.cache_misses.labels(label),
-                self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label))
+                self.cache_hit_bytes.labels(label), self.cache_miss_bytes.labels(label),
+                self.cache_tier_bytes.labels(label))
         return rec.totals
 
     def fast_path_hit(self) -> None:
@@ -607,19 +614,21 @@ class AccessLog:
 
     def emit(self, request_id: str, method: str, operation: str, bucket: str | None, key: str | None,
              range_: str | None, status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int,
-             seconds: float) -> None:
+             seconds: float, bytes_tier: int = 0) -> None:
         if _STATE.level > logging.INFO:
             return
         if _STATE.fmt == "json":
             self.emit_prepared(request_id, self.prepare(method, operation, bucket, key, range_, status, outcome,
-                                                        nbytes, bytes_cache, bytes_upstream), seconds)
+                                                        nbytes, bytes_cache, bytes_upstream, bytes_tier), seconds)
             return
         self._log.info("request", request_id=request_id, method=method, operation=operation, bucket=bucket,
                        key=self._key(bucket, key), range=range_, status=status, outcome=outcome, bytes=nbytes,
-                       bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, ms=round(seconds * 1000, 3))
+                       bytes_cache=bytes_cache, bytes_upstream=bytes_upstream, bytes_tier=bytes_tier,
+                       ms=round(seconds * 1000, 3))
 
     def prepare(self, method: str, operation: str, bucket: str | None, key: str | None, range_: str | None,
-                status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int) -> str:
+                status: int, outcome: str, nbytes: int, bytes_cache: int, bytes_upstream: int,
+                bytes_tier: int = 0) -> str:
         """The fields of a JSON line between its request id and its duration: a caller that logs
         the same answer again and again prepares them once."""
         # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
@@ -631,7 +640,7 @@ class AccessLog:
             self._objects[(self.key_mode, bucket, key)] = obj
         return (f'"method": {_json_str(method)}, "operation": "{operation}", {obj}, '
                 f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
-                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, ')
+                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "bytes_tier": {bytes_tier}, ')
 
     def emit_prepared(self, request_id: str, fields: str, seconds: float) -> bool:
         """Log one request whose fields ``prepare`` gave; False (nothing logged) when lines are not

@@ -40,7 +40,8 @@ VALUES_FILES = ["default"] + sorted(p.name for p in (CHART / "ci").glob("*.yaml"
 
 DASHBOARD_METRICS = {
     "sidecar_requests_total", "sidecar_cache_hits_total", "sidecar_cache_misses_total",
-    "sidecar_cache_hit_bytes_total", "sidecar_cache_miss_bytes_total", "sidecar_request_duration_seconds_bucket",
+    "sidecar_cache_hit_bytes_total", "sidecar_cache_miss_bytes_total", "sidecar_cache_tier_bytes_total",
+    "sidecar_request_duration_seconds_bucket",
     "sidecar_upstream_bytes_total", "sidecar_prefetch_bytes_total", "sidecar_prefetch_useful_bytes_total",
     "sidecar_bandwidth_rate_bytes",
     # the webhook's own (sidecar/inject/server.py)

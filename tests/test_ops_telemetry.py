@@ -30,7 +30,8 @@ KiB = 1024
 DASHBOARD = {
     "sidecar_requests_total": "counter", "sidecar_cache_hits_total": "counter",
     "sidecar_cache_misses_total": "counter", "sidecar_cache_hit_bytes_total": "counter",
-    "sidecar_cache_miss_bytes_total": "counter", "sidecar_request_duration_seconds": "histogram",
+    "sidecar_cache_miss_bytes_total": "counter", "sidecar_cache_tier_bytes_total": "counter",
+    "sidecar_request_duration_seconds": "histogram",
     "sidecar_upstream_bytes_total": "counter", "sidecar_prefetch_bytes_total": "counter",
     "sidecar_prefetch_useful_bytes_total": "counter", "sidecar_bandwidth_rate_bytes": "gauge",
 }

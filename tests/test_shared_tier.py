@@ -3,11 +3,14 @@ moto server as the tier's store; faults injected by a tap in front of the tier."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support.tap import Fault
 
@@ -25,8 +28,9 @@ def tier_bucket(tier_moto) -> str:
 def pods(make_sidecar, tier_bucket, tier_tap):
     """Start sidecars sharing one tier (each its own cache directory)."""
     def start(**flags):
-        return make_sidecar(shared_tier=f"s3://{tier_bucket}/job", shared_tier_endpoint=tier_tap.url,
-                            chunk_size="1MiB", metadata_ttl=60, prefetch="false", readahead_chunks=0, **flags)
+        return make_sidecar(**{"shared_tier": f"s3://{tier_bucket}/job", "shared_tier_endpoint": tier_tap.url,
+                               "chunk_size": "1MiB", "metadata_ttl": 60, "prefetch": "false", "readahead_chunks": 0,
+                               **flags})
     return start
 
 
@@ -51,6 +55,18 @@ def tier_reads(sc, result: str) -> float:
     return float(sc.admin("/stats")["tier"]["reads"].get(result, 0.0))
 
 
+def request_line(sc, key: str) -> dict:
+    """The access log's line for the first GET of ``key`` (lines are written in batches)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [e for e in sc.log_events() if e.get("event") == "request" and e.get("key") == key
+                 and e.get("method") == "GET"]
+        if lines or time.monotonic() > deadline:
+            assert lines, f"no request line for {key}"
+            return lines[0]
+        time.sleep(0.05)
+
+
 def put(moto_s3, bucket: str, key: str, size: int) -> bytes:
     body = os.urandom(size)
     moto_s3.put_object(Bucket=bucket, Key=key, Body=body)
@@ -64,16 +80,80 @@ def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, b
     assert a.client().get_object(Bucket=bucket, Key="data/shard-0")["Body"].read() == body
     assert len(wait_blocks(tier_moto, tier_bucket, 4)) == 4
     tap.clear()
-    assert b.client().get_object(Bucket=bucket, Key="data/shard-0")["Body"].read() == body
+    got = b.client().get_object(Bucket=bucket, Key="data/shard-0")
+    assert got["Body"].read() == body
     # ranged reads across block boundaries, from the second pod's local cache now
-    got = b.client().get_object(Bucket=bucket, Key="data/shard-0", Range=f"bytes={CHUNK - 10}-{2 * CHUNK + 9}")
-    assert got["Body"].read() == body[CHUNK - 10:2 * CHUNK + 10]
+    got_range = b.client().get_object(Bucket=bucket, Key="data/shard-0", Range=f"bytes={CHUNK - 10}-{2 * CHUNK + 9}")
+    assert got_range["Body"].read() == body[CHUNK - 10:2 * CHUNK + 10]
     to_upstream = tap.requests(path_contains="shard-0")
-    # metadata only: the bytes came from the tier. boto3 reads in checksum mode, and the HEAD does
-    # not tell what the upstream's GET answers: that is asked once, by a GET whose body is not read.
-    assert [(s.method, "range" in s.headers, s.headers.get("x-amz-checksum-mode")) for s in to_upstream] == \
-        [("HEAD", False, "ENABLED"), ("GET", False, "ENABLED")]
+    # metadata only: the bytes came from the tier, and so did the checksum headers of the GET's
+    # answer (block 0 carries them), which boto3 (checksum mode on) checked against the body.
+    assert [(s.method, "range" in s.headers) for s in to_upstream] == [("HEAD", False)]
+    direct = moto_s3.get_object(Bucket=bucket, Key="data/shard-0", ChecksumMode="ENABLED")
+    sums = {k: v for k, v in direct["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+    assert sums and {k: got["ResponseMetadata"]["HTTPHeaders"].get(k) for k in sums} == sums
     assert tier_reads(b, "hit") == 4
+    assert b.admin("/stats")["upstream"]["bytes"] == 0
+    # the tier's bytes are neither local hits nor upstream misses, in the log and the metrics
+    line = request_line(b, "data/shard-0")
+    assert (line["outcome"], line["bytes_tier"], line["bytes_upstream"], line["bytes_cache"]) == \
+        ("tier", len(body), 0, 0)
+    reads = b.admin("/stats")["reads"]
+    assert (reads["tier_bytes"], reads["miss_bytes"], reads["hit_bytes"]) == (len(body), 0, CHUNK + 20)
+
+
+def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, moto_s3, bucket, tap, tier_moto,
+                                                                          tier_bucket):
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 2)
+    b = pods()
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    b.restart()
+    tap.clear()
+    got = b.client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body
+    assert any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    # the restart revalidates the metadata (a HEAD); the GET's checksums were kept on disk
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
+def test_checksum_headers_come_with_block_0_to_a_ranged_read_too(pods, moto_s3, bucket, tap, tier_moto,
+                                                                  tier_bucket):
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 2)
+    b = pods()
+    tap.clear()
+    got = b.client().get_object(Bucket=bucket, Key="obj", Range="bytes=0-99")
+    assert got["Body"].read() == body[:100]
+    assert not any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    got = b.client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body
+    assert any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    # chunk 0 was local by then, and the checksum headers its block carried were kept with it
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
+def test_pod_that_never_saw_the_gets_checksums_writes_none_and_the_reader_asks_upstream(
+        pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    # a ranged read: pod a learns no whole-object checksums, so block 0 carries none
+    got = a.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes=0-{2 * CHUNK - 1}")
+    assert got["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 2)
+    tap.clear()
+    b = pods()
+    got = b.client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body
+    assert any(k.startswith("x-amz-checksum-") for k in got["ResponseMetadata"]["HTTPHeaders"])
+    # the bytes from the tier; the GET's checksum headers from one GET whose body is not read
+    assert [(s.method, "range" in s.headers) for s in tap.requests(path_contains="obj")] == \
+        [("HEAD", False), ("GET", False)]
+    assert tier_reads(b, "hit") == 2
 
 
 def test_overwritten_object_never_gets_the_old_versions_blocks(pods, moto_s3, bucket, tier_moto, tier_bucket):
@@ -118,6 +198,61 @@ def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap
     assert [s.headers["range"] for s in gets] == [f"bytes=0-{2 * CHUNK - 1}"]
 
 
+def test_block_corrupt_part_way_keeps_its_verified_head(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    keys = wait_blocks(tier_moto, tier_bucket, 2)
+    # a byte flipped in block 0's third piece (pieces of 256 KiB in 1 MiB blocks)
+    flipped = bytearray(body[:CHUNK])
+    flipped[600_000] ^= 0xFF
+    _copy_block(tier_moto, tier_bucket, keys[0], keys[0], bytes(flipped))
+    tap.clear()
+    b = pods()
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    assert (tier_reads(b, "corrupt"), tier_reads(b, "hit")) == (1, 1)
+    # the two verified pieces were kept: the upstream is asked for the rest of chunk 0 only
+    head = 2 * 256 * 1024
+    gets = [s for s in tap.requests("GET", "obj") if "range" in s.headers]
+    assert [s.headers["range"] for s in gets] == [f"bytes={head}-{CHUNK - 1}"]
+    line = request_line(b, "obj")
+    assert (line["outcome"], line["bytes_tier"], line["bytes_upstream"]) == ("miss", CHUNK + head, CHUNK - head)
+    # and chunk 0, put together from both, is whole in the local cache
+    tap.clear()
+    assert b.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes=0-{CHUNK - 1}")["Body"].read() == body[:CHUNK]
+    assert tap.requests("GET", "obj") == []
+
+
+def bucket_tokens(sc) -> float:
+    line = next(li for li in sc.metrics_text().splitlines() if li.startswith("sidecar_bandwidth_tokens_bytes "))
+    return float(line.split()[1])
+
+
+def test_readahead_from_the_tier_waits_for_the_bandwidth_bucket(pods, moto_s3, bucket, tier_moto, tier_bucket):
+    body = put(moto_s3, bucket, "seq", 4 * CHUNK)
+    a = pods()
+    assert a.client().get_object(Bucket=bucket, Key="seq")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 4)
+    b = pods(readahead_chunks=2, bandwidth_cap="64KiB")
+    c = b.client()
+    full = bucket_tokens(b)
+    for i in range(2):  # a sequential reader: chunks 2 and 3 are read ahead, at background priority
+        got = c.get_object(Bucket=bucket, Key="seq", Range=f"bytes={i * CHUNK}-{(i + 1) * CHUNK - 1}")
+        assert got["Body"].read() == body[i * CHUNK:(i + 1) * CHUNK]
+    # the demand reads from the tier spent nothing; the read-ahead blocks take the bucket's tokens,
+    # a whole block at a time: block 2 at once, into debt (it is 16 bursts of 64 KiB), and block 3
+    # waits some 15 s until that debt is paid
+    deadline = time.monotonic() + 10
+    while bucket_tokens(b) >= 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert full > 0 > bucket_tokens(b)
+    assert tier_reads(b, "hit") < 4
+    # a client reading on joins the read-ahead at demand priority: never held by the bucket
+    got = c.get_object(Bucket=bucket, Key="seq", Range=f"bytes={2 * CHUNK}-")
+    assert got["Body"].read() == body[2 * CHUNK:]
+    assert tier_reads(b, "hit") == 4 and b.admin("/stats")["upstream"]["bytes"] == 0
+
+
 def test_unsigned_blocks_refused_with_a_shared_key(pods, moto_s3, bucket, tier_moto, tier_bucket, tmp_path):
     key_file = tmp_path / "tier.key"
     key_file.write_text("job-secret-1")
@@ -128,6 +263,15 @@ def test_unsigned_blocks_refused_with_a_shared_key(pods, moto_s3, bucket, tier_m
     b = pods(shared_tier_hmac_key_file=key_file)
     assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
     assert tier_reads(b, "unsigned") == 1
+    wait_blocks(tier_moto, tier_bucket, 1)
+    # pods with the key sign what they write, and read what each other wrote
+    c = pods(shared_tier_hmac_key_file=key_file)
+    other = put(moto_s3, bucket, "other", CHUNK + 5)
+    assert c.client().get_object(Bucket=bucket, Key="other")["Body"].read() == other
+    wait_blocks(tier_moto, tier_bucket, 3)
+    d = pods(shared_tier_hmac_key_file=key_file)
+    assert d.client().get_object(Bucket=bucket, Key="other")["Body"].read() == other
+    assert (tier_reads(d, "hit"), tier_reads(d, "unsigned")) == (2, 0)
 
 
 @pytest.mark.parametrize("fault", ["down", "silent"])
@@ -212,3 +356,47 @@ def test_unreadable_hmac_key_file_is_a_config_error(tmp_path):
     settings = settings_for_tests(shared_tier="s3://tier-bucket/p", shared_tier_hmac_key_file=str(tmp_path / "none"))
     with pytest.raises(ConfigError):
         SharedTier.from_settings(settings, Metrics())
+
+
+# --- block bindings (sidecar/cache/tier.py): pure logic ------------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=5 * 2**30))
+def test_a_block_has_at_most_16_pieces_of_whole_64k_units(length):
+    from sidecar.cache.tier import MAX_PIECES, MIN_PIECE, piece_size
+
+    p = piece_size(length)
+    assert p % 65536 == 0 and p >= MIN_PIECE
+    assert -(-length // p) <= MAX_PIECES
+
+
+_b64 = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_:", min_size=1,
+               max_size=60)
+_sums = st.lists(st.tuples(st.sampled_from(["x-amz-checksum-crc32", "x-amz-checksum-crc64nvme",
+                                            "x-amz-checksum-sha256", "x-amz-checksum-type"]), _b64), max_size=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=3 * 65536 + 7), index=st.integers(0, 3), sums=st.none() | _sums.map(tuple),
+       key=st.text(max_size=40), etag=st.text(min_size=1, max_size=40))
+def test_a_binding_names_one_block_and_describes_its_bytes(data, index, sums, key, etag):
+    from sidecar.cache.chunkfile import crc32c
+    from sidecar.cache.tier import BlockNaming, BlockRejected, piece_crcs
+    from sidecar.objects import ObjectMeta
+
+    naming = BlockNaming("job", 65536 * 4, "http://up")
+    meta = ObjectMeta("bkt", key, etag, 10 * 65536 * 4, "", (), get_checksums=sums)
+    line = naming.binding(meta, index, data)
+    assert line.isascii() and line.isprintable()
+    got = naming.parse(line, meta, index, len(data))
+    assert got.crc == crc32c(data) and got.pieces == piece_crcs(data, got.piece)
+    assert got.checksums == (sums if index == 0 else None)  # only block 0 carries them
+    for other in (dataclasses.replace(meta, etag=etag + "x"), dataclasses.replace(meta, key=key + "/"),
+                  dataclasses.replace(meta, size=meta.size + 1)):
+        with pytest.raises(BlockRejected, match="misbound"):
+            naming.parse(line, other, index, len(data))
+    with pytest.raises(BlockRejected, match="misbound"):
+        naming.parse(line, meta, index + 1, len(data))
+    with pytest.raises(BlockRejected):  # pieces cut short: the binding no longer describes the block
+        naming.parse(line.split(";g=")[0][:-8] + (";g=" + line.split(";g=")[1] if ";g=" in line else ""),
+                     meta, index, len(data))

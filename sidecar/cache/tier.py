@@ -9,15 +9,26 @@ A new version of an object has new keys, so nothing is ever invalidated or delet
 sidecar (a lifecycle rule on the bucket expires blocks; docs/shared-tier.md). Each block carries:
 
 * its CRC32C, as the store's own checksum (``x-amz-checksum-crc32c``) where the store keeps one;
-* a *binding* in its user metadata: (bucket, SHA-256 of the key, ETag, index, offset, length,
-  CRC32C of the bytes), itself under a CRC32C, so a block copied under another key, or whose
-  bytes or metadata were altered, is refused;
+* a *binding* in its user metadata: (bucket, SHA-256 of the key, ETag, size, index, offset,
+  length, CRC32C of the bytes, piece size and the CRC32C of each piece; block 0 also the
+  checksum headers the upstream gives a whole-object GET of this version, when the writer knew
+  them), itself under a CRC32C, so a block copied under another key, or whose bytes or metadata
+  were altered, is refused;
 * optionally an HMAC-SHA256 over the binding and the bytes under a key every pod of the job
   shares, so that whoever can write the tier bucket without the key cannot poison it.
 
+Reads stream: the binding is checked when the block's headers arrive, and each piece is handed
+out as soon as its CRC32C matches, so a client's first bytes do not wait for the whole block
+(with a shared key, a block is handed out only once its HMAC over all its bytes checks out: a
+CRC cannot stand against someone who forges blocks on purpose). At most ``READS_IN_FLIGHT``
+blocks are read at once for clients, and ``BACKGROUND_READS_IN_FLIGHT`` more for read-ahead and
+prefetch (so background reads never hold a client's read back), each asked for in the order
+they are wanted.
+
 Reads are best effort: a block that is missing, corrupt, mis-bound, slower than the deadline,
 an error, or asked for while the circuit breaker is open, is a miss (counted by cause), and the
-reader falls through to the upstream. Writes never slow a client: blocks committed locally are
+reader falls through to the upstream; a block found corrupt part way keeps the pieces already
+verified, and the upstream is asked for the rest. Writes never slow a client: blocks committed locally are
 queued (bounded; dropped and counted when full) and written by background workers that wait on
 the bandwidth bucket at background priority. Two pods writing the same block write the same bytes
 under the same key: harmless.
@@ -28,10 +39,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +58,13 @@ from .chunkfile import crc32c
 
 log = get_logger("sidecar.tier")
 
-BLOCK_FORMAT = "tier-v1"
+# v2: piece CRCs and block 0's GET checksum headers in the binding (v1 blocks are not read).
+BLOCK_FORMAT = "tier-v2"
 WRITE_WORKERS = 4
+READS_IN_FLIGHT = 8  # demand block reads at once per pod; more only shares the same link and store
+BACKGROUND_READS_IN_FLIGHT = 4  # read-ahead and prefetch block reads, apart from demand's
+MAX_PIECES = 16  # a block's piece CRCs stay well inside S3's 2 KB of user metadata
+MIN_PIECE = 256 * 1024
 _BINDING = "sidecar-binding"  # user metadata: the binding line
 _BINDING_CRC = "sidecar-binding-crc"  # its CRC32C (hex)
 _BINDING_HMAC = "sidecar-binding-hmac"  # HMAC-SHA256 of binding + bytes (hex), with a shared key
@@ -73,6 +90,42 @@ def _status(e: BaseException) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
+def piece_size(length: int) -> int:
+    """The bytes covered by each piece CRC of a block of ``length`` bytes (64 KiB multiples)."""
+    p = max(MIN_PIECE, -(-length // MAX_PIECES))
+    return -(-p // 65536) * 65536
+
+
+def piece_crcs(data: bytes | memoryview, piece: int) -> list[int]:
+    view = memoryview(data)
+    return [crc32c(view[a:a + piece]) for a in range(0, len(view), piece)] or [crc32c(b"")]
+
+
+def encode_checksums(checksums: tuple[tuple[str, str], ...]) -> str:
+    """Checksum headers as one binding field (ASCII, no ``;``)."""
+    return base64.urlsafe_b64encode("\n".join(f"{n}:{v}" for n, v in checksums).encode()).decode()
+
+
+def decode_checksums(text: str) -> tuple[tuple[str, str], ...]:
+    """The inverse of ``encode_checksums``; ValueError for anything that is not checksum headers."""
+    raw = base64.urlsafe_b64decode(text.encode("ascii")).decode("ascii")
+    out = []
+    for line in raw.split("\n") if raw else ():
+        name, sep, value = line.partition(":")
+        if not sep or not name.startswith("x-amz-checksum-") or not value or not value.isprintable():
+            raise ValueError(line)
+        out.append((name, value))
+    return tuple(out)
+
+
+class BlockRejected(Exception):
+    """A block found wrong while its bytes were read: ``cause`` as counted."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
 def _h(*parts: object) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -94,12 +147,131 @@ class BlockNaming:
         version = _h(meta.key, meta.etag, meta.size)
         return "/".join(p for p in (self.prefix, space, version, str(index)) if p)
 
-    def binding(self, meta: ObjectMeta, index: int, length: int, crc: int) -> str:
-        """The line a block's metadata must carry: ASCII (user metadata is), one field each."""
+    def identity(self, meta: ObjectMeta, index: int, length: int) -> str:
+        """The binding's first fields: what the block is, known to a reader before its bytes."""
         key_hash = hashlib.sha256(meta.key.encode("utf-8", "surrogatepass")).hexdigest()
         etag = base64.urlsafe_b64encode(meta.etag.encode()).decode()
         return (f"{BLOCK_FORMAT};b={meta.bucket};k={key_hash};e={etag};s={meta.size};i={index};"
-                f"o={index * self.chunk_size};n={length};c={crc:08x}")
+                f"o={index * self.chunk_size};n={length}")
+
+    def binding(self, meta: ObjectMeta, index: int, data: bytes | memoryview) -> str:
+        """The line a block's metadata must carry: ASCII (user metadata is), one field each.
+        Block 0 carries the GET checksum headers ``meta`` knows (none known: no ``g`` field)."""
+        piece = piece_size(len(data))
+        line = (f"{self.identity(meta, index, len(data))};c={crc32c(data):08x};p={piece};"
+                f"q={''.join(f'{c:08x}' for c in piece_crcs(data, piece))}")
+        if index == 0 and meta.get_checksums is not None:
+            line += ";g=" + encode_checksums(meta.get_checksums)
+        return line
+
+    def parse(self, binding: str, meta: ObjectMeta, index: int, length: int) -> "Binding":
+        """The binding's checksums if it names exactly chunk ``index`` of this version.
+        Raises BlockRejected: "misbound" (another block's binding), "corrupt" (malformed)."""
+        identity = self.identity(meta, index, length)
+        if not binding.startswith(identity + ";"):
+            raise BlockRejected("misbound")
+        try:
+            fields = dict(f.split("=", 1) for f in binding[len(identity) + 1:].split(";"))
+            if not set(fields) <= {"c", "p", "q", "g"} or (index != 0 and "g" in fields):
+                raise ValueError(fields)
+            crc, piece, q = int(fields["c"], 16), int(fields["p"]), fields["q"]
+            count = -(-length // piece) if length else 1
+            if piece <= 0 or len(q) != 8 * count:
+                raise ValueError(q)
+            pieces = [int(q[i:i + 8], 16) for i in range(0, len(q), 8)]
+            checksums = decode_checksums(fields["g"]) if "g" in fields else None
+        except (ValueError, KeyError) as e:
+            raise BlockRejected("corrupt") from e
+        return Binding(crc, piece, pieces, checksums)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Binding:
+    """What a block's binding says of its bytes (and, for block 0, of the object's GET answer)."""
+
+    crc: int
+    piece: int
+    pieces: list[int]
+    checksums: tuple[tuple[str, str], ...] | None
+
+
+class TierBlock:
+    """A tier block whose headers and binding checked out; ``pieces()`` yields its bytes, each
+    piece only once verified. Raises BlockRejected part way (counted). ``close`` frees the read."""
+
+    def __init__(self, tier: "SharedTier", binding: Binding, body, release, length: int, deadline: float,
+                 mac: Any, slots: asyncio.Semaphore) -> None:
+        self.tier = tier
+        self._slots = slots
+        self.binding = binding
+        self.checksums = binding.checksums
+        self.length = length
+        self._body = body
+        self._release = release
+        self._deadline = deadline
+        # (HMAC under way over binding + b"\0" + bytes, the value it must reach), or None: no shared key
+        self._mac, self._expected_mac = mac if mac is not None else (None, "")
+
+    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
+        tier, b = self.tier, self.binding
+        held: list[bytes | memoryview] = []
+        whole = 0
+        pos = 0
+        try:
+            for want in b.pieces:
+                n = min(b.piece, self.length - pos)
+                parts: list[bytes | memoryview] = []
+                have = 0
+                while have < n:
+                    async with asyncio.timeout_at(self._deadline):
+                        got = await self._body.read(n - have)
+                    if not got:
+                        raise BlockRejected("corrupt")  # shorter than its length
+                    parts.append(got)
+                    have += len(got)
+                # (views of immutable bytes as they came: joined only when the piece came in parts)
+                piece = parts[0] if len(parts) == 1 else b"".join(parts)
+                if crc32c(piece) != want:
+                    raise BlockRejected("corrupt")
+                whole = crc32c(piece, whole)
+                pos += n
+                if self._mac is not None:
+                    self._mac.update(piece)
+                    held.append(piece)
+                    continue
+                tier.metrics.tier_read_bytes.inc(n)
+                yield piece
+            if whole != b.crc:
+                raise BlockRejected("corrupt")
+            if self._mac is not None:
+                if not hmac.compare_digest(self._mac.hexdigest(), self._expected_mac):
+                    raise BlockRejected("unsigned")
+                for piece in held:
+                    tier.metrics.tier_read_bytes.inc(len(piece))
+                    yield piece
+        except BlockRejected as e:
+            tier._count(e.cause)
+            raise
+        except TimeoutError:
+            tier.breaker.failure()
+            tier._count("timeout")
+            raise BlockRejected("timeout") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a broken transfer: the upstream gives the rest
+            tier.breaker.failure()
+            tier._count("error")
+            raise BlockRejected("error") from e
+        finally:
+            await self.close()
+        tier._count("hit")
+
+    async def close(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            self._slots.release()
+            with contextlib.suppress(Exception):
+                await release()
 
 
 class SharedTier:
@@ -129,6 +301,9 @@ class SharedTier:
         # until a probe after the cool-down (an open breaker only costs upstream bytes).
         self.breaker = breaker or CircuitBreaker(threshold=1, cooldown=2.0, max_cooldown=60.0)
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=write_queue)
+        # FIFO: blocks are read in the order asked; background reads have their own slots
+        self._slots = asyncio.Semaphore(READS_IN_FLIGHT)
+        self._background_slots = asyncio.Semaphore(BACKGROUND_READS_IN_FLIGHT)
         self._queued: set[str] = set()  # block keys waiting or being written (no duplicate work)
         self._client: Any = None
         self._raw: S3Upstream | None = None
@@ -217,18 +392,35 @@ class SharedTier:
 
     # --- read ---------------------------------------------------------------------------
 
-    async def get(self, meta: ObjectMeta, index: int, length: int) -> bytes | None:
-        """Chunk ``index`` of ``meta``'s version, verified (bytes and binding), or None: any
-        fault is a miss, counted by its cause, never an error."""
+    async def open(self, meta: ObjectMeta, index: int, length: int, *, background: bool = False) -> TierBlock | None:
+        """Chunk ``index`` of ``meta``'s version as a block whose headers and binding checked
+        out (its bytes are verified as they are read), or None: any fault is a miss, counted by
+        its cause, never an error. Waits for a free read slot first (``READS_IN_FLIGHT``, or
+        ``BACKGROUND_READS_IN_FLIGHT`` for read-ahead and prefetch)."""
         if self._client is None:
             return None
         if not self.breaker.allow():
             self._count("breaker_open")
             return None
         key = self.naming.key(meta, index)
+        slots = self._background_slots if background else self._slots
+        await slots.acquire()
         try:
-            got = await asyncio.wait_for(self._fetch(key), self.read_within)
-        except asyncio.TimeoutError:
+            block = await self._open_block(key, meta, index, length, slots)
+        except BaseException:
+            slots.release()
+            raise
+        if block is None:
+            slots.release()
+        return block
+
+    async def _open_block(self, key: str, meta: ObjectMeta, index: int, length: int,
+                          slots: asyncio.Semaphore) -> TierBlock | None:
+        deadline = asyncio.get_running_loop().time() + self.read_within
+        try:
+            async with asyncio.timeout_at(deadline):
+                size, metadata, store_crc, body, release = await self._open(key)
+        except TimeoutError:
             self.breaker.failure()
             self._count("timeout")
             return None
@@ -248,63 +440,69 @@ class SharedTier:
             log.debug("tier_read_failed", error=repr(e)[:200])
             return None
         self.breaker.success()
-        body, metadata, store_crc = got
-        cause = self._verify(meta, index, length, body, metadata, store_crc)
-        if cause is not None:
-            self._count(cause)
+        try:
+            binding, mac = self._check_headers(meta, index, length, size, metadata, store_crc)
+        except BlockRejected as e:
+            self._count(e.cause)
+            with contextlib.suppress(Exception):
+                await release()
             return None
-        self._count("hit")
-        self.metrics.tier_read_bytes.inc(len(body))
-        return body
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await release()
+            raise
+        return TierBlock(self, binding, body, release, length, deadline, mac, slots)
 
-    async def _fetch(self, key: str) -> tuple[bytes, dict[str, str], str | None]:
+    async def get(self, meta: ObjectMeta, index: int, length: int) -> bytes | None:
+        """Chunk ``index`` of ``meta``'s version, all verified (bytes and binding), or None."""
+        block = await self.open(meta, index, length)
+        if block is None:
+            return None
+        try:
+            return b"".join([p async for p in block.pieces()])
+        except BlockRejected:
+            return None
+
+    async def _open(self, key: str):
+        """(length, user metadata, the store's CRC32C or None, body stream, release) of a block GET."""
         if self._raw is not None:
-            return await self._fetch_raw(key)
+            # A plain signed GET (the upstream client's fast path): half the CPU of the SDK's pipeline.
+            opened = await self._raw.open_object(self.bucket, key, start=None, end=None, checksum_mode=True)
+            metadata = {k[len("x-amz-meta-"):]: v for k, v in opened.meta.headers if k.startswith("x-amz-meta-")}
+            store_crc = dict(opened.meta.get_checksums or ()).get("x-amz-checksum-crc32c")
+            return opened.meta.size, metadata, store_crc, opened.body, opened.close
         r = await self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
-        async with r["Body"] as stream:
-            body = await stream.read()
-        return body, {k.lower(): v for k, v in (r.get("Metadata") or {}).items()}, r.get("ChecksumCRC32C")
+        body = r["Body"]
 
-    async def _fetch_raw(self, key: str) -> tuple[bytes, dict[str, str], str | None]:
-        """A plain signed GET (the upstream client's fast path): a block read costs half the CPU
-        of the SDK's pipeline, which matters when a whole span's blocks are asked for at once."""
-        assert self._raw is not None
-        opened = await self._raw.open_object(self.bucket, key, start=None, end=None, checksum_mode=True)
-        try:
-            size = opened.meta.size
-            body = bytearray()
-            while len(body) < size:
-                piece = await opened.body.read(size - len(body))
-                if not piece:
-                    break
-                body += piece
-        finally:
-            await opened.close()
-        metadata = {k[len("x-amz-meta-"):]: v for k, v in opened.meta.headers if k.startswith("x-amz-meta-")}
-        return bytes(body), metadata, dict(opened.meta.get_checksums or ()).get("x-amz-checksum-crc32c")
+        async def release() -> None:
+            body.close()
 
-    def _verify(self, meta: ObjectMeta, index: int, length: int, body: bytes, metadata: dict[str, str],
-                store_crc: str | None) -> str | None:
-        """None when the block is exactly chunk ``index`` of this version; else why not."""
-        binding = metadata.get(_BINDING, "")
+        return (int(r.get("ContentLength", -1)), {k.lower(): v for k, v in (r.get("Metadata") or {}).items()},
+                r.get("ChecksumCRC32C"), body, release)
+
+    def _check_headers(self, meta: ObjectMeta, index: int, length: int, size: int, metadata: dict[str, str],
+                       store_crc: str | None) -> tuple[Binding, Any]:
+        """The block's binding, if its headers say it is exactly chunk ``index`` of this version;
+        with a shared key, the HMAC to finish over its bytes and the value it must reach."""
+        text = metadata.get(_BINDING, "")
         try:
-            binding_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(binding.encode())
+            binding_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(text.encode())
         except ValueError:
             binding_ok = False
         if not binding_ok:
-            return "corrupt"  # the metadata itself was damaged
-        crc = crc32c(body)
-        if len(body) != length or binding != self.naming.binding(meta, index, length, crc):
-            # The bytes do not match the CRC bound to them, or the block belongs elsewhere.
-            stated = binding.rsplit(";c=", 1)[-1]
-            return "misbound" if stated == f"{crc:08x}" and len(body) == length else "corrupt"
-        if store_crc is not None and store_crc != base64.b64encode(crc.to_bytes(4, "big")).decode():
-            return "corrupt"
+            raise BlockRejected("corrupt")  # the metadata itself was damaged
+        binding = self.naming.parse(text, meta, index, length)
+        if size != length:
+            raise BlockRejected("corrupt")
+        if store_crc is not None and store_crc != base64.b64encode(binding.crc.to_bytes(4, "big")).decode():
+            raise BlockRejected("corrupt")
+        mac = None
         if self.hmac_key is not None:
-            mac = hmac.new(self.hmac_key, binding.encode() + b"\0" + body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(mac, metadata.get(_BINDING_HMAC, "")):
-                return "unsigned"
-        return None
+            stated = metadata.get(_BINDING_HMAC, "")
+            if not stated:
+                raise BlockRejected("unsigned")
+            mac = (hmac.new(self.hmac_key, text.encode() + b"\0", hashlib.sha256), stated)
+        return binding, mac
 
     def _count(self, result: str) -> None:
         self.metrics.tier_reads.labels(result).inc()
@@ -351,7 +549,7 @@ class SharedTier:
         if self.gate is not None:
             await self.gate(len(data))
         crc = crc32c(data)
-        binding = self.naming.binding(meta, index, len(data), crc)
+        binding = self.naming.binding(meta, index, data)
         metadata = {_BINDING: binding, _BINDING_CRC: f"{crc32c(binding.encode()):08x}"}
         if self.hmac_key is not None:
             metadata[_BINDING_HMAC] = hmac.new(self.hmac_key, binding.encode() + b"\0" + data,

@@ -163,8 +163,8 @@ class PrefetchLoop:
         start, end = (rng.start, rng.end) if rng is not None else (0, size - 1)
         if getattr(stats, "prefetched", 0):
             outcome = "prefetched"
-        elif stats.miss_bytes == 0:
-            outcome = "hit"
+        elif stats.miss_bytes == 0 and getattr(stats, "tier_bytes", 0) == 0:
+            outcome = "hit"  # a shared tier fill is a miss of this pod's cache
         elif stats.hit_bytes == 0:
             outcome = "miss"
         else:

@@ -103,7 +103,7 @@ class S3Face:
             if is_cacheable_read(request.method, target, request.headers):
                 op = "GetObject" if request.method == "GET" else "HeadObject"
                 resp = await self._read_object(request, target, rid, stats)
-                outcome = "hit" if stats.miss_bytes == 0 else ("miss" if stats.hit_bytes == 0 else "partial")
+                outcome = stats.outcome
                 if request.method == "GET" and resp.status in (200, 206):
                     self._count_read(stats, stats.label)
             else:
@@ -132,16 +132,17 @@ class S3Face:
             elapsed = time.monotonic() - t0
             self.metrics.observe_request(op, status, outcome, elapsed)
             if self.access_log.enabled:
-                body = stats.hit_bytes + stats.miss_bytes
+                body = stats.hit_bytes + stats.miss_bytes + stats.tier_bytes
                 if not body and resp is not None and request.method != "HEAD" and outcome == "pass":
                     body = resp.content_length or 0
                 self.access_log.emit(rid, request.method, op, target.bucket if target else None,
                                      target.key if target else None, request.headers.get("range"), status,
-                                     outcome, body, stats.hit_bytes, stats.miss_bytes, elapsed)
+                                     outcome, body, stats.hit_bytes, stats.miss_bytes, elapsed,
+                                     bytes_tier=stats.tier_bytes)
         return resp
 
     def _count_read(self, stats: ReadStats, label: str = "") -> None:
-        self.metrics.count_read(label, stats.hit_bytes, stats.miss_bytes)
+        self.metrics.count_read(label, stats.hit_bytes, stats.miss_bytes, stats.tier_bytes)
 
     def reject(self, request: web.BaseRequest, e: S3Error) -> web.Response:
         """An error answer to a request refused before routing (HTTP it cannot parse, limits)."""
@@ -196,7 +197,7 @@ class S3Face:
             kind = "HEAD" if request.method == "HEAD" else "GET"
             if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry, kind)).meta
+                    meta = (await self.catalog.with_checksums(entry, kind, carried=self._carried_checksums)).meta
                 except ObjectChanged:
                     continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
@@ -204,6 +205,11 @@ class S3Face:
             if resp is not None:
                 return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    def _carried_checksums(self, meta: ObjectMeta):
+        """A whole GET's checksum headers as the shared tier's block 0 carries them (the read of
+        the object from the tier starts meanwhile, under the object's caching rule)."""
+        return self.reader.carried_checksums(meta, keep=self.read_policy(meta.bucket, meta.key, meta.size)[0])
 
     async def _selected_bytes(self, entry: Entry, part_number: int | None, h):
         """(status, range or None for the whole object, extra headers) that the request selects;
@@ -309,7 +315,7 @@ class S3Face:
         deleted its object finishes on the old version, and the chunks it fetched were kept.
         Forget them now: the catalog no longer points at them, and after a restart with the
         upstream out of reach, stale-if-error would otherwise serve a version known to be dead."""
-        if stats.miss_bytes == 0:
+        if stats.miss_bytes == 0 and stats.tier_bytes == 0:
             return
         current = self.catalog.peek(meta.bucket, meta.key)
         if current is None or current.meta.etag != meta.etag or current.meta.size != meta.size:

@@ -137,7 +137,7 @@ class HitPlan:
 
     __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
                  "operation", "key", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
-                 "read_totals", "log_fields")
+                 "read_totals", "log_fields", "sent")
 
     def __init__(self, fast: "FastPath", method: str, target: Target, entry, rng: ByteRange | None,
                  range_header: str | None, prepared: PreparedHeaders) -> None:
@@ -175,7 +175,7 @@ class HitPlan:
         metrics = face.metrics
         self.tally = metrics.request_tally(self.operation, self.status, "hit")
         self.read_totals = metrics.read_totals(self.label)
-        sent = nbytes if method == "GET" else 0
+        self.sent = sent = nbytes if method == "GET" else 0
         self.log_fields = face.access_log.prepare(method, self.operation, target.bucket, target.key, range_header,
                                                   self.status, "hit", sent, sent, 0)
 
@@ -468,19 +468,7 @@ class FastProtocol(asyncio.Protocol):
         rid = new_request_id()
         del self.buf[:n]
         self.transport.write(b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body)))
-        elapsed = time.monotonic() - t0
-        face.metrics.fast_path_hit()
-        plan.tally.add(elapsed)
-        if plan.method == "GET":
-            t = plan.read_totals
-            t[0] += 1
-            t[2] += stats.hit_bytes
-        log = face.access_log
-        if log.enabled and not log.emit_prepared(rid, plan.log_fields, elapsed):
-            log.emit(rid, plan.method, plan.operation, plan.target.bucket, plan.target.key, plan.range_header,
-                     plan.status, "hit", stats.hit_bytes, stats.hit_bytes, 0, elapsed)
-        if plan.method == "GET" and face.on_read is not None:
-            face.on_read(plan.target.bucket, plan.target.key, plan.meta, plan.rng, stats)
+        self._record(plan, rid, t0, stats, plan.status)
         return True
 
     def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
@@ -639,22 +627,34 @@ class FastProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _finished(self, a: _Answer, status: int) -> None:
-        """The request log line, metrics and the read hook, as the face records every request."""
-        p = a.plan
+        self._record(a.plan, a.rid, a.t0, a.stats, status)
+
+    def _record(self, p: HitPlan, rid: str, t0: float, stats: ReadStats, status: int) -> None:
+        """The request log line, metrics and the read hook, as the face records every request;
+        from what the plan prepared when the answer went as planned (every byte a cache hit)."""
         face = self.fast.face
         face.metrics.fast_path_hit()
-        elapsed = time.monotonic() - a.t0
+        elapsed = time.monotonic() - t0
         ok = status == p.status
-        op = p.operation
-        outcome = "hit" if ok else "client-gone"
-        face.metrics.observe_request(op, status, outcome, elapsed)
-        stats = a.stats
-        if p.method == "GET" and ok:
-            face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
-        if face.access_log.enabled:
-            face.access_log.emit(a.rid, p.method, op, p.target.bucket, p.target.key, p.range_header, status,
-                                 outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes, stats.miss_bytes,
-                                 elapsed)
+        if ok and stats.hit_bytes == p.sent and not stats.miss_bytes:
+            p.tally.add(elapsed)
+            if p.method == "GET":
+                t = p.read_totals
+                t[0] += 1
+                t[2] += stats.hit_bytes
+            log = face.access_log
+            if log.enabled and not log.emit_prepared(rid, p.log_fields, elapsed):
+                log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header, status, "hit",
+                         stats.hit_bytes, stats.hit_bytes, 0, elapsed)
+        else:
+            outcome = "hit" if ok else "client-gone"
+            face.metrics.observe_request(p.operation, status, outcome, elapsed)
+            if p.method == "GET" and ok:
+                face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
+            if face.access_log.enabled:
+                face.access_log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header,
+                                     status, outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes,
+                                     stats.miss_bytes, elapsed)
         if p.method == "GET" and ok and face.on_read is not None:
             face.on_read(p.target.bucket, p.target.key, p.meta, p.rng, stats)
 
