@@ -355,9 +355,10 @@ def print_comparison(c: Comparison, out=None) -> None:
     print(f"  {'with prefetch':<18} {f['object_hit_with']:10.4f} {f['byte_hit_with']:9.4f}", file=out)
     p = c.prefetch
     print(f"  byte hit ratio change: {100 * (f['byte_hit_with'] - f['byte_hit_without']):+.2f} points", file=out)
+    demand = c.with_prefetch.wanted_bytes
     print(f"  prefetched {format_size(p.prefetched_bytes)} in {p.runs} runs ({p.planned_objects:,} objects "
-          f"planned); read later: {100 * p.useful_share:.1f}%, evicted unread: {format_size(p.wasted_bytes)}",
-          file=out)
+          f"planned); read later: {100 * p.useful_share:.1f}%, evicted unread: {format_size(p.wasted_bytes)}; "
+          f"{100 * p.prefetched_bytes / demand if demand else 0.0:.2f}% of the demand bytes", file=out)
     print(f"  predictor CPU: {1e3 * f['cpu_per_run_s']:.1f} ms per run "
           f"({100 * f['cpu_per_run_s'] / c.interval:.3f}% of a core at a {c.interval:g} s interval)", file=out)
 
