@@ -52,7 +52,7 @@ class TokenBucket:
 
     def __init__(self, cap: float, *, floor: float | None = None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tolerance: float = 0.5,
-                 burst: float = 1.0, increase: float | None = None, decrease: float = 0.5,
+                 burst: float = 1.0, debt: float | None = None, increase: float | None = None, decrease: float = 0.5,
                  ema_alpha: float = 0.2, baseline_aging: float = 300.0, cooldown: float = 1.0,
                  latency_slack: float = 0.005, demand_hold: float = 0.05, hold_burst: float = 0.05,
                  on_decrease: Callable[[str], None] | None = None) -> None:
@@ -60,6 +60,10 @@ class TokenBucket:
         self.sleep = sleep
         self.tolerance = tolerance
         self.burst = burst
+        # Seconds of the rate demand may owe (background waits it out); one burst unless given.
+        # The daemon keeps the burst small (background never spends a saved-up second at once,
+        # so any second holds about the rate) and the debt at one second.
+        self.debt = burst if debt is None else debt
         self.decrease = decrease
         self.ema_alpha = ema_alpha
         self.baseline_aging = baseline_aging  # seconds for the baseline to close ~63 % of a gap upwards
@@ -196,7 +200,7 @@ class TokenBucket:
     # --- spending ----------------------------------------------------------------------------
 
     def spend_demand(self, n: int) -> None:
-        """Demand bytes: taken at once, never waited for. Debt is bounded by one burst. While
+        """Demand bytes: taken at once, never waited for. Debt is bounded by ``debt`` seconds of the rate. While
         limited, background is held to the floor for ``demand_hold`` seconds after them."""
         if n <= 0:
             return
@@ -206,7 +210,7 @@ class TokenBucket:
             return
         self._demand_until = self._now + self.demand_hold
         t = self._tokens - n
-        low = -self._capacity()
+        low = -self.debt * self._rate
         if t < low:
             self.forgiven += int(low - t)
             t = low

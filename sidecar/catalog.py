@@ -48,7 +48,8 @@ class Catalog:
     def __init__(self, upstream: Upstream, *, ttl: Callable[[str, str], float | None],
                  max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
                  stale_if_error: float | None = 3600.0,
-                 on_obsolete: Callable[[ObjectMeta], None] | None = None) -> None:
+                 on_obsolete: Callable[[ObjectMeta], None] | None = None,
+                 on_learned: Callable[[ObjectMeta], None] | None = None) -> None:
         self.upstream = upstream
         self.ttl = ttl  # seconds for (bucket, key); None = indefinite
         self.max_entries = max_entries
@@ -56,6 +57,9 @@ class Catalog:
         self.entries: OrderedDict[ObjectKey, Entry] = OrderedDict()
         self._lookups: dict[ObjectKey, _Lookup] = {}
         self.on_obsolete = on_obsolete  # retire a version known to be replaced or deleted upstream
+        # an upstream HEAD named a key (client HEADs and the lookups before a read): the prefetch
+        # loop's known-key catalogue hears of it; O(1), no I/O
+        self.on_learned = on_learned
         # how old (seconds since the upstream last confirmed it) metadata may be and still be
         # served while the upstream cannot be reached; None: no limit
         self.stale_if_error = stale_if_error
@@ -144,6 +148,8 @@ class Catalog:
                         self._retire(gone.meta)
                 raise
             entry = Entry(meta, self.clock())
+            if self.on_learned is not None:
+                self.on_learned(meta)
             if call.poisoned:
                 return entry
             current = self.entries.get(k)

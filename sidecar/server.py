@@ -71,8 +71,9 @@ class Sidecar:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="sidecar-io")
         # Upstream bytes: demand spends them, background (prefetch, readahead, warm) waits for them;
         # the rate follows the upstream's latency, errors and throttling (docs/bandwidth.md).
+        # A 50 ms burst: background over any second stays within ~5 % of the rate (docs/bandwidth.md).
         self.bandwidth = TokenBucket(settings.bandwidth_cap, floor=settings.bandwidth_floor or None,
-                                     tolerance=settings.bandwidth_latency_tolerance,
+                                     tolerance=settings.bandwidth_latency_tolerance, burst=0.05, debt=1.0,
                                      on_decrease=lambda reason: self.metrics.bandwidth_decreases.labels(reason).inc())
         self.metrics.bandwidth_rate.set_function(lambda: _finite(self.bandwidth.rate))
         self.metrics.bandwidth_tokens.set_function(lambda: _finite(self.bandwidth.tokens))
@@ -124,6 +125,7 @@ class Sidecar:
         self.prefetch = PrefetchLoop(self)
         self.face.on_read = self._on_read
         self.face.listing_tap = self.prefetch.listing_tap
+        self.catalog.on_learned = self.prefetch.on_learned  # HEADs name keys too
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None

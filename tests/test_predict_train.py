@@ -64,7 +64,7 @@ def test_labels_say_whether_the_object_is_read_within_the_horizon():
             listings.observe(accesses[i])
             replay.observe(accesses[i])
             i += 1
-        replay.look_ahead(listings.known, t, 60.0)
+        replay.look_ahead(listings.known, t, 60.0, small_set=0)
         cands = replay.candidates(t)
         if t not in rows_at:
             continue

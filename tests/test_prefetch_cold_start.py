@@ -42,3 +42,36 @@ def test_listed_dataset_read_in_order_is_prefetched_from_cold(make_sidecar, tap,
     assert metric(sc, "sidecar_prefetch_useful_bytes_total") >= SHARD_BYTES
     # What was prefetched before the reader got there was not fetched again.
     assert not (fetched_keys(tap, bucket, "ds/") & set(ahead[:1]))
+
+
+def test_first_file_of_a_small_listed_set_brings_the_rest(make_sidecar, tap, moto_s3, bucket):
+    """A model load: a few large files listed, then read one after another. The reader has no
+    rate yet after its first file, yet the rest of the set is fetched without being asked."""
+    names = [f"model/weights-{i:02d}.safetensors" for i in range(4)]
+    for n in names:
+        moto_s3.put_object(Bucket=bucket, Key=n, Body=os.urandom(256 * 1024))
+    sc = make_sidecar(chunk_size="1MiB", prefetch_interval="30s", readahead_chunks=0)
+    s3 = sc.client()
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="model/")["Contents"]) == 4
+    tap.clear()
+    s3.get_object(Bucket=bucket, Key=names[0])["Body"].read()
+    # Well before the 30 s interval: the first read under the prefix runs the loop at once.
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_bytes_total") >= 3 * 256 * 1024
+                      and metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 3, timeout=15), \
+        fetched_keys(tap, bucket, "model/")
+    assert fetched_keys(tap, bucket, "model/") == set(names)
+    tap.clear()
+    for n in names[1:]:
+        s3.get_object(Bucket=bucket, Key=n)["Body"].read()
+    assert not fetched_keys(tap, bucket, "model/")
+    assert metric(sc, "sidecar_prefetch_useful_bytes_total") > 0
+
+
+def test_heads_make_keys_known(make_sidecar, moto_s3, bucket):
+    for i in range(5):
+        moto_s3.put_object(Bucket=bucket, Key=f"heads/obj-{i}", Body=b"x" * 100)
+    sc = make_sidecar(prefetch_interval="1s")
+    s3 = sc.client()
+    for i in range(5):
+        assert s3.head_object(Bucket=bucket, Key=f"heads/obj-{i}")["ContentLength"] == 100
+    assert wait_until(lambda: metric(sc, "sidecar_known_keys") >= 5), metric(sc, "sidecar_known_keys")

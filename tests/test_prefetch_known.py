@@ -81,3 +81,25 @@ def test_ledger_quiets_a_prefix_whose_prefetches_are_not_read_and_keeps_one_prob
     assert ledger.share("good", now) > 0.9 and ledger.share("bad", now) < 0.6
     admitted = ledger.admit([_cand(("b", "good/x")), _cand(("b", "bad/x")), _cand(("b", "bad/y"))], now, group)
     assert [c.obj[1] for c in admitted] == ["good/x", "bad/x"] and admitted[1].probe
+
+
+def test_a_reader_without_a_rate_gets_the_rest_of_a_small_prefix_or_the_next_two_keys():
+    from sidecar.predict.accesslog import Access
+    from sidecar.predict.features import FeatureTracker
+
+    known = KnownKeys()
+    for i in range(4):
+        known.add("b", f"model/w-{i}", 24 << 20)
+    for i in range(40):
+        known.add("b", f"ds/s-{i:03d}", 2 << 20)
+    tracker = FeatureTracker()
+    tracker.observe(Access(100.0, "b", "model/w-0", 0, (24 << 20) - 1, 24 << 20, "miss"))
+    tracker.observe(Access(100.0, "b", "ds/s-000", 0, (2 << 20) - 1, 2 << 20, "miss"))
+    tracker.look_ahead(known, 100.5, 30.0)
+    assert sorted(tracker.cold) == [("b", "ds/s-001"), ("b", "ds/s-002"),
+                                    ("b", "model/w-1"), ("b", "model/w-2"), ("b", "model/w-3")]
+    assert [tracker.ahead(("b", f"model/w-{i}")) for i in range(4)] == [0, 1, 2, 3]
+    # A second read gives the prefix a rate: its keys are the model's to judge again.
+    tracker.observe(Access(101.0, "b", "model/w-1", 0, (24 << 20) - 1, 24 << 20, "miss"))
+    tracker.look_ahead(known, 101.5, 30.0)
+    assert all(o[1].startswith("ds/") for o in tracker.cold)

@@ -97,3 +97,14 @@ def test_plan_properties(cands, room, threshold, max_bytes):
         planned = p.objects()
         assert all(c.missing > left for c in cands if eligible(c, threshold) and c.obj not in planned
                    and c.probability <= min((i.probability for i in p.items), default=1.0))
+
+
+def test_a_key_ahead_of_a_reader_displaces_what_the_reader_just_read_and_a_guess_does_not():
+    # Cached: a shard read moments ago (hotness ~1). The next shard of a cyclic reader, last
+    # read an epoch ago (hotness 0.4), will be read within seconds; a guess of the same
+    # probability with no reader behind it may not push the fresh shard out.
+    room = Room.build(0, [(1.0, 100)])
+    ahead = Candidate(("b", "next"), 100, 0.0, 0.9, 0.4, BURSTABLE, eta=5.0)
+    guess = Candidate(("b", "guess"), 100, 0.0, 0.9, 0.4, BURSTABLE)
+    assert [i.obj[1] for i in plan([ahead], room).items] == ["next"]
+    assert plan([guess], room).items == ()

@@ -44,6 +44,8 @@ _FAR_PAST = -1.0e12
 _WINDOWS = (60.0, 600.0, 3600.0)
 _FIELDS_F = ("last", "rt", "hot", "c1", "c10", "c60", "gap_mean", "gap_m2", "size", "cached", "ahead")
 _RATE_ALPHA = 0.3  # EWMA weight of the newest gap between new reads under a prefix
+_SEQ_SLACK = 16  # a new read at most this many keys after the last one counts as reading in order
+_SEQ_MIN = 0.5  # a prefix read in order less often than this has no reader to look ahead of
 _FIELDS_I = ("n", "pref", "pred", "succ")
 
 
@@ -101,7 +103,9 @@ class FeatureTracker:
         self._p_c10 = np.zeros(64)
         self._p_gap = np.zeros(64)  # EWMA of the gaps between new reads under the prefix (0: unknown)
         self._p_front = np.zeros(64, dtype=np.int64)  # slot of the prefix's latest new read (the reader's progress)
+        self._p_seq = np.ones(64)  # EWMA of "a new read lands just after the last one" (1: in key order)
         self._marked = np.zeros(0, dtype=np.int64)  # slots ``look_ahead`` marked last
+        self.cold: list[ObjectId] = []  # keys ahead of readers without a rate yet, never read (``look_ahead``)
 
     # --- state --------------------------------------------------------------------------
 
@@ -180,10 +184,11 @@ class FeatureTracker:
                 self._p_c10 = np.concatenate([self._p_c10, np.zeros(n - len(self._p_c10))])
                 self._p_gap = np.concatenate([self._p_gap, np.zeros(n - len(self._p_gap))])
                 self._p_front = np.concatenate([self._p_front, np.zeros(n - len(self._p_front), dtype=np.int64)])
+                self._p_seq = np.concatenate([self._p_seq, np.ones(n - len(self._p_seq))])
         self._prefix_id[pk] = pid
         self._prefix_keys[pid] = SortedList()
         self._p_last[pid], self._p_rt[pid], self._p_c10[pid] = _FAR_PAST, 0.0, 0.0
-        self._p_gap[pid], self._p_front[pid] = 0.0, 0
+        self._p_gap[pid], self._p_front[pid], self._p_seq[pid] = 0.0, 0, 1.0
         return pid
 
     def forget(self, obj: ObjectId) -> None:
@@ -272,6 +277,14 @@ class FeatureTracker:
                 g = self._p_gap[pid]
                 self._p_gap[pid] = pdt if g <= 0 else g + _RATE_ALPHA * (pdt - g)
             if t >= self._p_rt[pid]:
+                front = int(self._p_front[pid])
+                if front and front != s:
+                    # In key order: just after the last new read (a few keys of slack for
+                    # parallel loader workers); random reads under the prefix are not.
+                    keys = self._prefix_keys[pid]
+                    d = keys.index(access.key) - keys.index(self._keys[front][1])
+                    seq = self._p_seq[pid]
+                    self._p_seq[pid] = seq + _RATE_ALPHA * ((0 < d <= _SEQ_SLACK) - seq)
                 self._p_front[pid] = s
             self._p_c10[pid] = self._p_c10[pid] * math.exp(-pdt / _WINDOWS[1]) + 1.0
             self._p_rt[pid] = max(self._p_rt[pid], t)
@@ -297,6 +310,11 @@ class FeatureTracker:
         if s is None:
             return 0.0
         return float(self._hot[s] * math.exp(-self.lam * max(0.0, now - self._rt[s])))
+
+    def ahead(self, obj: ObjectId) -> int:
+        """How far ahead of its prefix's reader ``look_ahead`` last marked ``obj`` (0: not ahead)."""
+        s = self._slot.get(obj)
+        return int(self._ahead[s]) if s is not None else 0
 
     def last_access(self, obj: ObjectId) -> float | None:
         s = self._slot.get(obj)
@@ -338,22 +356,31 @@ class FeatureTracker:
         return out
 
     def look_ahead(self, known, now: float, interval: float, *, max_ahead: int = 256,
-                   min_ahead: int = 2) -> int:
+                   min_ahead: int = 2, small_set: int = 16) -> int:
         """Make the keys ahead of each active reader candidates: for every prefix with a new read
         within ``neighbour_window``, the next keys ``known`` (a ``KnownKeys``) has after the
         prefix's latest new read, as many as the reader gets through in two intervals at its
         rate (at least ``min_ahead``, at most ``max_ahead``), each marked with how far ahead
-        it is (the ``ahead`` feature). Returns how many keys were marked."""
+        it is (the ``ahead`` feature). A reader without a rate yet (one new read so far: a
+        first epoch's first shard, a model load's first file) gets ``min_ahead`` keys, or the
+        rest of its prefix when that holds at most ``small_set`` keys; those keys are listed in
+        ``cold`` (the loop plans them without waiting for a rate). Returns how many keys were marked."""
         self._ahead[self._marked[self._marked < self._cap]] = 0.0
         live = np.flatnonzero(self._p_last >= now - self.neighbour_window)
         marked: list[int] = []
+        cold: list[ObjectId] = []
         for pid in live.tolist():
             front = int(self._p_front[pid])
             obj = self._keys[front] if front else None
             if obj is None:
                 continue
+            if self._p_seq[pid] < _SEQ_MIN:
+                continue  # random reads: nothing is "ahead" of them
             gap = float(self._p_gap[pid])
-            want = min_ahead if gap <= 0 else math.ceil(2.0 * interval / gap) + min_ahead
+            if gap > 0:
+                want = math.ceil(2.0 * interval / gap) + min_ahead
+            else:
+                want = max_ahead if known.count(obj[0], obj[1]) <= small_set else min_ahead
             want = min(max_ahead, want)
             for k, (key, size) in enumerate(known.after(obj[0], obj[1], want), 1):
                 s = self._slot.get((obj[0], key))
@@ -363,7 +390,10 @@ class FeatureTracker:
                     self._size[s] = size
                 self._ahead[s] = k
                 marked.append(s)
+                if gap <= 0 and self._n[s] == 0:
+                    cold.append((obj[0], key))
         self._marked = np.array(marked, dtype=np.int64)
+        self.cold = cold
         return len(marked)
 
     def slots(self, objs: Sequence[ObjectId]) -> np.ndarray:

@@ -4,8 +4,9 @@ The prefetch loop needs keys nobody has read yet: the next shards of a dataset t
 listed. Every ListObjects (V1 or V2) response that passes through the face is parsed (in the
 predictor's worker thread, not on the request path) and its keys, sizes and ETags recorded
 under their "directory" (``prefix_of``), in key order, so that "the n keys after this one" is
-a bisect and a slice. Reads add the keys they name (HEADs do not yet), and at start the access log of
-earlier runs (the cache directory survives restarts) adds the keys read before.
+a bisect and a slice. Reads and upstream HEADs (a client's HEAD, the lookup before a read; via
+``Catalog.on_learned``) add the keys they name, and at start the access log of earlier runs
+(the cache directory survives restarts) adds the keys read before.
 
 Memory: per prefix a sorted list of the key's last path segment (a str), an ``array('q')`` of
 sizes and 16 bytes of ETag (an MD5 ETag's digest; multipart and other ETags are kept as
@@ -126,6 +127,11 @@ class KnownKeys:
         if i < len(p.names) and p.names[i] == name and p.sizes[i] >= 0:
             return int(p.sizes[i])
         return None
+
+    def count(self, bucket: str, key: str) -> int:
+        """How many keys are known under ``key``'s prefix."""
+        p = self._prefixes.get((bucket, prefix_of(key)))
+        return len(p.names) if p is not None else 0
 
     def after(self, bucket: str, key: str, n: int) -> list[tuple[str, int]]:
         """The next ``n`` known keys after ``key`` under its prefix, in key order, with sizes (-1: unknown)."""

@@ -20,9 +20,11 @@ line; the sidecar serves on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
@@ -85,6 +87,8 @@ REPLAY_MAX = 65_536  # reads of earlier runs replayed into the tracker and the c
 PENDING_MAX = 262_144  # reads queued for the tracker between runs; beyond, the oldest are dropped
 CONCURRENT_OBJECTS = 4  # objects being prefetched at once; the rest of a plan waits its turn
 LOOKUP_TIMEOUT = 10.0
+READERS_MAX = 4096  # prefixes remembered as read, for "a reader's first read under a prefix"
+EARLY_RUN_GAP = 0.5  # seconds: a new reader runs the loop early at most this often
 
 
 @dataclasses.dataclass
@@ -100,6 +104,7 @@ class RunReport:
     duration_s: float = 0.0
     cpu_s: float = 0.0
     retained: int = 0  # cached chunks given retention weight after the run
+    outyielded: int = 0  # candidates over the threshold left out: the cache earns more without them
     # objects scored at least the retention threshold -> probability (predictor-weighted retention)
     confident: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -118,6 +123,7 @@ class PrefetchLoop:
         self.features: Any = None
         self.known = KnownKeys(max_keys=s.prefetch_known_keys)
         self._listings: deque = deque(maxlen=LISTINGS_MAX)
+        self._learned: deque = deque(maxlen=PENDING_MAX)  # (bucket, key, size, etag) from upstream HEADs
         if self.enabled:
             try:
                 from .features import FeatureTracker  # noqa: PLC0415
@@ -141,6 +147,11 @@ class PrefetchLoop:
         self._issuer: asyncio.Task | None = None
         self._expected: dict[Hashable, float] = {}  # planned object -> its probability, until read
         self._admitted: int | None = None  # the policy's demand-admitted bytes at the last snapshot
+        self._readers: collections.OrderedDict = collections.OrderedDict()  # prefixes read lately
+        self._run_now = False  # a wake-up that asks for a run (a new reader), not a new interval
+        self._early_at = -math.inf
+        self._snap_at: float | None = None  # monotonic time of the last snapshot (demand rate)
+        self._demand_hits = 0  # bytes served from the cache since, not counting prefetched chunks' first reads
 
     # --- the request path ----------------------------------------------------------------
 
@@ -159,8 +170,23 @@ class PrefetchLoop:
         else:
             outcome = "partial"
         access = Access(time.time(), bucket, key, start, end, size, outcome)
+        self._demand_hits += max(0, stats.hit_bytes - getattr(stats, "prefetched", 0))
         self.access_log.record(access)
         self._pending.append(access)
+        # A reader's first read under a prefix: plan now, not up to an interval later (a model
+        # load is over in a few seconds). At most one early run per EARLY_RUN_GAP.
+        pk = (bucket, prefix_of(key))
+        seen = self._readers
+        if pk in seen:
+            seen.move_to_end(pk)
+        else:
+            seen[pk] = None
+            if len(seen) > READERS_MAX:
+                seen.popitem(last=False)
+            if self._task is not None and access.t - self._early_at >= EARLY_RUN_GAP:
+                self._early_at = access.t
+                self._run_now = True
+                self._wake.set()
 
     def listing_tap(self, method: str, bucket: str | None, key: str | None, query: Any, status: int) -> Any:
         """The face's hook for pass-through responses: a sink for a ListObjects body, or None."""
@@ -170,6 +196,12 @@ class PrefetchLoop:
 
     def _on_listing(self, bucket: str, body: bytes) -> None:
         self._listings.append((bucket, body))  # parsed in the worker thread, not here
+
+    def on_learned(self, meta: Any) -> None:
+        """The catalog's hook after an upstream HEAD (a client's HEAD, or the lookup before a read):
+        the key, its size and ETag join the known-key catalogue at the next run. O(1), no I/O."""
+        if self.access_log is not None:
+            self._learned.append((meta.bucket, meta.key, meta.size, meta.etag))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -249,7 +281,9 @@ class PrefetchLoop:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, self.sc.settings.prefetch_interval))
-                continue  # woken by a reload: wait the new interval
+                if not self._run_now:
+                    continue  # woken by a reload: wait the new interval
+            self._run_now = False
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -313,6 +347,11 @@ class PrefetchLoop:
         demand_recent = admitted - (self._admitted if self._admitted is not None else admitted)
         self._admitted = admitted
         max_bytes = prefetch_budget(store.capacity, policy.credited_bytes, demand_recent, s.prefetch_max_bytes)
+        now_m = time.monotonic()
+        since = now_m - self._snap_at if self._snap_at is not None else s.prefetch_interval
+        self._snap_at = now_m
+        hits, self._demand_hits = self._demand_hits, 0
+        earned = demand_yield(hits, since, store.capacity)
         # No more than the bucket lets through in two intervals: a longer plan would only queue.
         rate = sc.bandwidth.rate
         if 0 < rate < float("inf"):
@@ -324,7 +363,7 @@ class PrefetchLoop:
                 "expected": dict(self._expected),
                 "free": store.free_bytes, "rules": sc.rules,
                 "threshold": s.prefetch_threshold, "max_bytes": max_bytes, "interval": s.prefetch_interval,
-                "limit": s.prefetch_candidates,
+                "limit": s.prefetch_candidates, "demand_yield": earned,
                 "retain_threshold": s.lru_k_retention_threshold if s.lru_k_retention_weight > 0 else None}
 
     def _score_and_plan(self, snap: dict[str, Any]) -> tuple[PrefetchPlan | None, RunReport]:
@@ -337,6 +376,9 @@ class PrefetchLoop:
         listings = self._listings
         while listings:
             known.add_listing(*listings.popleft())
+        learned = self._learned
+        while learned:
+            known.add(*learned.popleft())
         while pending:
             a = pending.popleft()
             known.add(a.bucket, a.key, a.size)
@@ -354,7 +396,7 @@ class PrefetchLoop:
                                 max_bytes=snap["max_bytes"], limit=snap["limit"], expected=snap["expected"],
                                 known=known, interval=snap["interval"],
                                 horizon=float(getattr(self.predictor, "horizon", None) or 300.0),
-                                retain_threshold=snap.get("retain_threshold"))
+                                retain_threshold=snap.get("retain_threshold"), demand_yield=snap["demand_yield"])
         scored.cpu_s = time.thread_time() - c0
         m = self.sc.metrics
         m.prefetch_candidates.inc(scored.candidates)
@@ -480,12 +522,37 @@ def _group(obj: tuple[str, str]) -> tuple[str, str]:
     return obj[0], prefix_of(obj[1])
 
 
+def demand_yield(hit_bytes: int, seconds: float, capacity: int) -> float:
+    """Hit bytes per second per cached byte the cache earned on demand alone over ``seconds``."""
+    if seconds <= 0 or capacity <= 0:
+        return 0.0
+    return hit_bytes / seconds / capacity
+
+
+def expected_wait(row: Any, horizon: float) -> float:
+    """Seconds until a candidate's read is expected, from its feature row: its reader's ETA when
+    it lies ahead of one; when it is due by a regular period (gap spread under a quarter of the
+    mean), the time until due; else its mean gap (irregular re-reads, e.g. Zipf popularity); the
+    horizon when it has no history."""
+    from .features import FEATURES, NEVER  # noqa: PLC0415
+
+    f = FEATURES.index
+    eta, mean, std, due = (float(row[f(n)]) for n in ("eta", "gap_mean", "gap_std", "until_due"))
+    if eta < NEVER:
+        return eta
+    if mean >= NEVER:
+        return horizon
+    if 0 <= std <= 0.25 * mean:
+        return max(0.0, due)
+    return mean
+
+
 def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float], free: int,
            displaceable: Iterable[tuple[Hashable, int]], rules: RuleSet, *, threshold: float,
            max_bytes: int | None, limit: int,
            expected: Mapping[Hashable, float] | None = None, known: Any = None,
            interval: float = 30.0, horizon: float = 300.0,
-           retain_threshold: float | None = None) -> tuple[PrefetchPlan, RunReport]:
+           retain_threshold: float | None = None, demand_yield: float = 0.0) -> tuple[PrefetchPlan, RunReport]:
     """Candidates from the tracker, scored by the predictor, planned into the room: the one
     decision the daemon's loop and the simulator share. ``cached``: fraction of each object
     cached (absent: 0); ``free``: unused cache bytes; ``displaceable``: (object, cached bytes)
@@ -497,7 +564,12 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     ``PrefetchLedger`` settles past plans (read, or wasted after ``horizon``) and keeps prefixes
     where prefetch has not paid quiet. ``retain_threshold``: wholly cached objects are scored
     too, and every object scored at least this lands in ``report.confident`` (the cache then
-    weights their chunks' retention: ``QoSPolicy.boost``)."""
+    weights their chunks' retention: ``QoSPolicy.boost``). ``demand_yield``: what a cached byte
+    earns on demand alone, hit bytes per second per byte of cache (``demand_yield``): a
+    prefetched byte earns its probability once, after its ``expected_wait``, and holds its room
+    (protected by its credit) until then; a candidate that earns less per second than the data
+    it would keep out is not planned (on Zipf reads in a small cache, where a prefetch held for
+    minutes pushes out demand data that would have hit meanwhile)."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     from .features import FEATURES  # noqa: PLC0415
@@ -533,9 +605,26 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
             size = tracker.size(obj)
             if not size:
                 continue
+            if demand_yield > 0 and probs[i] / max(1.0, expected_wait(X[i], horizon)) < demand_yield:
+                report.outyielded += 1
+                continue
             eta = float(X[i, eta_col])
             cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
                                    rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
+    if known is not None and tracker.cold:
+        # Keys ahead of a reader that has no rate yet (its first read of a listed prefix): the
+        # model has no pace to judge them by, so they are planned at the threshold, soonest
+        # first, as a reader of a listed prefix reads on in key order; the ledger mutes a prefix
+        # where that does not pay.
+        have = {c.obj for c in cands}
+        for obj in tracker.cold:
+            if obj in have or get(obj, 0.0) >= 1.0:
+                continue
+            size = tracker.size(obj)
+            if not size:
+                continue
+            cands.append(Candidate(obj, size, float(get(obj, 0.0)), threshold, tracker.hotness(obj, now),
+                                   rules.match(*obj), eta=float(tracker.ahead(obj))))
     ledger = tracker.ledger
     ledger.settle(now, tracker.last_access, horizon)
     cands = ledger.admit(cands, now, _group)

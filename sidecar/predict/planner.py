@@ -46,7 +46,12 @@ class Candidate:
     def worth(self) -> float:
         """How hot the prefetched bytes are taken to be when they displace cached data: the
         hotness it has, or, for an object never read (the next shard), its chance of a read
-        soon, counted as that share of one read made now."""
+        soon, counted as that share of one read made now. An object ahead of a reader (a
+        finite ``eta``) will have that read on top of the hotness it has: a shard of the
+        last epoch outranks the shards this epoch has just read, which a cyclic reader needs
+        last."""
+        if self.eta < float("inf"):
+            return self.hotness + self.probability
         return max(self.hotness, self.probability)
 
 

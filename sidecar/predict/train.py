@@ -107,7 +107,9 @@ def build_dataset(accesses: Iterable[Access], *, horizon: float = 300.0, sample_
             tracker.observe(acc[i])
             cache.read(acc[i])
             i += 1
-        tracker.look_ahead(listings.known, T, sample_every)
+        # (small_set=0: a rate-less reader's whole small prefix is the loop's planning rule, not a
+        # candidate set the model is fitted on)
+        tracker.look_ahead(listings.known, T, sample_every, small_set=0)
         cands = tracker.candidates(T)
         if skip_cached:
             # The loop scores only objects not wholly cached. Fitting on all candidates measured

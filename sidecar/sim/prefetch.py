@@ -8,7 +8,10 @@ time the hook makes the daemon loop's decision (``loop.choose``: tracker candida
 scores, ``planner.plan`` within the room) and puts the planned objects' chunks in the cache
 through ``Replay.prefetch``, with the daemon's credit (``QoSPolicy``: protected from demand data
 until read or the model's horizon) and its budget (``loop.prefetch_budget``). The tracker is fed every request as it is replayed (and the training
-part beforehand, as a running daemon would have seen it).
+part beforehand, as a running daemon would have seen it); a prefix's keys become known at its
+first read (``train.Listings``, as a listing passing through the daemon makes them), so the keys
+ahead of each reader are candidates as in the daemon; the demand hit bytes of each tick feed the
+loop's demand-yield test (``loop.demand_yield``).
 
 A prefetch lands at once here: the simulation measures what the predictor chooses, not how fast
 the upstream delivers it (the token bucket's concern).
@@ -124,8 +127,12 @@ class PrefetchHook:
     def __init__(self, predictor: Any, tracker: Any, rules: RuleSet, chunk_size: int | None, *,
                  threshold: float = 0.7, max_bytes: int | None = None, limit: int = 100_000,
                  credit: float | None = None, retention_weight: float = 0.0,
-                 retention_threshold: float = 0.85) -> None:
-        """``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
+                 retention_threshold: float = 0.85, listings: Any = None, interval: float = 30.0) -> None:
+        """``listings``: a ``train.Listings`` (a prefix's keys become known at its first read, as a
+        listing passing through the daemon's face makes them): the keys ahead of each reader are
+        candidates, as in the daemon and in training; ``interval``: the replay's tick, which sets
+        how far ahead (``FeatureTracker.look_ahead``).
+        ``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
         (``lru_k_retention_weight``/``_threshold``), the same ``QoSPolicy.boost`` after each run.
         ``credit``: seconds a prefetched chunk is protected from demand data while unread (as
         the daemon's ``ChunkStore.prefetch_credit``): the predictor's horizon unless given; 0: none."""
@@ -139,10 +146,13 @@ class PrefetchHook:
         self.credit = credit if credit is not None else (getattr(predictor, "horizon", None) or 300.0)
         self.retention_weight = retention_weight
         self.retention_threshold = retention_threshold
+        self.listings = listings
+        self.interval = interval
         self.stats = PrefetchStats()
         self.watching: dict[Hashable, int] = {}  # prefetched item -> bytes, until read or evicted
         self.expected: dict[tuple[str, str], float] = {}  # object -> probability it was prefetched at
         self._admitted = 0  # the policy's demand-admitted bytes at the last run
+        self._demand_hits = 0  # bytes of requests served wholly from demand-cached items since the last run
 
     def on_remove(self, key: Hashable) -> None:
         n = self.watching.pop(key, 0)
@@ -156,20 +166,24 @@ class PrefetchHook:
         items = range(index, index + 1) if w.first is None else range(w.first[index], w.first[index + 1])
         watching = self.watching
         bucket, name = _locate(tr.keys[index])
+        for j in items:
+            n = watching.pop(w.keys[j], 0) if watching else 0
+            self.stats.useful_bytes += n
+            if not missed and not n:
+                self._demand_hits += w.wanted[j]
         if watching:
-            for j in items:
-                n = watching.pop(w.keys[j], 0)
-                self.stats.useful_bytes += n
             self.expected.pop((bucket, name), None)
         size = tr.sizes[index]
         off = tr.offsets[index] if tr.offsets is not None else 0
         length = tr.lengths[index] if tr.lengths is not None else None
         end = size - 1 if length is None else off + length - 1
-        self.tracker.observe(Access(tr.times[index], bucket, name, off, max(off, end), size,
-                                    "miss" if missed else "hit"))
+        access = Access(tr.times[index], bucket, name, off, max(off, end), size, "miss" if missed else "hit")
+        if self.listings is not None:
+            self.listings.observe(access)
+        self.tracker.observe(access)
 
     def tick(self, replay: Replay, now: float) -> None:
-        from ..predict.loop import choose, prefetch_budget  # noqa: PLC0415
+        from ..predict.loop import choose, demand_yield, prefetch_budget  # noqa: PLC0415
 
         c0 = time.thread_time()
         space = replay.space
@@ -200,10 +214,14 @@ class PrefetchHook:
         admitted = space.policy.admitted_bytes
         budget = prefetch_budget(space.capacity, space.policy.credited_bytes, admitted - self._admitted,
                                  self.max_bytes)
+        earned = demand_yield(self._demand_hits, self.interval, space.capacity)
+        self._demand_hits = 0
         self._admitted = admitted
         chosen, report = choose(tracker, self.predictor, now, cached, free, displaceable, self.rules,
                                 threshold=self.threshold, max_bytes=budget, limit=self.limit,
                                 expected=expected,
+                                known=self.listings.known if self.listings is not None else None,
+                                interval=self.interval, demand_yield=earned,
                                 retain_threshold=self.retention_threshold if retain else None)
         if report.confident:
             space.policy.boost([k for obj in report.confident for k in chunks.get(obj, ())],
@@ -278,6 +296,7 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
     ``capacity``: bytes, or a percentage of the evaluated part's unique bytes."""
     from ..predict.features import FeatureTracker  # noqa: PLC0415
     from ..predict.model import Predictor  # noqa: PLC0415
+    from ..predict.train import Listings  # noqa: PLC0415
 
     rules = rules or RuleSet()
     train_part, eval_part = split(sorted(accesses, key=lambda a: a.t), train_fraction)
@@ -304,10 +323,13 @@ def compare(accesses: Sequence[Any], *, capacity: int | str = "10%", chunk_size:
 
     without = Replay(workload, capacity, policy(), tick=interval, label="without prefetch").run()
     tracker = FeatureTracker()
+    listings = Listings(accesses)
     for a in train_part:
+        listings.observe(a)
         tracker.observe(a)
     hook = PrefetchHook(predictor, tracker, rules, chunk_size, threshold=threshold, max_bytes=max_bytes,
-                        retention_weight=retention_weight, retention_threshold=retention_threshold)
+                        retention_weight=retention_weight, retention_threshold=retention_threshold,
+                        listings=listings, interval=interval)
     replay = Replay(workload, capacity, _Watched(policy(), hook.on_remove), hooks=[hook], tick=interval,
                     label="with prefetch")
     with_prefetch = replay.run()
@@ -333,9 +355,10 @@ def print_comparison(c: Comparison, out=None) -> None:
     print(f"  {'with prefetch':<18} {f['object_hit_with']:10.4f} {f['byte_hit_with']:9.4f}", file=out)
     p = c.prefetch
     print(f"  byte hit ratio change: {100 * (f['byte_hit_with'] - f['byte_hit_without']):+.2f} points", file=out)
+    demand = c.with_prefetch.wanted_bytes
     print(f"  prefetched {format_size(p.prefetched_bytes)} in {p.runs} runs ({p.planned_objects:,} objects "
-          f"planned); read later: {100 * p.useful_share:.1f}%, evicted unread: {format_size(p.wasted_bytes)}",
-          file=out)
+          f"planned); read later: {100 * p.useful_share:.1f}%, evicted unread: {format_size(p.wasted_bytes)}; "
+          f"{100 * p.prefetched_bytes / demand if demand else 0.0:.2f}% of the demand bytes", file=out)
     print(f"  predictor CPU: {1e3 * f['cpu_per_run_s']:.1f} ms per run "
           f"({100 * f['cpu_per_run_s'] / c.interval:.3f}% of a core at a {c.interval:g} s interval)", file=out)
 
