@@ -116,7 +116,10 @@ class AccessLog:
                     self._rotate()
                 self._file.write(data)
                 self._file_bytes += len(data)
-            self._file.flush()
+            # Closed between flushes: the daemon holds no file open for writing on the cache's
+            # file system while idle (a remount read-only, a snapshot or an unmount can proceed).
+            self._file.close()
+            self._file = None
 
     def close(self) -> None:
         self.flush()
