@@ -204,17 +204,23 @@ class DiskTier:
 
     # --- reads ------------------------------------------------------------------------------
 
+    def _open_file(self, key: ChunkKey, digest: int) -> int:
+        """A cached chunk's file, open for reading; -1 if it cannot be opened (then dropped)."""
+        try:
+            return os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
+        except OSError:
+            self.stats.read_errors += 1
+            self.on_bad(key, digest, "missing")
+            return -1
+
     def open(self, key: ChunkKey, digest: int, length: int, lo: int = 0, hi: int = -1) -> VerifiedChunk | None:
         """The file of a cached chunk (its ``digest`` and ``length`` from the index), opened to
         read bytes lo..hi (chunk offsets; -1: its end), or None (missing: then dropped).
         ``verified`` when the pieces of lo..hi were checked since the file last changed (and
         strict mode is off), so the caller may sendfile them; otherwise the caller sends only
         what ``check(lo, hi)`` returns."""
-        try:
-            fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
-        except OSError:
-            self.stats.read_errors += 1
-            self.on_bad(key, digest, "missing")
+        fd = self._open_file(key, digest)
+        if fd < 0:
             return None
         chunk = VerifiedChunk(length, fd=fd, digest=digest, verified=False, key=key, tier=self)
         known = self.checked.get(key)
@@ -235,11 +241,8 @@ class DiskTier:
     def read_whole(self, key: ChunkKey, digest: int, length: int) -> bytes | None:
         """A small cached chunk's bytes, read in one call and checked whole; None if its file is
         missing or bad (then dropped)."""
-        try:
-            fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
-        except OSError:
-            self.stats.read_errors += 1
-            self.on_bad(key, digest, "missing")
+        fd = self._open_file(key, digest)
+        if fd < 0:
             return None
         try:
             image = os.pread(fd, chunkfile.file_size(length) + 1, 0)

@@ -98,17 +98,7 @@ class LRUKPolicy:
             self.touch(key, now)
             return
         k = self.k
-        if self._free:
-            slot = self._free.pop()
-            self._keys[slot] = key
-        else:
-            slot = len(self._keys)
-            if slot > _SLOT_MASK:
-                raise OverflowError("LRU-K index is full")
-            self._keys.append(key)
-            self._hist.extend(itertools.repeat(0, k))
-            self._last_seq.append(0)
-            self._last_time.append(0.0)
+        slot = self._new_slot(key)
         base = slot * k
         hist: list[int] | tuple[int, ...] = (0,) * k
         past = self._retained.pop(key, None) if self._retained else None
@@ -124,6 +114,22 @@ class LRUKPolicy:
         self._entries[key] = value
         self._push(value)
         self._expire(now)
+
+    def _new_slot(self, key: Hashable) -> int:
+        """A slot for a key entering the index: a freed one, or a new one at the end of the
+        per-slot arrays (which subclasses with arrays of their own extend)."""
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+            return slot
+        slot = len(self._keys)
+        if slot > _SLOT_MASK:
+            raise OverflowError("LRU-K index is full")
+        self._keys.append(key)
+        self._hist.extend(itertools.repeat(0, self.k))
+        self._last_seq.append(0)
+        self._last_time.append(0.0)
+        return slot
 
     def touch(self, key: Hashable, now: float) -> None:
         value = self._entries.get(key)
@@ -270,7 +276,11 @@ class LRUKPolicy:
             key = next(iter(retained))
             if self._packed.unpack_from(retained[key])[0] >= horizon:
                 break
-            del retained[key]
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Forget the oldest retained history."""
+        self._retained.popitem(last=False)
 
 
 class ProbationLRUK:
@@ -520,24 +530,20 @@ class AdmitLRUK(LRUKPolicy):
 
     # --- the policy interface ----------------------------------------------------------------
 
+    def _new_slot(self, key: Hashable) -> int:
+        fresh = not self._free
+        slot = super()._new_slot(key)
+        if fresh:
+            self._size.append(0)
+            self._state.append(0)
+        return slot
+
     def admit(self, key: Hashable, size: int, now: float) -> None:
         if key in self._entries:
             self.touch(key, now)
             return
         k = self.k
-        if self._free:
-            slot = self._free.pop()
-            self._keys[slot] = key
-        else:
-            slot = len(self._keys)
-            if slot > _SLOT_MASK:
-                raise OverflowError("LRU-K index is full")
-            self._keys.append(key)
-            self._hist.extend(itertools.repeat(0, k))
-            self._last_seq.append(0)
-            self._last_time.append(0.0)
-            self._size.append(0)
-            self._state.append(0)
+        slot = self._new_slot(key)
         self._size[slot] = size
         base = slot * k
         hist: list[int] | tuple[int, ...] = (0,) * k
@@ -735,13 +741,3 @@ class AdmitLRUK(LRUKPolicy):
             heap[:] = [v for v in self._entries.values() if state[v & _SLOT_MASK] != _ON_PROBATION]
             heapq.heapify(heap)
 
-    def _expire(self, now: float) -> None:
-        if self.retained_period is None:
-            return
-        retained = self._retained
-        horizon = now - self.retained_period
-        while retained:
-            key = next(iter(retained))
-            if self._packed.unpack_from(retained[key])[0] >= horizon:
-                break
-            self._drop_oldest()
