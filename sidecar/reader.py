@@ -325,18 +325,35 @@ class Reader:
         chunk = self.store.open_chunk(version.vid, index, lo, hi)
         if chunk is None:
             return None
-        if chunk.data is None and not chunk.verified:
+        segment = self._ready_segment(version.vid, index, chunk, lo, hi)
+        if segment is None:
             chunk.close()
             return None
         if keep:
             self._note_sequential(version, start, end)
-        stats.hit_bytes += hi - lo + 1
-        if self.store.prefetched:
-            self._prefetch_read(version.vid, index, stats)
+        self._hit(version.vid, index, hi - lo + 1, stats)
+        return segment, chunk
+
+    def _ready_segment(self, vid: str, index: int, chunk: VerifiedChunk, lo: int, hi: int, *,
+                       from_cache: bool = True) -> Segment | None:
+        """Bytes lo..hi of an open cached chunk that need no check: in memory, or pieces of its
+        file checked since it last changed (sent from the page cache); None: pieces to check."""
         if chunk.data is not None:
-            return Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1]), chunk
-        self.store.stats.unchecked_bytes += hi - lo + 1
-        return Segment(hi - lo + 1, fd=chunk.fd, offset=lo, chunk=(version.vid, index)), chunk
+            return Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=from_cache)
+        if chunk.verified:
+            self.store.stats.unchecked_bytes += hi - lo + 1
+            return Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=from_cache, chunk=(vid, index))
+        return None
+
+    def _hit(self, vid: str, index: int, nbytes: int, stats: ReadStats) -> None:
+        """``nbytes`` of a read served from a cached chunk: a hit, and the first read of a
+        prefetched chunk counted as such."""
+        stats.hit_bytes += nbytes
+        if self.store.prefetched:
+            n = self.store.take_prefetched(vid, index)
+            if n:
+                stats.prefetched += n
+                self.metrics.prefetch_useful_bytes.inc(n)
 
     def read_ram(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats) -> bytes | memoryview | None:
         """Bytes lo..hi (offsets in the chunk) of a chunk held in memory, counted as a hit; None
@@ -344,9 +361,7 @@ class Reader:
         data = self.store.ram_chunk(vid, index)
         if data is None:
             return None
-        stats.hit_bytes += hi - lo + 1
-        if self.store.prefetched:
-            self._prefetch_read(vid, index, stats)
+        self._hit(vid, index, hi - lo + 1, stats)
         return data if lo == 0 and hi + 1 == len(data) else memoryview(data)[lo:hi + 1]
 
     def cold_window(self, start: int, end: int | None) -> tuple[int, int]:
@@ -771,17 +786,12 @@ class Reader:
                 if fetched:
                     stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
                 else:
-                    stats.hit_bytes += hi - lo + 1
-                    if self.store.prefetched:
-                        self._prefetch_read(version.vid, index, stats)
+                    self._hit(version.vid, index, hi - lo + 1, stats)
                 whole = True
                 try:
-                    if chunk.data is not None:
-                        yield Segment(hi - lo + 1, data=memoryview(chunk.data)[lo:hi + 1], from_cache=not fetched)
-                    elif chunk.verified:  # checked since the file last changed: from the page cache
-                        self.store.stats.unchecked_bytes += hi - lo + 1
-                        yield Segment(hi - lo + 1, fd=chunk.fd, offset=lo, from_cache=not fetched,
-                                      chunk=(version.vid, index))
+                    ready = self._ready_segment(version.vid, index, chunk, lo, hi, from_cache=not fetched)
+                    if ready is not None:
+                        yield ready
                     else:
                         # Read and check the pieces lo..hi touches, a batch at a time (memory stays
                         # bounded), and send the very bytes checked: the file is read once.
@@ -863,12 +873,6 @@ class Reader:
                 if self.spend_demand is not None:
                     self.spend_demand(len(piece))
                 yield Segment(len(piece), data=piece, from_cache=False)
-
-    def _prefetch_read(self, vid: str, index: int, stats: ReadStats) -> None:
-        n = self.store.take_prefetched(vid, index)
-        if n:
-            stats.prefetched += n
-            self.metrics.prefetch_useful_bytes.inc(n)
 
     def _promote(self, fill: ChunkFill) -> None:
         """A demand reader joined a background fill: the rest of its span stops waiting on the gate."""
