@@ -98,6 +98,16 @@ class Catalog:
         ttl = self.ttl(entry.meta.bucket, entry.meta.key)
         return entry.learned_at + ttl if ttl is not None else float("inf")
 
+    def still_fresh(self, entry: Entry, until: float) -> bool:
+        """Whether ``entry`` is still its object's entry and ``until`` (its ``fresh_until``,
+        taken under the current TTLs) has not come: ``fresh``'s answer for a caller that keeps
+        the entry, without looking up the TTL again."""
+        k = (entry.meta.bucket, entry.meta.key)
+        if self.entries.get(k) is not entry or self.clock() >= until:
+            return False
+        self.entries.move_to_end(k)
+        return True
+
     def _fresh(self, k: ObjectKey, e: Entry) -> bool:
         ttl = self.ttl(*k)
         if e.learned_at == float("-inf"):

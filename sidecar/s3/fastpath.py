@@ -136,7 +136,7 @@ class HitPlan:
     version stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
 
     __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
-                 "operation", "key", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
+                 "operation", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
                  "read_totals", "log_fields", "sent")
 
     def __init__(self, fast: "FastPath", method: str, target: Target, entry, rng: ByteRange | None,
@@ -157,9 +157,8 @@ class HitPlan:
         # the head up to the request id, which (with the date) is added per request
         self.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS[self.status]), lines, extra,
                               b"Content-Length: %d\r\nx-amz-request-id: " % (self.end - self.start + 1)))
-        # what answering it again needs: its object's catalog key and freshness, the rule's read
-        # policy, and (a GET within one chunk) where its bytes are
-        self.key = (target.bucket, target.key)
+        # what answering it again needs: its entry's freshness, the rule's read policy, and (a
+        # GET within one chunk) where its bytes are
         self.fresh_until = face.catalog.fresh_until(entry)
         self.keep, self.label = face.read_policy(target.bucket, target.key, meta.size)
         self.chunk = -1
@@ -285,12 +284,7 @@ class FastPath:
     def current(self, plan: HitPlan) -> bool:
         """Whether ``plan`` still answers its request: its object's catalog entry is the one it was
         made from, holds the same version and is fresh. (A reload of the rules forgets all plans.)"""
-        catalog = self.face.catalog
-        entry = catalog.entries.get(plan.key)
-        if entry is not plan.entry or entry.meta is not plan.meta or catalog.clock() >= plan.fresh_until:
-            return False
-        catalog.entries.move_to_end(plan.key)
-        return True
+        return plan.entry.meta is plan.meta and self.face.catalog.still_fresh(plan.entry, plan.fresh_until)
 
     def forget_plans(self) -> None:
         self.plans.clear()
@@ -494,16 +488,9 @@ class FastProtocol(asyncio.Protocol):
         try:
             if not self.transport.get_write_buffer_size():
                 sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+        except OSError as e:
+            self._send_failed(a, seg, e)
             chunk.close()
-            self._abort()
-            self._finished(a, 499)
-            return True
-        except OSError as e:  # EIO from the cache disk: the next read checks this chunk first
-            face.reader.unreadable(seg)
-            chunk.close()
-            log.warning("response_aborted", error=repr(e), request_id=a.rid)
-            self._abort()
             self._finished(a, 499)
             return True
         if sent == seg.length:
@@ -522,20 +509,23 @@ class FastProtocol(asyncio.Protocol):
         try:
             await sender.send_file(seg.fd, seg.offset + sent, seg.length - sent)
             status = a.plan.status
-        except ClientGone:
-            self._abort()
-        except asyncio.CancelledError:
-            raise
-        except OSError as e:
-            face.reader.unreadable(seg)
-            log.warning("response_aborted", error=repr(e), request_id=a.rid)
-            self._abort()
+        except (ClientGone, OSError) as e:
+            self._send_failed(a, seg, e)
         finally:
             sender.close()
             chunk.close()
             face.in_flight -= 1
             self._finished(a, status)
         self._resume(status == a.plan.status)
+
+    def _send_failed(self, a: _Answer, seg, err: BaseException) -> None:
+        """A file span could not be sent after the head went out: abort the connection (only
+        that is honest now); a read error of the cache disk (EIO) also makes the next read of
+        the chunk check it first."""
+        if not isinstance(err, (ClientGone, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            self.fast.face.reader.unreadable(seg)
+            log.warning("response_aborted", error=repr(err), request_id=a.rid)
+        self._abort()
 
     def _resume(self, ok: bool) -> None:
         """After an answer sent by a task: read again, and answer what arrived meanwhile."""
