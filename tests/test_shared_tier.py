@@ -73,6 +73,14 @@ def put(moto_s3, bucket: str, key: str, size: int) -> bytes:
     return body
 
 
+def filled_by_a_pod(pods, moto_s3, bucket: str, tier_moto, tier_bucket, key: str, chunks: int):
+    """An object of ``chunks`` whole chunks that a first pod read, and the tier's blocks of it
+    once that pod's background writes landed: (its bytes, the block keys)."""
+    body = put(moto_s3, bucket, key, chunks * CHUNK)
+    assert pods().client().get_object(Bucket=bucket, Key=key)["Body"].read() == body
+    return body, wait_blocks(tier_moto, tier_bucket, chunks)
+
+
 def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, bucket, tap, tier_moto,
                                                                tier_bucket):
     body = put(moto_s3, bucket, "data/shard-0", 3 * CHUNK + 1234)
@@ -104,10 +112,7 @@ def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, b
 
 def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, moto_s3, bucket, tap, tier_moto,
                                                                           tier_bucket):
-    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
-    wait_blocks(tier_moto, tier_bucket, 2)
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
     b = pods()
     assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
     b.restart()
@@ -121,10 +126,7 @@ def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, 
 
 def test_checksum_headers_come_with_block_0_to_a_ranged_read_too(pods, moto_s3, bucket, tap, tier_moto,
                                                                   tier_bucket):
-    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
-    wait_blocks(tier_moto, tier_bucket, 2)
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
     b = pods()
     tap.clear()
     got = b.client().get_object(Bucket=bucket, Key="obj", Range="bytes=0-99")
@@ -157,10 +159,7 @@ def test_pod_that_never_saw_the_gets_checksums_writes_none_and_the_reader_asks_u
 
 
 def test_overwritten_object_never_gets_the_old_versions_blocks(pods, moto_s3, bucket, tier_moto, tier_bucket):
-    old = put(moto_s3, bucket, "obj", 2 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == old
-    wait_blocks(tier_moto, tier_bucket, 2)
+    old, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
     new = put(moto_s3, bucket, "obj", 2 * CHUNK)
     b = pods()
     assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == new
@@ -176,10 +175,7 @@ def _copy_block(tier_moto, tier_bucket, src: str, dst: str, body: bytes | None =
 
 
 def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
-    body = put(moto_s3, bucket, "obj", 3 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
-    keys = wait_blocks(tier_moto, tier_bucket, 3)
+    body, keys = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
     by_index = {int(k.rsplit("/", 1)[1]): k for k in keys}
     # block 0: bytes flipped under intact metadata; block 1: block 2's bytes and metadata
     # under block 1's key (bytes and binding agree, but bound to another chunk)
@@ -199,10 +195,7 @@ def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap
 
 
 def test_block_corrupt_part_way_keeps_its_verified_head(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
-    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
-    keys = wait_blocks(tier_moto, tier_bucket, 2)
+    body, keys = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
     # a byte flipped in block 0's third piece (pieces of 256 KiB in 1 MiB blocks)
     flipped = bytearray(body[:CHUNK])
     flipped[600_000] ^= 0xFF
@@ -229,10 +222,7 @@ def bucket_tokens(sc) -> float:
 
 
 def test_readahead_from_the_tier_waits_for_the_bandwidth_bucket(pods, moto_s3, bucket, tier_moto, tier_bucket):
-    body = put(moto_s3, bucket, "seq", 4 * CHUNK)
-    a = pods()
-    assert a.client().get_object(Bucket=bucket, Key="seq")["Body"].read() == body
-    wait_blocks(tier_moto, tier_bucket, 4)
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "seq", 4)
     b = pods(readahead_chunks=2, bandwidth_cap="64KiB")
     c = b.client()
     full = bucket_tokens(b)
