@@ -162,6 +162,22 @@ class Operations:
         """After every object read answered (hit or miss)."""
         self.hotness.touch((bucket, key), time.monotonic())
 
+    def on_hits(self, reads: list[tuple]) -> None:
+        """After reads answered together (``S3Face.on_hits``): one touch per run of reads of
+        the same object, weighted by how many it holds."""
+        now = time.monotonic()
+        touch = self.hotness.touch
+        run, n = None, 0
+        for r in reads:
+            obj = (r[0], r[1])
+            if obj != run:
+                if n:
+                    touch(run, now, n)
+                run, n = obj, 0
+            n += 1
+        if n:
+            touch(run, now, n)
+
     def hot(self, n: int = 20) -> list[dict[str, Any]]:
         """The ``n`` objects clients read most, by decayed hotness (half-life
         ``hotness_half_life``): H = sum of exp(-lambda * age) over the object's reads."""

@@ -355,10 +355,12 @@ class Reader:
                 stats.prefetched += n
                 self.metrics.prefetch_useful_bytes.inc(n)
 
-    def read_ram(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats) -> bytes | memoryview | None:
+    def read_ram(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats, *,
+                 touch: bool = True) -> bytes | memoryview | None:
         """Bytes lo..hi (offsets in the chunk) of a chunk held in memory, counted as a hit; None
-        when it is not in memory."""
-        data = self.store.ram_chunk(vid, index)
+        when it is not in memory. ``touch`` False: the caller tells the store of the read later
+        (``ChunkStore.touched``)."""
+        data = self.store.ram_chunk(vid, index, touch=touch)
         if data is None:
             return None
         self._hit(vid, index, hi - lo + 1, stats)

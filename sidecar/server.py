@@ -124,6 +124,7 @@ class Sidecar:
 
         self.prefetch = PrefetchLoop(self)
         self.face.on_read = self._on_read
+        self.face.on_hits = self._on_hits
         self.face.listing_tap = self.prefetch.listing_tap
         self.catalog.on_learned = self.prefetch.on_learned  # HEADs name keys too
         self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
@@ -141,6 +142,12 @@ class Sidecar:
         """The S3 face's hook, after every object read answered (hit or miss)."""
         self.ops.on_read(bucket, key)  # hot objects
         self.prefetch.on_read(bucket, key, meta, rng, stats)
+
+    def _on_hits(self, reads: list[tuple]) -> None:
+        """The same hook for reads the lean path answered as planned, recorded together (see
+        ``S3Face.on_hits``)."""
+        self.ops.on_hits(reads)
+        self.prefetch.on_hits(reads)
 
     RULE_MEMO_MAX = 65536
 

@@ -298,8 +298,8 @@ class Metrics:
                 self.cache_tier_bytes.labels(label))
         return rec.totals
 
-    def fast_path_hit(self) -> None:
-        self._fast_path_requests += 1
+    def fast_path_hit(self, n: int = 1) -> None:
+        self._fast_path_requests += n
 
     def flush(self) -> None:
         """Add the per-request figures accumulated since the last flush to their collectors."""
@@ -399,6 +399,14 @@ class LogSink:
         # No lock here: list.append is atomic, and flush takes the list before joining it.
         buf = self._buf
         buf.append(line)
+        self._flush_soon(buf)
+
+    def write_many(self, lines: list[str]) -> None:
+        buf = self._buf
+        buf.extend(lines)  # atomic too
+        self._flush_soon(buf)
+
+    def _flush_soon(self, buf: list[str]) -> None:
         if not self.batched or len(buf) >= self.max_lines:
             self.flush()
         elif not self._scheduled:
@@ -604,8 +612,8 @@ class AccessLog:
             return "sha256:" + hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return key
 
-    def _timestamp(self) -> str:
-        us = int(time.time() * 1e6)
+    def _timestamp(self, at: float | None = None) -> str:
+        us = int((time.time() if at is None else at) * 1e6)
         sec = us // 1_000_000
         if sec != self._sec:
             self._sec = sec
@@ -651,6 +659,20 @@ class AccessLog:
             _STATE.sink.write_batched(
                 f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
                 f'"event": "request", "request_id": "{request_id}", {fields}"ms": {seconds * 1000:.3f}}}\n')
+        return True
+
+
+    def emit_prepared_many(self, entries: list[tuple[str, str, float, float]]) -> bool:
+        """Log requests whose fields ``prepare`` gave, each (request id, fields, seconds, the Unix
+        time it ended), in one write to the sink; False (nothing logged) when lines are not JSON."""
+        if _STATE.fmt != "json":
+            return False
+        if _STATE.level <= logging.INFO:
+            stamp = self._timestamp
+            _STATE.sink.write_many([
+                f'{{"timestamp": "{stamp(at)}", "level": "info", "logger": "sidecar.access", '
+                f'"event": "request", "request_id": "{rid}", {fields}"ms": {seconds * 1000:.3f}}}\n'
+                for rid, fields, seconds, at in entries])
         return True
 
 

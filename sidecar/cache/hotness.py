@@ -49,7 +49,9 @@ class HotnessTable:
         self.limit = limit
         self._counters: dict[object, DecayedCounter] = {}
 
-    def touch(self, obj: object, now: float) -> float:
+    def touch(self, obj: object, now: float, reads: int = 1) -> float:
+        """``reads`` reads of ``obj`` at ``now`` (within the correlated period of its last
+        one: none)."""
         c = self._counters.get(obj)
         if c is None:
             if len(self._counters) >= self.limit:
@@ -57,7 +59,7 @@ class HotnessTable:
             c = self._counters[obj] = DecayedCounter()
         elif now - c.last < self.correlated_period:
             return c.at(now, self.lam)
-        return c.touch(now, self.lam)
+        return c.touch(now, self.lam, 1 if self.correlated_period else reads)
 
     def at(self, obj: object, now: float) -> float:
         c = self._counters.get(obj)

@@ -313,14 +313,24 @@ class ChunkStore:
             chunk.close()
         return None if data is None else VerifiedChunk(len(data), data=data)
 
-    def ram_chunk(self, vid: str, index: int) -> bytes | None:
-        """The chunk's verified bytes if it is held in memory (a hit), else None."""
+    def ram_chunk(self, vid: str, index: int, *, touch: bool = True) -> bytes | None:
+        """The chunk's verified bytes if it is held in memory (a hit), else None. With ``touch``
+        False the caller tells the policy of the read later (``touched``)."""
         key = (vid, index)
         data = self.ram.get(key)
         if data is not None:
-            self.space.touch(key, self.clock())
+            if touch:
+                self.space.touch(key, self.clock())
             self.stats.ram_hits += 1
         return data
+
+    def touched(self, keys) -> None:
+        """Reads of the chunks ``keys`` (each once, in order), told to the policy together; a
+        chunk evicted meanwhile is skipped."""
+        now = self.clock()
+        touch = self.space.touch
+        for key in keys:
+            touch(key, now)
 
     def open_chunk(self, vid: str, index: int, lo: int = 0, hi: int = -1) -> VerifiedChunk | None:
         """The chunk, opened to read bytes lo..hi (chunk offsets; -1: its end), or None (a miss).

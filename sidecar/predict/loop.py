@@ -173,8 +173,31 @@ class PrefetchLoop:
         self._demand_hits += max(0, stats.hit_bytes - getattr(stats, "prefetched", 0))
         self.access_log.record(access)
         self._pending.append(access)
-        # A reader's first read under a prefix: plan now, not up to an interval later (a model
-        # load is over in a few seconds). At most one early run per EARLY_RUN_GAP.
+        self._note_reader(bucket, key, access.t)
+
+    def on_hits(self, reads: list[tuple]) -> None:
+        """After reads the lean path answered from the cache, recorded together (``S3Face.on_hits``):
+        what ``on_read`` does for each, with one lock for the lot."""
+        if self.access_log is None:
+            return
+        accesses = []
+        demand = 0
+        last = None
+        for bucket, key, meta, rng, nbytes, prefetched, t in reads:
+            start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+            accesses.append(Access(t, bucket, key, start, end, meta.size, "prefetched" if prefetched else "hit"))
+            demand += nbytes - prefetched if nbytes > prefetched else 0
+            pk = (bucket, key)
+            if pk != last:  # a run of reads of one object asks about its prefix once
+                last = pk
+                self._note_reader(bucket, key, t)
+        self._demand_hits += demand
+        self.access_log.record_many(accesses)
+        self._pending.extend(accesses)
+
+    def _note_reader(self, bucket: str, key: str, t: float) -> None:
+        """A reader's first read under a prefix: plan now, not up to an interval later (a model
+        load is over in a few seconds). At most one early run per EARLY_RUN_GAP."""
         pk = (bucket, prefix_of(key))
         seen = self._readers
         if pk in seen:
@@ -183,8 +206,8 @@ class PrefetchLoop:
             seen[pk] = None
             if len(seen) > READERS_MAX:
                 seen.popitem(last=False)
-            if self._task is not None and access.t - self._early_at >= EARLY_RUN_GAP:
-                self._early_at = access.t
+            if self._task is not None and t - self._early_at >= EARLY_RUN_GAP:
+                self._early_at = t
                 self._run_now = True
                 self._wake.set()
 

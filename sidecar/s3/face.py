@@ -72,6 +72,9 @@ class S3Face:
         self.metrics = metrics
         self.suffixes = virtual_host_suffixes
         self.on_read = on_read
+        # reads the lean path answered as planned, recorded together after a turn of the loop:
+        # [(bucket, key, meta, range, hit bytes, bytes of prefetched chunks read first, Unix time)]
+        self.on_hits: Callable[[list[tuple]], None] | None = None
         # (method, bucket, key, query, status) -> a sink for a listing's body, or None (predict/known.py)
         self.listing_tap: Callable[..., Callable[[bytes | None], None] | None] | None = None
         self.executor = executor

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -130,53 +132,97 @@ def _encoded(headers) -> tuple[bytes, bytes]:
     return (head if has_type else head + b"Content-Type: application/octet-stream\r\n"), head
 
 
-class HitPlan:
-    """A request this path answers, resolved against one object version under the current rules:
-    everything about the answer but its request id, date and bytes. A head sent again while the
-    version stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
+class ObjectPlan:
+    """What a GetObject or HeadObject of one object version resolves to under the current
+    rules, whatever its Range: the target, the entry and version it answers from, the prepared
+    headers, the rule's read policy and label, and the request's metric records. Each request's
+    ``HitPlan`` adds its range to it (a reader of a columnar file sends a new range every time,
+    and builds none of this again)."""
 
-    __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
-                 "operation", "fresh_until", "keep", "label", "vid", "chunk", "lo", "hi", "tally",
-                 "read_totals", "log_fields", "sent")
+    __slots__ = ("method", "target", "entry", "meta", "prepared", "checksum_mode", "operation", "fresh_until",
+                 "keep", "label", "vid", "read_totals", "tallies", "whole", "ranges")
 
-    def __init__(self, fast: "FastPath", method: str, target: Target, entry, rng: ByteRange | None,
-                 range_header: str | None, prepared: PreparedHeaders) -> None:
+    RANGES_MAX = 64  # plans of ranges asked again (a file's footer), per object
+
+    def __init__(self, fast: "FastPath", method: str, target: Target, entry, prepared: PreparedHeaders,
+                 checksum_mode: bool) -> None:
         face = fast.face
         meta = entry.meta
         self.method, self.target, self.entry, self.meta = method, target, entry, meta
-        self.rng, self.range_header = rng, range_header
-        self.start, self.end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-        self.status = 206 if rng is not None else 200
+        self.prepared, self.checksum_mode = prepared, checksum_mode
         self.operation = "GetObject" if method == "GET" else "HeadObject"
+        self.fresh_until = face.catalog.fresh_until(entry)
+        self.keep, self.label = face.read_policy(target.bucket, target.key, meta.size)
+        self.vid = face.reader.store.version_for(meta).vid if method == "GET" else ""
+        self.read_totals = face.metrics.read_totals(self.label)
+        self.tallies = {status: face.metrics.request_tally(self.operation, status, "hit") for status in (200, 206)}
+        self.whole: HitPlan | None = None
+        self.ranges: dict[str, HitPlan] = {}
+
+    def for_range(self, fast: "FastPath", range_header: str | None) -> "HitPlan | None":
+        """The plan of this object's request with ``range_header``; None when the face answers
+        it (a range it refuses or reads oddly, a whole object's checksums it must ask for)."""
+        if range_header is None:
+            if self.whole is None:
+                if self.checksum_mode and self.meta.checksums_for(self.method) is None:
+                    return None  # the face asks the upstream for this kind's checksums
+                self.whole = HitPlan(fast, self, None, None)
+            return self.whole
+        plan = self.ranges.get(range_header)
+        if plan is None:
+            try:
+                rng = resolve(parse_range(range_header), self.meta.size)
+            except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
+                return None
+            plan = HitPlan(fast, self, rng, range_header)
+            if len(self.ranges) < self.RANGES_MAX:
+                self.ranges[range_header] = plan
+        return plan
+
+
+class HitPlan:
+    """A request this path answers: its object's plan and its range, resolved to everything
+    about the answer but its request id, date and bytes. A head sent again while the version
+    stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
+
+    __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
+                 "operation", "fresh_until", "keep", "label", "vid", "chunk", "key", "lo", "hi", "tally",
+                 "read_totals", "log_fields", "sent")
+
+    def __init__(self, fast: "FastPath", obj: ObjectPlan, rng: ByteRange | None, range_header: str | None) -> None:
+        meta = obj.meta
+        method = self.method = obj.method
+        self.target, self.entry, self.meta = obj.target, obj.entry, meta
+        self.operation, self.fresh_until, self.keep, self.label = obj.operation, obj.fresh_until, obj.keep, obj.label
+        self.read_totals = obj.read_totals
+        self.rng, self.range_header = rng, range_header
+        prepared = obj.prepared
         if rng is None:
+            self.start, self.end, self.status = 0, meta.size - 1, 200
             lines = prepared.whole_get if method == "GET" else prepared.whole_head
             extra = b""
         else:
+            self.start, self.end, self.status = rng.start, rng.end, 206
             lines = prepared.ranged_get if method == "GET" else prepared.ranged_head
             extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
+        self.tally = obj.tallies[self.status]
+        nbytes = self.end - self.start + 1
         # the head up to the request id, which (with the date) is added per request
         self.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS[self.status]), lines, extra,
-                              b"Content-Length: %d\r\nx-amz-request-id: " % (self.end - self.start + 1)))
-        # what answering it again needs: its entry's freshness, the rule's read policy, and (a
-        # GET within one chunk) where its bytes are
-        self.fresh_until = face.catalog.fresh_until(entry)
-        self.keep, self.label = face.read_policy(target.bucket, target.key, meta.size)
+                              b"Content-Length: %d\r\nx-amz-request-id: " % nbytes))
+        # a GET within one chunk: where its bytes are
         self.chunk = -1
-        self.vid = ""
+        self.vid = obj.vid
         self.lo = self.hi = 0
-        nbytes = self.end - self.start + 1
         if method == "GET" and nbytes > 0:
-            cs = face.reader.chunk_size
+            cs = fast.chunk_size
             if self.start // cs == self.end // cs:
-                self.vid = face.reader.store.version_for(meta).vid
                 self.chunk = self.start // cs
                 self.lo, self.hi = self.start - self.chunk * cs, self.end - self.chunk * cs
-        metrics = face.metrics
-        self.tally = metrics.request_tally(self.operation, self.status, "hit")
-        self.read_totals = metrics.read_totals(self.label)
+        self.key = (self.vid, self.chunk)  # the chunk's key in the store
         self.sent = sent = nbytes if method == "GET" else 0
-        self.log_fields = face.access_log.prepare(method, self.operation, target.bucket, target.key, range_header,
-                                                  self.status, "hit", sent, sent, 0)
+        self.log_fields = fast.face.access_log.prepare(method, self.operation, obj.target.bucket, obj.target.key,
+                                                       range_header, self.status, "hit", sent, sent, 0)
 
 
 class FastPath:
@@ -196,8 +242,10 @@ class FastPath:
         self.connections: set[FastProtocol] = set()
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
-        self._heads: dict[bytes, RequestHead | None] = {}
-        self.plans: dict[tuple, HitPlan] = {}  # by what a request asks (FastPath.plan)
+        self._by_head: dict[bytes, HitPlan] = {}  # plans by the very bytes of an unsigned head
+        self.plans: dict[tuple, ObjectPlan] = {}  # by what a request asks but its range (FastPath.plan)
+        self.chunk_size = face.reader.chunk_size
+        self.journal: list[tuple] = []  # answers sent as planned, to record (record_hits)
         self._date_sec = -1
         self._date = b""
 
@@ -207,22 +255,6 @@ class FastPath:
             self._date_sec = now
             self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
         return self._date
-
-    def parse(self, head: bytes) -> RequestHead | None:
-        """``parse_head``, remembered for short heads: a client that does not sign its requests
-        (or a pod's own readers) sends the very same head again and again. The result depends
-        on the bytes alone and is never modified."""
-        if len(head) > self.HEAD_MEMO_BYTES:
-            return parse_head(head, self.max_headers)
-        try:
-            return self._heads[head]
-        except KeyError:
-            pass
-        req = parse_head(head, self.max_headers)
-        if len(self._heads) >= self.HEADS_MAX:
-            self._heads.clear()
-        self._heads[head] = req
-        return req
 
     def target(self, raw_path: str, host: str | None) -> Target | None:
         """``parse_target``, remembered (clients read the same keys again and again); None: the
@@ -256,40 +288,97 @@ class FastPath:
     def plan(self, head: bytes) -> "HitPlan | None":
         """What the request in ``head`` resolves to if this path answers it, else None (the face
         answers it). Without signature checks a plan depends only on what the request asks
-        (method, target, host, Range, If-*, checksum mode) and the object's current version, so a
-        request for the same thing again, signed afresh or not, reuses it for as long as the
-        catalog holds that version fresh."""
-        req = self.parse(head)
+        (method, target, host, If-*, checksum mode; then its Range) and the object's current
+        version, so a request for the same thing again, signed afresh or not, reuses its object's
+        plan for as long as the catalog holds that version fresh."""
+        if self.face.auth is None:
+            # a client that does not sign its requests sends the very same head again and again
+            plan = self._by_head.get(head)
+            if plan is not None:
+                if self.current(plan):
+                    return plan
+                del self._by_head[head]
+        req = parse_head(head, self.max_headers)
         if req is None or req.method not in ("GET", "HEAD"):
             return None
         h = req.headers
         if not _HAND_OFF_HEADERS.isdisjoint(h) or asks_uncacheable(h):
             return None
         if self.face.auth is not None:
-            return self._make_plan(req)
-        asks = (req.method, req.raw_path, h.get("host"), h.get("range"), h.get("if-match"), h.get("if-none-match"),
+            obj = self._object_plan(req)
+            return obj.for_range(self, h.get("range")) if obj is not None else None
+        asks = (req.method, req.raw_path, h.get("host"), h.get("if-match"), h.get("if-none-match"),
                 h.get("if-modified-since"), h.get("if-unmodified-since"), h.get("x-amz-checksum-mode"))
-        plan = self.plans.get(asks)
-        if plan is not None:
-            if self.current(plan):
-                return plan
+        obj = self.plans.get(asks)
+        if obj is not None and not self.current(obj):
             del self.plans[asks]
-        plan = self._make_plan(req)
-        if plan is not None:
+            obj = None
+        if obj is None:
+            obj = self._object_plan(req)
+            if obj is None:
+                return None
             if len(self.plans) >= self.PLANS_MAX:
                 self.plans.clear()
-            self.plans[asks] = plan
+            self.plans[asks] = obj
+        plan = obj.for_range(self, h.get("range"))
+        if plan is not None and len(head) <= self.HEAD_MEMO_BYTES:
+            if len(self._by_head) >= self.HEADS_MAX:
+                self._by_head.clear()
+            self._by_head[head] = plan
         return plan
 
-    def current(self, plan: HitPlan) -> bool:
+    def record_hits(self) -> None:
+        """Record the answers in the hit journal, each as the face records a request: metrics,
+        an access-log line (stamped with the time its answer went), and the read hook (one
+        call for the lot); and tell the cache's policy of the RAM-tier chunks read, once per
+        chunk. Done once per turn of the loop, after the answers are sent: per hit this costs
+        a fraction of recording each alone. (Caffeine's read buffer does the same for the same
+        reason: a policy replays reads in batches, and a burst of reads of one entry in the
+        same instant is one reference to LRU-K, whose correlated period folds them anyway.)"""
+        journal, self.journal = self.journal, []
+        if not journal:
+            return
+        face = self.face
+        touched = dict.fromkeys(e[5] for e in journal)
+        touched.pop(None, None)
+        if touched:
+            face.reader.store.touched(touched)
+        face.metrics.fast_path_hit(len(journal))
+        wall = time.time() - time.monotonic()  # monotonic -> Unix time
+        log = face.access_log
+        lines = [] if log.enabled else None
+        reads = []
+        for p, rid, t0, t1, prefetched, _ in journal:
+            elapsed = t1 - t0
+            p.tally.add(elapsed)
+            if lines is not None:
+                lines.append((rid, p.log_fields, elapsed, wall + t1))
+            if p.method == "GET":
+                t = p.read_totals
+                t[0] += 1
+                t[2] += p.sent
+                reads.append((p.target.bucket, p.target.key, p.meta, p.rng, p.sent, prefetched, wall + t1))
+        if lines and not log.emit_prepared_many(lines):
+            for (p, rid, *_), (_, _, elapsed, _) in zip(journal, lines):
+                log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header, p.status,
+                         "hit", p.sent, p.sent, 0, elapsed)
+        if reads:
+            if face.on_hits is not None:
+                face.on_hits(reads)
+            elif face.on_read is not None:
+                for bucket, key, meta, rng, nbytes, prefetched, _ in reads:
+                    face.on_read(bucket, key, meta, rng, ReadStats(hit_bytes=nbytes, prefetched=prefetched))
+
+    def current(self, plan: "ObjectPlan | HitPlan") -> bool:
         """Whether ``plan`` still answers its request: its object's catalog entry is the one it was
         made from, holds the same version and is fresh. (A reload of the rules forgets all plans.)"""
         return plan.entry.meta is plan.meta and self.face.catalog.still_fresh(plan.entry, plan.fresh_until)
 
     def forget_plans(self) -> None:
         self.plans.clear()
+        self._by_head.clear()
 
-    def _make_plan(self, req: RequestHead) -> "HitPlan | None":
+    def _object_plan(self, req: RequestHead) -> "ObjectPlan | None":
         face = self.face
         h = req.headers
         target = self.target(req.raw_path, h.get("host"))
@@ -313,18 +402,11 @@ class FastPath:
         if ("if-match" in h or "if-none-match" in h or "if-modified-since" in h or "if-unmodified-since" in h) \
                 and conditions.evaluate(h, meta.etag, meta.last_modified_ts) is not None:
             return None
-        range_header = h.get("range")
-        try:
-            rng = resolve(parse_range(range_header), meta.size)
-        except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
-            return None
         checksum_mode = h.get("x-amz-checksum-mode", "").upper() == "ENABLED"
-        if checksum_mode and rng is None and meta.checksums_for("HEAD" if req.method == "HEAD" else "GET") is None:
-            return None  # the face asks the upstream for this kind's checksums
         prepared = self.prepared(meta, checksum_mode)
         if prepared is None:
             return None
-        return HitPlan(self, req.method, target, entry, rng, range_header, prepared)
+        return ObjectPlan(self, req.method, target, entry, prepared, checksum_mode)
 
     def __call__(self) -> "FastProtocol":
         return FastProtocol(self)
@@ -353,6 +435,7 @@ class FastPath:
         busy = [c.task for c in self.connections if c.task is not None]
         if busy:
             await asyncio.wait(busy, timeout=timeout)
+        self.record_hits()
         for c in list(self.connections):
             if c.transport is not None:
                 c.transport.close()
@@ -374,6 +457,7 @@ class FastProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.remote = ""
         self._sock_fd = -1
+        self._head_sock: socket.socket | None = None  # our own handle, to send a head with MSG_MORE
         self._paused_reading = False
         self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
 
@@ -405,6 +489,7 @@ class FastProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fast.connections.discard(self)
+        self._release_head_sock()
         if self.task is not None:
             self.task.cancel()
         if self._writable is not None and not self._writable.done():
@@ -451,18 +536,23 @@ class FastProtocol(asyncio.Protocol):
         face = fast.face
         stats = ReadStats()
         if plan.chunk >= 0:
-            body = face.reader.read_ram(plan.vid, plan.chunk, plan.lo, plan.hi, stats)
+            # the policy hears of the read with the records, after this turn of the loop
+            body = face.reader.read_ram(plan.vid, plan.chunk, plan.lo, plan.hi, stats, touch=False)
             if body is None:  # not in memory: the chunk file
                 return False
+            touched = plan.key
         elif plan.method == "GET" and plan.end >= plan.start:
             return False  # several chunks
         else:
             body = b""
-        stats.label = plan.label
+            touched = None
         rid = new_request_id()
         del self.buf[:n]
         self.transport.write(b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body)))
-        self._record(plan, rid, t0, stats, plan.status)
+        journal = fast.journal
+        journal.append((plan, rid, t0, time.monotonic(), stats.prefetched, touched))
+        if len(journal) == 1:
+            asyncio.get_running_loop().call_soon(fast.record_hits)
         return True
 
     def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
@@ -483,10 +573,9 @@ class FastProtocol(asyncio.Protocol):
             self.transport.write(a.head + seg.data)
             self._finished(a, plan.status)
             return True
-        self.transport.write(a.head)
         sent = 0
         try:
-            if not self.transport.get_write_buffer_size():
+            if self._send_head(a.head):
                 sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
         except OSError as e:
             self._send_failed(a, seg, e)
@@ -500,6 +589,34 @@ class FastProtocol(asyncio.Protocol):
         face.in_flight += 1
         self.task = asyncio.ensure_future(self._send_rest(a, seg, chunk, sent))
         return True
+
+    def _send_head(self, head: bytes) -> bool:
+        """Send a response head that file bytes follow; True when it went to the socket whole
+        (the body may be sent with ``sendfile`` now), False when the transport holds some of it.
+
+        Written with MSG_MORE, the head waits in the kernel for the body's first bytes and
+        leaves in one segment with them: written alone, it would cost a packet of its own and
+        wake the client to read it, which for a small range costs more than the sendfile."""
+        transport = self.transport
+        if transport.get_write_buffer_size():
+            transport.write(head)
+            return False
+        if self._head_sock is None:
+            self._head_sock = socket.socket(fileno=os.dup(self._sock_fd))
+        try:
+            n = self._head_sock.send(head, socket.MSG_MORE)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        if n == len(head):
+            return True
+        transport.write(head[n:])
+        return False
+
+    def _release_head_sock(self) -> None:
+        """Close our handle on the socket (the connection itself stays the transport's)."""
+        if self._head_sock is not None:
+            self._head_sock.close()
+            self._head_sock = None
 
     async def _send_rest(self, a: _Answer, seg, chunk, sent: int) -> None:
         """The rest of a file span the socket did not take at once."""
@@ -612,6 +729,7 @@ class FastProtocol(asyncio.Protocol):
                 raise ClientGone()
 
     def _abort(self) -> None:
+        self._release_head_sock()  # or the connection would stay open through it
         if self.transport is not None:
             self.transport.abort()
 
@@ -619,31 +737,28 @@ class FastProtocol(asyncio.Protocol):
         self._record(a.plan, a.rid, a.t0, a.stats, status)
 
     def _record(self, p: HitPlan, rid: str, t0: float, stats: ReadStats, status: int) -> None:
-        """The request log line, metrics and the read hook, as the face records every request;
-        from what the plan prepared when the answer went as planned (every byte a cache hit)."""
-        face = self.fast.face
+        """The request log line, metrics and the read hook, as the face records every request.
+        An answer that went as planned (every byte a cache hit) joins the hit journal, recorded
+        in one pass after this turn of the loop (``FastPath.record_hits``); any other at once."""
+        fast = self.fast
+        if status == p.status and stats.hit_bytes == p.sent and not stats.miss_bytes:
+            journal = fast.journal
+            journal.append((p, rid, t0, time.monotonic(), stats.prefetched, None))
+            if len(journal) == 1:
+                asyncio.get_running_loop().call_soon(fast.record_hits)
+            return
+        face = fast.face
         face.metrics.fast_path_hit()
         elapsed = time.monotonic() - t0
         ok = status == p.status
-        if ok and stats.hit_bytes == p.sent and not stats.miss_bytes:
-            p.tally.add(elapsed)
-            if p.method == "GET":
-                t = p.read_totals
-                t[0] += 1
-                t[2] += stats.hit_bytes
-            log = face.access_log
-            if log.enabled and not log.emit_prepared(rid, p.log_fields, elapsed):
-                log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header, status, "hit",
-                         stats.hit_bytes, stats.hit_bytes, 0, elapsed)
-        else:
-            outcome = "hit" if ok else "client-gone"
-            face.metrics.observe_request(p.operation, status, outcome, elapsed)
-            if p.method == "GET" and ok:
-                face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
-            if face.access_log.enabled:
-                face.access_log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header,
-                                     status, outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes,
-                                     stats.miss_bytes, elapsed)
+        outcome = "hit" if ok else "client-gone"
+        face.metrics.observe_request(p.operation, status, outcome, elapsed)
+        if p.method == "GET" and ok:
+            face.metrics.count_read(stats.label, stats.hit_bytes, stats.miss_bytes)
+        if face.access_log.enabled:
+            face.access_log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header,
+                                 status, outcome, stats.hit_bytes + stats.miss_bytes, stats.hit_bytes,
+                                 stats.miss_bytes, elapsed)
         if p.method == "GET" and ok and face.on_read is not None:
             face.on_read(p.target.bucket, p.target.key, p.meta, p.rng, stats)
 
@@ -652,6 +767,7 @@ class FastProtocol(asyncio.Protocol):
         received so far, and answers everything from here on."""
         transport = self.transport
         self.fast.connections.discard(self)
+        self._release_head_sock()
         self.transport = None
         if transport is None or transport.is_closing():
             return
