@@ -308,3 +308,61 @@ def test_a_head_sent_again_is_answered_from_its_plan_while_the_version_holds(mak
     time.sleep(0.4)
     assert read("static") == b"two"
     c.close()
+
+
+def test_a_burst_of_hits_answered_in_one_turn_is_recorded_hit_by_hit(make_sidecar, moto_s3, bucket):
+    """Answers the lean path sends together are recorded after the loop's turn (the hit
+    journal): each keeps its own request id, access-log line, count and read."""
+    sc = make_sidecar(chunk_size="64KiB", ram_cache_size="1MiB")
+    body = os.urandom(3 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="burst", Body=body)
+    assert sc.client().get_object(Bucket=bucket, Key="burst")["Body"].read() == body
+    before = fast_answers(sc)
+    c = Conn(sc.url)
+    c.send(get(f"/{bucket}/burst") * 20 + get(f"/{bucket}/burst", "Range: bytes=5-9") * 3
+           + get(f"/{bucket}/burst", method="HEAD") * 2)  # one send: answered in one turn
+    rids = []
+    for i in range(25):
+        status, headers, got = c.response(head_only=i >= 23)
+        assert (status, got) == ((200, body) if i < 20 else (206, body[5:10]) if i < 23 else (200, b""))
+        rids.append(headers["x-amz-request-id"])
+    c.close()
+    assert len(set(rids)) == 25
+    assert fast_answers(sc) == before + 25
+    hot = {o["key"]: o["hotness"] for o in sc.admin("/hot?n=5")["objects"]}
+    assert hot["burst"] > 23.5  # the first read and 23 GETs (HEADs read nothing)
+    sc.stop()
+    lines = {e["request_id"]: e for e in sc.log_events() if e.get("event") == "request"}
+    assert set(rids) <= set(lines)
+    assert [lines[r]["outcome"] for r in rids] == ["hit"] * 25
+    assert [lines[r]["bytes"] for r in rids] == [len(body)] * 20 + [5] * 3 + [0] * 2
+    assert [lines[r]["operation"] for r in rids] == ["GetObject"] * 23 + ["HeadObject"] * 2
+
+
+def test_the_policy_hears_of_memory_hits_answered_on_the_lean_path(make_sidecar, moto_s3, bucket):
+    """A RAM-tier hit's reference reaches the eviction policy after the loop's turn (the hit
+    journal): under plain LRU-2, the object read again from memory outlives the others."""
+    sc = make_sidecar(chunk_size="64KiB", cache_size="192KiB", ram_cache_size="1MiB", lru_k_admission="off",
+                      lru_k_correlated_period=0)
+    s3 = sc.client()
+    blobs = {k: os.urandom(60 * KiB) for k in ("a", "b", "c", "d")}
+    for k, v in blobs.items():
+        moto_s3.put_object(Bucket=bucket, Key=k, Body=v)
+    for k in ("a", "b", "c"):  # misses
+        assert s3.get_object(Bucket=bucket, Key=k)["Body"].read() == blobs[k]
+    c = Conn(sc.url)
+    before = fast_answers(sc)
+    for k in ("a", "b", "c", "a"):  # hits: from the chunk files into memory, then "a" from memory
+        c.send(get(f"/{bucket}/{k}"))
+        assert c.response()[::2] == (200, blobs[k])
+    assert fast_answers(sc) == before + 4
+    time.sleep(0.2)
+    assert s3.get_object(Bucket=bucket, Key="d")["Body"].read() == blobs["d"]  # one of a, b, c must go
+    before = fast_answers(sc)
+    c.send(get(f"/{bucket}/a"))
+    assert c.response()[::2] == (200, blobs["a"])
+    assert fast_answers(sc) == before + 1  # still cached: answered on the lean path
+    c.send(get(f"/{bucket}/b"))  # the oldest second-last read: evicted, so aiohttp's (a miss)
+    assert c.response()[::2] == (200, blobs["b"])
+    assert fast_answers(sc) == before + 1
+    c.close()

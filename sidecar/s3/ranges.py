@@ -7,12 +7,14 @@ object, and an unsatisfiable one with 416 InvalidRange. ``parse_range`` reads th
 
 from __future__ import annotations
 
-import dataclasses
 import re
+from typing import NamedTuple
+
+# Named tuples, not frozen dataclasses: every ranged read builds both, and a tuple is several
+# times cheaper to build.
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RangeSpec:
+class RangeSpec(NamedTuple):
     """``bytes=first-last``, ``bytes=first-`` (last None) or ``bytes=-suffix`` (first None)."""
 
     first: int | None
@@ -20,8 +22,7 @@ class RangeSpec:
     suffix: int | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ByteRange:
+class ByteRange(NamedTuple):
     """An inclusive, satisfiable span of an object."""
 
     start: int
