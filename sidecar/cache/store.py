@@ -5,8 +5,8 @@ chunks are cached; the byte budget (``space.Budget``) and the eviction policy co
 what it holds. The chunks themselves are kept by two implementations of one verified-chunk
 protocol (``ramtier.VerifiedChunks``): the RAM tier (small chunks, in memory) in front of the
 disk tier (``disk.py``: the files, their layout and what was checked of them). Both hand out
-only verified bytes. Besides, the store keeps the prefetch ledger (chunks a prefetch brought
-that no client has read yet).
+only verified bytes. The store enters the chunks a prefetch commits in the prefetch ledger
+(``ledger.py``) and tells it when they leave; the reader and the prefetch loop ask the ledger.
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
 mistaken for another version's, and keys never become paths. A chunk is written to a temp file
@@ -28,6 +28,7 @@ from ..objects import ObjectMeta
 from .chunkfile import PieceSums
 from .disk import ChunkKey, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
 from .layout import ChunkLayout
+from .ledger import PrefetchedChunks
 from .policy import EvictionPolicy
 from .ramtier import RamTier
 from .space import Budget, NoRoom
@@ -138,14 +139,15 @@ class StoreStats:
 
 
 class ChunkStore:
-    """The index of cached chunks, their budget, the RAM tier in front of the disk tier, the
-    prefetch ledger; see the module docstring."""
+    """The index of cached chunks, their budget, the RAM tier in front of the disk tier; see
+    the module docstring."""
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
                  verify_every_read: bool = False,
                  clock: Callable[[], float] = time.monotonic,
-                 on_evict: Callable[[str, int, int], None] | None = None) -> None:
+                 on_evict: Callable[[str, int, int], None] | None = None,
+                 prefetched: PrefetchedChunks | None = None) -> None:
         self.chunk_size = chunk_size
         self.layout = ChunkLayout(chunk_size)
         # The index (``versions``, each with its ``chunks``) is the one record of which chunks are
@@ -155,13 +157,8 @@ class ChunkStore:
         self.clock = clock
         self.stats = StoreStats()
         self.on_evict = on_evict
-        # Chunks a prefetch committed that no client has read yet -> their length. The first
-        # read counts them useful (``take_prefetched``); leaving before that counts them wasted.
-        self.prefetched: dict[ChunkKey, int] = {}
-        self.on_prefetch_wasted: Callable[[int], None] | None = None
-        # Seconds a prefetched chunk is protected from eviction by demand data while unread:
-        # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
-        self.prefetch_credit = 300.0
+        # The prefetch ledger: the store enters what a prefetch commits and tells it what leaves.
+        self.prefetched = prefetched if prefetched is not None else PrefetchedChunks()
         self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
         self.disk = DiskTier(root, stats=self.stats, locate=self.locate, on_bad=self._bad,
                              verify_every_read=verify_every_read)
@@ -289,7 +286,7 @@ class ChunkStore:
             self.space.take((vid, index), v.length(index), dead=True)
             self._forget_in_memory((vid, index))
             if self.prefetched:
-                self._prefetch_left((vid, index))
+                self.prefetched.left((vid, index))
         paths = [str(self.disk.chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
         v.chunks.clear()
         self.disk.unlink(paths + [str(self.disk.meta_path(vid))])
@@ -440,10 +437,10 @@ class ChunkStore:
         now = self.clock()
         credit = {}
         if prefetched:
-            self.prefetched[(w.vid, w.index)] = w.length
+            self.prefetched.add((w.vid, w.index), w.length, (v.meta.bucket, v.meta.key))
             # Protected from demand data until read or the predicted read's horizon (QoSPolicy).
-            if self.prefetch_credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
-                credit["credit_until"] = now + self.prefetch_credit
+            if self.prefetched.credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
+                credit["credit_until"] = now + self.prefetched.credit
         evicted = self.space.add((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
@@ -505,7 +502,7 @@ class ChunkStore:
         (not when the budget evicted it, or never counted it)."""
         crc = v.chunks.pop(index, None)
         if self.prefetched:
-            self._prefetch_left((v.vid, index))
+            self.prefetched.left((v.vid, index))
         if counted and crc is not None:
             self.space.take((v.vid, index), v.length(index))
         self._forget_in_memory((v.vid, index))
@@ -518,16 +515,6 @@ class ChunkStore:
                 v.meta_written = False
             if not v.writers and self.versions.get(v.vid) is v:
                 del self.versions[v.vid]
-
-    def take_prefetched(self, vid: str, index: int) -> int:
-        """A client read the chunk: its length if a prefetch brought it and this is the first
-        read since (then it is no longer watched), else 0."""
-        return self.prefetched.pop((vid, index), 0) if self.prefetched else 0
-
-    def _prefetch_left(self, key: ChunkKey) -> None:
-        n = self.prefetched.pop(key, 0)
-        if n and self.on_prefetch_wasted is not None:
-            self.on_prefetch_wasted(n)
 
     # --- accounting -------------------------------------------------------------------------
 
@@ -550,15 +537,6 @@ class ChunkStore:
     def free_bytes(self) -> int:
         """Bytes neither used nor reserved for fills in flight."""
         return self.space.capacity - self.space.used - self.space.reserved
-
-    def unread_prefetched(self) -> set[tuple[str, str]]:
-        """(bucket, key) of the objects holding prefetched chunks no client has read yet."""
-        out = set()
-        for vid, _ in self.prefetched:
-            v = self.versions.get(vid)
-            if v is not None:
-                out.add((v.meta.bucket, v.meta.key))
-        return out
 
     def chunk_count(self, v: Version) -> int:
         return self.layout.count(v.meta.size)
