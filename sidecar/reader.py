@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from .cache.layout import ChunkLayout
 from .cache.ledger import PrefetchedChunks
 from .cache import chunkfile
-from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
+from .cache.store import BudgetedWrite, ChunkStore, VerifiedChunk, Version
 from .cache.tier import BlockRejected
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -89,7 +89,7 @@ class ChunkFill:
         self.version = version
         self.index = index
         self.length = length
-        self.writer: ChunkWriter | None = None
+        self.writer: BudgetedWrite | None = None
         self.written = 0  # bytes in the temp file
         self.recent: bytes = b""  # the latest piece received, possibly not yet in the file
         self.recent_start = 0
@@ -741,7 +741,7 @@ class Reader:
 
         self.tier.offer(fill.version.meta, fill.index, load)
 
-    def _open_writer(self, fill: ChunkFill) -> ChunkWriter:
+    def _open_writer(self, fill: ChunkFill) -> BudgetedWrite:
         if fill.writer is None:
             try:
                 fill.writer = self.store.begin_write(fill.version, fill.index, keep=fill.keep)

@@ -263,3 +263,36 @@ def test_chunks_evicted_before_the_budget_gives_up_leave_the_index(tmp_path):
 
 def _chunk_files(root):
     return [p for p in (root / "v2").glob("??/*") if not p.name.endswith(".meta")]
+
+
+def test_the_disk_tier_is_written_by_streaming_and_placed_whole(tmp_path):
+    """The disk tier's write side, without the store: bytes written are readable from the temp
+    file while the chunk grows (readers tail it); ``put`` seals the chunk and places it under
+    its final name, whole and checked by ``get``; ``discard`` leaves nothing behind."""
+    from sidecar.cache.disk import ChunkWriter, DiskTier
+    from sidecar.cache.store import StoreStats
+
+    index: dict = {}
+    disk = DiskTier(tmp_path, stats=StoreStats(), locate=index.get, on_bad=lambda *a: index.pop(a[0], None))
+    for _ in disk.prepare():
+        pass
+    vid, data = "ab" * 20, os.urandom(3 * CS + 5)
+    w = ChunkWriter(vid, 0, len(data), *disk.temp_file(vid, 0))
+    w.write(data[:CS])
+    assert os.pread(w.fd, CS, 0) == data[:CS], "a reader tailing the write sees what arrived"
+    w.write(data[CS:])
+    assert disk.get((vid, 0)) is None, "nothing is handed out before it is placed"
+    index[(vid, 0)] = (disk.put(w), len(data))
+    w.close()
+    assert w.closed and disk.get((vid, 0)) == data
+    assert os.listdir(disk.tmp) == [] and disk.chunk_path(vid, 0, w.crc).exists()
+
+    gone = ChunkWriter(vid, 1, CS, *disk.temp_file(vid, 1))
+    gone.write(data[:CS // 2])
+    disk.discard(gone)
+    gone.close()
+    assert gone.closed and os.listdir(disk.tmp) == []
+    small = ChunkWriter(vid, 2, 4, *disk.temp_file(vid, 2))
+    with pytest.raises(ValueError):
+        small.write(b"12345")
+    small.close()

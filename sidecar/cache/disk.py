@@ -11,6 +11,11 @@ It is the second implementation of the verified-chunk protocol (``ramtier.Verifi
 chunks exist: the store's index is that record, and ``locate`` asks it for a chunk's digest and
 length. A chunk found bad is reported through ``on_bad`` so the index drops it.
 
+It is written by streaming, not given chunks whole: a ``ChunkWriter`` appends bytes to a temp
+file as they arrive (readers tail that file while it grows), then ``put`` seals it with its
+piece table and renames it into place, so a crash leaves whole chunks or none; ``discard``
+deletes an unfinished one. Which writes are kept, and their bytes, are the store's business.
+
 Verification (docs/integrity.md): a read checks the 64 KiB pieces its range touches, unless
 those pieces were checked since the file last changed (its inode, size, mtime and ctime are the
 same as at that check) and strict mode (``verify_every_read``) is off; then the file's bytes
@@ -34,7 +39,7 @@ from typing import Any
 
 from ..objects import ObjectMeta
 from . import chunkfile
-from .chunkfile import FORMAT, OLD_FORMATS
+from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 
 ChunkKey = tuple[str, int]
 Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
@@ -124,6 +129,58 @@ class VerifiedChunk:
             tier, self.tier = self.tier, None
             if tier is not None:
                 tier.settle(self)
+
+
+class ChunkWriter:
+    """A chunk being written to a temp file of the disk tier (``DiskTier.temp_file``); readers
+    may read below ``written`` from ``fd`` while it grows. ``DiskTier.put`` places it under its
+    final name, ``DiskTier.discard`` deletes it; either ends the write (``closed``).
+
+    The descriptor outlives both (readers may still be sending from it); whoever owns the writer
+    calls ``close`` when the last reader is done."""
+
+    __slots__ = ("vid", "index", "length", "path", "fd", "written", "crc", "closed", "sums")
+
+    def __init__(self, vid: str, index: int, length: int, path: Path, fd: int) -> None:
+        self.vid = vid
+        self.index = index
+        self.length = length
+        self.path = path
+        self.fd = fd
+        self.written = 0
+        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
+        self.sums = PieceSums()
+        self.closed = False  # placed or discarded
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.written + len(data) > self.length:
+            raise ValueError("chunk overflow")
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.sums.update(data)
+        self.written += len(data)
+
+    def seal(self) -> None:
+        """Append the piece table after the chunk's bytes (readers tailing the file read below
+        ``length`` only)."""
+        trailer, self.crc = self.sums.trailer()
+        view = memoryview(trailer)
+        pos = self.length
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+
+    @property
+    def complete(self) -> bool:
+        return self.written == self.length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 class DiskTier:
@@ -294,12 +351,24 @@ class DiskTier:
             raise
         return path, fd
 
-    def place(self, temp: Path, vid: str, index: int, digest: int) -> None:
-        """Rename a sealed temp file to the chunk's final name (atomic: whole or absent)."""
-        final = self.chunk_path(vid, index, digest)
+    def put(self, w: ChunkWriter) -> int:
+        """Seal a complete chunk and rename it to its final name (atomic: whole or absent);
+        returns its digest. Raises OSError (the write is not ended: ``discard`` it)."""
+        w.seal()
+        final = self.chunk_path(w.vid, w.index, w.crc)
         if not final.parent.is_dir():
             mkdir_private(final.parent)
-        os.replace(temp, final)
+        os.replace(w.path, final)
+        w.closed = True
+        return w.crc
+
+    def discard(self, w: ChunkWriter) -> None:
+        """End a write that is not to be kept: its temp file goes (its descriptor stays open)."""
+        if w.closed:
+            return
+        w.closed = True
+        with contextlib.suppress(OSError):
+            os.unlink(w.path)
 
     def write_meta(self, vid: str, meta: ObjectMeta, chunk_size: int) -> None:
         body = json.dumps({"meta": meta.to_json(), "chunk_size": chunk_size, "stored_at": time.time()}).encode()

@@ -9,8 +9,9 @@ only verified bytes. The store enters the chunks a prefetch commits in the prefe
 (``ledger.py``) and tells it when they leave; the reader and the prefetch loop ask the ledger.
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
-mistaken for another version's, and keys never become paths. A chunk is written to a temp file
-and renamed into place, so a crash leaves whole chunks or none. The index is rebuilt from file
+mistaken for another version's, and keys never become paths. A chunk is written through the
+disk tier's ``ChunkWriter`` (a temp file renamed into place: a crash leaves whole chunks or
+none); the store reserves its bytes first and enters it in the index once placed. The index is rebuilt from file
 names at start; a cache directory of an older format is deleted then, never read.
 """
 
@@ -25,15 +26,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..objects import ObjectMeta
-from .chunkfile import PieceSums
-from .disk import ChunkKey, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
+from .disk import ChunkKey, ChunkWriter, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
 from .layout import ChunkLayout
 from .ledger import PrefetchedChunks
 from .policy import EvictionPolicy
 from .ramtier import RamTier
 from .space import Budget, NoRoom
 
-__all__ = ["ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
+__all__ = ["BudgetedWrite", "ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
            "mkdir_private", "scrub_file", "version_id"]
 
 
@@ -67,56 +67,16 @@ class Version:
     chunk_size: int = 0
 
 
-class ChunkWriter:
-    """A chunk being written to a temp file; ``commit`` makes it visible atomically.
+class BudgetedWrite(ChunkWriter):
+    """A chunk write the store started (``begin_write``): the disk tier's writer, with the
+    version it fills and whether the budget reserved its bytes (else it is not kept)."""
 
-    The descriptor outlives commit and abort (readers may still be sending from it); whoever
-    owns the writer calls ``close`` when the last reader is done."""
-
-    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed", "sums")
+    __slots__ = ("version", "reserved")
 
     def __init__(self, version: Version, index: int, length: int, path: Path, fd: int, reserved: bool) -> None:
+        super().__init__(version.vid, index, length, path, fd)
         self.version = version
-        self.vid = version.vid
-        self.index = index
-        self.length = length
-        self.path = path
-        self.fd = fd
-        self.written = 0
-        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
-        self.sums = PieceSums()
         self.reserved = reserved
-        self.closed = False
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self.written + len(data) > self.length:
-            raise ValueError("chunk overflow")
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.sums.update(data)
-        self.written += len(data)
-
-    def seal(self) -> None:
-        """Append the piece table after the chunk's bytes (readers tailing the file read below
-        ``length`` only)."""
-        trailer, self.crc = self.sums.trailer()
-        view = memoryview(trailer)
-        pos = self.length
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            view, pos = view[n:], pos + n
-
-    @property
-    def complete(self) -> bool:
-        return self.written == self.length
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
 
 
 class StoreStats:
@@ -381,8 +341,9 @@ class ChunkStore:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def begin_write(self, v: Version, index: int, keep: bool = True) -> ChunkWriter:
-        """Open a temp file for a chunk and reserve its bytes in the budget (evicting as needed).
+    def begin_write(self, v: Version, index: int, keep: bool = True) -> BudgetedWrite:
+        """Reserve a chunk's bytes in the budget (evicting as needed) and start writing it to the
+        disk tier.
         When nothing can be evicted, or ``keep`` is false (a do-not-cache rule), the writer
         still works — readers tail it — but its chunk is not kept.
         Raises OSError when the disk refuses the temp file."""
@@ -403,9 +364,9 @@ class ChunkStore:
             self.stats.write_errors += 1
             raise
         v.writers += 1
-        return ChunkWriter(v, index, length, path, fd, reserved)
+        return BudgetedWrite(v, index, length, path, fd, reserved)
 
-    def commit(self, w: ChunkWriter, prefetched: bool = False) -> bool:
+    def commit(self, w: BudgetedWrite, prefetched: bool = False) -> bool:
         """Make a complete chunk visible under its final name. Returns whether it was kept.
         ``prefetched``: fetched ahead of demand, watched until a client reads it."""
         if w.closed:
@@ -420,13 +381,11 @@ class ChunkStore:
             if not v.meta_written:
                 self.disk.write_meta(v.vid, v.meta, self.chunk_size)
                 v.meta_written = True
-            w.seal()
-            self.disk.place(w.path, w.vid, w.index, w.crc)
+            self.disk.put(w)
         except OSError:
             self.stats.write_errors += 1
             self.abort(w)
             return False
-        w.closed = True
         w.version.writers -= 1
         old_crc = v.chunks.get(w.index)
         if old_crc is not None:  # a refetch of a chunk already cached replaces it
@@ -445,18 +404,17 @@ class ChunkStore:
         self._evicted(evicted, "capacity")
         return True
 
-    def abort(self, w: ChunkWriter) -> None:
+    def abort(self, w: BudgetedWrite) -> None:
+        """End a write without keeping its chunk: its reservation and temp file go."""
         if w.closed:
             return
-        w.closed = True
+        self.disk.discard(w)
         v = w.version
         v.writers -= 1
         if not v.chunks and not v.writers and self.versions.get(v.vid) is v:
             del self.versions[v.vid]  # an empty version nobody is filling
         if w.reserved:
             self.space.release(w.length)
-        with contextlib.suppress(OSError):
-            os.unlink(w.path)
 
     # --- scrub ------------------------------------------------------------------------------
 
