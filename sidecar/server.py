@@ -22,7 +22,7 @@ from .cache.rules import Rule, RuleSet
 from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .cache.tier import SharedTier
-from .catalog import Catalog
+from .catalog import Catalog, current_on_disk
 from .health import Readiness
 from .objects import ObjectMeta
 from .operations import Operations
@@ -203,7 +203,8 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        versions = await loop.run_in_executor(None, self.store.open)
+        # The store rebuilds its index from disk; the catalog says which versions are current.
+        versions = await loop.run_in_executor(None, self.store.open, current_on_disk)
         for v in versions:
             self.catalog.restore(v.meta, confirmed=v.stored_at)
         await self.ops.start()

@@ -116,11 +116,21 @@ def test_drop_version_and_new_etag(tmp_path):
 
 
 def test_rebuild_keeps_only_the_newest_version_of_a_key(tmp_path):
+    """At start the catalog decides which version of each object found on disk is current
+    (the one stored last); the store keeps that one and deletes the others' files."""
+    from sidecar.catalog import current_on_disk
+
     s = store(tmp_path)
     put(s, meta("k", 10, '"v1"'), b"a" * 10)
     put(s, meta("k", 10, '"v2"'), b"b" * 10)
-    s2 = store(tmp_path)
-    assert [v.meta.etag for v in s2.versions.values()] == ['"v2"']
+    put(s, meta("other", 10), b"c" * 10)
+    s2 = ChunkStore(tmp_path, chunk_size=CS, capacity=10 * CS, policy=LRUPolicy())
+    kept = s2.open(current_on_disk)
+    assert sorted(v.meta.etag for v in s2.versions.values()) == ['"e1"', '"v2"'] == sorted(v.meta.etag for v in kept)
+    assert s2.used_bytes == 20 and read(s2, meta("k", 10, '"v2"')) == b"b" * 10
+    assert len(list((tmp_path / "v2").glob("??/*.meta"))) == 2, "the replaced version's files are gone"
+    s3 = store(tmp_path)
+    assert len(s3.versions) == 2, "without the catalog's decision the store keeps what it finds"
 
 
 def test_changed_chunk_size_discards_old_chunks(tmp_path):

@@ -153,8 +153,10 @@ class ChunkStore:
 
     # --- start ------------------------------------------------------------------------------
 
-    def open(self) -> list[Version]:
-        """Create the layout and rebuild the index from disk. Returns the versions found."""
+    def open(self, current: Callable[[list[Version]], list[Version]] | None = None) -> list[Version]:
+        """Create the layout and rebuild the index from disk. Returns the versions kept.
+        ``current``: which of the intact versions found are current (the catalog's decision,
+        ``catalog.current_on_disk``); the others' files are deleted. None keeps them all."""
         metas: dict[str, tuple[ObjectMeta, float]] = {}
         chunk_files: dict[str, list[tuple[int, int, str]]] = {}
         for kind, vid, index, digest, path in self.disk.prepare():
@@ -168,17 +170,10 @@ class ChunkStore:
                 continue
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        # One version per (bucket, key): the most recently stored wins, older ones are dead.
-        newest: dict[tuple[str, str], tuple[float, str]] = {}
-        for vid, (meta, stored_at) in metas.items():
-            k = (meta.bucket, meta.key)
-            if k not in newest or newest[k][0] < stored_at:
-                newest[k] = (stored_at, vid)
-        live = {vid for _, vid in newest.values()}
-        found: list[tuple[float, Version]] = []
+        intact: list[Version] = []
         for vid, (meta, stored_at) in metas.items():
             files = chunk_files.pop(vid, [])
-            if vid not in live or version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
+            if version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
                 self.disk.unlink([p for _, _, p in files] + [str(self.disk.meta_path(vid))])
                 continue
             v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
@@ -188,10 +183,18 @@ class ChunkStore:
                     self.disk.unlink([path])
                     continue
                 v.chunks[index] = crc
-            self.versions[vid] = v
-            found.append((stored_at, v))
+            intact.append(v)
         for files in chunk_files.values():  # chunks without metadata
             self.disk.unlink([p for _, _, p in files])
+        live = {id(v) for v in current(intact)} if current is not None else {id(v) for v in intact}
+        found: list[tuple[float, Version]] = []
+        for v in intact:
+            if id(v) not in live:  # not current: dead since before the restart
+                self.disk.unlink([str(self.disk.chunk_path(v.vid, i, crc)) for i, crc in v.chunks.items()]
+                                 + [str(self.disk.meta_path(v.vid))])
+                continue
+            self.versions[v.vid] = v
+            found.append((v.stored_at, v))
         # Admit oldest first so the policy's recency order follows storage order.
         now = self.clock()
         for _, v in sorted(found, key=lambda t: t[0]):
