@@ -284,8 +284,7 @@ def test_the_disk_tier_is_written_by_streaming_and_placed_whole(tmp_path):
 
     index: dict = {}
     disk = DiskTier(tmp_path, stats=StoreStats(), locate=index.get, on_bad=lambda *a: index.pop(a[0], None))
-    for _ in disk.prepare():
-        pass
+    disk.prepare()
     vid, data = "ab" * 20, os.urandom(3 * CS + 5)
     w = ChunkWriter(vid, 0, len(data), *disk.temp_file(vid, 0))
     w.write(data[:CS])
@@ -306,3 +305,36 @@ def test_the_disk_tier_is_written_by_streaming_and_placed_whole(tmp_path):
     with pytest.raises(ValueError):
         small.write(b"12345")
     small.close()
+
+
+def test_sidecar_verify_and_the_store_at_start_read_a_cache_directory_alike(tmp_path):
+    """One reading of a cache directory (``disk.read_dir``): the files ``sidecar verify`` calls
+    orphans are exactly those the store deletes at start, and the chunks it checks are those
+    the store keeps."""
+    import shutil
+
+    from sidecar.cache import chunkfile
+    from sidecar.cache.verify import verify_dir
+
+    s = store(tmp_path)
+    data = os.urandom(2 * CS)
+    put(s, meta("good", len(data)), data)
+    put(s, meta("headless", CS), os.urandom(CS))
+    v = s.version_for(meta("good", len(data)))
+    shard = s.disk.chunk_path(v.vid, 0, v.chunks[0]).parent
+    headless = s.version_for(meta("headless", CS))
+    s.disk.meta_path(headless.vid).unlink()  # its chunk has no metadata now
+    second = 0xFFFFFFFF if v.chunks[1] != 0xFFFFFFFF else 0xFFFFFFFE  # sorts after the real one: the one left
+    shutil.copy(s.disk.chunk_path(v.vid, 1, v.chunks[1]), shard / chunkfile.chunk_name(v.vid, 1, second))
+    (shard / "not-a-cache-file").write_bytes(b"x")
+    wrong = s.disk.meta_path(version_id("b", "renamed", '"e1"', 5, CS))
+    wrong.parent.mkdir(exist_ok=True)
+    shutil.copy(s.disk.meta_path(v.vid), wrong)  # metadata under another version's name
+    before = {p for p in (tmp_path / "v2").glob("??/*")}
+
+    report = verify_dir(tmp_path)
+    assert report.objects == 1 and report.chunks_checked == 2 and report.corrupt == 0
+    s2 = store(tmp_path)
+    deleted = before - {p for p in (tmp_path / "v2").glob("??/*")}
+    assert report.orphans == len(deleted) == 4
+    assert list(s2.versions) == [v.vid] and sorted(s2.versions[v.vid].chunks) == [0, 1]

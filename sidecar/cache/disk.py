@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,9 +218,8 @@ class DiskTier:
 
     # --- start ------------------------------------------------------------------------------
 
-    def prepare(self) -> Iterator[tuple[str, str, int, int, str]]:
-        """Create the layout, delete older formats and unfinished writes, and scan the files:
-        (kind, vid, index, digest, path) as ``chunkfile.scan`` gives them."""
+    def prepare(self) -> None:
+        """Create the layout, delete older formats and unfinished writes (then ``read_dir``)."""
         for d in (self.root.parent, self.root, self.tmp):
             mkdir_private(d)
         for old in OLD_FORMATS:  # another layout and trailer: never read, just deleted
@@ -228,18 +227,6 @@ class DiskTier:
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-        return chunkfile.scan(self.root)
-
-    @staticmethod
-    def load_meta(path: str, chunk_size: int) -> tuple[ObjectMeta, float] | None:
-        try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read())
-            if d.get("chunk_size") != chunk_size:
-                return None
-            return ObjectMeta.from_json(d["meta"]), float(d.get("stored_at", 0.0))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
 
     # --- the verified-chunk protocol ---------------------------------------------------------
 
@@ -391,6 +378,64 @@ class DiskTier:
                 pass
             except OSError:
                 self.stats.write_errors += 1
+
+
+@dataclasses.dataclass(slots=True)
+class VersionFiles:
+    """One version's files found in a cache directory: its metadata file and what it says, and
+    its chunk files."""
+
+    vid: str
+    meta_path: str
+    meta: ObjectMeta
+    chunk_size: int
+    stored_at: float  # wall time its metadata was written
+    chunks: dict[int, tuple[int, str]]  # index -> (digest, path)
+
+    def paths(self) -> list[str]:
+        return [p for _, p in self.chunks.values()] + [self.meta_path]
+
+
+def _load_meta(path: str) -> tuple[ObjectMeta, int, float] | None:
+    """(metadata, chunk size, stored at) from a version's metadata file; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            d = json.loads(f.read())
+        cs = d["chunk_size"]
+        if not isinstance(cs, int) or cs <= 0:
+            return None
+        return ObjectMeta.from_json(d["meta"]), cs, float(d.get("stored_at", 0.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_dir(root: Path) -> tuple[list[VersionFiles], list[str]]:
+    """The versions in a cache directory (``<cache_dir>/v2``), read by the store at start and by
+    ``sidecar verify``; and the files that belong to none, to be deleted: names of neither
+    kind, metadata that cannot be read or does not hash to its own name, chunk files without
+    such metadata, and a second file of one chunk (the first by digest is kept). Blocking."""
+    metas: dict[str, tuple[str, ObjectMeta, int, float]] = {}
+    chunks: dict[str, dict[int, tuple[int, str]]] = {}
+    stray: list[str] = []
+    for kind, vid, index, digest, path in sorted(chunkfile.scan(root)):
+        if kind == "meta":
+            loaded = _load_meta(path)
+            if loaded is not None:
+                meta, cs, stored_at = loaded
+                if chunkfile.version_id(meta.bucket, meta.key, meta.etag, meta.size, cs) == vid:
+                    metas[vid] = (path, meta, cs, stored_at)
+                    continue
+        elif kind == "chunk":
+            files = chunks.setdefault(vid, {})
+            if index not in files:
+                files[index] = (digest, path)
+                continue
+        stray.append(path)
+    found = [VersionFiles(vid, path, meta, cs, stored_at, chunks.pop(vid, {}))
+             for vid, (path, meta, cs, stored_at) in metas.items()]
+    for files in chunks.values():
+        stray.extend(p for _, p in files.values())
+    return found, stray
 
 
 def scrub_file(path: Path, length: int, digest: int) -> tuple[str | None, Checked | None]:

@@ -17,16 +17,14 @@ names at start; a cache directory of an older format is deleted then, never read
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..objects import ObjectMeta
-from .disk import ChunkKey, ChunkWriter, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
+from .chunkfile import version_id
+from .disk import ChunkKey, ChunkWriter, Checked, DiskTier, VerifiedChunk, mkdir_private, read_dir, scrub_file
 from .layout import ChunkLayout
 from .ledger import PrefetchedChunks
 from .policy import EvictionPolicy
@@ -35,14 +33,6 @@ from .space import Budget, NoRoom
 
 __all__ = ["BudgetedWrite", "ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
            "mkdir_private", "scrub_file", "version_id"]
-
-
-def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
-    h = hashlib.sha256()
-    for part in (bucket, key, etag, str(size), str(chunk_size)):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:40]
 
 
 @dataclasses.dataclass(slots=True)
@@ -157,35 +147,23 @@ class ChunkStore:
         """Create the layout and rebuild the index from disk. Returns the versions kept.
         ``current``: which of the intact versions found are current (the catalog's decision,
         ``catalog.current_on_disk``); the others' files are deleted. None keeps them all."""
-        metas: dict[str, tuple[ObjectMeta, float]] = {}
-        chunk_files: dict[str, list[tuple[int, int, str]]] = {}
-        for kind, vid, index, digest, path in self.disk.prepare():
-            if kind == "meta":
-                loaded = self.disk.load_meta(path, self.chunk_size)
-                if loaded is not None:
-                    metas[vid] = loaded
-                    continue
-            elif kind == "chunk":
-                chunk_files.setdefault(vid, []).append((index, digest, path))
-                continue
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self.disk.prepare()
+        on_disk, stray = read_dir(self.disk.root)
+        self.disk.unlink(stray)
         intact: list[Version] = []
-        for vid, (meta, stored_at) in metas.items():
-            files = chunk_files.pop(vid, [])
-            if version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
-                self.disk.unlink([p for _, _, p in files] + [str(self.disk.meta_path(vid))])
+        for found in on_disk:
+            if found.chunk_size != self.chunk_size:  # cut another way: never read
+                self.disk.unlink(found.paths())
                 continue
-            v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
-            n = self.layout.count(meta.size)
-            for index, crc, path in sorted(files):
-                if index >= n or index in v.chunks:
+            v = Version(found.vid, found.meta, meta_written=True, chunk_size=self.chunk_size,
+                        stored_at=found.stored_at)
+            n = self.layout.count(found.meta.size)
+            for index, (digest, path) in sorted(found.chunks.items()):
+                if index >= n:
                     self.disk.unlink([path])
                     continue
-                v.chunks[index] = crc
+                v.chunks[index] = digest
             intact.append(v)
-        for files in chunk_files.values():  # chunks without metadata
-            self.disk.unlink([p for _, _, p in files])
         live = {id(v) for v in current(intact)} if current is not None else {id(v) for v in intact}
         found: list[tuple[float, Version]] = []
         for v in intact:
