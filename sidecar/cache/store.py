@@ -288,21 +288,9 @@ class ChunkStore:
         self.space.touch(key, now)
         return VerifiedChunk(len(data), data=data)
 
-    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
-        """Settle a good check now, counting ``nbytes`` as checked (closing the chunk would
-        settle it too, counting what ``check`` returned)."""
-        chunk.checked = nbytes
-        self.disk.settle(chunk)
-
     def forget_checked(self, vid: str, index: int) -> None:
         """Trust nothing checked about this chunk file: its next read checks its pieces."""
         self.disk.drop((vid, index))
-
-    def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """A chunk failed verification: count it, close it, and delete it (what closing a chunk
-        whose ``check`` failed does anyway)."""
-        chunk.bad = True
-        chunk.close()
 
     def drop_corrupt(self, vid: str, index: int) -> None:
         """A check (``sidecar verify``) found the chunk's bytes bad: count it and delete it."""
