@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
-from ..reader import ChunkFill, Priority
+from ..reader import ChunkFill, Priority, ReadStats
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
 from .known import KnownKeys, listing_tap, prefix_of
@@ -162,22 +162,22 @@ class PrefetchLoop:
 
     # --- the request path ----------------------------------------------------------------
 
-    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
+    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: ReadStats) -> None:
         """After every object read: O(1), no I/O."""
         if self.access_log is None:
             return
         size = meta.size
         start, end = (rng.start, rng.end) if rng is not None else (0, size - 1)
-        if getattr(stats, "prefetched", 0):
+        if stats.prefetched:
             outcome = "prefetched"
-        elif stats.miss_bytes == 0 and getattr(stats, "tier_bytes", 0) == 0:
+        elif stats.miss_bytes == 0 and stats.tier_bytes == 0:
             outcome = "hit"  # a shared tier fill is a miss of this pod's cache
         elif stats.hit_bytes == 0:
             outcome = "miss"
         else:
             outcome = "partial"
         access = Access(time.time(), bucket, key, start, end, size, outcome)
-        self._demand_hits += max(0, stats.hit_bytes - getattr(stats, "prefetched", 0))
+        self._demand_hits += max(0, stats.hit_bytes - stats.prefetched)
         self.access_log.record(access)
         self._pending.append(access)
         # A reader's first read under a prefix: plan now, not up to an interval later (a model
