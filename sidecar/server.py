@@ -189,7 +189,7 @@ class Sidecar:
 
     def drop_version(self, meta: ObjectMeta) -> None:
         """A version is dead (overwritten or deleted): free its chunks."""
-        v = self.store.versions.get(self.store.version_for(meta).vid)
+        v = self.store.cached_version(meta)
         if v is not None:
             self.store.drop_version(v.vid)
 

@@ -204,6 +204,10 @@ class ChunkStore:
             self._learn_checksums(v, meta)
         return v
 
+    def cached_version(self, meta: ObjectMeta) -> Version | None:
+        """``meta``'s version if the index holds it (``version_for`` would create it)."""
+        return self.versions.get(version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size))
+
     def _learn_checksums(self, v: Version, meta: ObjectMeta) -> None:
         """Keep on disk the upstream's checksum answers learned since the version's metadata was
         written: after a restart they are replayed without asking again."""
