@@ -9,7 +9,9 @@ never installed, so a read after a write never sees the old version.
 The catalog is the one owner of which version is current. When it learns that a version is
 dead (overwritten, deleted, or found replaced upstream in the middle of a read) it retires it
 through ``on_obsolete``, which drops that version's chunks from the store; nobody else decides
-that a cached version is obsolete.
+that a cached version is obsolete. At start too: of the versions the store finds on disk,
+``current_on_disk`` says which are current (the store deletes the rest), and ``restore``
+seeds the catalog with them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from .errors import NotModified, ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -34,6 +37,28 @@ class Entry:
     confirmed: float = dataclasses.field(default_factory=time.time)  # wall time of that confirmation
     parts: dict[int, PartInfo] = dataclasses.field(default_factory=dict)
     stale: bool = False  # served past its TTL because the upstream could not be reached
+
+
+class StoredVersion(Protocol):
+    """A version the store found on disk at start: its metadata, and when it was stored."""
+
+    meta: ObjectMeta
+    stored_at: float  # wall time
+
+
+V = TypeVar("V", bound=StoredVersion)
+
+
+def current_on_disk(found: list[V]) -> list[V]:
+    """Of the versions found on disk at start, the current one of each object: the one stored
+    last (a version is stored when its first chunk is kept, so a later one replaced it). The
+    catalog ``restore``s them, to be revalidated with the upstream at first use."""
+    newest: dict[ObjectKey, V] = {}
+    for v in found:
+        k = (v.meta.bucket, v.meta.key)
+        if k not in newest or newest[k].stored_at < v.stored_at:
+            newest[k] = v
+    return list(newest.values())
 
 
 class _Lookup:

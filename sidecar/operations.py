@@ -23,7 +23,7 @@ from typing import Any
 from .cache.hotness import HotnessTable, half_life_to_lambda
 from .cache.qos import QoSPolicy
 from .cache.rules import RuleSet
-from .cache.store import ChunkStore, version_id
+from .cache.store import ChunkStore
 from .catalog import Catalog
 from .config import Settings
 from .health import Readiness
@@ -188,7 +188,7 @@ class Operations:
             cached = size = None
             if entry is not None:
                 size = entry.meta.size
-                v = self.store.versions.get(version_id(bucket, key, entry.meta.etag, size, self.store.chunk_size))
+                v = self.store.cached_version(entry.meta)
                 cached = v.cached_bytes if v is not None else 0
             out.append({"bucket": bucket, "key": key, "hotness": round(heat, 4), "size": size,
                         "cached_bytes": cached})

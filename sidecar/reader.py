@@ -29,8 +29,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .cache.layout import ChunkLayout
+from .cache.ledger import PrefetchedChunks
 from .cache import chunkfile
-from .cache.store import ChunkStore, ChunkWriter, VerifiedChunk, Version
+from .cache.store import BudgetedWrite, ChunkStore, VerifiedChunk, Version
 from .cache.tier import BlockRejected
 from .errors import ObjectChanged, S3Error, UpstreamUnavailable
 from .objects import ObjectMeta
@@ -88,7 +89,7 @@ class ChunkFill:
         self.version = version
         self.index = index
         self.length = length
-        self.writer: ChunkWriter | None = None
+        self.writer: BudgetedWrite | None = None
         self.written = 0  # bytes in the temp file
         self.recent: bytes = b""  # the latest piece received, possibly not yet in the file
         self.recent_start = 0
@@ -266,8 +267,11 @@ class Reader:
                  on_object_changed: Callable[[ObjectMeta], None] | None = None,
                  gate: Callable[[int], Awaitable[None]] | None = None,
                  spend_demand: Callable[[int], None] | None = None,
-                 executor: concurrent.futures.Executor | None = None) -> None:
+                 executor: concurrent.futures.Executor | None = None,
+                 prefetched: PrefetchedChunks | None = None) -> None:
         self.store = store
+        # The prefetch ledger (the store's unless given): a hit takes a prefetched chunk's credit.
+        self.prefetched = prefetched if prefetched is not None else store.prefetched
         self.upstream = upstream
         self.metrics = metrics
         self.chunk_size = store.chunk_size
@@ -349,8 +353,8 @@ class Reader:
         """``nbytes`` of a read served from a cached chunk: a hit, and the first read of a
         prefetched chunk counted as such."""
         stats.hit_bytes += nbytes
-        if self.store.prefetched:
-            n = self.store.take_prefetched(vid, index)
+        if self.prefetched:
+            n = self.prefetched.take(vid, index)
             if n:
                 stats.prefetched += n
                 self.metrics.prefetch_useful_bytes.inc(n)
@@ -739,7 +743,7 @@ class Reader:
 
         self.tier.offer(fill.version.meta, fill.index, load)
 
-    def _open_writer(self, fill: ChunkFill) -> ChunkWriter:
+    def _open_writer(self, fill: ChunkFill) -> BudgetedWrite:
         if fill.writer is None:
             try:
                 fill.writer = self.store.begin_write(fill.version, fill.index, keep=fill.keep)

@@ -16,12 +16,13 @@ from aiohttp import web
 
 from . import admin, config
 from .bandwidth import TokenBucket
+from .cache.ledger import PrefetchedChunks
 from .cache.qos import QoSPolicy
 from .cache.rules import Rule, RuleSet
 from .cache.scrub import scrub_forever
 from .cache.store import ChunkStore
 from .cache.tier import SharedTier
-from .catalog import Catalog
+from .catalog import Catalog, current_on_disk
 from .health import Readiness
 from .objects import ObjectMeta
 from .operations import Operations
@@ -82,11 +83,14 @@ class Sidecar:
                                                           observe=self.bandwidth.observe),
                                           answer_within=settings.upstream_answer_within,
                                           retries=settings.upstream_retries)
+        # The prefetch ledger: chunks a prefetch brought that no client has read yet; the store
+        # enters and retires them, a hit takes them, the prefetch loop asks which objects hold them.
+        self.prefetched = PrefetchedChunks(on_wasted=self.metrics.prefetch_wasted_bytes.inc)
         self.store = ChunkStore(
             settings.cache_dir, chunk_size=settings.chunk_size, capacity=settings.cache_size,
             policy=self.policy, ram_chunk_max=settings.ram_chunk_max, ram_cache_size=settings.ram_cache_size,
             verify_every_read=settings.chunk_verification == "every-read",
-            on_evict=self._on_evict)
+            on_evict=self._on_evict, prefetched=self.prefetched)
         self.catalog = Catalog(self.upstream, ttl=lambda bucket, key: self.rule_for(bucket, key)[0].metadata_ttl,
                                stale_if_error=settings.stale_if_error,
                                on_obsolete=self.drop_version)
@@ -96,7 +100,7 @@ class Sidecar:
                              on_object_changed=self.catalog.version_changed,
                              gate=self.bandwidth.acquire,
                              spend_demand=self.bandwidth.spend_demand,
-                             executor=self.executor)
+                             executor=self.executor, prefetched=self.prefetched)
         # The shared tier (off unless configured): its background writes wait on the same bucket.
         self.tier = SharedTier.from_settings(settings, self.metrics,
                                              gate=lambda nbytes: self.bandwidth.acquire(nbytes))
@@ -127,7 +131,6 @@ class Sidecar:
         self.face.on_hits = self._on_hits
         self.face.listing_tap = self.prefetch.listing_tap
         self.catalog.on_learned = self.prefetch.on_learned  # HEADs name keys too
-        self.store.on_prefetch_wasted = self.metrics.prefetch_wasted_bytes.inc
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None
         self.s3_address: tuple[str, int] | None = None
@@ -193,7 +196,7 @@ class Sidecar:
 
     def drop_version(self, meta: ObjectMeta) -> None:
         """A version is dead (overwritten or deleted): free its chunks."""
-        v = self.store.versions.get(self.store.version_for(meta).vid)
+        v = self.store.cached_version(meta)
         if v is not None:
             self.store.drop_version(v.vid)
 
@@ -207,7 +210,8 @@ class Sidecar:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
-        versions = await loop.run_in_executor(None, self.store.open)
+        # The store rebuilds its index from disk; the catalog says which versions are current.
+        versions = await loop.run_in_executor(None, self.store.open, current_on_disk)
         for v in versions:
             self.catalog.restore(v.meta, confirmed=v.stored_at)
         await self.ops.start()

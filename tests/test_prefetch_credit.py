@@ -7,6 +7,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.cache.ledger import PrefetchedChunks
 from sidecar.cache.lruk import LRUKPolicy
 from sidecar.cache.qos import QoSPolicy
 from sidecar.cache.rules import RuleSet
@@ -110,7 +111,7 @@ def test_store_commits_a_prefetched_chunk_with_a_credit(tmp_path):
     cs = 1024
     s = ChunkStore(tmp_path, chunk_size=cs, capacity=3 * cs, policy=lruk_qos(), clock=lambda: clock[0])
     s.open()
-    s.prefetch_credit = 100.0
+    s.prefetched.credit = 100.0
 
     def put(name: str, prefetched: bool) -> tuple[str, int]:
         m = ObjectMeta("b", name, '"e"', cs, "Tue, 14 Nov 2023 22:13:20 GMT", ())
@@ -131,6 +132,32 @@ def test_store_commits_a_prefetched_chunk_with_a_credit(tmp_path):
     put("d", False)
     assert p not in s.space, "an unread prefetch past its horizon goes first"
     assert b in s.space
+
+
+def test_the_ledger_counts_a_prefetched_chunk_read_once_and_one_that_left_unread(tmp_path):
+    cs = 1024
+    wasted: list[int] = []
+    ledger = PrefetchedChunks(on_wasted=wasted.append)
+    s = ChunkStore(tmp_path, chunk_size=cs, capacity=2 * cs, policy=lruk_qos(), prefetched=ledger)
+    s.open()
+
+    def put(name: str, prefetched: bool) -> str:
+        v = s.version_for(ObjectMeta("b", name, '"e"', cs, "Tue, 14 Nov 2023 22:13:20 GMT", ()))
+        w = s.begin_write(v, 0)
+        w.write(os.urandom(cs))
+        assert s.commit(w, prefetched=prefetched)
+        w.close()
+        return v.vid
+
+    read, unread = put("read", True), put("unread", True)
+    assert ledger.objects() == {("b", "read"), ("b", "unread")}
+    assert ledger.take(read, 0) == cs, "the first read of a prefetched chunk takes its credit"
+    assert ledger.take(read, 0) == 0, "only the first"
+    s.drop_version(unread)
+    assert wasted == [cs], "a prefetched chunk that leaves unread is wasted"
+    assert not ledger and ledger.objects() == set()
+    put("demand", False)
+    assert not ledger, "demand data is not entered"
 
 
 class _PrefetchAt:

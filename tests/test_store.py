@@ -116,11 +116,21 @@ def test_drop_version_and_new_etag(tmp_path):
 
 
 def test_rebuild_keeps_only_the_newest_version_of_a_key(tmp_path):
+    """At start the catalog decides which version of each object found on disk is current
+    (the one stored last); the store keeps that one and deletes the others' files."""
+    from sidecar.catalog import current_on_disk
+
     s = store(tmp_path)
     put(s, meta("k", 10, '"v1"'), b"a" * 10)
     put(s, meta("k", 10, '"v2"'), b"b" * 10)
-    s2 = store(tmp_path)
-    assert [v.meta.etag for v in s2.versions.values()] == ['"v2"']
+    put(s, meta("other", 10), b"c" * 10)
+    s2 = ChunkStore(tmp_path, chunk_size=CS, capacity=10 * CS, policy=LRUPolicy())
+    kept = s2.open(current_on_disk)
+    assert sorted(v.meta.etag for v in s2.versions.values()) == ['"e1"', '"v2"'] == sorted(v.meta.etag for v in kept)
+    assert s2.used_bytes == 20 and read(s2, meta("k", 10, '"v2"')) == b"b" * 10
+    assert len(list((tmp_path / "v2").glob("??/*.meta"))) == 2, "the replaced version's files are gone"
+    s3 = store(tmp_path)
+    assert len(s3.versions) == 2, "without the catalog's decision the store keeps what it finds"
 
 
 def test_changed_chunk_size_discards_old_chunks(tmp_path):
@@ -263,3 +273,68 @@ def test_chunks_evicted_before_the_budget_gives_up_leave_the_index(tmp_path):
 
 def _chunk_files(root):
     return [p for p in (root / "v2").glob("??/*") if not p.name.endswith(".meta")]
+
+
+def test_the_disk_tier_is_written_by_streaming_and_placed_whole(tmp_path):
+    """The disk tier's write side, without the store: bytes written are readable from the temp
+    file while the chunk grows (readers tail it); ``put`` seals the chunk and places it under
+    its final name, whole and checked by ``get``; ``discard`` leaves nothing behind."""
+    from sidecar.cache.disk import ChunkWriter, DiskTier
+    from sidecar.cache.store import StoreStats
+
+    index: dict = {}
+    disk = DiskTier(tmp_path, stats=StoreStats(), locate=index.get, on_bad=lambda *a: index.pop(a[0], None))
+    disk.prepare()
+    vid, data = "ab" * 20, os.urandom(3 * CS + 5)
+    w = ChunkWriter(vid, 0, len(data), *disk.temp_file(vid, 0))
+    w.write(data[:CS])
+    assert os.pread(w.fd, CS, 0) == data[:CS], "a reader tailing the write sees what arrived"
+    w.write(data[CS:])
+    assert disk.get((vid, 0)) is None, "nothing is handed out before it is placed"
+    index[(vid, 0)] = (disk.put(w), len(data))
+    w.close()
+    assert w.closed and disk.get((vid, 0)) == data
+    assert os.listdir(disk.tmp) == [] and disk.chunk_path(vid, 0, w.crc).exists()
+
+    gone = ChunkWriter(vid, 1, CS, *disk.temp_file(vid, 1))
+    gone.write(data[:CS // 2])
+    disk.discard(gone)
+    gone.close()
+    assert gone.closed and os.listdir(disk.tmp) == []
+    small = ChunkWriter(vid, 2, 4, *disk.temp_file(vid, 2))
+    with pytest.raises(ValueError):
+        small.write(b"12345")
+    small.close()
+
+
+def test_sidecar_verify_and_the_store_at_start_read_a_cache_directory_alike(tmp_path):
+    """One reading of a cache directory (``disk.read_dir``): the files ``sidecar verify`` calls
+    orphans are exactly those the store deletes at start, and the chunks it checks are those
+    the store keeps."""
+    import shutil
+
+    from sidecar.cache import chunkfile
+    from sidecar.cache.verify import verify_dir
+
+    s = store(tmp_path)
+    data = os.urandom(2 * CS)
+    put(s, meta("good", len(data)), data)
+    put(s, meta("headless", CS), os.urandom(CS))
+    v = s.version_for(meta("good", len(data)))
+    shard = s.disk.chunk_path(v.vid, 0, v.chunks[0]).parent
+    headless = s.version_for(meta("headless", CS))
+    s.disk.meta_path(headless.vid).unlink()  # its chunk has no metadata now
+    second = 0xFFFFFFFF if v.chunks[1] != 0xFFFFFFFF else 0xFFFFFFFE  # sorts after the real one: the one left
+    shutil.copy(s.disk.chunk_path(v.vid, 1, v.chunks[1]), shard / chunkfile.chunk_name(v.vid, 1, second))
+    (shard / "not-a-cache-file").write_bytes(b"x")
+    wrong = s.disk.meta_path(version_id("b", "renamed", '"e1"', 5, CS))
+    wrong.parent.mkdir(exist_ok=True)
+    shutil.copy(s.disk.meta_path(v.vid), wrong)  # metadata under another version's name
+    before = {p for p in (tmp_path / "v2").glob("??/*")}
+
+    report = verify_dir(tmp_path)
+    assert report.objects == 1 and report.chunks_checked == 2 and report.corrupt == 0
+    s2 = store(tmp_path)
+    deleted = before - {p for p in (tmp_path / "v2").glob("??/*")}
+    assert report.orphans == len(deleted) == 4
+    assert list(s2.versions) == [v.vid] and sorted(s2.versions[v.vid].chunks) == [0, 1]

@@ -10,12 +10,14 @@ the chunk's identity in its file name (``<vid>.<index>.<digest>``), in the index
 Merkle tree, so a table that rotted is caught before any piece is trusted. Data offsets are
 file offsets: ``sendfile(fd, offset)`` needs no translation.
 
-The store (``store.py``) and ``sidecar verify`` both read the directory through ``scan`` and
-check files through this module: the name format and the trailer exist once.
+The disk tier (``disk.py``, whose ``read_dir`` groups the files into versions for the store
+and ``sidecar verify``) reads the directory through ``scan`` and checks files through this
+module: the name format and the trailer exist once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import threading
@@ -185,6 +187,16 @@ def check_image(image: bytes, length: int, digest: int) -> bool:
 
 
 # --- names -------------------------------------------------------------------------------------
+
+
+def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
+    """The ``vid`` in a version's file names: a hash of (bucket, key, ETag, size, chunk size), so a
+    version's chunks can never be mistaken for another version's, and keys never become paths."""
+    h = hashlib.sha256()
+    for part in (bucket, key, etag, str(size), str(chunk_size)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()[:40]
 
 
 def chunk_name(vid: str, index: int, digest: int) -> str:

@@ -11,6 +11,11 @@ It is the second implementation of the verified-chunk protocol (``ramtier.Verifi
 chunks exist: the store's index is that record, and ``locate`` asks it for a chunk's digest and
 length. A chunk found bad is reported through ``on_bad`` so the index drops it.
 
+It is written by streaming, not given chunks whole: a ``ChunkWriter`` appends bytes to a temp
+file as they arrive (readers tail that file while it grows), then ``put`` seals it with its
+piece table and renames it into place, so a crash leaves whole chunks or none; ``discard``
+deletes an unfinished one. Which writes are kept, and their bytes, are the store's business.
+
 Verification (docs/integrity.md): a read checks the 64 KiB pieces its range touches, unless
 those pieces were checked since the file last changed (its inode, size, mtime and ctime are the
 same as at that check) and strict mode (``verify_every_read``) is off; then the file's bytes
@@ -28,13 +33,13 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..objects import ObjectMeta
 from . import chunkfile
-from .chunkfile import FORMAT, OLD_FORMATS
+from .chunkfile import FORMAT, OLD_FORMATS, PieceSums
 
 ChunkKey = tuple[str, int]
 Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns) of a chunk file
@@ -126,6 +131,58 @@ class VerifiedChunk:
                 tier.settle(self)
 
 
+class ChunkWriter:
+    """A chunk being written to a temp file of the disk tier (``DiskTier.temp_file``); readers
+    may read below ``written`` from ``fd`` while it grows. ``DiskTier.put`` places it under its
+    final name, ``DiskTier.discard`` deletes it; either ends the write (``closed``).
+
+    The descriptor outlives both (readers may still be sending from it); whoever owns the writer
+    calls ``close`` when the last reader is done."""
+
+    __slots__ = ("vid", "index", "length", "path", "fd", "written", "crc", "closed", "sums")
+
+    def __init__(self, vid: str, index: int, length: int, path: Path, fd: int) -> None:
+        self.vid = vid
+        self.index = index
+        self.length = length
+        self.path = path
+        self.fd = fd
+        self.written = 0
+        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
+        self.sums = PieceSums()
+        self.closed = False  # placed or discarded
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.written + len(data) > self.length:
+            raise ValueError("chunk overflow")
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        self.sums.update(data)
+        self.written += len(data)
+
+    def seal(self) -> None:
+        """Append the piece table after the chunk's bytes (readers tailing the file read below
+        ``length`` only)."""
+        trailer, self.crc = self.sums.trailer()
+        view = memoryview(trailer)
+        pos = self.length
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view, pos = view[n:], pos + n
+
+    @property
+    def complete(self) -> bool:
+        return self.written == self.length
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+
 class DiskTier:
     """Chunk files and what was checked of them; see the module docstring."""
 
@@ -161,9 +218,8 @@ class DiskTier:
 
     # --- start ------------------------------------------------------------------------------
 
-    def prepare(self) -> Iterator[tuple[str, str, int, int, str]]:
-        """Create the layout, delete older formats and unfinished writes, and scan the files:
-        (kind, vid, index, digest, path) as ``chunkfile.scan`` gives them."""
+    def prepare(self) -> None:
+        """Create the layout, delete older formats and unfinished writes (then ``read_dir``)."""
         for d in (self.root.parent, self.root, self.tmp):
             mkdir_private(d)
         for old in OLD_FORMATS:  # another layout and trailer: never read, just deleted
@@ -171,18 +227,6 @@ class DiskTier:
         for entry in os.scandir(self.tmp):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
-        return chunkfile.scan(self.root)
-
-    @staticmethod
-    def load_meta(path: str, chunk_size: int) -> tuple[ObjectMeta, float] | None:
-        try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read())
-            if d.get("chunk_size") != chunk_size:
-                return None
-            return ObjectMeta.from_json(d["meta"]), float(d.get("stored_at", 0.0))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
 
     # --- the verified-chunk protocol ---------------------------------------------------------
 
@@ -294,12 +338,24 @@ class DiskTier:
             raise
         return path, fd
 
-    def place(self, temp: Path, vid: str, index: int, digest: int) -> None:
-        """Rename a sealed temp file to the chunk's final name (atomic: whole or absent)."""
-        final = self.chunk_path(vid, index, digest)
+    def put(self, w: ChunkWriter) -> int:
+        """Seal a complete chunk and rename it to its final name (atomic: whole or absent);
+        returns its digest. Raises OSError (the write is not ended: ``discard`` it)."""
+        w.seal()
+        final = self.chunk_path(w.vid, w.index, w.crc)
         if not final.parent.is_dir():
             mkdir_private(final.parent)
-        os.replace(temp, final)
+        os.replace(w.path, final)
+        w.closed = True
+        return w.crc
+
+    def discard(self, w: ChunkWriter) -> None:
+        """End a write that is not to be kept: its temp file goes (its descriptor stays open)."""
+        if w.closed:
+            return
+        w.closed = True
+        with contextlib.suppress(OSError):
+            os.unlink(w.path)
 
     def write_meta(self, vid: str, meta: ObjectMeta, chunk_size: int) -> None:
         body = json.dumps({"meta": meta.to_json(), "chunk_size": chunk_size, "stored_at": time.time()}).encode()
@@ -322,6 +378,64 @@ class DiskTier:
                 pass
             except OSError:
                 self.stats.write_errors += 1
+
+
+@dataclasses.dataclass(slots=True)
+class VersionFiles:
+    """One version's files found in a cache directory: its metadata file and what it says, and
+    its chunk files."""
+
+    vid: str
+    meta_path: str
+    meta: ObjectMeta
+    chunk_size: int
+    stored_at: float  # wall time its metadata was written
+    chunks: dict[int, tuple[int, str]]  # index -> (digest, path)
+
+    def paths(self) -> list[str]:
+        return [p for _, p in self.chunks.values()] + [self.meta_path]
+
+
+def _load_meta(path: str) -> tuple[ObjectMeta, int, float] | None:
+    """(metadata, chunk size, stored at) from a version's metadata file; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            d = json.loads(f.read())
+        cs = d["chunk_size"]
+        if not isinstance(cs, int) or cs <= 0:
+            return None
+        return ObjectMeta.from_json(d["meta"]), cs, float(d.get("stored_at", 0.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_dir(root: Path) -> tuple[list[VersionFiles], list[str]]:
+    """The versions in a cache directory (``<cache_dir>/v2``), read by the store at start and by
+    ``sidecar verify``; and the files that belong to none, to be deleted: names of neither
+    kind, metadata that cannot be read or does not hash to its own name, chunk files without
+    such metadata, and a second file of one chunk (the first by digest is kept). Blocking."""
+    metas: dict[str, tuple[str, ObjectMeta, int, float]] = {}
+    chunks: dict[str, dict[int, tuple[int, str]]] = {}
+    stray: list[str] = []
+    for kind, vid, index, digest, path in sorted(chunkfile.scan(root)):
+        if kind == "meta":
+            loaded = _load_meta(path)
+            if loaded is not None:
+                meta, cs, stored_at = loaded
+                if chunkfile.version_id(meta.bucket, meta.key, meta.etag, meta.size, cs) == vid:
+                    metas[vid] = (path, meta, cs, stored_at)
+                    continue
+        elif kind == "chunk":
+            files = chunks.setdefault(vid, {})
+            if index not in files:
+                files[index] = (digest, path)
+                continue
+        stray.append(path)
+    found = [VersionFiles(vid, path, meta, cs, stored_at, chunks.pop(vid, {}))
+             for vid, (path, meta, cs, stored_at) in metas.items()]
+    for files in chunks.values():
+        stray.extend(p for _, p in files.values())
+    return found, stray
 
 
 def scrub_file(path: Path, length: int, digest: int) -> tuple[str | None, Checked | None]:

@@ -5,43 +5,34 @@ chunks are cached; the byte budget (``space.Budget``) and the eviction policy co
 what it holds. The chunks themselves are kept by two implementations of one verified-chunk
 protocol (``ramtier.VerifiedChunks``): the RAM tier (small chunks, in memory) in front of the
 disk tier (``disk.py``: the files, their layout and what was checked of them). Both hand out
-only verified bytes. Besides, the store keeps the prefetch ledger (chunks a prefetch brought
-that no client has read yet).
+only verified bytes. The store enters the chunks a prefetch commits in the prefetch ledger
+(``ledger.py``) and tells it when they leave; the reader and the prefetch loop ask the ledger.
 
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
-mistaken for another version's, and keys never become paths. A chunk is written to a temp file
-and renamed into place, so a crash leaves whole chunks or none. The index is rebuilt from file
+mistaken for another version's, and keys never become paths. A chunk is written through the
+disk tier's ``ChunkWriter`` (a temp file renamed into place: a crash leaves whole chunks or
+none); the store reserves its bytes first and enters it in the index once placed. The index is rebuilt from file
 names at start; a cache directory of an older format is deleted then, never read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..objects import ObjectMeta
-from .chunkfile import PieceSums
-from .disk import ChunkKey, Checked, DiskTier, VerifiedChunk, mkdir_private, scrub_file
+from .chunkfile import version_id
+from .disk import ChunkKey, ChunkWriter, Checked, DiskTier, VerifiedChunk, mkdir_private, read_dir, scrub_file
 from .layout import ChunkLayout
+from .ledger import PrefetchedChunks
 from .policy import EvictionPolicy
 from .ramtier import RamTier
 from .space import Budget, NoRoom
 
-__all__ = ["ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
+__all__ = ["BudgetedWrite", "ChunkKey", "ChunkStore", "ChunkWriter", "Checked", "StoreStats", "VerifiedChunk", "Version",
            "mkdir_private", "scrub_file", "version_id"]
-
-
-def version_id(bucket: str, key: str, etag: str, size: int, chunk_size: int) -> str:
-    h = hashlib.sha256()
-    for part in (bucket, key, etag, str(size), str(chunk_size)):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()[:40]
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,56 +57,16 @@ class Version:
     chunk_size: int = 0
 
 
-class ChunkWriter:
-    """A chunk being written to a temp file; ``commit`` makes it visible atomically.
+class BudgetedWrite(ChunkWriter):
+    """A chunk write the store started (``begin_write``): the disk tier's writer, with the
+    version it fills and whether the budget reserved its bytes (else it is not kept)."""
 
-    The descriptor outlives commit and abort (readers may still be sending from it); whoever
-    owns the writer calls ``close`` when the last reader is done."""
-
-    __slots__ = ("version", "vid", "index", "length", "path", "fd", "written", "crc", "reserved", "closed", "sums")
+    __slots__ = ("version", "reserved")
 
     def __init__(self, version: Version, index: int, length: int, path: Path, fd: int, reserved: bool) -> None:
+        super().__init__(version.vid, index, length, path, fd)
         self.version = version
-        self.vid = version.vid
-        self.index = index
-        self.length = length
-        self.path = path
-        self.fd = fd
-        self.written = 0
-        self.crc = 0  # the chunk's digest, known once ``seal`` appended the piece table
-        self.sums = PieceSums()
         self.reserved = reserved
-        self.closed = False
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self.written + len(data) > self.length:
-            raise ValueError("chunk overflow")
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.sums.update(data)
-        self.written += len(data)
-
-    def seal(self) -> None:
-        """Append the piece table after the chunk's bytes (readers tailing the file read below
-        ``length`` only)."""
-        trailer, self.crc = self.sums.trailer()
-        view = memoryview(trailer)
-        pos = self.length
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            view, pos = view[n:], pos + n
-
-    @property
-    def complete(self) -> bool:
-        return self.written == self.length
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = -1
 
 
 class StoreStats:
@@ -138,14 +89,15 @@ class StoreStats:
 
 
 class ChunkStore:
-    """The index of cached chunks, their budget, the RAM tier in front of the disk tier, the
-    prefetch ledger; see the module docstring."""
+    """The index of cached chunks, their budget, the RAM tier in front of the disk tier; see
+    the module docstring."""
 
     def __init__(self, root: Path, *, chunk_size: int, capacity: int, policy: EvictionPolicy,
                  ram_chunk_max: int = 64 * 1024, ram_cache_size: int = 0,
                  verify_every_read: bool = False,
                  clock: Callable[[], float] = time.monotonic,
-                 on_evict: Callable[[str, int, int], None] | None = None) -> None:
+                 on_evict: Callable[[str, int, int], None] | None = None,
+                 prefetched: PrefetchedChunks | None = None) -> None:
         self.chunk_size = chunk_size
         self.layout = ChunkLayout(chunk_size)
         # The index (``versions``, each with its ``chunks``) is the one record of which chunks are
@@ -155,13 +107,8 @@ class ChunkStore:
         self.clock = clock
         self.stats = StoreStats()
         self.on_evict = on_evict
-        # Chunks a prefetch committed that no client has read yet -> their length. The first
-        # read counts them useful (``take_prefetched``); leaving before that counts them wasted.
-        self.prefetched: dict[ChunkKey, int] = {}
-        self.on_prefetch_wasted: Callable[[int], None] | None = None
-        # Seconds a prefetched chunk is protected from eviction by demand data while unread:
-        # the predictor's horizon (the prefetch loop sets it from the model); 0: no protection.
-        self.prefetch_credit = 300.0
+        # The prefetch ledger: the store enters what a prefetch commits and tells it what leaves.
+        self.prefetched = prefetched if prefetched is not None else PrefetchedChunks()
         self.ram = RamTier(ram_cache_size, ram_chunk_max)  # verified small chunks, in front of the files
         self.disk = DiskTier(root, stats=self.stats, locate=self.locate, on_bad=self._bad,
                              verify_every_read=verify_every_read)
@@ -196,45 +143,36 @@ class ChunkStore:
 
     # --- start ------------------------------------------------------------------------------
 
-    def open(self) -> list[Version]:
-        """Create the layout and rebuild the index from disk. Returns the versions found."""
-        metas: dict[str, tuple[ObjectMeta, float]] = {}
-        chunk_files: dict[str, list[tuple[int, int, str]]] = {}
-        for kind, vid, index, digest, path in self.disk.prepare():
-            if kind == "meta":
-                loaded = self.disk.load_meta(path, self.chunk_size)
-                if loaded is not None:
-                    metas[vid] = loaded
-                    continue
-            elif kind == "chunk":
-                chunk_files.setdefault(vid, []).append((index, digest, path))
+    def open(self, current: Callable[[list[Version]], list[Version]] | None = None) -> list[Version]:
+        """Create the layout and rebuild the index from disk. Returns the versions kept.
+        ``current``: which of the intact versions found are current (the catalog's decision,
+        ``catalog.current_on_disk``); the others' files are deleted. None keeps them all."""
+        self.disk.prepare()
+        on_disk, stray = read_dir(self.disk.root)
+        self.disk.unlink(stray)
+        intact: list[Version] = []
+        for found in on_disk:
+            if found.chunk_size != self.chunk_size:  # cut another way: never read
+                self.disk.unlink(found.paths())
                 continue
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        # One version per (bucket, key): the most recently stored wins, older ones are dead.
-        newest: dict[tuple[str, str], tuple[float, str]] = {}
-        for vid, (meta, stored_at) in metas.items():
-            k = (meta.bucket, meta.key)
-            if k not in newest or newest[k][0] < stored_at:
-                newest[k] = (stored_at, vid)
-        live = {vid for _, vid in newest.values()}
-        found: list[tuple[float, Version]] = []
-        for vid, (meta, stored_at) in metas.items():
-            files = chunk_files.pop(vid, [])
-            if vid not in live or version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size) != vid:
-                self.disk.unlink([p for _, _, p in files] + [str(self.disk.meta_path(vid))])
-                continue
-            v = Version(vid, meta, meta_written=True, chunk_size=self.chunk_size, stored_at=stored_at)
-            n = self.layout.count(meta.size)
-            for index, crc, path in sorted(files):
-                if index >= n or index in v.chunks:
+            v = Version(found.vid, found.meta, meta_written=True, chunk_size=self.chunk_size,
+                        stored_at=found.stored_at)
+            n = self.layout.count(found.meta.size)
+            for index, (digest, path) in sorted(found.chunks.items()):
+                if index >= n:
                     self.disk.unlink([path])
                     continue
-                v.chunks[index] = crc
-            self.versions[vid] = v
-            found.append((stored_at, v))
-        for files in chunk_files.values():  # chunks without metadata
-            self.disk.unlink([p for _, _, p in files])
+                v.chunks[index] = digest
+            intact.append(v)
+        live = {id(v) for v in current(intact)} if current is not None else {id(v) for v in intact}
+        found: list[tuple[float, Version]] = []
+        for v in intact:
+            if id(v) not in live:  # not current: dead since before the restart
+                self.disk.unlink([str(self.disk.chunk_path(v.vid, i, crc)) for i, crc in v.chunks.items()]
+                                 + [str(self.disk.meta_path(v.vid))])
+                continue
+            self.versions[v.vid] = v
+            found.append((v.stored_at, v))
         # Admit oldest first so the policy's recency order follows storage order.
         now = self.clock()
         for _, v in sorted(found, key=lambda t: t[0]):
@@ -266,6 +204,10 @@ class ChunkStore:
             self._learn_checksums(v, meta)
         return v
 
+    def cached_version(self, meta: ObjectMeta) -> Version | None:
+        """``meta``'s version if the index holds it (``version_for`` would create it)."""
+        return self.versions.get(version_id(meta.bucket, meta.key, meta.etag, meta.size, self.chunk_size))
+
     def _learn_checksums(self, v: Version, meta: ObjectMeta) -> None:
         """Keep on disk the upstream's checksum answers learned since the version's metadata was
         written: after a restart they are replayed without asking again."""
@@ -289,7 +231,7 @@ class ChunkStore:
             self.space.take((vid, index), v.length(index), dead=True)
             self._forget_in_memory((vid, index))
             if self.prefetched:
-                self._prefetch_left((vid, index))
+                self.prefetched.left((vid, index))
         paths = [str(self.disk.chunk_path(vid, i, crc)) for i, crc in v.chunks.items()]
         v.chunks.clear()
         self.disk.unlink(paths + [str(self.disk.meta_path(vid))])
@@ -360,21 +302,9 @@ class ChunkStore:
         self.space.touch(key, now)
         return VerifiedChunk(len(data), data=data)
 
-    def note_verified(self, vid: str, index: int, chunk: VerifiedChunk, nbytes: int = 0) -> None:
-        """Settle a good check now, counting ``nbytes`` as checked (closing the chunk would
-        settle it too, counting what ``check`` returned)."""
-        chunk.checked = nbytes
-        self.disk.settle(chunk)
-
     def forget_checked(self, vid: str, index: int) -> None:
         """Trust nothing checked about this chunk file: its next read checks its pieces."""
         self.disk.drop((vid, index))
-
-    def discard(self, vid: str, index: int, chunk: VerifiedChunk) -> None:
-        """A chunk failed verification: count it, close it, and delete it (what closing a chunk
-        whose ``check`` failed does anyway)."""
-        chunk.bad = True
-        chunk.close()
 
     def drop_corrupt(self, vid: str, index: int) -> None:
         """A check (``sidecar verify``) found the chunk's bytes bad: count it and delete it."""
@@ -394,8 +324,9 @@ class ChunkStore:
 
     # --- writes -----------------------------------------------------------------------------
 
-    def begin_write(self, v: Version, index: int, keep: bool = True) -> ChunkWriter:
-        """Open a temp file for a chunk and reserve its bytes in the budget (evicting as needed).
+    def begin_write(self, v: Version, index: int, keep: bool = True) -> BudgetedWrite:
+        """Reserve a chunk's bytes in the budget (evicting as needed) and start writing it to the
+        disk tier.
         When nothing can be evicted, or ``keep`` is false (a do-not-cache rule), the writer
         still works — readers tail it — but its chunk is not kept.
         Raises OSError when the disk refuses the temp file."""
@@ -416,9 +347,9 @@ class ChunkStore:
             self.stats.write_errors += 1
             raise
         v.writers += 1
-        return ChunkWriter(v, index, length, path, fd, reserved)
+        return BudgetedWrite(v, index, length, path, fd, reserved)
 
-    def commit(self, w: ChunkWriter, prefetched: bool = False) -> bool:
+    def commit(self, w: BudgetedWrite, prefetched: bool = False) -> bool:
         """Make a complete chunk visible under its final name. Returns whether it was kept.
         ``prefetched``: fetched ahead of demand, watched until a client reads it."""
         if w.closed:
@@ -433,13 +364,11 @@ class ChunkStore:
             if not v.meta_written:
                 self.disk.write_meta(v.vid, v.meta, self.chunk_size)
                 v.meta_written = True
-            w.seal()
-            self.disk.place(w.path, w.vid, w.index, w.crc)
+            self.disk.put(w)
         except OSError:
             self.stats.write_errors += 1
             self.abort(w)
             return False
-        w.closed = True
         w.version.writers -= 1
         old_crc = v.chunks.get(w.index)
         if old_crc is not None:  # a refetch of a chunk already cached replaces it
@@ -450,26 +379,25 @@ class ChunkStore:
         now = self.clock()
         credit = {}
         if prefetched:
-            self.prefetched[(w.vid, w.index)] = w.length
+            self.prefetched.add((w.vid, w.index), w.length, (v.meta.bucket, v.meta.key))
             # Protected from demand data until read or the predicted read's horizon (QoSPolicy).
-            if self.prefetch_credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
-                credit["credit_until"] = now + self.prefetch_credit
+            if self.prefetched.credit > 0 and getattr(self.space.policy, "is_credited", None) is not None:
+                credit["credit_until"] = now + self.prefetched.credit
         evicted = self.space.add((w.vid, w.index), w.length, now, reserved=True, **credit)
         self._evicted(evicted, "capacity")
         return True
 
-    def abort(self, w: ChunkWriter) -> None:
+    def abort(self, w: BudgetedWrite) -> None:
+        """End a write without keeping its chunk: its reservation and temp file go."""
         if w.closed:
             return
-        w.closed = True
+        self.disk.discard(w)
         v = w.version
         v.writers -= 1
         if not v.chunks and not v.writers and self.versions.get(v.vid) is v:
             del self.versions[v.vid]  # an empty version nobody is filling
         if w.reserved:
             self.space.release(w.length)
-        with contextlib.suppress(OSError):
-            os.unlink(w.path)
 
     # --- scrub ------------------------------------------------------------------------------
 
@@ -515,7 +443,7 @@ class ChunkStore:
         (not when the budget evicted it, or never counted it)."""
         crc = v.chunks.pop(index, None)
         if self.prefetched:
-            self._prefetch_left((v.vid, index))
+            self.prefetched.left((v.vid, index))
         if counted and crc is not None:
             self.space.take((v.vid, index), v.length(index))
         self._forget_in_memory((v.vid, index))
@@ -528,16 +456,6 @@ class ChunkStore:
                 v.meta_written = False
             if not v.writers and self.versions.get(v.vid) is v:
                 del self.versions[v.vid]
-
-    def take_prefetched(self, vid: str, index: int) -> int:
-        """A client read the chunk: its length if a prefetch brought it and this is the first
-        read since (then it is no longer watched), else 0."""
-        return self.prefetched.pop((vid, index), 0) if self.prefetched else 0
-
-    def _prefetch_left(self, key: ChunkKey) -> None:
-        n = self.prefetched.pop(key, 0)
-        if n and self.on_prefetch_wasted is not None:
-            self.on_prefetch_wasted(n)
 
     # --- accounting -------------------------------------------------------------------------
 
@@ -560,15 +478,6 @@ class ChunkStore:
     def free_bytes(self) -> int:
         """Bytes neither used nor reserved for fills in flight."""
         return self.space.capacity - self.space.used - self.space.reserved
-
-    def unread_prefetched(self) -> set[tuple[str, str]]:
-        """(bucket, key) of the objects holding prefetched chunks no client has read yet."""
-        out = set()
-        for vid, _ in self.prefetched:
-            v = self.versions.get(vid)
-            if v is not None:
-                out.add((v.meta.bucket, v.meta.key))
-        return out
 
     def chunk_count(self, v: Version) -> int:
         return self.layout.count(v.meta.size)

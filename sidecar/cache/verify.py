@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,8 @@ from . import chunkfile
 from .chunkfile import FORMAT
 from .layout import ChunkLayout
 from .merkle import MerkleTree
-from .store import ChunkStore, version_id
+from .disk import read_dir
+from .store import ChunkStore
 
 log = get_logger("sidecar.verify")
 
@@ -165,32 +165,10 @@ def scan_dir(cache_dir: Path) -> tuple[list[tuple[Path, ObjectMeta, int, dict[in
     root = Path(cache_dir) / FORMAT
     if not root.is_dir():
         raise FileNotFoundError(f"{cache_dir} holds no cache (no {FORMAT}/ directory)")
-    metas: dict[str, tuple[Path, ObjectMeta, int]] = {}
-    chunks: dict[str, dict[int, tuple[int, Path]]] = {}
-    stray: list[Path] = []
-    for kind, vid, index, digest, name in sorted(chunkfile.scan(root)):
-        entry = Path(name)
-        if kind == "meta":
-            try:
-                d = json.loads(entry.read_bytes())
-                metas[vid] = (entry, ObjectMeta.from_json(d["meta"]), int(d["chunk_size"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                metas[vid] = (entry, None, 0)  # type: ignore[assignment]
-        elif kind == "chunk":
-            chunks.setdefault(vid, {})[index] = (digest, entry)
-        else:
-            stray.append(entry)
-    out, orphans = [], stray
-    for vid, (path, meta, cs) in metas.items():
-        files = chunks.pop(vid, {})
-        if meta is None or cs <= 0 or version_id(meta.bucket, meta.key, meta.etag, meta.size, cs) != vid:
-            orphans.extend(p for _, p in files.values())
-            orphans.append(path)  # damaged metadata: the daemon discards it and its chunks at start
-            continue
-        out.append((path, meta, cs, {i: crc for i, (crc, _) in files.items()}))
-    for files in chunks.values():
-        orphans.extend(p for _, p in files.values())
-    return out, orphans
+    # As the daemon reads it at start; what belongs to no version it deletes then.
+    found, orphans = read_dir(root)
+    return ([(Path(f.meta_path), f.meta, f.chunk_size, {i: crc for i, (crc, _) in f.chunks.items()})
+             for f in found], [Path(p) for p in orphans])
 
 
 def verify_dir(cache_dir: Path, bucket: str | None = None, key: str | None = None,

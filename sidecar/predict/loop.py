@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
 from ..errors import S3Error, UpstreamUnavailable
-from ..reader import ChunkFill, Priority
+from ..reader import ChunkFill, Priority, ReadStats
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
 from .known import KnownKeys, listing_tap, prefix_of
@@ -45,12 +45,18 @@ class PrefetchStore(Protocol):
     """What the loop asks of the chunk store."""
 
     chunk_size: int
-    prefetch_credit: float
     capacity: int
     free_bytes: int
 
     def iter_versions(self) -> Iterable[Any]: ...
-    def unread_prefetched(self) -> set[tuple[str, str]]: ...
+
+
+class UnreadPrefetches(Protocol):
+    """What the loop asks of the prefetch ledger (``cache/ledger.py``)."""
+
+    credit: float
+
+    def objects(self) -> set[tuple[str, str]]: ...
 
 
 class PrefetchPolicy(Protocol):
@@ -66,13 +72,14 @@ class PrefetchPolicy(Protocol):
 
 class PrefetchHost(Protocol):
     """The parts of the daemon the loop uses (``Sidecar`` has them): settings, metrics, the
-    cache rules, the store and policy above, the catalog (``lookup_to_fetch``), the reader (``ensure``,
+    cache rules, the store, prefetch ledger and policy above, the catalog (``lookup_to_fetch``), the reader (``ensure``,
     ``cancel``) and the token bucket (``rate``)."""
 
     settings: Any
     metrics: Any
     rules: RuleSet
     store: PrefetchStore
+    prefetched: UnreadPrefetches
     policy: PrefetchPolicy
     catalog: Any
     reader: Any
@@ -155,22 +162,22 @@ class PrefetchLoop:
 
     # --- the request path ----------------------------------------------------------------
 
-    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: Any) -> None:
+    def on_read(self, bucket: str, key: str, meta: Any, rng: Any, stats: ReadStats) -> None:
         """After every object read: O(1), no I/O."""
         if self.access_log is None:
             return
         size = meta.size
         start, end = (rng.start, rng.end) if rng is not None else (0, size - 1)
-        if getattr(stats, "prefetched", 0):
+        if stats.prefetched:
             outcome = "prefetched"
-        elif stats.miss_bytes == 0 and getattr(stats, "tier_bytes", 0) == 0:
+        elif stats.miss_bytes == 0 and stats.tier_bytes == 0:
             outcome = "hit"  # a shared tier fill is a miss of this pod's cache
         elif stats.hit_bytes == 0:
             outcome = "miss"
         else:
             outcome = "partial"
         access = Access(time.time(), bucket, key, start, end, size, outcome)
-        self._demand_hits += max(0, stats.hit_bytes - getattr(stats, "prefetched", 0))
+        self._demand_hits += max(0, stats.hit_bytes - stats.prefetched)
         self.access_log.record(access)
         self._pending.append(access)
         self._note_reader(bucket, key, access.t)
@@ -271,7 +278,7 @@ class PrefetchLoop:
                       detail="the sidecar serves without prefetch; fix or retrain the model and restart")
         else:
             # Prefetched chunks are protected from demand data for as long as the model predicts.
-            self.sc.store.prefetch_credit = float(getattr(self.predictor, "horizon", None) or 300.0)
+            self.sc.prefetched.credit = float(getattr(self.predictor, "horizon", None) or 300.0)
             log.info("prefetch_started", model=str(self.model_path) if self.model_path else "shipped",
                      interval_s=self.sc.settings.prefetch_interval,
                      threshold=self.sc.settings.prefetch_threshold)
@@ -380,7 +387,7 @@ class PrefetchLoop:
         if 0 < rate < float("inf"):
             max_bytes = min(max_bytes, int(2 * rate * max(s.prefetch_interval, 1.0)))
         # Objects still holding prefetched chunks no client has read yet.
-        unread = store.unread_prefetched()
+        unread = sc.prefetched.objects()
         self._expected = {o: p for o, p in self._expected.items() if o in unread or o in self._active}
         return {"now": time.time(), "cached": cached, "displaceable": displaceable,
                 "expected": dict(self._expected),

@@ -135,7 +135,7 @@ class PrefetchHook:
         ``retention_weight``/``retention_threshold``: the daemon's predictor-weighted retention
         (``lru_k_retention_weight``/``_threshold``), the same ``QoSPolicy.boost`` after each run.
         ``credit``: seconds a prefetched chunk is protected from demand data while unread (as
-        the daemon's ``ChunkStore.prefetch_credit``): the predictor's horizon unless given; 0: none."""
+        the daemon's ``PrefetchedChunks.credit``): the predictor's horizon unless given; 0: none."""
         self.predictor = predictor
         self.tracker = tracker
         self.rules = rules
