@@ -32,7 +32,7 @@ from . import conditions
 from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
 from .sendfile import BodySender, ClientGone, sendfile_until_full
-from .target import Target, asks_uncacheable, is_cacheable_read, parse_target
+from .target import UNCACHEABLE_READ_HEADERS, Target, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
     from ..objects import ObjectMeta
@@ -46,6 +46,9 @@ log = get_logger("sidecar.s3")
 _HAND_OFF_HEADERS = frozenset({
     "content-length", "transfer-encoding", "expect", "upgrade", "connection", "te", "trailer",
 })
+# ... and those after which the cache cannot answer at all (SSE-C, owner or payer checks): one
+# set, so a request's lower-case header names are checked against both in one call
+_NOT_PLAIN = _HAND_OFF_HEADERS | UNCACHEABLE_READ_HEADERS
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
 _REASONS = {200: b"OK", 206: b"Partial Content"}
@@ -302,7 +305,7 @@ class FastPath:
         if req is None or req.method not in ("GET", "HEAD"):
             return None
         h = req.headers
-        if not _HAND_OFF_HEADERS.isdisjoint(h) or asks_uncacheable(h):
+        if not _NOT_PLAIN.isdisjoint(h):
             return None
         if self.face.auth is not None:
             obj = self._object_plan(req)
