@@ -21,6 +21,11 @@ and the sidecar; time to first and last byte, and the ratio to the direct GET.
 
 Absolute figures on a shared machine are noisy; ratios within one run are what count.
 Prints one table and writes bench/out/get_bench.json.
+
+The daemon under test is ``python -m sidecar`` started in the current directory, so it is the
+``sidecar`` package found there first (then on PYTHONPATH), not necessarily this file's: to
+compare two checkouts, run the bench from inside each (``cd OTHER && PYTHONPATH=$PWD python
+/path/to/bench/get_bench.py``). The first line printed names the package used.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support.procs import MotoServer, Sidecar, free_port, wait_port  # noqa: E402
+from support.procs import CHILD_ENV, MotoServer, Sidecar, free_port, wait_port  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 BUCKET = "bench"
@@ -256,6 +261,9 @@ def main() -> int:
     args = ap.parse_args()
     cases = [c for c in HIT_CASES if not args.cases or any(s.strip() in c[0] for s in args.cases.split(","))]
     ensure_tools()
+    under_test = subprocess.run([sys.executable, "-c", "import sidecar, os; print(os.path.dirname(sidecar.__file__))"],
+                                capture_output=True, text=True, check=True, env=CHILD_ENV).stdout.strip()
+    print(f"sidecar under test: {under_test}", flush=True)
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     work.chmod(0o755)  # nginx workers run unprivileged and must read the files

@@ -367,19 +367,3 @@ def test_the_policy_hears_of_memory_hits_answered_on_the_lean_path(make_sidecar,
     assert fast_answers(sc) == before + 1
     c.close()
 
-
-def test_a_connection_that_sent_from_files_still_closes_when_aiohttp_closes_it(make_sidecar, moto_s3, bucket):
-    """A head sent before file bytes goes out through our own handle on the socket (MSG_MORE):
-    once the connection is aiohttp's, or closed, that handle must not keep it open."""
-    sc = make_sidecar(chunk_size="256KiB", ram_cache_size=0)
-    body = os.urandom(300 * KiB)
-    moto_s3.put_object(Bucket=bucket, Key="f", Body=body)
-    assert sc.client().get_object(Bucket=bucket, Key="f")["Body"].read() == body
-    c = Conn(sc.url)
-    for _ in range(2):  # the first checks the pieces it reads, the second is sent with sendfile
-        c.send(get(f"/{bucket}/f", "Range: bytes=1000-70000"))
-        assert c.response()[::2] == (206, body[1000:70001])
-    c.send(get(f"/{bucket}/f", "Range: bytes=0-9", "Connection: close"))  # aiohttp's, which closes
-    assert c.response()[::2] == (206, body[:10])
-    assert c.sock.recv(1) == b""  # the end of the connection, not a 10 s timeout
-    c.close()

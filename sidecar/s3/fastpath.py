@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -32,7 +30,7 @@ from . import conditions
 from .face import new_request_id
 from .ranges import ByteRange, parse_range, resolve
 from .sendfile import BodySender, ClientGone, sendfile_until_full
-from .target import Target, asks_uncacheable, is_cacheable_read, parse_target
+from .target import UNCACHEABLE_READ_HEADERS, Target, is_cacheable_read, parse_target
 
 if TYPE_CHECKING:
     from ..objects import ObjectMeta
@@ -46,6 +44,9 @@ log = get_logger("sidecar.s3")
 _HAND_OFF_HEADERS = frozenset({
     "content-length", "transfer-encoding", "expect", "upgrade", "connection", "te", "trailer",
 })
+# ... and those after which the cache cannot answer at all (SSE-C, owner or payer checks): one
+# set, so a request's lower-case header names are checked against both in one call
+_NOT_PLAIN = _HAND_OFF_HEADERS | UNCACHEABLE_READ_HEADERS
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
 _REASONS = {200: b"OK", 206: b"Partial Content"}
@@ -302,7 +303,7 @@ class FastPath:
         if req is None or req.method not in ("GET", "HEAD"):
             return None
         h = req.headers
-        if not _HAND_OFF_HEADERS.isdisjoint(h) or asks_uncacheable(h):
+        if not _NOT_PLAIN.isdisjoint(h):
             return None
         if self.face.auth is not None:
             obj = self._object_plan(req)
@@ -457,7 +458,6 @@ class FastProtocol(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.remote = ""
         self._sock_fd = -1
-        self._head_sock: socket.socket | None = None  # our own handle, to send a head with MSG_MORE
         self._paused_reading = False
         self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
 
@@ -489,7 +489,6 @@ class FastProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fast.connections.discard(self)
-        self._release_head_sock()
         if self.task is not None:
             self.task.cancel()
         if self._writable is not None and not self._writable.done():
@@ -573,9 +572,10 @@ class FastProtocol(asyncio.Protocol):
             self.transport.write(a.head + seg.data)
             self._finished(a, plan.status)
             return True
+        self.transport.write(a.head)
         sent = 0
         try:
-            if self._send_head(a.head):
+            if not self.transport.get_write_buffer_size():
                 sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
         except OSError as e:
             self._send_failed(a, seg, e)
@@ -589,34 +589,6 @@ class FastProtocol(asyncio.Protocol):
         face.in_flight += 1
         self.task = asyncio.ensure_future(self._send_rest(a, seg, chunk, sent))
         return True
-
-    def _send_head(self, head: bytes) -> bool:
-        """Send a response head that file bytes follow; True when it went to the socket whole
-        (the body may be sent with ``sendfile`` now), False when the transport holds some of it.
-
-        Written with MSG_MORE, the head waits in the kernel for the body's first bytes and
-        leaves in one segment with them: written alone, it would cost a packet of its own and
-        wake the client to read it, which for a small range costs more than the sendfile."""
-        transport = self.transport
-        if transport.get_write_buffer_size():
-            transport.write(head)
-            return False
-        if self._head_sock is None:
-            self._head_sock = socket.socket(fileno=os.dup(self._sock_fd))
-        try:
-            n = self._head_sock.send(head, socket.MSG_MORE)
-        except (BlockingIOError, InterruptedError):
-            n = 0
-        if n == len(head):
-            return True
-        transport.write(head[n:])
-        return False
-
-    def _release_head_sock(self) -> None:
-        """Close our handle on the socket (the connection itself stays the transport's)."""
-        if self._head_sock is not None:
-            self._head_sock.close()
-            self._head_sock = None
 
     async def _send_rest(self, a: _Answer, seg, chunk, sent: int) -> None:
         """The rest of a file span the socket did not take at once."""
@@ -729,7 +701,6 @@ class FastProtocol(asyncio.Protocol):
                 raise ClientGone()
 
     def _abort(self) -> None:
-        self._release_head_sock()  # or the connection would stay open through it
         if self.transport is not None:
             self.transport.abort()
 
@@ -767,7 +738,6 @@ class FastProtocol(asyncio.Protocol):
         received so far, and answers everything from here on."""
         transport = self.transport
         self.fast.connections.discard(self)
-        self._release_head_sock()
         self.transport = None
         if transport is None or transport.is_closing():
             return

@@ -37,6 +37,7 @@ _UNCACHEABLE_READ_HEADERS = (
     "x-amz-expected-bucket-owner",
     "x-amz-request-payer",
 )
+UNCACHEABLE_READ_HEADERS = frozenset(_UNCACHEABLE_READ_HEADERS)  # for header dicts with lower-case names
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
