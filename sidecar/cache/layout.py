@@ -7,6 +7,7 @@ touches, the chunk-aligned window a cold read asks the upstream for) lives here 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,3 +43,10 @@ class ChunkLayout:
         if end is not None:
             last = min(last, (end // self.size + 1) * self.size - 1)
         return first, last
+
+
+@functools.lru_cache(maxsize=16)
+def layout_of(size: int) -> ChunkLayout:
+    """The layout of ``size``-byte chunks, built once (it is frozen, so one is shared): a hit asks
+    for a chunk's length, and building a frozen dataclass costs more than the arithmetic."""
+    return ChunkLayout(size)

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..objects import ObjectMeta
 from .chunkfile import version_id
 from .disk import ChunkKey, ChunkWriter, Checked, DiskTier, VerifiedChunk, mkdir_private, read_dir, scrub_file
-from .layout import ChunkLayout
+from .layout import ChunkLayout, layout_of
 from .ledger import PrefetchedChunks
 from .policy import EvictionPolicy
 from .ramtier import RamTier
@@ -52,7 +52,7 @@ class Version:
         return sum(self.length(i) for i in self.chunks)
 
     def length(self, index: int) -> int:
-        return ChunkLayout(self.chunk_size).length(index, self.meta.size)
+        return layout_of(self.chunk_size).length(index, self.meta.size)
 
     chunk_size: int = 0
 
