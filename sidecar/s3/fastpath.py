@@ -187,7 +187,7 @@ class HitPlan:
     stays current and fresh is answered from its plan (``FastProtocol._answer_planned``)."""
 
     __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
-                 "operation", "fresh_until", "keep", "label", "vid", "chunk", "key", "lo", "hi", "tally",
+                 "operation", "fresh_until", "keep", "label", "vid", "chunk", "key", "lo", "hi", "in_ram", "tally",
                  "read_totals", "log_fields", "sent")
 
     def __init__(self, fast: "FastPath", obj: ObjectPlan, rng: ByteRange | None, range_header: str | None) -> None:
@@ -215,11 +215,13 @@ class HitPlan:
         self.chunk = -1
         self.vid = obj.vid
         self.lo = self.hi = 0
+        self.in_ram = False  # whether the chunk is small enough for the RAM tier
         if method == "GET" and nbytes > 0:
             cs = fast.chunk_size
             if self.start // cs == self.end // cs:
                 self.chunk = self.start // cs
                 self.lo, self.hi = self.start - self.chunk * cs, self.end - self.chunk * cs
+                self.in_ram = fast.holds_in_ram(min(cs, meta.size - self.chunk * cs))
         self.key = (self.vid, self.chunk)  # the chunk's key in the store
         self.sent = sent = nbytes if method == "GET" else 0
         self.log_fields = fast.face.access_log.prepare(method, self.operation, obj.target.bucket, obj.target.key,
@@ -246,6 +248,7 @@ class FastPath:
         self._by_head: dict[bytes, HitPlan] = {}  # plans by the very bytes of an unsigned head
         self.plans: dict[tuple, ObjectPlan] = {}  # by what a request asks but its range (FastPath.plan)
         self.chunk_size = face.reader.chunk_size
+        self.holds_in_ram = face.reader.store.ram.holds
         self.journal: list[tuple] = []  # answers sent as planned, to record (record_hits)
         self._date_sec = -1
         self._date = b""
@@ -530,6 +533,8 @@ class FastProtocol(asyncio.Protocol):
         """Answer a HEAD, or a GET whose bytes are in memory, straight from its plan: one write,
         and the request's records from what the plan prepared. False (nothing sent): the bytes
         are in chunk files."""
+        if plan.chunk >= 0 and not plan.in_ram:
+            return False  # a chunk too large for memory: its file's
         t0 = time.monotonic()
         fast = self.fast
         face = fast.face
