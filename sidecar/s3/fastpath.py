@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ _HAND_OFF_HEADERS = frozenset({
 # ... and those after which the cache cannot answer at all (SSE-C, owner or payer checks): one
 # set, so a request's lower-case header names are checked against both in one call
 _NOT_PLAIN = _HAND_OFF_HEADERS | UNCACHEABLE_READ_HEADERS
+_ODD_HEAD = re.compile(rb"[^\x00-\x7f]|(?:^|[^\r])\n|\n[ \t]")
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
 _REASONS = {200: b"OK", 206: b"Partial Content"}
@@ -83,10 +85,9 @@ def parse_head(head: bytes, max_headers: int = 100) -> RequestHead | None:
     """The request in ``head`` (exactly one request head, ending with an empty line), or None
     when it is anything but a simple, well-formed HTTP/1.1 request without a body: then aiohttp's
     parser and the face decide what it is and how to answer."""
-    if not head.isascii() or not head.endswith(b"\r\n\r\n") or len(head) > MAX_HEAD:
-        return None
-    # bare LF line ends and obsolete line folding are left to aiohttp's stricter parser
-    if head.count(b"\n") != head.count(b"\r\n") or b"\r\n " in head or b"\r\n\t" in head:
+    # non-ASCII bytes, bare LF line ends and obsolete line folding are left to aiohttp's
+    # stricter parser (one scan finds any of them)
+    if len(head) > MAX_HEAD or not head.endswith(b"\r\n\r\n") or _ODD_HEAD.search(head) is not None:
         return None
     req = RequestHead()
     parser = httptools.HttpRequestParser(req)
