@@ -447,12 +447,12 @@ admit_ops = st.lists(
        rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
        max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
        chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]), fresh=st.booleans(),
-       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans())
+       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans(), hold=st.booleans())
 def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
-                                                            start, chances, k, fresh, ghost, fill):
+                                                            start, chances, k, fresh, ghost, fill, hold):
     policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
                        target=min(start, max_share), max_share=max_share, chances=chances,
-                       fresh_returns=fresh, ghost=ghost, fill_main=fill)
+                       fresh_returns=fresh, ghost=ghost, fill_main=fill, hold=hold)
     space = CacheSpace(capacity, policy)
     sizes: dict[int, int] = {}
     now = 0.0
@@ -476,8 +476,13 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         resident = {k for k in sizes if k in space}
         assert space.used <= capacity
         assert {k for k in sizes if k in policy} == resident and len(policy) == len(resident)
-        assert policy.probation_bytes + policy.main_bytes == space.used
+        assert policy.probation_bytes + policy.main_bytes + policy.held_bytes == space.used
         assert policy.probation_bytes == sum(sizes[k] for k in resident if policy.on_probation(k))
+        assert policy.held_bytes == sum(sizes[k] for k in resident if policy.held(k))
+        assert policy.held_count == sum(policy.held(k) for k in resident)
+        assert hold or not policy.held_count
+        assert 0.0 <= policy.hold_share <= 1.0
+        assert sorted(policy.order()) == sorted(resident)  # each resident key once, in one part
         victim = policy.victim()
         assert victim is None if not resident else victim in resident  # never an absent entry
         # the ghost list is LRU-K's retained history: bounded, and its two kinds add up
@@ -486,6 +491,7 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         assert sum(policy._left) == policy.retained and min(policy._left) >= 0
         assert 0.0 <= policy.share <= max_share
         assert len(policy._heap) <= 2 * len(resident) + 65
+        assert len(policy._held) - policy._held_head <= 2 * policy.held_count + 65
 
 
 @settings(max_examples=150, deadline=None)
@@ -590,6 +596,8 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     assert isinstance(make_policy("lru-k", k=2, admission="adaptive"), AdmitLRUK)
     assert type(make_policy("lru-k", k=2, admission="off")) is LRUKPolicy
     assert isinstance(make_policy("lru-k", k=2, probation=0.1, admission="adaptive"), ProbationLRUK)
+    assert make_policy("lru-k", k=2, admission="hold").hold
+    assert not make_policy("lru-k", k=2, admission="adaptive").hold
     with pytest.raises(ValueError):
         make_policy("lru-k", k=2, admission="sometimes")
     with pytest.raises(ValueError):
@@ -599,6 +607,9 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     settings = load({"lru_k_admission": "adaptive"}, {})
     policy = QoSPolicy.from_settings(settings, locate=lambda key: None)
     assert all(isinstance(group.policy, AdmitLRUK) for group in policy._groups())
+    assert not load({}, {}).lru_k_admission == "hold"  # the held part is not the default
+    held = QoSPolicy.from_settings(load({"lru_k_admission": "hold"}, {}), locate=lambda key: None)
+    assert all(group.policy.hold for group in held._groups())
 
 
 def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
@@ -647,3 +658,47 @@ def test_with_fill_main_the_cold_start_fills_main_and_later_strangers_pass_proba
     for t, key in enumerate("efgh", start=4):  # more strangers: each pushes out the one before
         space.insert(key, 10, float(t))
     assert [k for k in "bcdefgh" if k in space] == ["b", "c", "h"]  # a cyclic scan keeps a frozen part
+
+
+def _cycles(policy, keys: int, capacity: int, rounds: int) -> int:
+    """Hits of ``rounds`` cyclic reads of ``keys`` unit-size keys through a cache of ``capacity``."""
+    space = CacheSpace(capacity, policy)
+    hits, t = 0, 0.0
+    for _ in range(rounds):
+        for key in range(keys):
+            t += 1.0
+            if space.hit(key, t):
+                hits += 1
+            else:
+                space.insert(key, 1, t)
+    return hits
+
+
+def test_with_hold_a_cyclic_read_larger_than_the_cache_keeps_a_held_part():
+    # 100 keys read in order, again and again, through room for 40: every recency policy (and
+    # AdmitLRUK without hold: probation is a FIFO) misses every read after the first round
+    assert _cycles(AdmitLRUK(2), 100, 40, 6) == 0
+    assert _cycles(LRUKPolicy(2), 100, 40, 6) == 0
+    held = AdmitLRUK(2, hold=True)
+    hits = _cycles(held, 100, 40, 6)
+    # a fixed part of the loop stays: most of the cache's 40 keys hit in each of the last 5 rounds
+    assert hits >= 5 * 30
+    assert held.held_count + len([k for k in range(100) if k in held and not held.held(k)]) == 40
+
+
+def test_held_part_shrinks_when_probation_leavers_return_and_grows_on_its_hits():
+    policy = AdmitLRUK(2, hold=True)
+    space = CacheSpace(20, policy)
+    for t in range(20):
+        space.insert(t, 1, float(t))
+    space.insert(20, 1, 20.0)  # the first victim: probation's older entries are held instead
+    assert policy.held_count >= 15 and policy.hold_share == 1.0
+    for t in range(21, 25):  # later strangers pass probation and leave unread
+        space.insert(t, 1, float(t))
+    leaver = next(k for k in range(20, 25) if k not in space)
+    space.insert(leaver, 1, 30.0)  # back while the held bytes could have kept it on probation
+    assert policy.hold_share < 1.0
+    share = policy.hold_share
+    held = next(k for k in range(20) if policy.held(k))
+    assert space.hit(held, 31.0)  # a hit only holding gave: the held part's target grows
+    assert policy.hold_share > share and not policy.held(held)
