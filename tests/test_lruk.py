@@ -481,7 +481,7 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         assert policy.held_bytes == sum(sizes[k] for k in resident if policy.held(k))
         assert policy.held_count == sum(policy.held(k) for k in resident)
         assert hold or not policy.held_count
-        assert 0.0 <= policy.hold_share <= 1.0
+        assert policy.held_bytes <= space.used
         assert sorted(policy.order()) == sorted(resident)  # each resident key once, in one part
         victim = policy.victim()
         assert victim is None if not resident else victim in resident  # never an absent entry
@@ -607,9 +607,9 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     settings = load({"lru_k_admission": "adaptive"}, {})
     policy = QoSPolicy.from_settings(settings, locate=lambda key: None)
     assert all(isinstance(group.policy, AdmitLRUK) for group in policy._groups())
-    assert not load({}, {}).lru_k_admission == "hold"  # the held part is not the default
-    held = QoSPolicy.from_settings(load({"lru_k_admission": "hold"}, {}), locate=lambda key: None)
-    assert all(group.policy.hold for group in held._groups())
+    assert not any(group.policy.hold for group in policy._groups())
+    held = QoSPolicy.from_settings(load({}, {}), locate=lambda key: None)  # the default: with a held part
+    assert all(isinstance(group.policy, AdmitLRUK) and group.policy.hold for group in held._groups())
 
 
 def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
@@ -686,19 +686,28 @@ def test_with_hold_a_cyclic_read_larger_than_the_cache_keeps_a_held_part():
     assert held.held_count + len([k for k in range(100) if k in held and not held.held(k)]) == 40
 
 
-def test_held_part_shrinks_when_probation_leavers_return_and_grows_on_its_hits():
+def test_the_held_part_gives_room_newest_first_until_an_oldest_outwaits_the_reach():
     policy = AdmitLRUK(2, hold=True)
     space = CacheSpace(20, policy)
     for t in range(20):
         space.insert(t, 1, float(t))
-    space.insert(20, 1, 20.0)  # the first victim: probation's older entries are held instead
-    assert policy.held_count >= 15 and policy.hold_share == 1.0
-    for t in range(21, 25):  # later strangers pass probation and leave unread
+    space.insert(20, 1, 20.0)  # the first victim: probation's oldest entries are held instead
+    held = [k for k in range(21) if policy.held(k)]
+    assert len(held) >= 15 and policy.reach is None
+    for t in range(21, 25):  # later strangers pass probation and leave: the held ones stay
         space.insert(t, 1, float(t))
-    leaver = next(k for k in range(20, 25) if k not in space)
-    space.insert(leaver, 1, 30.0)  # back while the held bytes could have kept it on probation
-    assert policy.hold_share < 1.0
-    share = policy.hold_share
-    held = next(k for k in range(20) if policy.held(k))
-    assert space.hit(held, 31.0)  # a hit only holding gave: the held part's target grows
-    assert policy.hold_share > share and not policy.held(held)
+    assert all(k in space for k in held)
+    assert space.hit(held[1], 25.0)  # read again after a wait: on to main, its wait is the reach
+    assert not policy.held(held[1]) and policy.reach is not None and policy.reach > 4
+    while policy.probation_count:  # empty probation: from now on the held part gives room
+        space.remove(policy.victim())
+    rest = [k for k in held if policy.held(k)]
+    assert policy.victim() == rest[-1]  # newest first: the loop's fixed part stays
+    space.remove(rest[-1])
+    assert policy.victim() == rest[-2]
+    t = 26.0
+    while policy.victim() != rest[0]:  # until the oldest has waited 1.25 times the reach
+        space.hit(held[1], t)
+        t += 1.0
+    assert t - 26.0 <= policy.reach
+    assert all(policy.held(k) for k in rest[:-1])
