@@ -711,3 +711,26 @@ def test_the_held_part_gives_room_newest_first_until_an_oldest_outwaits_the_reac
         t += 1.0
     assert t - 26.0 <= policy.reach
     assert all(policy.held(k) for k in rest[:-1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(reads=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), min_size=1, max_size=400),
+       capacity=st.integers(20, 120))
+def test_the_held_part_leaves_probation_its_room_and_gives_room_only_from_its_ends(reads, capacity):
+    """Holding never takes probation below 5 % of the bytes beyond one entry, and a victim from
+    the held part is its oldest or its newest entry."""
+    policy = AdmitLRUK(2, hold=True)
+    space = CacheSpace(capacity, policy)
+    sizes: dict[int, int] = {}
+    for t, (key, size) in enumerate(reads):
+        size = sizes.setdefault(key, size)
+        if space.hit(key, float(t)):
+            continue
+        held = [k for k in policy.order() if policy.held(k)]
+        victim = policy.victim()
+        if policy.held(victim):  # the held part gives room: from one end, probation within its share
+            held = [k for k in policy.order() if policy.held(k)]
+            assert victim in (held[0], held[-1])
+        space.insert(key, size, float(t))
+        resident = space.used
+        assert policy.held_bytes <= (1 - policy.share - 0.05) * resident + max(sizes.values())

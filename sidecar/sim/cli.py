@@ -215,7 +215,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: default (the daemon's policy and default settings), lru, lru-K "
                         "(lru-k: K from --lru-k), lru-K-forget (no retained history), lru-K-pNN (a "
                         "probationary FIFO of NN%% of the bytes in front), lru-K-admit (adaptive probation and "
-                        "second chances: lru_k_admission: adaptive), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                        "second chances: lru_k_admission: adaptive; lru-K-admit-h adds the held part: "
+                        "lru_k_admission: hold, the daemon's default), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
                         f"--rules over INNER) [{DEFAULT_POLICIES}]")
     p.add_argument("--rules", metavar="FILE.yaml",
                    help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")
