@@ -365,13 +365,17 @@ OPTIONS: tuple[Option, ...] = (
            "LRU-K: share of the cache's bytes for a probationary FIFO (with a ghost list) that new "
            "chunks pass before the LRU-K queue; 0 turns it off. Wins on scan-heavy, one-hit-rich "
            "work (OLTP), loses on large-object block traces (cloudPhysics): see docs/policy.md"),
-    Option("lru_k_admission", "adaptive", _choice("off", "adaptive"), "off or adaptive",
+    Option("lru_k_admission", "hold", _choice("off", "adaptive", "hold"), "off, adaptive or hold",
            "LRU-K: 'adaptive' (AdmitLRUK) makes new chunks (no retained history) pass a probationary "
            "FIFO whose share of the bytes moves with the returns of keys each side let go (ARC's "
            "rule; 0 is plain LRU-K, at most half the cache), and spares main entries read more often "
-           "(S3-FIFO's second chances). Beats S3-FIFO on OLTP at every size, at or below plain LRU-K "
-           "on every trace and workload measured, hence the default; 'off' is plain LRU-K: see "
-           "docs/policy.md. lru_k_probation above 0 takes precedence"),
+           "(S3-FIFO's second chances). 'hold' (the default) adds a held part: chunks reaching the "
+           "probation's end are held while there is room beside main, and the held part gives room "
+           "newest first unless its oldest has waited longer than a held chunk ever waited before "
+           "its read, so a cyclic read larger than the cache (training epochs) keeps a fixed part "
+           "and chunks never read again still go. At or below min(LRU, ARC, S3-FIFO) on every trace "
+           "and workload measured; 'off' is plain LRU-K: see docs/policy.md. lru_k_probation above "
+           "0 takes precedence"),
     Option("lru_k_retention_weight", 0.0, _float_range(0.0, 4.0), "a number from 0 to 4",
            "LRU-K: after each predictor run, cached chunks of objects scored at least "
            "lru_k_retention_threshold rank as if their backward K-distance were 1 + this times "

@@ -447,12 +447,12 @@ admit_ops = st.lists(
        rip=st.sampled_from([None, 20.0]), history_size=st.sampled_from([None, 0, 4]),
        max_share=st.sampled_from([0.0, 0.3, 0.5, 0.9]), start=st.sampled_from([0.0, 0.1]),
        chances=st.sampled_from([0, 1, 3]), k=st.sampled_from([1, 2, 2, 3]), fresh=st.booleans(),
-       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans())
+       ghost=st.sampled_from([1.0, 1.5]), fill=st.booleans(), hold=st.booleans())
 def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, rip, history_size, max_share,
-                                                            start, chances, k, fresh, ghost, fill):
+                                                            start, chances, k, fresh, ghost, fill, hold):
     policy = AdmitLRUK(k, correlated_period=crp, retained_period=rip, history_size=history_size,
                        target=min(start, max_share), max_share=max_share, chances=chances,
-                       fresh_returns=fresh, ghost=ghost, fill_main=fill)
+                       fresh_returns=fresh, ghost=ghost, fill_main=fill, hold=hold)
     space = CacheSpace(capacity, policy)
     sizes: dict[int, int] = {}
     now = 0.0
@@ -476,8 +476,13 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         resident = {k for k in sizes if k in space}
         assert space.used <= capacity
         assert {k for k in sizes if k in policy} == resident and len(policy) == len(resident)
-        assert policy.probation_bytes + policy.main_bytes == space.used
+        assert policy.probation_bytes + policy.main_bytes + policy.held_bytes == space.used
         assert policy.probation_bytes == sum(sizes[k] for k in resident if policy.on_probation(k))
+        assert policy.held_bytes == sum(sizes[k] for k in resident if policy.held(k))
+        assert policy.held_count == sum(policy.held(k) for k in resident)
+        assert hold or not policy.held_count
+        assert policy.held_bytes <= space.used
+        assert sorted(policy.order()) == sorted(resident)  # each resident key once, in one part
         victim = policy.victim()
         assert victim is None if not resident else victim in resident  # never an absent entry
         # the ghost list is LRU-K's retained history: bounded, and its two kinds add up
@@ -486,6 +491,7 @@ def test_admit_lruk_keeps_the_budget_and_a_consistent_index(ops, capacity, crp, 
         assert sum(policy._left) == policy.retained and min(policy._left) >= 0
         assert 0.0 <= policy.share <= max_share
         assert len(policy._heap) <= 2 * len(resident) + 65
+        assert len(policy._held) - policy._held_head <= 2 * policy.held_count + 65
 
 
 @settings(max_examples=150, deadline=None)
@@ -590,6 +596,8 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     assert isinstance(make_policy("lru-k", k=2, admission="adaptive"), AdmitLRUK)
     assert type(make_policy("lru-k", k=2, admission="off")) is LRUKPolicy
     assert isinstance(make_policy("lru-k", k=2, probation=0.1, admission="adaptive"), ProbationLRUK)
+    assert make_policy("lru-k", k=2, admission="hold").hold
+    assert not make_policy("lru-k", k=2, admission="adaptive").hold
     with pytest.raises(ValueError):
         make_policy("lru-k", k=2, admission="sometimes")
     with pytest.raises(ValueError):
@@ -599,6 +607,9 @@ def test_make_policy_and_the_daemon_settings_build_admit_lruk():
     settings = load({"lru_k_admission": "adaptive"}, {})
     policy = QoSPolicy.from_settings(settings, locate=lambda key: None)
     assert all(isinstance(group.policy, AdmitLRUK) for group in policy._groups())
+    assert not any(group.policy.hold for group in policy._groups())
+    held = QoSPolicy.from_settings(load({}, {}), locate=lambda key: None)  # the default: with a held part
+    assert all(isinstance(group.policy, AdmitLRUK) and group.policy.hold for group in held._groups())
 
 
 def test_a_main_entry_read_often_gets_second_chances_over_one_read_once():
@@ -647,3 +658,79 @@ def test_with_fill_main_the_cold_start_fills_main_and_later_strangers_pass_proba
     for t, key in enumerate("efgh", start=4):  # more strangers: each pushes out the one before
         space.insert(key, 10, float(t))
     assert [k for k in "bcdefgh" if k in space] == ["b", "c", "h"]  # a cyclic scan keeps a frozen part
+
+
+def _cycles(policy, keys: int, capacity: int, rounds: int) -> int:
+    """Hits of ``rounds`` cyclic reads of ``keys`` unit-size keys through a cache of ``capacity``."""
+    space = CacheSpace(capacity, policy)
+    hits, t = 0, 0.0
+    for _ in range(rounds):
+        for key in range(keys):
+            t += 1.0
+            if space.hit(key, t):
+                hits += 1
+            else:
+                space.insert(key, 1, t)
+    return hits
+
+
+def test_with_hold_a_cyclic_read_larger_than_the_cache_keeps_a_held_part():
+    # 100 keys read in order, again and again, through room for 40: every recency policy (and
+    # AdmitLRUK without hold: probation is a FIFO) misses every read after the first round
+    assert _cycles(AdmitLRUK(2), 100, 40, 6) == 0
+    assert _cycles(LRUKPolicy(2), 100, 40, 6) == 0
+    held = AdmitLRUK(2, hold=True)
+    hits = _cycles(held, 100, 40, 6)
+    # a fixed part of the loop stays: most of the cache's 40 keys hit in each of the last 5 rounds
+    assert hits >= 5 * 30
+    assert held.held_count + len([k for k in range(100) if k in held and not held.held(k)]) == 40
+
+
+def test_the_held_part_gives_room_newest_first_until_an_oldest_outwaits_the_reach():
+    policy = AdmitLRUK(2, hold=True)
+    space = CacheSpace(20, policy)
+    for t in range(20):
+        space.insert(t, 1, float(t))
+    space.insert(20, 1, 20.0)  # the first victim: probation's oldest entries are held instead
+    held = [k for k in range(21) if policy.held(k)]
+    assert len(held) >= 15 and policy.reach is None
+    for t in range(21, 25):  # later strangers pass probation and leave: the held ones stay
+        space.insert(t, 1, float(t))
+    assert all(k in space for k in held)
+    assert space.hit(held[1], 25.0)  # read again after a wait: on to main, its wait is the reach
+    assert not policy.held(held[1]) and policy.reach is not None and policy.reach > 4
+    while policy.probation_count:  # empty probation: from now on the held part gives room
+        space.remove(policy.victim())
+    rest = [k for k in held if policy.held(k)]
+    assert policy.victim() == rest[-1]  # newest first: the loop's fixed part stays
+    space.remove(rest[-1])
+    assert policy.victim() == rest[-2]
+    t = 26.0
+    while policy.victim() != rest[0]:  # until the oldest has waited 1.25 times the reach
+        space.hit(held[1], t)
+        t += 1.0
+    assert t - 26.0 <= policy.reach
+    assert all(policy.held(k) for k in rest[:-1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(reads=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 12)), min_size=1, max_size=400),
+       capacity=st.integers(20, 120))
+def test_the_held_part_leaves_probation_its_room_and_gives_room_only_from_its_ends(reads, capacity):
+    """Holding never takes probation below 5 % of the bytes beyond one entry, and a victim from
+    the held part is its oldest or its newest entry."""
+    policy = AdmitLRUK(2, hold=True)
+    space = CacheSpace(capacity, policy)
+    sizes: dict[int, int] = {}
+    for t, (key, size) in enumerate(reads):
+        size = sizes.setdefault(key, size)
+        if space.hit(key, float(t)):
+            continue
+        held = [k for k in policy.order() if policy.held(k)]
+        victim = policy.victim()
+        if policy.held(victim):  # the held part gives room: from one end, probation within its share
+            held = [k for k in policy.order() if policy.held(k)]
+            assert victim in (held[0], held[-1])
+        space.insert(key, size, float(t))
+        resident = space.used
+        assert policy.held_bytes <= (1 - policy.share - 0.05) * resident + max(sizes.values())

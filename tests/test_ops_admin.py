@@ -102,7 +102,12 @@ def test_pinned_chunks_survive_eviction_and_restarts(make_sidecar, tap, moto_s3,
         assert get(s3, bucket, k) == v
     tap.clear()
     assert get(s3, bucket, "models/m") == keep and get(s3, bucket, "misc/control") == control
-    assert fetched(tap, bucket) == ["misc/control"], "the pinned object stayed; an unpinned one was evicted"
+    for k, v in churn.items():
+        assert get(s3, bucket, k) == v
+    # 7 MiB of unpinned objects beside 2 pinned in 4 MiB: whichever the policy kept, at least
+    # five were evicted, and the pinned object was not
+    again = fetched(tap, bucket)
+    assert "models/m" not in again and len(again) >= 5, again
 
     r = cli(sc, "unpin", bucket, "models/")
     assert r.returncode == 0 and json.loads(r.stdout)["pins"] == [], r.stderr

@@ -323,3 +323,6 @@ def test_sim_admit_policy_is_the_daemons_adaptive_admission():
     plain = policy_factory("lru-2-admit", args)()
     assert (plain.max_share, plain.window, plain.chances, plain.fresh_returns, plain.correlated_period) == \
         (0.5, 0.1, 3, False, 1.0)
+    assert not plain.hold and policy_factory("lru-2-admit-h", args)().hold
+    daemon = policy_factory("default", args)()  # the daemon's default: AdmitLRUK with its held part
+    assert all(isinstance(g.policy, AdmitLRUK) and g.policy.hold for g in daemon._groups())

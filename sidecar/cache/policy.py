@@ -67,7 +67,8 @@ def make_policy(name: str, **options: object) -> EvictionPolicy:
     """Build a policy by its configuration name. ``lru-k`` takes ``k`` and the keywords of
     ``LRUKPolicy`` (``correlated_period``, ``retained_period``, ``history_size``), and
     ``probation``: a share of the bytes above 0 puts ``ProbationLRUK``'s FIFO in front;
-    ``admission``: ``adaptive`` (and no ``probation``) builds ``AdmitLRUK``, ``off`` plain LRU-K."""
+    ``admission``: ``adaptive`` (and no ``probation``) builds ``AdmitLRUK``, ``hold`` the same
+    with its held part, ``off`` plain LRU-K."""
     if name == "lru":
         return LRUPolicy()
     if name == "lru-k":
@@ -77,9 +78,9 @@ def make_policy(name: str, **options: object) -> EvictionPolicy:
         admission = str(options.pop("admission", "off") or "off")
         if probation > 0:
             return ProbationLRUK(probation=probation, **options)  # type: ignore[arg-type]
-        if admission == "adaptive":
-            return AdmitLRUK(**options)  # type: ignore[arg-type]
+        if admission in ("adaptive", "hold"):
+            return AdmitLRUK(**options, hold=admission == "hold")  # type: ignore[arg-type]
         if admission != "off":
-            raise ValueError(f"unknown LRU-K admission {admission!r} (off or adaptive)")
+            raise ValueError(f"unknown LRU-K admission {admission!r} (off, adaptive or hold)")
         return LRUKPolicy(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown eviction policy {name!r}")

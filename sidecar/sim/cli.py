@@ -19,7 +19,7 @@ from .trace import TraceError, read_trace
 
 DEFAULT_POLICIES = "lru,lru-2,lru-3,belady"
 DEFAULT_SIZES = "1%,5%,10%,20%"
-_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?(?:-c(\d))?(-f)?(-m)?)?$")
+_LRU_K = re.compile(r"^lru-(\d+|k)(-forget)?(?:-([pa])(\d+)|-(admit)(\d+)?(?:-w(\d+))?(?:-c(\d))?(-f)?(-m)?(-h)?)?$")
 
 PolicyFactory = Callable[[], EvictionPolicy]
 
@@ -28,10 +28,10 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
     """``default`` (the daemon's policy and default settings), ``lru``, ``lru-K`` (``lru-k``: K
     from --lru-k), ``lru-K-forget`` (no retained history, as libCacheSim's LRU-K), ``lru-K-pNN``
     (``ProbationLRUK``: a probationary FIFO of NN %% of the bytes in front; ``lru-K-aNN``: its
-    share adaptive, starting at NN %%), ``lru-K-admit[MM][-wWW][-cC][-f][-m]`` (``AdmitLRUK``: adaptive
+    share adaptive, starting at NN %%), ``lru-K-admit[MM][-wWW][-cC][-f][-m][-h]`` (``AdmitLRUK``: adaptive
     probation, its share bounded by MM %% [50], moved by returns within WW %% of the resident bytes
     [10], C second chances in main [3]; ``-f``: returning keys ranked fresh, 1.5x history; ``-m``:
-    the cold start fills main; the
+    the cold start fills main; ``-h``: a held part, ``lru_k_admission: hold``; the
     daemon's ``lru_k_admission: adaptive`` is ``lru-K-admit``), ``belady``,
     ``belady-size``, ``qos:INNER`` (``QoSPolicy`` over INNER per class, rules from --rules)."""
     spec = spec.strip().lower()
@@ -63,7 +63,8 @@ def policy_factory(spec: str, args: argparse.Namespace) -> PolicyFactory:
                                      history_size=history, max_share=bound,
                                      window=int(m.group(7)) / 100 if m.group(7) else 0.1,
                                      chances=int(m.group(8) or 3), fresh_returns=bool(m.group(9)),
-                                     ghost=1.5 if m.group(9) else 1.0, fill_main=bool(m.group(10)))
+                                     ghost=1.5 if m.group(9) else 1.0, fill_main=bool(m.group(10)),
+                                     hold=bool(m.group(11)))
         if m.group(3):
             share, adaptive = int(m.group(4)) / 100, m.group(3) == "a"
             return lambda: ProbationLRUK(k, probation=share, correlated_period=args.correlated_period,
@@ -214,7 +215,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: default (the daemon's policy and default settings), lru, lru-K "
                         "(lru-k: K from --lru-k), lru-K-forget (no retained history), lru-K-pNN (a "
                         "probationary FIFO of NN%% of the bytes in front), lru-K-admit (adaptive probation and "
-                        "second chances: lru_k_admission: adaptive), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
+                        "second chances: lru_k_admission: adaptive; lru-K-admit-h adds the held part: "
+                        "lru_k_admission: hold, the daemon's default), belady, belady-size, qos:INNER (e.g. qos:lru-2; QoS classes from "
                         f"--rules over INNER) [{DEFAULT_POLICIES}]")
     p.add_argument("--rules", metavar="FILE.yaml",
                    help="rules for qos:* policies (a YAML file with a rules: section); CSV keys are bucket/key")
