@@ -110,6 +110,34 @@ def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, b
     assert (reads["tier_bytes"], reads["miss_bytes"], reads["hit_bytes"]) == (len(body), 0, CHUNK + 20)
 
 
+def checksum_headers(answer) -> dict[str, str]:
+    return {k: v for k, v in answer["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+
+
+def test_first_pod_reads_with_a_head_and_one_get_that_teaches_the_next_pods(pods, moto_s3, bucket, tap, tier_moto,
+                                                                            tier_bucket):
+    body = put(moto_s3, bucket, "obj", 3 * CHUNK + 5)
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="obj", ChecksumMode="ENABLED"))
+    assert direct
+    a = pods()
+    tap.clear()
+    got = a.client().get_object(Bucket=bucket, Key="obj")  # boto3: checksum mode on
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    # The HEAD resolves the version (and names its blocks); the tier misses; then one GET of the
+    # whole object, pinned to the HEAD's ETag, fills every chunk and its answer's headers are the
+    # GET's checksum headers: no separate request for them.
+    sent = tap.requests(path_contains="obj")
+    assert [(s.method, "range" in s.headers) for s in sent] == [("HEAD", False), ("GET", False)]
+    assert sent[1].headers.get("if-match") == got["ETag"]
+    assert tier_reads(a, "miss") == 4
+    # block 0 carries those headers to the next pods: a HEAD is all they ask the upstream
+    wait_blocks(tier_moto, tier_bucket, 4)
+    tap.clear()
+    got = pods().client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
 def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, moto_s3, bucket, tap, tier_moto,
                                                                           tier_bucket):
     body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
@@ -143,9 +171,10 @@ def test_pod_that_never_saw_the_gets_checksums_writes_none_and_the_reader_asks_u
         pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
     body = put(moto_s3, bucket, "obj", 2 * CHUNK)
     a = pods()
-    # a ranged read: pod a learns no whole-object checksums, so block 0 carries none
-    got = a.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes=0-{2 * CHUNK - 1}")
-    assert got["Body"].read() == body
+    # chunk by chunk, in ranged reads: pod a learns no whole-object checksums, so block 0 carries none
+    for i in range(2):
+        got = a.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes={i * CHUNK}-{(i + 1) * CHUNK - 1}")
+        assert got["Body"].read() == body[i * CHUNK:(i + 1) * CHUNK]
     wait_blocks(tier_moto, tier_bucket, 2)
     tap.clear()
     b = pods()
