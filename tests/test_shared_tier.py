@@ -4,8 +4,10 @@ moto server as the tier's store; faults injected by a tap in front of the tier."
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -136,6 +138,33 @@ def test_first_pod_reads_with_a_head_and_one_get_that_teaches_the_next_pods(pods
     got = pods().client().get_object(Bucket=bucket, Key="obj")
     assert got["Body"].read() == body and checksum_headers(got) == direct
     assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
+def post_admin(sc, path: str, body: dict) -> dict:
+    req = urllib.request.Request(sc.admin_url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("tier", [False, True])
+def test_warm_job_learns_the_gets_checksums_from_its_own_get(pods, make_sidecar, moto_s3, bucket, tap, tier):
+    body = put(moto_s3, bucket, "w/obj", 2 * CHUNK + 7)
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="w/obj", ChecksumMode="ENABLED"))
+    sc = pods() if tier else make_sidecar(chunk_size="1MiB", prefetch="false", readahead_chunks=0)
+    tap.clear()
+    job = post_admin(sc, "/warm", {"bucket": bucket, "keys": ["w/obj"]})
+    deadline = time.monotonic() + 20
+    while (job := sc.admin(f"/warm/{job['id']}"))["state"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["state"] == "done", job
+    # a HEAD, then one whole-object GET pinned to its ETag: the fill and the checksum headers at once
+    assert [(s.method, "range" in s.headers, bool(s.headers.get("if-match")))
+            for s in tap.requests(path_contains="w/obj")] == [("HEAD", False, False), ("GET", False, True)]
+    tap.clear()
+    got = sc.client().get_object(Bucket=bucket, Key="w/obj")  # checksum mode on
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    assert tap.requests(path_contains="w/obj") == [], "a warmed object is a plain hit, checksum headers included"
 
 
 def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, moto_s3, bucket, tap, tier_moto,
