@@ -55,6 +55,23 @@ def test_second_read_is_served_without_the_upstream(sidecar, tap, moto_s3, bucke
     assert tap.requests() == [], "hits within the metadata TTL must not touch the upstream at all"
 
 
+def test_checksum_mode_get_after_a_head_is_one_upstream_get(sidecar, tap, moto_s3, bucket):
+    data = os.urandom(2 * MiB + 9)
+    moto_s3.put_object(Bucket=bucket, Key="headfirst", Body=data)
+    s3 = sidecar.client()
+    tap.clear()
+    assert s3.head_object(Bucket=bucket, Key="headfirst")["ContentLength"] == len(data)
+    got = s3.get_object(Bucket=bucket, Key="headfirst")  # boto3: checksum mode on
+    assert got["Body"].read() == data
+    direct = moto_s3.get_object(Bucket=bucket, Key="headfirst", ChecksumMode="ENABLED")
+    sums = {k: v for k, v in direct["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+    assert sums and {k: got["ResponseMetadata"]["HTTPHeaders"].get(k) for k in sums} == sums
+    # the GET that fills the whole object, pinned to the HEAD's ETag, also tells its checksum headers
+    sent = tap.requests(path_contains="headfirst")
+    assert [(s.method, s.headers.get("range"), s.headers.get("if-match")) for s in sent] == \
+        [("HEAD", None, None), ("GET", None, got["ETag"])]
+
+
 def test_concurrent_readers_share_one_upstream_fetch(sidecar, tap, moto_s3, bucket):
     data = os.urandom(5 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="shared", Body=data)

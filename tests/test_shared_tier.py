@@ -140,6 +140,31 @@ def test_first_pod_reads_with_a_head_and_one_get_that_teaches_the_next_pods(pods
     assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
 
 
+def test_object_overwritten_between_the_head_and_the_fill_is_read_at_its_new_version(pods, moto_s3, bucket, tap):
+    old = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    new = os.urandom(2 * CHUNK + 3)
+    a = pods()
+    overwritten = []
+
+    def overwrite_before_the_fill(seen):
+        # the GET that fills the object: the object changes just before it arrives
+        if seen.method == "GET" and "obj" in seen.path and not overwritten:
+            overwritten.append(moto_s3.put_object(Bucket=bucket, Key="obj", Body=new)["ETag"])
+        return None
+
+    tap.fault = overwrite_before_the_fill
+    try:
+        got = a.client().get_object(Bucket=bucket, Key="obj")
+        body = got["Body"].read()
+    finally:
+        tap.fault = None
+    assert overwritten and old != new
+    # never the old version's metadata with the new bytes (nor the reverse)
+    assert (body, got["ETag"]) == (new, overwritten[0])
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="obj", ChecksumMode="ENABLED"))
+    assert checksum_headers(got) == direct
+
+
 def post_admin(sc, path: str, body: dict) -> dict:
     req = urllib.request.Request(sc.admin_url + path, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
