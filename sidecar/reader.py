@@ -737,10 +737,12 @@ class Reader:
         chunk learns them: from block 0 in the shared tier (bound to the version this pod resolved
         against the upstream, and verified like its bytes), else from the upstream GET of the
         whole object that fills it (``_open_whole``). None: chunk 0 is local without them, or
-        neither tells them (a block that does not carry them, a ranged fill). Starts the demand
-        read of the whole object (the ``read`` that follows, with the same ``keep``, takes it over
-        as its own), so the answer costs no extra request."""
-        if meta.size <= 0:
+        neither tells them (a block that does not carry them, a ranged fill), or ``keep`` is
+        false. Starts the demand read of the whole object (the ``read`` that follows, with the
+        same ``keep``, takes it over as its own), so the answer costs no extra request."""
+        if meta.size <= 0 or not keep:
+            # Bytes not kept (a do-not-cache rule) are gone once their fill ends: a fill that
+            # ended before the read came would be fetched again, and its bytes twice.
             return None
         version = self.store.version_for(meta)
         if version.meta.get_checksums is not None:  # learned by an earlier fill

@@ -200,6 +200,8 @@ class WarmJobs:
         if not self.may_cache(job.bucket, key, meta.size):
             job.objects_skipped += 1
             job.bytes_total -= meta.size
+            # not fetched, but a client's GET of it (checksum mode) then sends only the GET of its bytes
+            await self.catalog.with_checksums(entry, "GET")
             return
         layout = self.reader.layout
         n = layout.count(meta.size)
