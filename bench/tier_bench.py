@@ -9,7 +9,7 @@ Payoff (``--pods``): for each N, N fresh sidecars (each its own empty cache) rea
 dataset one pod after the other, as pods of a job that start minutes apart do; with the tier,
 each pod's background writes are let finish before the next pod starts. Prints the upstream
 bytes all pods together pulled (the sidecars' own ``sidecar_upstream_bytes_total``) against the
-dataset size.
+dataset size, and the upstream requests they sent (HEAD, GET).
 
 Latency (``--latency-objects``): time to first byte and to last byte of a whole-object GET
 (boto3's defaults: checksum mode on) of each object, taken in turn, object by object, as
@@ -54,6 +54,15 @@ def upstream_requests(sc: Sidecar) -> dict[str, float]:
     return {k: v for k, v in sc.admin("/stats")["upstream"]["requests"].items() if v}
 
 
+def requests_by_op(sc: Sidecar) -> dict[str, float]:
+    """Upstream requests the pod sent, by operation (HeadObject, GetObject, ...), whatever their outcome."""
+    out: dict[str, float] = {}
+    for labels, v in upstream_requests(sc).items():
+        op = dict(part.split("=", 1) for part in labels.split(",")).get("operation", "").strip('"')
+        out[op] = out.get(op, 0) + v
+    return out
+
+
 def drain(sc: Sidecar, timeout: float = 60.0) -> None:
     """Wait until the pod's tier writes have landed (queue empty, nothing being written)."""
     deadline = time.monotonic() + timeout
@@ -89,13 +98,15 @@ def ttlb(client, bucket: str, key: str) -> float:
 
 
 def run(n: int, tier: bool, upstream: MotoServer, tier_store: MotoServer, bucket: str, keys: list[str],
-        chunk: str, work: Path, logs: Path) -> float:
+        chunk: str, work: Path, logs: Path) -> tuple[float, dict[str, float]]:
+    """Upstream bytes of all pods together, and their upstream requests by operation."""
     flags = dict(chunk_size=chunk, prefetch="false", metadata_ttl=60)
     if tier:
         tier_bucket = "tier-" + uuid.uuid4().hex[:10]
         tier_store.client().create_bucket(Bucket=tier_bucket)
         flags.update(shared_tier=f"s3://{tier_bucket}/job", shared_tier_endpoint=tier_store.url)
     total = 0.0
+    asked: dict[str, float] = {}
     for _ in range(n):
         sc = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **flags)
         try:
@@ -105,9 +116,11 @@ def run(n: int, tier: bool, upstream: MotoServer, tier_store: MotoServer, bucket
             if tier:
                 drain(sc)
             total += upstream_bytes(sc)
+            for op, v in requests_by_op(sc).items():
+                asked[op] = asked.get(op, 0) + v
         finally:
             sc.stop()
-    return total
+    return total, asked
 
 
 def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chunk: str,
@@ -187,12 +200,13 @@ def main() -> None:
         if pods:
             dataset = size * args.objects
             print(f"dataset {args.objects} x {format_size(size)} = {dataset / 2**20:.0f} MiB, chunk {args.chunk}")
-            print(f"{'pods':>4} {'tier':>5} {'upstream MiB':>13} {'x dataset':>10}")
+            print(f"{'pods':>4} {'tier':>5} {'upstream MiB':>13} {'x dataset':>10} {'HEAD':>5} {'GET':>5}")
             for n in pods:
                 for tier in (False, True):
-                    total = run(n, tier, upstream, tier_store, bucket, keys[:args.objects], args.chunk, work, logs)
-                    print(f"{n:>4} {'yes' if tier else 'no':>5} {total / 2**20:>13.1f} {total / dataset:>10.2f}",
-                          flush=True)
+                    total, asked = run(n, tier, upstream, tier_store, bucket, keys[:args.objects], args.chunk,
+                                       work, logs)
+                    print(f"{n:>4} {'yes' if tier else 'no':>5} {total / 2**20:>13.1f} {total / dataset:>10.2f}"
+                          f" {asked.get('HeadObject', 0):>5.0f} {asked.get('GetObject', 0):>5.0f}", flush=True)
         if args.latency_objects:
             far = upstream
             if args.upstream_latency or args.upstream_bandwidth:

@@ -234,16 +234,16 @@ class Catalog:
         learned.set_result(entry)
         return entry, opened
 
-    async def lookup_to_fetch(self, bucket: str, key: str) -> Entry:
-        """``lookup`` for a background fetch of a whole object (a warm job, a prefetch): the entry
-        also learns the upstream GET's checksums, since clients read in checksum mode (boto3's
-        default) and a whole-object answer replays them; the client's read is then a plain hit,
-        not a wait on one more upstream request."""
-        entry = await self.lookup(bucket, key)
-        try:
-            return await self.with_checksums(entry, "GET")
-        except ObjectChanged:
-            return await self.lookup(bucket, key)
+    async def fetched_whole(self, entry: Entry,
+                            learned: Callable[[ObjectMeta], Awaitable[tuple | None]]) -> Entry:
+        """After a background fetch of a whole object (a warm job, a prefetch): the entry knows the
+        upstream GET's checksums, since clients read in checksum mode (boto3's default) and a
+        whole-object answer replays them, so the client's read is a plain hit, not a wait on one
+        more upstream request. ``learned`` (Reader.learned_checksums) tells them when the fetch
+        learned them itself (its GET of the whole object, or block 0 from the shared tier); only
+        otherwise (a fetch in ranged spans, chunks already cached) is the upstream asked.
+        Raises ObjectChanged if the upstream has another version by then."""
+        return await self.with_checksums(entry, "GET", carried=learned)
 
     async def with_checksums(self, entry: Entry, kind: str, *,
                              carried: Callable[[ObjectMeta], Awaitable[tuple | None]] | None = None) -> Entry:

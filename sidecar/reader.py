@@ -103,8 +103,9 @@ class ChunkFill:
         self.keep = True  # false: streamed to its readers but not kept (a do-not-cache rule)
         self.gate_wait: asyncio.Future | None = None  # the gate being awaited; a promotion cancels it
         self.tier_upto = 0  # the first bytes, up to here, came from the shared tier (the rest: upstream)
-        # Chunk 0 with a shared tier: the GET checksum headers its tier block carries, once known
-        # (None: not carried, or not from the tier). See Reader.carried_checksums.
+        # Chunk 0 of a version whose whole-object GET checksum headers are not known yet: those
+        # headers, once its tier block or the upstream GET filling it tells them (None: neither
+        # does). See Reader.carried_checksums.
         self.carried: asyncio.Future | None = None
 
     @property
@@ -135,12 +136,12 @@ class ChunkFill:
         self.written += n
         self._wake()
 
-    def _settle_carried(self) -> None:
+    def settle_carried(self, checksums: tuple[tuple[str, str], ...] | None = None) -> None:
         if self.carried is not None and not self.carried.done():
-            self.carried.set_result(None)
+            self.carried.set_result(checksums)
 
     def finish(self, kept: bool) -> None:
-        self._settle_carried()
+        self.settle_carried()
         self.done = True
         self.kept = kept
         self.recent = b""
@@ -151,7 +152,7 @@ class ChunkFill:
     def fail(self, error: BaseException) -> None:
         if self.done:
             return
-        self._settle_carried()
+        self.settle_carried()
         self.error = error
         self.done = True
         self.recent = b""
@@ -477,7 +478,7 @@ class Reader:
             c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
             fill.keep = keep
-            if i == 0 and self.tier is not None:
+            if i == 0 and version.meta.get_checksums is None:
                 fill.carried = asyncio.get_running_loop().create_future()
             self.fills[fill.key] = fill
             fills.append(fill)
@@ -513,7 +514,15 @@ class Reader:
                         if opened is not None:  # a cold GET's answer broke off: resume by range
                             await opened.close()
                             opened = None
-                        body_cm = self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag)
+                        if start == 0 and end == meta.size - 1 and version.meta.get_checksums is None:
+                            opened = await self._open_whole(version)
+                            body_cm = contextlib.nullcontext(opened.body)
+                        else:
+                            body_cm = self.upstream.get_range(meta.bucket, meta.key, start, end, if_match=meta.etag)
+                    if pending[0].index == 0:
+                        # Nothing else of this span will tell the GET's checksum headers: whoever
+                        # waits for them asks the upstream now (Catalog.with_checksums).
+                        pending[0].settle_carried()
                     async with body_cm as body:
                         while pending:
                             fill = pending[0]
@@ -528,6 +537,10 @@ class Reader:
                     if isinstance(err, UpstreamUnavailable) and attempt < RESUME_ATTEMPTS:
                         attempt += 1
                         self.metrics.upstream_errors.labels("resumed").inc()
+                        if opened is not None and opened.first == start:
+                            # broke off before the first piece: the answer is spent, resume anew
+                            await opened.close()
+                            opened = None
                         await asyncio.sleep(random.uniform(0.05, 0.2) * attempt)
                         continue
                     raise
@@ -541,6 +554,24 @@ class Reader:
         finally:
             if opened is not None:
                 await opened.close()
+
+    async def _open_whole(self, version: Version) -> OpenedObject:
+        """A fill of a whole version whose whole-object GET checksum headers are not known yet: a
+        GET of the whole object, pinned to its ETag, in checksum mode, instead of the ranged GET;
+        its answer's headers are those checksums, learned at no extra request (kept with the
+        version, so block 0 carries them to the shared tier, and told to whoever waits in
+        ``carried_checksums``)."""
+        meta = version.meta
+        opened = await self.upstream.open_object(meta.bucket, meta.key, start=None, end=None, checksum_mode=True,
+                                                 if_match=meta.etag)
+        if opened.meta.etag != meta.etag or opened.meta.size != meta.size or opened.first != 0:
+            await opened.close()  # an upstream that ignored If-Match: another version's answer
+            raise S3Error("PreconditionFailed", Condition="If-Match")
+        learned = self.store.version_for(meta.learned(opened.meta)).meta
+        fill = self.fills.get((version.vid, 0))
+        if fill is not None:
+            fill.settle_carried(learned.get_checksums)
+        return opened
 
     async def _gated(self, fill: ChunkFill, nbytes: int) -> bool:
         """Wait for the bandwidth gate if the fill is background work; whether it still is (a
@@ -652,10 +683,9 @@ class Reader:
             if fill.done:
                 return
         block = await self.tier.open(fill.version.meta, fill.index, fill.length, background=fill.priority != DEMAND)
-        if fill.carried is not None and not fill.carried.done():
-            fill.carried.set_result(block.checksums if block is not None else None)
         if block is None:
-            return
+            return  # (chunk 0: the upstream GET filling it may tell the GET's checksums instead)
+        fill.settle_carried(block.checksums)
         if block.checksums is not None and fill.version.meta.get_checksums is None:
             # Kept with the version (and on disk with its metadata): a whole GET read later,
             # once chunk 0 is local, needs no upstream request for them either.
@@ -696,16 +726,26 @@ class Reader:
         self._ended(fill)
         fill.finish(kept)
 
+    async def learned_checksums(self, meta: ObjectMeta) -> tuple[tuple[str, str], ...] | None:
+        """The checksum headers of a whole-object GET of this version, if a fill of it (or its
+        block 0 in the shared tier) told them; None: not known here."""
+        version = self.store.cached_version(meta)
+        return version.meta.get_checksums if version is not None else None
+
     async def carried_checksums(self, meta: ObjectMeta, *, keep: bool = True) -> tuple[tuple[str, str], ...] | None:
-        """The checksum headers of a whole-object GET of this version, as block 0 in the shared
-        tier carries them (bound to the version this pod resolved against the upstream, and
-        verified like its bytes); None: no tier, chunk 0 is local without them, or the block does
-        not carry them. Starts the demand read of the whole object from the tier (the ``read`` that follows,
-        with the same ``keep``, takes it over as its own), so the answer costs no extra request."""
-        if self.tier is None or meta.size <= 0:
+        """The checksum headers of a whole-object GET of this version, as the fill of its first
+        chunk learns them: from block 0 in the shared tier (bound to the version this pod resolved
+        against the upstream, and verified like its bytes), else from the upstream GET of the
+        whole object that fills it (``_open_whole``). None: chunk 0 is local without them, or
+        neither tells them (a block that does not carry them, a ranged fill), or ``keep`` is
+        false. Starts the demand read of the whole object (the ``read`` that follows, with the
+        same ``keep``, takes it over as its own), so the answer costs no extra request."""
+        if meta.size <= 0 or not keep:
+            # Bytes not kept (a do-not-cache rule) are gone once their fill ends: a fill that
+            # ended before the read came would be fetched again, and its bytes twice.
             return None
         version = self.store.version_for(meta)
-        if version.meta.get_checksums is not None:  # learned from block 0 by an earlier read
+        if version.meta.get_checksums is not None:  # learned by an earlier fill
             return version.meta.get_checksums
         if self.store.has(version.vid, 0):
             return None

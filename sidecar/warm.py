@@ -20,9 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .cache.store import ChunkStore
-from .catalog import Catalog
+from .catalog import Catalog, Entry
 from .errors import ObjectChanged, S3Error
-from .objects import ObjectMeta
 from .reader import MAX_SPAN_CHUNKS, Priority, Reader
 from .telemetry import Metrics, get_logger
 from .upstream.base import ForwardRequest, Upstream
@@ -182,24 +181,27 @@ class WarmJobs:
             key, listed_size = item
             async with self._slots:
                 try:
-                    meta = (await self.catalog.lookup_to_fetch(job.bucket, key)).meta
+                    entry = await self.catalog.lookup(job.bucket, key)
                 except S3Error as e:
                     job.fail_object(key, f"{e.code}: {e.message}")
                     job.bytes_total -= listed_size or 0  # nothing of it will be done
                     continue
                 # The totals follow what the object turned out to be.
-                job.bytes_total += meta.size - (listed_size or 0)
+                job.bytes_total += entry.meta.size - (listed_size or 0)
                 try:
-                    await self._warm_object(job, key, meta)
+                    await self._warm_object(job, key, entry)
                 except S3Error as e:
                     job.fail_object(key, f"{e.code}: {e.message}")
                 except ObjectChanged:
                     job.fail_object(key, "the object changed while it was being fetched")
 
-    async def _warm_object(self, job: WarmJob, key: str, meta: ObjectMeta) -> None:
+    async def _warm_object(self, job: WarmJob, key: str, entry: Entry) -> None:
+        meta = entry.meta
         if not self.may_cache(job.bucket, key, meta.size):
             job.objects_skipped += 1
             job.bytes_total -= meta.size
+            # not fetched, but a client's GET of it (checksum mode) then sends only the GET of its bytes
+            await self.catalog.with_checksums(entry, "GET")
             return
         layout = self.reader.layout
         n = layout.count(meta.size)
@@ -227,8 +229,9 @@ class WarmJobs:
                 raise ObjectChanged()
         if failed:
             job.fail_object(key, f"{failed} of {n} chunks could not be cached (cache full or upstream errors)")
-        else:
-            job.objects_done += 1
+            return
+        await self.catalog.fetched_whole(entry, self.reader.learned_checksums)
+        job.objects_done += 1
 
 
 async def list_objects(upstream: Upstream, bucket: str, prefix: str) -> AsyncIterator[tuple[str, int]]:

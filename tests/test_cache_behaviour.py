@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 
 from support.procs import free_port
@@ -53,6 +54,40 @@ def test_second_read_is_served_without_the_upstream(sidecar, tap, moto_s3, bucke
         assert _get(s3, bucket, "obj") == data
         assert _get(s3, bucket, "obj", Range="bytes=1000-2500000") == data[1000:2500001]
     assert tap.requests() == [], "hits within the metadata TTL must not touch the upstream at all"
+
+
+def test_checksum_mode_get_after_a_head_is_one_upstream_get(sidecar, tap, moto_s3, bucket):
+    data = os.urandom(2 * MiB + 9)
+    moto_s3.put_object(Bucket=bucket, Key="headfirst", Body=data)
+    s3 = sidecar.client()
+    tap.clear()
+    assert s3.head_object(Bucket=bucket, Key="headfirst")["ContentLength"] == len(data)
+    got = s3.get_object(Bucket=bucket, Key="headfirst")  # boto3: checksum mode on
+    assert got["Body"].read() == data
+    direct = moto_s3.get_object(Bucket=bucket, Key="headfirst", ChecksumMode="ENABLED")
+    sums = {k: v for k, v in direct["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+    assert sums and {k: got["ResponseMetadata"]["HTTPHeaders"].get(k) for k in sums} == sums
+    # the GET that fills the whole object, pinned to the HEAD's ETag, also tells its checksum headers
+    sent = tap.requests(path_contains="headfirst")
+    assert [(s.method, s.headers.get("range"), s.headers.get("if-match")) for s in sent] == \
+        [("HEAD", None, None), ("GET", None, got["ETag"])]
+
+
+def test_checksum_mode_get_of_an_object_not_kept_fetches_its_bytes_once(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "nocache/", "cache": False}]}))
+    sc = make_sidecar(chunk_size="1MiB", config=str(cfg))
+    data = os.urandom(MiB - 5)
+    moto_s3.put_object(Bucket=bucket, Key="nocache/o", Body=data)
+    s3 = sc.client()
+    tap.clear()
+    etag = s3.head_object(Bucket=bucket, Key="nocache/o")["ETag"]
+    assert _get(s3, bucket, "nocache/o") == data
+    # Bytes that are not kept are not fetched ahead of the read (their fill may end, and its
+    # bytes go, before the read starts): the GET's checksum headers come from a GET whose body
+    # is not read, the bytes from one GET pinned to the ETag.
+    sent = [(s.method, s.headers.get("range"), s.headers.get("if-match")) for s in tap.requests(path_contains="nocache/o")]
+    assert sent == [("HEAD", None, None), ("GET", None, None), ("GET", f"bytes=0-{len(data) - 1}", etag)]
 
 
 def test_concurrent_readers_share_one_upstream_fetch(sidecar, tap, moto_s3, bucket):

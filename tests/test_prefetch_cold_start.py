@@ -67,6 +67,31 @@ def test_first_file_of_a_small_listed_set_brings_the_rest(make_sidecar, tap, mot
     assert metric(sc, "sidecar_prefetch_useful_bytes_total") > 0
 
 
+def test_a_prefetched_file_costs_a_head_and_one_get(make_sidecar, tap, moto_s3, bucket):
+    """A prefetch learns the GET's checksum headers (boto3 reads in checksum mode) from the GET
+    that fetches the file, pinned to the HEAD's ETag, not from a request of their own."""
+    names = [f"model/weights-{i:02d}.safetensors" for i in range(3)]
+    for n in names:
+        moto_s3.put_object(Bucket=bucket, Key=n, Body=os.urandom(300 * 1024))
+    sc = make_sidecar(chunk_size="1MiB", prefetch_interval="30s", readahead_chunks=0)
+    s3 = sc.client()
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="model/")["Contents"]) == 3
+    s3.get_object(Bucket=bucket, Key=names[0])["Body"].read()
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 2, timeout=15)
+    for n in names[1:]:
+        sent = tap.requests(path_contains=n)
+        assert [(s.method, "range" in s.headers, bool(s.headers.get("if-match"))) for s in sent] == \
+            [("HEAD", False, False), ("GET", False, True)], n
+    tap.clear()
+    for n in names[1:]:
+        got = s3.get_object(Bucket=bucket, Key=n)
+        direct = moto_s3.get_object(Bucket=bucket, Key=n, ChecksumMode="ENABLED")
+        sums = {k: v for k, v in direct["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+        assert sums and {k: got["ResponseMetadata"]["HTTPHeaders"].get(k) for k in sums} == sums
+        got["Body"].read()
+    assert tap.requests(path_contains="model/") == [], "prefetched files are plain hits, checksum headers included"
+
+
 def test_heads_make_keys_known(make_sidecar, moto_s3, bucket):
     for i in range(5):
         moto_s3.put_object(Bucket=bucket, Key=f"heads/obj-{i}", Body=b"x" * 100)

@@ -4,8 +4,10 @@ moto server as the tier's store; faults injected by a tap in front of the tier."
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -110,6 +112,86 @@ def test_second_pod_reads_from_the_tier_without_an_upstream_get(pods, moto_s3, b
     assert (reads["tier_bytes"], reads["miss_bytes"], reads["hit_bytes"]) == (len(body), 0, CHUNK + 20)
 
 
+def checksum_headers(answer) -> dict[str, str]:
+    return {k: v for k, v in answer["ResponseMetadata"]["HTTPHeaders"].items() if k.startswith("x-amz-checksum-")}
+
+
+def test_first_pod_reads_with_a_head_and_one_get_that_teaches_the_next_pods(pods, moto_s3, bucket, tap, tier_moto,
+                                                                            tier_bucket):
+    body = put(moto_s3, bucket, "obj", 3 * CHUNK + 5)
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="obj", ChecksumMode="ENABLED"))
+    assert direct
+    a = pods()
+    tap.clear()
+    got = a.client().get_object(Bucket=bucket, Key="obj")  # boto3: checksum mode on
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    # The HEAD resolves the version (and names its blocks); the tier misses; then one GET of the
+    # whole object, pinned to the HEAD's ETag, fills every chunk and its answer's headers are the
+    # GET's checksum headers: no separate request for them.
+    sent = tap.requests(path_contains="obj")
+    assert [(s.method, "range" in s.headers) for s in sent] == [("HEAD", False), ("GET", False)]
+    assert sent[1].headers.get("if-match") == got["ETag"]
+    assert tier_reads(a, "miss") == 4
+    # block 0 carries those headers to the next pods: a HEAD is all they ask the upstream
+    wait_blocks(tier_moto, tier_bucket, 4)
+    tap.clear()
+    got = pods().client().get_object(Bucket=bucket, Key="obj")
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
+def test_object_overwritten_between_the_head_and_the_fill_is_read_at_its_new_version(pods, moto_s3, bucket, tap):
+    old = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    new = os.urandom(2 * CHUNK + 3)
+    a = pods()
+    overwritten = []
+
+    def overwrite_before_the_fill(seen):
+        # the GET that fills the object: the object changes just before it arrives
+        if seen.method == "GET" and "obj" in seen.path and not overwritten:
+            overwritten.append(moto_s3.put_object(Bucket=bucket, Key="obj", Body=new)["ETag"])
+        return None
+
+    tap.fault = overwrite_before_the_fill
+    try:
+        got = a.client().get_object(Bucket=bucket, Key="obj")
+        body = got["Body"].read()
+    finally:
+        tap.fault = None
+    assert overwritten and old != new
+    # never the old version's metadata with the new bytes (nor the reverse)
+    assert (body, got["ETag"]) == (new, overwritten[0])
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="obj", ChecksumMode="ENABLED"))
+    assert checksum_headers(got) == direct
+
+
+def post_admin(sc, path: str, body: dict) -> dict:
+    req = urllib.request.Request(sc.admin_url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("tier", [False, True])
+def test_warm_job_learns_the_gets_checksums_from_its_own_get(pods, make_sidecar, moto_s3, bucket, tap, tier):
+    body = put(moto_s3, bucket, "w/obj", 2 * CHUNK + 7)
+    direct = checksum_headers(moto_s3.get_object(Bucket=bucket, Key="w/obj", ChecksumMode="ENABLED"))
+    sc = pods() if tier else make_sidecar(chunk_size="1MiB", prefetch="false", readahead_chunks=0)
+    tap.clear()
+    job = post_admin(sc, "/warm", {"bucket": bucket, "keys": ["w/obj"]})
+    deadline = time.monotonic() + 20
+    while (job := sc.admin(f"/warm/{job['id']}"))["state"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["state"] == "done", job
+    # a HEAD, then one whole-object GET pinned to its ETag: the fill and the checksum headers at once
+    assert [(s.method, "range" in s.headers, bool(s.headers.get("if-match")))
+            for s in tap.requests(path_contains="w/obj")] == [("HEAD", False, False), ("GET", False, True)]
+    tap.clear()
+    got = sc.client().get_object(Bucket=bucket, Key="w/obj")  # checksum mode on
+    assert got["Body"].read() == body and checksum_headers(got) == direct
+    assert tap.requests(path_contains="w/obj") == [], "a warmed object is a plain hit, checksum headers included"
+
+
 def test_checksum_headers_learned_from_the_tier_are_kept_across_a_restart(pods, moto_s3, bucket, tap, tier_moto,
                                                                           tier_bucket):
     body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
@@ -143,9 +225,10 @@ def test_pod_that_never_saw_the_gets_checksums_writes_none_and_the_reader_asks_u
         pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
     body = put(moto_s3, bucket, "obj", 2 * CHUNK)
     a = pods()
-    # a ranged read: pod a learns no whole-object checksums, so block 0 carries none
-    got = a.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes=0-{2 * CHUNK - 1}")
-    assert got["Body"].read() == body
+    # chunk by chunk, in ranged reads: pod a learns no whole-object checksums, so block 0 carries none
+    for i in range(2):
+        got = a.client().get_object(Bucket=bucket, Key="obj", Range=f"bytes={i * CHUNK}-{(i + 1) * CHUNK - 1}")
+        assert got["Body"].read() == body[i * CHUNK:(i + 1) * CHUNK]
     wait_blocks(tier_moto, tier_bucket, 2)
     tap.clear()
     b = pods()

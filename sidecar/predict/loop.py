@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..cache.rules import QoSClass, RuleSet
-from ..errors import S3Error, UpstreamUnavailable
+from ..errors import ObjectChanged, S3Error, UpstreamUnavailable
 from ..reader import ChunkFill, Priority, ReadStats
 from ..telemetry import get_logger
 from .accesslog import Access, AccessLog, read_log
@@ -72,8 +72,9 @@ class PrefetchPolicy(Protocol):
 
 class PrefetchHost(Protocol):
     """The parts of the daemon the loop uses (``Sidecar`` has them): settings, metrics, the
-    cache rules, the store, prefetch ledger and policy above, the catalog (``lookup_to_fetch``), the reader (``ensure``,
-    ``cancel``) and the token bucket (``rate``)."""
+    cache rules, the store, prefetch ledger and policy above, the catalog (``lookup``,
+    ``fetched_whole``), the reader (``ensure``, ``cancel``, ``learned_checksums``) and the token
+    bucket (``rate``)."""
 
     settings: Any
     metrics: Any
@@ -502,7 +503,7 @@ class PrefetchLoop:
         if not rule.prefetchable:
             return
         try:
-            entry = await asyncio.wait_for(sc.catalog.lookup_to_fetch(bucket, key), LOOKUP_TIMEOUT)
+            entry = await asyncio.wait_for(sc.catalog.lookup(bucket, key), LOOKUP_TIMEOUT)
         except (S3Error, UpstreamUnavailable, asyncio.TimeoutError):
             m.prefetch_fetches.labels("failed").inc()
             return
@@ -523,6 +524,10 @@ class PrefetchLoop:
             if not cancelled:
                 del self._active[obj]
         if all(f.error is None for f in fills):
+            try:
+                await asyncio.wait_for(sc.catalog.fetched_whole(entry, reader.learned_checksums), LOOKUP_TIMEOUT)
+            except (S3Error, ObjectChanged, asyncio.TimeoutError):
+                pass  # a client's read asks again
             m.prefetch_fetches.labels("completed").inc()
         elif not cancelled:
             m.prefetch_fetches.labels("failed").inc()

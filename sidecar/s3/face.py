@@ -208,8 +208,9 @@ class S3Face:
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
 
     def _carried_checksums(self, meta: ObjectMeta):
-        """A whole GET's checksum headers as the shared tier's block 0 carries them (the read of
-        the object from the tier starts meanwhile, under the object's caching rule)."""
+        """A whole GET's checksum headers as the fill of chunk 0 learns them: from the shared
+        tier's block 0, or from the whole-object upstream GET filling it (the read of the object
+        starts meanwhile, under the object's caching rule)."""
         return self.reader.carried_checksums(meta, keep=self.read_policy(meta.bucket, meta.key, meta.size)[0])
 
     async def _selected_bytes(self, entry: Entry, part_number: int | None, h):

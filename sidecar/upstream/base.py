@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from ..errors import S3Error
 from ..objects import ObjectMeta
 
 
@@ -89,9 +90,11 @@ class Upstream(Protocol):
         ...
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
-                          checksum_mode: bool) -> OpenedObject:
+                          checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
         """GET the current version (bytes start..end, or all when start is None) and learn its
-        metadata from the answer: a cold read costs one request, not a HEAD and a GET."""
+        metadata from the answer: a cold read costs one request, not a HEAD and a GET.
+        ``if_match``: only the version with this ETag (S3Error PreconditionFailed otherwise); a
+        fill of a known version that wants the whole-object answer's headers as well."""
         ...
 
     async def forward(self, request: ForwardRequest) -> ForwardResponse:
@@ -106,9 +109,11 @@ class Upstream(Protocol):
 
 
 async def open_object_by_head(upstream: Upstream, bucket: str, key: str, *, start: int | None, end: int | None,
-                              checksum_mode: bool) -> OpenedObject:
+                              checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
     """``open_object`` for upstreams where metadata and bytes come separately."""
     meta = await upstream.head(bucket, key)
+    if if_match is not None and meta.etag != if_match:
+        raise S3Error("PreconditionFailed", Condition="If-Match")
     first = start or 0
     last = meta.size - 1 if end is None else min(end, meta.size - 1)
     cm = upstream.get_range(bucket, key, first, last, if_match=meta.etag)

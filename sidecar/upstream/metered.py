@@ -102,13 +102,14 @@ class MeteredUpstream:
                     self.observe(error=True)  # the body broke off
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
-                          checksum_mode: bool) -> OpenedObject:
+                          checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
         t0, err = time.monotonic(), None
         try:
             if hasattr(self.inner, "open_object"):
-                return await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+                return await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode,
+                                                    if_match=if_match)
             return await open_object_by_head(self.inner, bucket, key, start=start, end=end,
-                                             checksum_mode=checksum_mode)
+                                             checksum_mode=checksum_mode, if_match=if_match)
         except BaseException as e:
             err = e
             raise

@@ -138,9 +138,9 @@ class ResilientUpstream:
         return await self._call(lambda: self.inner.head_part(bucket, key, part_number, etag))
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
-                          checksum_mode: bool) -> OpenedObject:
+                          checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
         return await self._call(lambda: self.inner.open_object(  # type: ignore[attr-defined]
-            bucket, key, start=start, end=end, checksum_mode=checksum_mode))
+            bucket, key, start=start, end=end, checksum_mode=checksum_mode, if_match=if_match))
 
     @contextlib.asynccontextmanager
     async def get_range(self, bucket: str, key: str, start: int, end: int, *,

@@ -236,12 +236,14 @@ class S3Upstream:
             resp.release()
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
-                          checksum_mode: bool) -> OpenedObject:
+                          checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
         headers = {"x-amz-content-sha256": EMPTY_SHA256}
         if start is not None:
             headers["range"] = f"bytes={start}-{'' if end is None else end}"
         if checksum_mode:
             headers["x-amz-checksum-mode"] = "ENABLED"
+        if if_match is not None:
+            headers["if-match"] = if_match
         resp = await self._send_signed("GET", bucket, key, (), headers)
         try:
             if resp.status not in (200, 206):

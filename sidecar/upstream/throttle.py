@@ -70,14 +70,16 @@ class ThrottledUpstream:
             yield _PacedBody(body, self.pacer)
 
     async def open_object(self, bucket: str, key: str, *, start: int | None, end: int | None,
-                          checksum_mode: bool) -> OpenedObject:
+                          checksum_mode: bool, if_match: str | None = None) -> OpenedObject:
         from .base import open_object_by_head  # noqa: PLC0415
 
         if not hasattr(self.inner, "open_object"):
-            return await open_object_by_head(self, bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+            return await open_object_by_head(self, bucket, key, start=start, end=end, checksum_mode=checksum_mode,
+                                             if_match=if_match)
         # the inner upstream's own GET: its answer (checksums included) is not a HEAD's
         await self._wait()
-        opened = await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
+        opened = await self.inner.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode,
+                                              if_match=if_match)
         opened.body = _PacedBody(opened.body, self.pacer)
         return opened
 
