@@ -42,7 +42,7 @@ import itertools
 import struct
 from array import array
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 _SLOT_BITS = 32
 _SLOT_MASK = (1 << _SLOT_BITS) - 1
@@ -781,20 +781,8 @@ class AdmitLRUK(LRUKPolicy):
 
     def _oldest(self) -> Hashable | None:
         """The probation's oldest entry; stale values at the head are dropped."""
-        fifo, head = self._fifo, self._head
-        while head < len(fifo):
-            value = fifo[head]
-            if self._live(value):
-                break
-            head += 1
-        else:
-            self._fifo, self._head = array("q"), 0
-            return None
-        if head > 4096 and head > len(fifo) // 2:
-            del fifo[:head]
-            head = 0
-        self._head = head
-        return self._keys[fifo[head] & _SLOT_MASK]
+        self._fifo, self._head, value = _first_live(self._fifo, self._head, self._live)
+        return None if value is None else self._keys[value & _SLOT_MASK]
 
     def _live_held(self, item: int) -> bool:
         slot = item & _SLOT_MASK
@@ -818,19 +806,8 @@ class AdmitLRUK(LRUKPolicy):
 
     def _oldest_held(self) -> Hashable | None:
         """The held part's oldest entry; stale values at the head are dropped."""
-        held, head = self._held, self._held_head
-        while head < len(held):
-            if self._live_held(held[head]):
-                break
-            head += 1
-        else:
-            self._held, self._held_head = array("q"), 0
-            return None
-        if head > 4096 and head > len(held) // 2:
-            del held[:head]
-            head = 0
-        self._held_head = head
-        return self._keys[held[head] & _SLOT_MASK]
+        self._held, self._held_head, value = _first_live(self._held, self._held_head, self._live_held)
+        return None if value is None else self._keys[value & _SLOT_MASK]
 
     def _compact(self) -> None:
         self._fifo = array("q", (v for v in self._fifo[self._head:] if self._live(v)))
@@ -848,3 +825,18 @@ class AdmitLRUK(LRUKPolicy):
             heap[:] = [v for v in self._entries.values() if state[v & _SLOT_MASK] < _HELD]
             heapq.heapify(heap)
 
+
+def _first_live(queue: array, head: int, live: Callable[[int], bool]) -> tuple[array, int, int | None]:
+    """The first value at or after ``head`` of an array used as a queue that ``live`` accepts:
+    (the queue, its new head, the value or None when none is). Stale values before it are
+    skipped, and cut off once they are over half of a long queue."""
+    while head < len(queue):
+        if live(queue[head]):
+            break
+        head += 1
+    else:
+        return array("q"), 0, None
+    if head > 4096 and head > len(queue) // 2:
+        del queue[:head]
+        head = 0
+    return queue, head, queue[head]
