@@ -332,6 +332,14 @@ class FastPath:
             self._by_head[head] = plan
         return plan
 
+    def note_hit(self, plan: HitPlan, rid: str, t0: float, prefetched: int, touched: tuple | None) -> None:
+        """An answer sent as planned, into the hit journal (``touched``: its RAM-tier chunk, for
+        the policy); the first of a loop turn asks for ``record_hits`` after the turn."""
+        journal = self.journal
+        journal.append((plan, rid, t0, time.monotonic(), prefetched, touched))
+        if len(journal) == 1:
+            asyncio.get_running_loop().call_soon(self.record_hits)
+
     def record_hits(self) -> None:
         """Record the answers in the hit journal, each as the face records a request: metrics,
         an access-log line (stamped with the time its answer went), and the read hook (one
@@ -554,10 +562,7 @@ class FastProtocol(asyncio.Protocol):
         rid = new_request_id()
         del self.buf[:n]
         self.transport.write(b"".join((plan.head, rid.encode(), b"\r\n", fast.date(), b"\r\n", body)))
-        journal = fast.journal
-        journal.append((plan, rid, t0, time.monotonic(), stats.prefetched, touched))
-        if len(journal) == 1:
-            asyncio.get_running_loop().call_soon(fast.record_hits)
+        fast.note_hit(plan, rid, t0, stats.prefetched, touched)
         return True
 
     def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
@@ -719,10 +724,7 @@ class FastProtocol(asyncio.Protocol):
         in one pass after this turn of the loop (``FastPath.record_hits``); any other at once."""
         fast = self.fast
         if status == p.status and stats.hit_bytes == p.sent and not stats.miss_bytes:
-            journal = fast.journal
-            journal.append((p, rid, t0, time.monotonic(), stats.prefetched, None))
-            if len(journal) == 1:
-                asyncio.get_running_loop().call_soon(fast.record_hits)
+            fast.note_hit(p, rid, t0, stats.prefetched, None)
             return
         face = fast.face
         face.metrics.fast_path_hit()
