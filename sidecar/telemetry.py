@@ -379,8 +379,9 @@ def redact_secrets(logger: Any, method: str, event_dict: dict[str, Any]) -> dict
 
 class LogSink:
     """Where log lines go. ``write`` is immediate (and first writes anything buffered, so lines
-    stay in order); ``write_batched`` (the access log) collects lines and writes them together
-    at most ``interval`` seconds later, one system call per batch instead of one per request."""
+    stay in order); ``write_batched`` and ``write_many`` (the access log) collect lines and write
+    them together at most ``interval`` seconds later, one system call per batch instead of one
+    per request."""
 
     def __init__(self, stream: IO[str], batched: bool, interval: float = 0.1, max_lines: int = 512) -> None:
         self.stream = stream

@@ -11,8 +11,9 @@ only verified bytes. The store enters the chunks a prefetch commits in the prefe
 ``vid`` is a hash of (bucket, key, ETag, size, chunk size): a version's chunks can never be
 mistaken for another version's, and keys never become paths. A chunk is written through the
 disk tier's ``ChunkWriter`` (a temp file renamed into place: a crash leaves whole chunks or
-none); the store reserves its bytes first and enters it in the index once placed. The index is rebuilt from file
-names at start; a cache directory of an older format is deleted then, never read.
+none); the store reserves its bytes first and enters it in the index once placed. The index
+is rebuilt from file names at start; a cache directory of an older format is deleted then,
+never read.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from ..cache.store import mkdir_private
 
