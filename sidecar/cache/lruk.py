@@ -102,23 +102,32 @@ class LRUKPolicy:
         if key in self._entries:
             self.touch(key, now)
             return
-        k = self.k
         slot = self._new_slot(key)
-        base = slot * k
-        hist: list[int] | tuple[int, ...] = (0,) * k
-        past = self._retained.pop(key, None) if self._retained else None
-        if past is not None:
-            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
-            if self.retained_period is None or now - evicted_at <= self.retained_period:
-                hist = kept
-                self._last_time[slot] = last_time
-                self._last_seq[slot] = last_seq
-        self._hist[base:base + k] = array("q", hist)
-        rank = self._reference(slot, now)
-        value = rank << _SLOT_BITS | slot
+        self._restore(key, slot, now)
+        value = self._reference(slot, now) << _SLOT_BITS | slot
         self._entries[key] = value
         self._push(value)
         self._expire(now)
+
+    def _restore(self, key: Hashable, slot: int, now: float) -> tuple[bool, list[int]]:
+        """Give a newly admitted key's slot the history retained of it, if any and recent
+        enough (else an empty one): (whether it was restored, the retained record's fields
+        after the history, a subclass's own; empty when nothing was retained)."""
+        k = self.k
+        hist: list[int] | tuple[int, ...] = (0,) * k
+        restored, extra = False, []
+        past = self._retained.pop(key, None) if self._retained else None
+        if past is not None:
+            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
+            extra = kept[k:]
+            if self.retained_period is None or now - evicted_at <= self.retained_period:
+                hist = kept[:k]
+                self._last_time[slot] = last_time
+                self._last_seq[slot] = last_seq
+                restored = True
+        base = slot * k
+        self._hist[base:base + k] = array("q", hist)
+        return restored, extra
 
     def _new_slot(self, key: Hashable) -> int:
         """A slot for a key entering the index: a freed one, or a new one at the end of the
@@ -571,30 +580,18 @@ class AdmitLRUK(LRUKPolicy):
         if key in self._entries:
             self.touch(key, now)
             return
-        k = self.k
         slot = self._new_slot(key)
         self._size[slot] = size
-        base = slot * k
-        hist: list[int] | tuple[int, ...] = (0,) * k
-        past = self._retained.pop(key, None) if self._retained else None
-        returning = False
-        if past is not None:
-            evicted_at, last_time, last_seq, *kept = self._packed.unpack(past)
-            left_probation = kept.pop()
-            mark = kept.pop()
+        returning, extra = self._restore(key, slot, now)
+        if extra:  # (where it was evicted from, that part's eviction count then)
+            mark, left_probation = extra
             self._left[left_probation] -= 1
-            if self.retained_period is None or now - evicted_at <= self.retained_period:
-                hist = kept
-                self._last_time[slot] = last_time
-                self._last_seq[slot] = last_seq
-                returning = True
+            if returning:
                 resident = self.probation_bytes + self.main_bytes + self.held_bytes + size
                 if self._evicted[left_probation] - mark <= self.window * resident:
                     step = size / resident if left_probation else -size / resident
                     self.share = min(self.max_share, max(0.0, self.share + step))
-        self._hist[base:base + k] = array("q", hist)
-        rank = self._reference(slot, now)
-        value = rank << _SLOT_BITS | slot
+        value = self._reference(slot, now) << _SLOT_BITS | slot
         self._entries[key] = value
         if returning or (self._filling and self.fill_main):
             self._state[slot] = 0
