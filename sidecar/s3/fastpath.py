@@ -375,12 +375,8 @@ class FastPath:
             for (p, rid, *_), (_, _, elapsed, _) in zip(journal, lines):
                 log.emit(rid, p.method, p.operation, p.target.bucket, p.target.key, p.range_header, p.status,
                          "hit", p.sent, p.sent, 0, elapsed)
-        if reads:
-            if face.on_hits is not None:
-                face.on_hits(reads)
-            elif face.on_read is not None:
-                for bucket, key, meta, rng, nbytes, prefetched, _ in reads:
-                    face.on_read(bucket, key, meta, rng, ReadStats(hit_bytes=nbytes, prefetched=prefetched))
+        if reads and face.on_hits is not None:
+            face.on_hits(reads)
 
     def current(self, plan: "ObjectPlan | HitPlan") -> bool:
         """Whether ``plan`` still answers its request: its object's catalog entry is the one it was
