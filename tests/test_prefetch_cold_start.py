@@ -44,15 +44,22 @@ def test_listed_dataset_read_in_order_is_prefetched_from_cold(make_sidecar, tap,
     assert not (fetched_keys(tap, bucket, "ds/") & set(ahead[:1]))
 
 
+def _listed_model(make_sidecar, moto_s3, bucket, *, files: int, size: int):
+    """A model's files under ``model/``, a sidecar whose interval is far off, and a client that
+    has listed the prefix through it: (keys, sidecar, client)."""
+    names = [f"model/weights-{i:02d}.safetensors" for i in range(files)]
+    for n in names:
+        moto_s3.put_object(Bucket=bucket, Key=n, Body=os.urandom(size))
+    sc = make_sidecar(chunk_size="1MiB", prefetch_interval="30s", readahead_chunks=0)
+    s3 = sc.client()
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="model/")["Contents"]) == files
+    return names, sc, s3
+
+
 def test_first_file_of_a_small_listed_set_brings_the_rest(make_sidecar, tap, moto_s3, bucket):
     """A model load: a few large files listed, then read one after another. The reader has no
     rate yet after its first file, yet the rest of the set is fetched without being asked."""
-    names = [f"model/weights-{i:02d}.safetensors" for i in range(4)]
-    for n in names:
-        moto_s3.put_object(Bucket=bucket, Key=n, Body=os.urandom(256 * 1024))
-    sc = make_sidecar(chunk_size="1MiB", prefetch_interval="30s", readahead_chunks=0)
-    s3 = sc.client()
-    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="model/")["Contents"]) == 4
+    names, sc, s3 = _listed_model(make_sidecar, moto_s3, bucket, files=4, size=256 * 1024)
     tap.clear()
     s3.get_object(Bucket=bucket, Key=names[0])["Body"].read()
     # Well before the 30 s interval: the first read under the prefix runs the loop at once.
@@ -70,12 +77,7 @@ def test_first_file_of_a_small_listed_set_brings_the_rest(make_sidecar, tap, mot
 def test_a_prefetched_file_costs_a_head_and_one_get(make_sidecar, tap, moto_s3, bucket):
     """A prefetch learns the GET's checksum headers (boto3 reads in checksum mode) from the GET
     that fetches the file, pinned to the HEAD's ETag, not from a request of their own."""
-    names = [f"model/weights-{i:02d}.safetensors" for i in range(3)]
-    for n in names:
-        moto_s3.put_object(Bucket=bucket, Key=n, Body=os.urandom(300 * 1024))
-    sc = make_sidecar(chunk_size="1MiB", prefetch_interval="30s", readahead_chunks=0)
-    s3 = sc.client()
-    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="model/")["Contents"]) == 3
+    names, sc, s3 = _listed_model(make_sidecar, moto_s3, bucket, files=3, size=300 * 1024)
     s3.get_object(Bucket=bucket, Key=names[0])["Body"].read()
     assert wait_until(lambda: metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 2, timeout=15)
     for n in names[1:]:
