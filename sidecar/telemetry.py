@@ -613,8 +613,9 @@ class AccessLog:
             return "sha256:" + hashlib.sha256(f"{bucket}/{key}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
         return key
 
-    def _timestamp(self, at: float | None = None) -> str:
-        us = int((time.time() if at is None else at) * 1e6)
+    def _timestamp(self, at: float) -> str:
+        """Unix time ``at`` as the line's UTC timestamp, to the microsecond."""
+        us = int(at * 1e6)
         sec = us // 1_000_000
         if sec != self._sec:
             self._sec = sec
@@ -652,16 +653,9 @@ class AccessLog:
                 f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "bytes_tier": {bytes_tier}, ')
 
     def emit_prepared(self, request_id: str, fields: str, seconds: float) -> bool:
-        """Log one request whose fields ``prepare`` gave; False (nothing logged) when lines are not
-        JSON: the caller then uses ``emit``."""
-        if _STATE.fmt != "json":
-            return False
-        if _STATE.level <= logging.INFO:
-            _STATE.sink.write_batched(
-                f'{{"timestamp": "{self._timestamp()}", "level": "info", "logger": "sidecar.access", '
-                f'"event": "request", "request_id": "{request_id}", {fields}"ms": {seconds * 1000:.3f}}}\n')
-        return True
-
+        """Log one request whose fields ``prepare`` gave, ending now; False (nothing logged) when
+        lines are not JSON: the caller then uses ``emit``."""
+        return self.emit_prepared_many([(request_id, fields, seconds, time.time())])
 
     def emit_prepared_many(self, entries: list[tuple[str, str, float, float]]) -> bool:
         """Log requests whose fields ``prepare`` gave, each (request id, fields, seconds, the Unix
