@@ -25,7 +25,9 @@ Prints one table and writes bench/out/get_bench.json.
 The daemon under test is ``python -m sidecar`` started in the current directory, so it is the
 ``sidecar`` package found there first (then on PYTHONPATH), not necessarily this file's: to
 compare two checkouts, run the bench from inside each (``cd OTHER && PYTHONPATH=$PWD python
-/path/to/bench/get_bench.py``). The first line printed names the package used.
+/path/to/bench/get_bench.py``), or, better, in one run: ``--baseline OTHER`` starts a second
+sidecar from the checkout OTHER, measured interleaved with the first (a column "baseline", and
+the ratio of the sidecar under test to it). The first line printed names the packages used.
 """
 
 from __future__ import annotations
@@ -254,8 +256,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per hit case (median)")
-    ap.add_argument("--cold-rounds", type=int, default=3, help="cold 64 MiB misses per server (median)")
+    ap.add_argument("--cold-rounds", type=int, default=3, help="cold 64 MiB misses per server (median; 0: none)")
     ap.add_argument("--cases", default="", help="comma-separated substrings selecting hit cases (default all)")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
+                    help="also measure the sidecar of another checkout, interleaved (hit cases)")
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="extra sidecar setting, e.g. --set chunk_verification=when-changed")
     args = ap.parse_args()
@@ -264,6 +268,12 @@ def main() -> int:
     under_test = subprocess.run([sys.executable, "-c", "import sidecar, os; print(os.path.dirname(sidecar.__file__))"],
                                 capture_output=True, text=True, check=True, env=CHILD_ENV).stdout.strip()
     print(f"sidecar under test: {under_test}", flush=True)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        base_pkg = subprocess.run([sys.executable, "-c", "import sidecar, os; print(os.path.dirname(sidecar.__file__))"],
+                                  capture_output=True, text=True, check=True, cwd=args.baseline,
+                                  env={**CHILD_ENV, "PYTHONPATH": str(args.baseline)}).stdout.strip()
+        print(f"baseline sidecar: {base_pkg}", flush=True)
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     work.chmod(0o755)  # nginx workers run unprivileged and must read the files
@@ -289,12 +299,19 @@ def main() -> int:
     settings = {"upstream_answer_within": "60s", **dict(kv.split("=", 1) for kv in args.set)}
     sc = Sidecar(moto.url, work / "cache", work, cache_size="20GiB", **settings)
     pin(sc.proc.pid, SERVER_CPU)
+    baseline = None
+    if args.baseline is not None:
+        baseline = Sidecar(moto.url, work / "cache-baseline", work, cache_size="20GiB", cwd=args.baseline,
+                       env={"PYTHONPATH": str(args.baseline)}, **settings)
+        pin(baseline.proc.pid, SERVER_CPU)
     nginx = Nginx(work, root=work / "www")
     nginx_nopush = Nginx(work, root=work / "www", nopush=True)
     proxy = Nginx(work, upstream=moto.url)
     sc_port = int(sc.url.rsplit(":", 1)[1])
-    for size in sizes:  # warm the sidecar's cache with every hot object
+    for size in sizes:  # warm the sidecars' caches with every hot object
         timed_get(sc_port, f"/{BUCKET}/hot-{size}")
+        if baseline is not None:
+            timed_get(int(baseline.url.rsplit(":", 1)[1]), f"/{BUCKET}/hot-{size}")
     results: dict[str, dict[str, list[dict]]] = {}
     try:
         for name, size, c, length in cases:
@@ -303,9 +320,13 @@ def main() -> int:
                 script = work / f"range-{length}.lua"
                 script.write_text(RANGE_LUA.format(size=size, length=length))
             runs = results.setdefault(name, {"nginx": [], "nginx-nopush": [], "sidecar": []})
+            if baseline is not None:
+                runs["baseline"] = []
             for r in range(args.rounds):
                 order = [("nginx", nginx.proc.pid, nginx.url), ("sidecar", sc.proc.pid, sc.url),
                          ("nginx-nopush", nginx_nopush.proc.pid, nginx_nopush.url)]
+                if baseline is not None:
+                    order.insert(2, ("baseline", baseline.proc.pid, baseline.url))
                 for who, pid, base in order if r % 2 == 0 else order[::-1]:
                     runs[who].append(measure(pid, f"{base}/{BUCKET}/hot-{size}", c, args.duration, script,
                                              length or size))
@@ -329,23 +350,27 @@ def main() -> int:
         nginx_nopush.stop()
         proxy.stop()
         sc.stop()
+        if baseline is not None:
+            baseline.stop()
         moto.stop()
     print("\n== hits: the faster nginx (1 worker, sendfile) vs sidecar, medians of "
           f"{args.rounds} interleaved {args.duration:g}s runs, servers on CPU {SERVER_CPU}, wrk on CPU {CLIENT_CPU} ==")
     print(f"{'case':<32} {'nginx req/s':>11} {'MiB/s':>8} {'CPUs/GiB':>8} | {'sidecar req/s':>13} {'MiB/s':>8} "
-          f"{'CPUs/GiB':>8} | {'req/s x':>7} {'CPU x':>6}")
+          f"{'CPUs/GiB':>8} | {'req/s x':>7} {'CPU x':>6}"
+          + ("   | baseline req/s CPUs/GiB   x (sidecar/baseline req/s, CPU)" if args.baseline else ""))
     summary: dict = {"hits": {}, "cold": {}, "peak_rss_bytes_64_clients": rss}
     for name, runs in results.items():
         summary["hits"][name] = print_hit_row(name, runs)
-    print(f"\n== cold 64 MiB misses, medians of {args.cold_rounds} (fresh object each) ==")
-    d_ttlb = statistics.median(t for _, t in cold["direct"])
-    for who in servers:
-        ttfb = statistics.median(f for f, _ in cold[who])
-        ttlb = statistics.median(t for _, t in cold[who])
-        summary["cold"][who] = {"ttfb_s": ttfb, "ttlb_s": ttlb, "ttlb_vs_direct": ttlb / d_ttlb}
-        print(f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct")
-    n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
-    print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x")
+    if args.cold_rounds:
+        print(f"\n== cold 64 MiB misses, medians of {args.cold_rounds} (fresh object each) ==")
+        d_ttlb = statistics.median(t for _, t in cold["direct"])
+        for who in servers:
+            ttfb = statistics.median(f for f, _ in cold[who])
+            ttlb = statistics.median(t for _, t in cold[who])
+            summary["cold"][who] = {"ttfb_s": ttfb, "ttlb_s": ttlb, "ttlb_vs_direct": ttlb / d_ttlb}
+            print(f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct")
+        n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
+        print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x")
     if rss is not None:
         print(f"\nsidecar peak RSS (VmHWM) with 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB")
     (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
@@ -358,12 +383,18 @@ def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -
            for who, rs in runs.items()}
     best = max((who for who in med if who.startswith("nginx")), key=lambda who: med[who]["rps"])
     n, s = med[best], med["sidecar"]
+    b = med.get("baseline")
+    versus = (f"   | {b['rps']:14.0f} {b['cpu_s_per_gib']:8.3f} {s['rps'] / b['rps']:5.2f}x "
+              f"{s['cpu_s_per_gib'] / b['cpu_s_per_gib']:5.2f}x") if b else ""
     print(f"{name:<32} {n['rps']:11.0f} {n['mibps']:8.0f} {n['cpu_s_per_gib']:8.3f} | {s['rps']:13.0f} "
           f"{s['mibps']:8.0f} {s['cpu_s_per_gib']:8.3f} | {s['rps'] / n['rps']:6.2f}x "
-          f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'})",
-          flush=flush)
-    return {"nginx": n, "nginx_config": best, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
-            "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"]}
+          f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'})"
+          + versus, flush=flush)
+    row = {"nginx": n, "nginx_config": best, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
+           "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"]}
+    if b:
+        row["baseline"] = b
+    return row
 
 
 if __name__ == "__main__":

@@ -85,8 +85,11 @@ class Sidecar:
     """``sidecar serve`` as a child process on free ports, logging JSON to a file."""
 
     def __init__(self, upstream: str, cache_dir: Path, log_dir: Path, *, env: dict | None = None,
-                 **flags: object) -> None:
+                 cwd: Path | None = None, **flags: object) -> None:
+        """``cwd``: the directory the daemon starts in (``python -m`` imports the ``sidecar``
+        package found there first)."""
         self.upstream = upstream
+        self.cwd = cwd
         self.cache_dir = Path(cache_dir)
         self.flags = flags
         self.log_dir = log_dir
@@ -108,7 +111,7 @@ class Sidecar:
         for k, v in self.flags.items():
             args += ["--" + k.replace("_", "-"), str(v)]  # later flags win: these override the above
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**CHILD_ENV, **self.extra_env})
+                                     env={**CHILD_ENV, **self.extra_env}, cwd=self.cwd)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
