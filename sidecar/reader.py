@@ -46,6 +46,7 @@ log = get_logger("sidecar.reader")
 PIECE = 256 * 1024  # bytes read from the upstream stream at a time
 MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
+NOW_CHUNKS = 16  # a read of at most this many chunks, all ready, is answered at once (read_now)
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked this much at a time
 CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
@@ -316,28 +317,35 @@ class Reader:
         return self.read_ram(self.store.version_for(meta).vid, index, start - index * cs, end - index * cs, stats)
 
     def read_now(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats, *,
-                 keep: bool = True) -> tuple[Segment, VerifiedChunk] | None:
-        """A read that needs no waiting: bytes start..end lie in one cached chunk, in memory or
-        in pieces of its file checked since the file last changed. Its one segment, and the
-        chunk to close once the segment is sent; None: ``read`` answers it (several chunks, not
-        cached, or pieces still to check)."""
+                 keep: bool = True) -> list[tuple[Segment, VerifiedChunk]] | None:
+        """A read that needs no waiting: bytes start..end lie in at most ``NOW_CHUNKS`` cached
+        chunks, each in memory or in pieces of its file checked since the file last changed.
+        Their segments in order, each with its chunk to close once the segment is sent; None:
+        ``read`` answers it (too many chunks, one not cached, or pieces still to check)."""
         cs = self.chunk_size
-        index = start // cs
-        if end < start or end // cs != index:
+        first, last = start // cs, end // cs
+        if end < start or last - first >= NOW_CHUNKS:
             return None
         version = self.store.version_for(meta)
-        lo, hi = start - index * cs, end - index * cs
-        chunk = self.store.open_chunk(version.vid, index, lo, hi)
-        if chunk is None:
-            return None
-        segment = self._ready_segment(version.vid, index, chunk, lo, hi)
-        if segment is None:
-            chunk.close()
-            return None
+        vid = version.vid
+        got = []
+        for index in range(first, last + 1):
+            c0 = index * cs
+            lo, hi = max(start, c0) - c0, min(end, c0 + cs - 1) - c0
+            chunk = self.store.open_chunk(vid, index, lo, hi)
+            segment = self._ready_segment(vid, index, chunk, lo, hi) if chunk is not None else None
+            if segment is None:
+                if chunk is not None:
+                    chunk.close()
+                for _, opened in got:
+                    opened.close()
+                return None
+            got.append((segment, chunk))
         if keep:
             self._note_sequential(version, start, end)
-        self._hit(version.vid, index, hi - lo + 1, stats)
-        return segment, chunk
+        for i, (segment, _) in enumerate(got):
+            self._hit(vid, first + i, segment.length, stats)
+        return got
 
     def _ready_segment(self, vid: str, index: int, chunk: VerifiedChunk, lo: int, hi: int, *,
                        from_cache: bool = True) -> Segment | None:

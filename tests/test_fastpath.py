@@ -151,6 +151,35 @@ def test_pipelined_requests_keep_their_order(make_sidecar, moto_s3, bucket):
     c.close()
 
 
+def test_ranges_over_several_chunks_arrive_whole_and_in_order_to_a_slow_reader(make_sidecar, moto_s3, bucket):
+    """Ranges across chunk files (and the last, small chunk held in memory) are answered on the
+    lean path; a client that reads slowly fills its socket part way through a span, and the rest
+    of that span and the spans after it follow in order."""
+    sc = make_sidecar(chunk_size="256KiB")
+    body = os.urandom(4 * 256 * KiB + 1000)  # four chunk files and a 1000-byte chunk (memory)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    s3 = sc.client()
+    for _ in range(2):  # a miss, then a hit that checks every piece
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    ranges = [(1000, 300000), (200000, 800000), (5, len(body) - 1), (700000, len(body) - 10), (0, len(body) - 1)]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the sidecar's sends fill it at once
+    host, port = sc.url.removeprefix("http://").rsplit(":", 1)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    c = Conn.__new__(Conn)
+    c.sock, c.buf = sock, b""
+    before = fast_answers(sc)
+    c.send(b"".join(get(f"/{bucket}/k", f"Range: bytes={a}-{b}") for a, b in ranges) + get(f"/{bucket}/k"))
+    time.sleep(0.3)  # every answer waits on the full socket meanwhile
+    for a, b in ranges:
+        status, headers, got = c.response()
+        assert (status, headers["content-range"], got == body[a:b + 1]) == (206, f"bytes {a}-{b}/{len(body)}", True)
+    assert c.response()[::2] == (200, body)
+    c.close()
+    assert fast_answers(sc) - before == len(ranges) + 1
+
+
 def test_fast_path_off_answers_the_same(make_sidecar, moto_s3, bucket):
     body = os.urandom(10 * KiB)
     moto_s3.put_object(Bucket=bucket, Key="k", Body=body, Metadata={"x": "y"})

@@ -562,54 +562,71 @@ class FastProtocol(asyncio.Protocol):
         return True
 
     def _answer_from_file(self, plan: HitPlan, n: int) -> bool:
-        """A GET within one chunk whose pieces were checked since its file last changed: the
-        head, then ``sendfile`` on the loop right away; only what the socket does not take at once
-        is left to a task. False (nothing sent): the reader's full read answers it."""
-        if plan.chunk < 0 or self._sock_fd < 0:
+        """A GET whose bytes lie in a few cached chunks, in memory or in pieces checked since
+        their files last changed: the head, then each span with ``sendfile`` on the loop right
+        away; only what the socket does not take at once is left to a task. False (nothing
+        sent): the reader's full read answers it."""
+        if plan.method != "GET" or plan.end < plan.start or self._sock_fd < 0:
             return False
         a = self._answer(plan)
-        face = self.fast.face
-        got = face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
+        got = self.fast.face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
         if got is None:
             return False
-        seg, chunk = got
         del self.buf[:n]
-        if seg.data is not None:
+        transport = self.transport
+        seg, chunk = got[0]
+        if len(got) == 1 and seg.data is not None:
             chunk.close()
-            self.transport.write(a.head + seg.data)
+            transport.write(a.head + seg.data)
             self._finished(a, plan.status)
             return True
-        self.transport.write(a.head)
-        sent = 0
-        try:
-            if not self.transport.get_write_buffer_size():
-                sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
-        except OSError as e:
-            self._send_failed(a, seg, e)
+        transport.write(a.head)
+        for i, (seg, chunk) in enumerate(got):
+            if seg.data is not None:
+                transport.write(seg.data)
+                chunk.close()
+                continue
+            sent = 0
+            try:
+                # straight to the socket only behind nothing the transport still holds
+                if not transport.get_write_buffer_size():
+                    sent = sendfile_until_full(self._sock_fd, seg.fd, seg.offset, seg.length)
+            except OSError as e:
+                self._send_failed(a, seg, e)
+                for _, c in got[i:]:
+                    c.close()
+                self._finished(a, 499)
+                return True
+            if sent < seg.length:
+                self.fast.face.in_flight += 1
+                self.task = asyncio.ensure_future(self._send_rest(a, got[i:], sent))
+                return True
             chunk.close()
-            self._finished(a, 499)
-            return True
-        if sent == seg.length:
-            chunk.close()
-            self._finished(a, plan.status)
-            return True
-        face.in_flight += 1
-        self.task = asyncio.ensure_future(self._send_rest(a, seg, chunk, sent))
+        self._finished(a, plan.status)
         return True
 
-    async def _send_rest(self, a: _Answer, seg, chunk, sent: int) -> None:
-        """The rest of a file span the socket did not take at once."""
+    async def _send_rest(self, a: _Answer, rest: list, sent: int) -> None:
+        """The rest of an answer the socket did not take at once: ``rest`` (segments, each
+        with its open chunk), of which the first has ``sent`` bytes gone already."""
         face = self.fast.face
         status = 499
         sender = BodySender(self.transport, self._write, face.executor)
+        i = 0
         try:
-            await sender.send_file(seg.fd, seg.offset + sent, seg.length - sent)
+            for i, (seg, chunk) in enumerate(rest):
+                if seg.data is not None:
+                    await sender.send_bytes(seg.data)
+                else:
+                    await sender.send_file(seg.fd, seg.offset + sent, seg.length - sent)
+                sent = 0
+                chunk.close()
             status = a.plan.status
         except (ClientGone, OSError) as e:
-            self._send_failed(a, seg, e)
+            self._send_failed(a, rest[i][0], e)
         finally:
             sender.close()
-            chunk.close()
+            for _, chunk in rest[i:]:
+                chunk.close()
             face.in_flight -= 1
             self._finished(a, status)
         self._resume(status == a.plan.status)
