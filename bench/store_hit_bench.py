@@ -27,7 +27,7 @@ def _store(root: str, chunk_size: int, size: int, ram: int) -> tuple[ChunkStore,
     policy = QoSPolicy(RuleSet(), lambda: make_policy("lru-k", k=2))
     s = ChunkStore(root, chunk_size=chunk_size, capacity=1 << 30, policy=policy, ram_cache_size=ram)
     # as the daemon does (server.py): the policy locates a chunk's object through the index
-    policy._locate = lambda key: (lambda v: (v.meta.bucket, v.meta.key) if v else None)(s.versions.get(key[0]))
+    policy._locate = lambda key: s.object_of(key[0])
     s.open()
     v = s.version_for(ObjectMeta("b", "k", '"e"', size, "Tue, 14 Nov 2023 22:13:20 GMT", ()))
     w = s.begin_write(v, 0)

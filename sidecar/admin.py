@@ -86,10 +86,10 @@ class DaemonCollector:
                     1 if sc.ready and not sc.ops.draining else 0)
         yield gauge("sidecar_requests_in_flight", "S3 requests being answered", sc.face.in_flight)
         yield gauge("sidecar_cache_bytes", "Bytes of chunks in the cache", store.used_bytes)
-        yield gauge("sidecar_cache_capacity_bytes", "Byte budget of the cache", store.space.capacity)
+        yield gauge("sidecar_cache_capacity_bytes", "Byte budget of the cache", store.capacity)
         yield gauge("sidecar_cache_entries", "Chunks in the cache", store.entries)
         yield gauge("sidecar_cache_objects", "Object versions with at least one chunk in the cache",
-                    len(store.versions))
+                    store.object_count)
         policy = sc.policy
         yield gauge("sidecar_cache_pinned_bytes", "Bytes of pinned chunks (never evicted)", policy.pinned_bytes)
         g = GaugeMetricFamily("sidecar_cache_qos_bytes", "Evictable bytes in the cache, by QoS class",
@@ -177,9 +177,9 @@ def stats_snapshot(sc: Daemon) -> dict[str, Any]:
         "in_flight": sc.face.in_flight,
         "cache": {
             "used_bytes": sc.store.used_bytes,
-            "capacity_bytes": sc.store.space.capacity,
+            "capacity_bytes": sc.store.capacity,
             "chunks": sc.store.entries,
-            "objects": len(sc.store.versions),
+            "objects": sc.store.object_count,
             "chunk_size": sc.store.chunk_size,
             "pinned_bytes": policy.pinned_bytes,
             "by_qos": {k: v for k, v in policy.usage().items() if k != "pinned"},

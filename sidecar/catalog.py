@@ -188,7 +188,7 @@ class Catalog:
             if call.poisoned:
                 return entry
             current = self.entries.get(k)
-            if current is not None and current.meta.etag == meta.etag and current.meta.size == meta.size:
+            if current is not None and current.meta.same_version(meta):
                 # headers may have changed (tagging, metadata copy); the checksum answers of the
                 # same bytes did not
                 current.meta = meta.learned(current.meta)
@@ -274,7 +274,7 @@ class Catalog:
             # Cached data is still served while the upstream is out of reach, without checksums
             # (a client then has none to check), never with another kind's.
             return entry
-        if meta.etag != entry.meta.etag or meta.size != entry.meta.size:
+        if not meta.same_version(entry.meta):
             self.version_changed(entry.meta)
             raise ObjectChanged()
         learned = entry.meta.learned(meta)
@@ -329,7 +329,7 @@ class Catalog:
         failed, or it answered another version): forget it if it is still the current one, and
         retire it. A newer version already learned stays current."""
         current = self.entries.get((meta.bucket, meta.key))
-        if current is None or (current.meta.etag == meta.etag and current.meta.size == meta.size):
+        if current is None or current.meta.same_version(meta):
             self.invalidate(meta.bucket, meta.key)
         self._retire(meta)
 
@@ -339,7 +339,7 @@ class Catalog:
         meanwhile), the chunks the read kept are retired: after a restart with the upstream out
         of reach, stale-if-error would otherwise serve a version known to be dead."""
         current = self.entries.get((meta.bucket, meta.key))
-        if current is None or current.meta.etag != meta.etag or current.meta.size != meta.size:
+        if current is None or not current.meta.same_version(meta):
             self._retire(meta)
 
     def _retire(self, meta: ObjectMeta) -> None:

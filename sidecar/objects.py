@@ -57,6 +57,11 @@ class ObjectMeta:
         """What the upstream answered ``kind`` ("GET" or "HEAD") of whole-object request; None: unknown."""
         return self.head_checksums if kind == "HEAD" else self.get_checksums
 
+    def same_version(self, other: "ObjectMeta") -> bool:
+        """Whether ``other`` describes the same bytes: the ETag and size name a version (headers
+        and checksum answers may differ between two answers about it)."""
+        return self.etag == other.etag and self.size == other.size
+
     def learned(self, other: "ObjectMeta") -> "ObjectMeta":
         """This metadata, with the checksum answers ``other`` (the same version) knows and it does not."""
         get = self.get_checksums if self.get_checksums is not None else other.get_checksums

@@ -231,10 +231,10 @@ class EventMonitor:
         store = self.store
         chunks, nbytes = now["evictions"] - was["evictions"], now["evicted_bytes"] - was["evicted_bytes"]
         if nbytes > 0:
-            burst = nbytes >= BURST_FRACTION * store.space.capacity
+            burst = nbytes >= BURST_FRACTION * store.capacity
             (log.info if burst else log.debug)(
                 "eviction_burst" if burst else "evictions", chunks=chunks, bytes=nbytes, window_s=self.interval,
-                used_bytes=store.used_bytes, capacity_bytes=store.space.capacity,
+                used_bytes=store.used_bytes, capacity_bytes=store.capacity,
                 pinned_bytes=self.policy.pinned_bytes)
         upstream = {k: int(v - was["upstream"].get(k, 0.0)) for k, v in now["upstream"].items()
                     if v > was["upstream"].get(k, 0.0)}

@@ -138,8 +138,7 @@ class Sidecar:
 
     def _locate(self, chunk_key) -> tuple[str, str] | None:
         """The object a chunk belongs to, for the rules and pins the policy applies per object."""
-        v = self.store.versions.get(chunk_key[0])
-        return (v.meta.bucket, v.meta.key) if v is not None else None
+        return self.store.object_of(chunk_key[0])
 
     def _on_read(self, bucket: str, key: str, meta: ObjectMeta, rng, stats) -> None:
         """The S3 face's hook, after every object read answered (hit or miss)."""

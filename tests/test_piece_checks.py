@@ -92,7 +92,7 @@ def _store(root: Path, cs: int = 4 * P, **kw) -> ChunkStore:
 
 def _put(s: ChunkStore, data: bytes):
     v = s.version_for(_meta(len(data)))
-    for i in range(s.chunk_count(v)):
+    for i in range(s.layout.count(v.meta.size)):
         w = s.begin_write(v, i)
         w.write(data[i * s.chunk_size:(i + 1) * s.chunk_size])
         assert s.commit(w)

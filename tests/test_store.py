@@ -27,7 +27,7 @@ def store(root, capacity=10 * CS, **kw) -> ChunkStore:
 
 def put(s: ChunkStore, m: ObjectMeta, data: bytes) -> None:
     v = s.version_for(m)
-    for i in range(s.chunk_count(v)):
+    for i in range(s.layout.count(v.meta.size)):
         w = s.begin_write(v, i)
         w.write(data[i * CS:(i + 1) * CS])
         assert s.commit(w)
@@ -37,7 +37,7 @@ def put(s: ChunkStore, m: ObjectMeta, data: bytes) -> None:
 def read(s: ChunkStore, m: ObjectMeta) -> bytes | None:
     v = s.version_for(m)
     out = b""
-    for i in range(s.chunk_count(v)):
+    for i in range(s.layout.count(v.meta.size)):
         c = s.open_verified(v.vid, i)
         if c is None:
             return None
@@ -257,7 +257,7 @@ def test_chunks_evicted_before_the_budget_gives_up_leave_the_index(tmp_path):
     rules = RuleSet.from_config([{"bucket": "pinned", "pin": True}])
     policy = QoSPolicy(rules, LRUPolicy)
     s = ChunkStore(tmp_path, chunk_size=CS, capacity=3 * CS, policy=policy)
-    policy._locate = lambda key: (lambda v: (v.meta.bucket, v.meta.key) if v else None)(s.versions.get(key[0]))
+    policy._locate = lambda key: s.object_of(key[0])
     s.open()
     put(s, meta("p", 2 * CS + 1, bucket="pinned"), os.urandom(2 * CS + 1))
     put(s, meta("x", CS - 1), os.urandom(CS - 1))

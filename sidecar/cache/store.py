@@ -130,6 +130,17 @@ class ChunkStore:
         digest = v.chunks.get(key[1])
         return None if digest is None else (digest, v.length(key[1]))
 
+    def object_of(self, vid: str) -> tuple[str, str] | None:
+        """(bucket, key) of a version in the index, or None: which object a chunk belongs to,
+        for the rules and pins the policy applies per object."""
+        v = self.versions.get(vid)
+        return (v.meta.bucket, v.meta.key) if v is not None else None
+
+    def holds(self, v: Version) -> bool:
+        """Whether ``v`` is still the index's record of its version (not dropped or replaced
+        since it was taken from ``iter_versions``)."""
+        return self.versions.get(v.vid) is v
+
     def _bad(self, key: ChunkKey, digest: int, problem: str) -> None:
         """The disk tier found the chunk's file bad or missing: it leaves the cache."""
         v = self.versions.get(key[0])
@@ -472,6 +483,11 @@ class ChunkStore:
         return iter(list(self.versions.values()))
 
     @property
+    def object_count(self) -> int:
+        """Object versions with at least one chunk cached or being written."""
+        return len(self.versions)
+
+    @property
     def capacity(self) -> int:
         return self.space.capacity
 
@@ -479,8 +495,5 @@ class ChunkStore:
     def free_bytes(self) -> int:
         """Bytes neither used nor reserved for fills in flight."""
         return self.space.capacity - self.space.used - self.space.reserved
-
-    def chunk_count(self, v: Version) -> int:
-        return self.layout.count(v.meta.size)
 
 

@@ -140,7 +140,7 @@ async def verify_online(store: ChunkStore, executor: concurrent.futures.Executor
             executor, check_version, v.meta, store.chunk_size, recorded,
             lambda index, crc, vid=v.vid: store.chunk_file(vid, index) if v.chunks.get(index) == crc else None)
         # A chunk evicted, replaced or invalidated while it was being read is not corrupt.
-        live = store.versions.get(v.vid) is v
+        live = store.holds(v)
         check.corrupt = {i: p for i, p in check.corrupt.items() if live and v.chunks.get(i) == recorded[i]}
         report.add(check, keep=key is not None)
         if not check.corrupt:

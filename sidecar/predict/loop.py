@@ -605,13 +605,37 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     (protected by its credit) until then; a candidate that earns less per second than the data
     it would keep out is not planned (on Zipf reads in a small cache, where a prefetch held for
     minutes pushes out demand data that would have hit meanwhile)."""
+    report = RunReport()
+    if known is not None:
+        tracker.look_ahead(known, now, interval)
+    cands = _scored_candidates(tracker, predictor, now, cached, rules, report, threshold=threshold,
+                               limit=limit, horizon=horizon, retain_threshold=retain_threshold,
+                               demand_yield=demand_yield)
+    if known is not None and tracker.cold:
+        cands += _ahead_of_new_readers(tracker, now, cached, rules, threshold,
+                                       have={c.obj for c in cands})
+    ledger = tracker.ledger
+    ledger.settle(now, tracker.last_access, horizon)
+    cands = ledger.admit(cands, now, _group)
+    expected = expected or {}
+    room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
+    chosen = plan(cands, room, threshold=threshold, max_bytes=max_bytes)
+    ledger.record(chosen.items, now, _group)
+    report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
+    return chosen, report
+
+
+def _scored_candidates(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, float],
+                       rules: RuleSet, report: RunReport, *, threshold: float, limit: int,
+                       horizon: float, retain_threshold: float | None,
+                       demand_yield: float) -> list[Candidate]:
+    """The tracker's candidates the model scores at least ``threshold``, not wholly cached and
+    not out-earned by the demand data they would keep out; fills in ``report``'s candidate
+    count, inference time, ``confident`` and ``outyielded``."""
     import numpy as np  # noqa: PLC0415  (numpy loads only with prefetch on)
 
     from .features import FEATURES  # noqa: PLC0415
 
-    report = RunReport()
-    if known is not None:
-        tracker.look_ahead(known, now, interval)
     eta_col = FEATURES.index("eta")
     every = tracker.candidates(now, limit)
     # Fractions once, over the list as ``candidates`` returned it (``matrix`` maps that list to
@@ -622,51 +646,49 @@ def choose(tracker: Any, predictor: Any, now: float, cached: Mapping[Hashable, f
     keep = np.arange(len(every)) if retain_threshold is not None else np.flatnonzero(uncached)
     report.candidates = int(uncached.sum())
     cands: list[Candidate] = []
-    if len(keep):
-        X = tracker.matrix(every, now, fractions)
-        if len(keep) < len(every):
-            X = X[keep]
-        t = time.perf_counter()
-        probs = predictor.score(X)
-        report.inference_s = time.perf_counter() - t
-        if retain_threshold is not None:
-            report.confident = {every[int(keep[i])]: float(probs[i])
-                                for i in np.flatnonzero(probs >= retain_threshold).tolist()}
-        for i in np.flatnonzero(probs >= threshold).tolist():
-            j = int(keep[i])
-            if not uncached[j]:
-                continue
-            obj = every[j]
-            size = tracker.size(obj)
-            if not size:
-                continue
-            if demand_yield > 0 and probs[i] / max(1.0, expected_wait(X[i], horizon)) < demand_yield:
-                report.outyielded += 1
-                continue
-            eta = float(X[i, eta_col])
-            cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
-                                   rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
-    if known is not None and tracker.cold:
-        # Keys ahead of a reader that has no rate yet (its first read of a listed prefix): the
-        # model has no pace to judge them by, so they are planned at the threshold, soonest
-        # first, as a reader of a listed prefix reads on in key order; the ledger mutes a prefix
-        # where that does not pay.
-        have = {c.obj for c in cands}
-        for obj in tracker.cold:
-            if obj in have or get(obj, 0.0) >= 1.0:
-                continue
-            size = tracker.size(obj)
-            if not size:
-                continue
-            cands.append(Candidate(obj, size, float(get(obj, 0.0)), threshold, tracker.hotness(obj, now),
-                                   rules.match(*obj), eta=float(tracker.ahead(obj))))
-    ledger = tracker.ledger
-    ledger.settle(now, tracker.last_access, horizon)
-    cands = ledger.admit(cands, now, _group)
-    expected = expected or {}
-    room = Room.build(free, ((max(tracker.hotness(o, now), expected.get(o, 0.0)), n) for o, n in displaceable))
-    chosen = plan(cands, room, threshold=threshold, max_bytes=max_bytes)
-    ledger.record(chosen.items, now, _group)
-    report.eligible, report.chosen, report.nbytes = chosen.eligible, len(chosen.items), chosen.nbytes
-    return chosen, report
+    if not len(keep):
+        return cands
+    X = tracker.matrix(every, now, fractions)
+    if len(keep) < len(every):
+        X = X[keep]
+    t = time.perf_counter()
+    probs = predictor.score(X)
+    report.inference_s = time.perf_counter() - t
+    if retain_threshold is not None:
+        report.confident = {every[int(keep[i])]: float(probs[i])
+                            for i in np.flatnonzero(probs >= retain_threshold).tolist()}
+    for i in np.flatnonzero(probs >= threshold).tolist():
+        j = int(keep[i])
+        if not uncached[j]:
+            continue
+        obj = every[j]
+        size = tracker.size(obj)
+        if not size:
+            continue
+        if demand_yield > 0 and probs[i] / max(1.0, expected_wait(X[i], horizon)) < demand_yield:
+            report.outyielded += 1
+            continue
+        eta = float(X[i, eta_col])
+        cands.append(Candidate(obj, size, float(fractions[j]), float(probs[i]), tracker.hotness(obj, now),
+                               rules.match(*obj), eta=eta if eta < 1e7 else float("inf")))
+    return cands
+
+
+def _ahead_of_new_readers(tracker: Any, now: float, cached: Mapping[Hashable, float], rules: RuleSet,
+                          threshold: float, *, have: set[Hashable]) -> list[Candidate]:
+    """Keys ahead of a reader that has no rate yet (its first read of a listed prefix): the
+    model has no pace to judge them by, so they are planned at the threshold, soonest first, as
+    a reader of a listed prefix reads on in key order; the ledger mutes a prefix where that
+    does not pay. ``have``: objects already among the scored candidates."""
+    get = cached.get
+    cands: list[Candidate] = []
+    for obj in tracker.cold:
+        if obj in have or get(obj, 0.0) >= 1.0:
+            continue
+        size = tracker.size(obj)
+        if not size:
+            continue
+        cands.append(Candidate(obj, size, float(get(obj, 0.0)), threshold, tracker.hotness(obj, now),
+                               rules.match(*obj), eta=float(tracker.ahead(obj))))
+    return cands
 

@@ -23,7 +23,7 @@ from ..errors import ObjectChanged, S3Error, UpstreamUnavailable, client_fault
 from ..objects import ObjectMeta
 from ..reader import Reader, ReadStats, Segment
 from ..telemetry import AccessLog, Metrics, get_logger
-from ..upstream.base import ForwardRequest, Upstream
+from ..upstream.base import ForwardRequest, ForwardResponse, Upstream
 from . import conditions
 from .auth import Payload, SigV4Verifier
 from .headers import check_client_values, upstream_values
@@ -378,12 +378,35 @@ class S3Face:
     async def _forward(self, request: web.BaseRequest, target: Target, rid: str,
                        payload: Payload | None = None) -> web.StreamResponse:
         method = request.method
-        headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST_HEADERS]
         if request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client_body = ClientBody(request)
+        headers, body, length, deleted_keys = await self._outgoing(request, target, client_body, payload)
+        writes = method in ("PUT", "POST", "DELETE")
+        if writes:
+            self._invalidate(method, target, request.headers, deleted_keys)
+        upstream_resp = await self._send_upstream(ForwardRequest(
+            method=method, bucket=target.bucket, key=target.key, query=target.query, headers=headers,
+            body=body, content_length=length), client_body, payload)
+        if payload is not None and payload.failure is not None:
+            await upstream_resp.close()
+            raise payload.failure
+        try:
+            if writes:  # again: lookups that started while the write was in flight are void
+                self._invalidate(method, target, request.headers, deleted_keys)
+            return await self._relay(request, target, rid, upstream_resp)
+        finally:
+            await upstream_resp.close()
+
+    async def _outgoing(self, request: web.BaseRequest, target: Target, client_body: "ClientBody",
+                        payload: Payload | None) -> tuple[list[tuple[str, str]], AsyncIterator[bytes] | None,
+                                                          int | None, list[str]]:
+        """The headers, body and length a pass-through sends upstream, and the keys a
+        DeleteObjects body names (read whole here, to invalidate them)."""
+        method = request.method
+        headers = [(k.lower(), v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST_HEADERS]
         body: AsyncIterator[bytes] | None = None
         length = request.content_length
-        client_body = ClientBody(request)
         if method in ("GET", "HEAD"):
             # S3 reads take no body: none goes upstream, nor headers describing one (an upstream
             # told of an aws-chunked body it does not get may fail on it: moto answers 500)
@@ -404,13 +427,12 @@ class S3Face:
             body, length = _once(data), len(data)
         elif body is not None and payload is not None:  # hash or chunk signatures checked as it streams
             headers, body, length = payload.wrap(headers, body, length)
-        writes = method in ("PUT", "POST", "DELETE")
-        if writes:
-            self._invalidate(method, target, request.headers, deleted_keys)
+        return headers, body, length, deleted_keys
+
+    async def _send_upstream(self, forward: ForwardRequest, client_body: "ClientBody",
+                             payload: Payload | None) -> ForwardResponse:
         try:
-            upstream_resp = await self.upstream.forward(ForwardRequest(
-                method=method, bucket=target.bucket, key=target.key, query=target.query, headers=headers,
-                body=body, content_length=length))
+            return await self.upstream.forward(forward)
         except Exception as e:
             # However the upstream layers wrapped it, a broken or abandoned body is the client's.
             if client_body.error is not None:
@@ -421,50 +443,48 @@ class S3Face:
             if cause is not None:
                 raise cause from None
             raise
-        if payload is not None and payload.failure is not None:
-            await upstream_resp.close()
-            raise payload.failure
+
+    async def _relay(self, request: web.BaseRequest, target: Target, rid: str,
+                     upstream_resp: ForwardResponse) -> web.StreamResponse:
+        """The upstream's answer to the client: its headers (our request id in front of its
+        own) and its body as it arrives."""
+        method = request.method
+        out = CIMultiDict((k, v) for k, v in upstream_resp.headers if k not in _DROP_RESPONSE_HEADERS)
+        if "x-amz-request-id" in out:
+            out["x-sidecar-upstream-request-id"] = out.pop("x-amz-request-id")
+        out["x-amz-request-id"] = rid
+        out["Server"] = SERVER
+        resp = web.StreamResponse(status=upstream_resp.status, headers=upstream_values(out, upstream_resp.status))
+        clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
+        if clen is not None and clen.isdigit():
+            resp.content_length = int(clen)
         try:
-            if writes:  # again: lookups that started while the write was in flight are void
-                self._invalidate(method, target, request.headers, deleted_keys)
-            out = CIMultiDict((k, v) for k, v in upstream_resp.headers if k not in _DROP_RESPONSE_HEADERS)
-            if "x-amz-request-id" in out:
-                out["x-sidecar-upstream-request-id"] = out.pop("x-amz-request-id")
-            out["x-amz-request-id"] = rid
-            out["Server"] = SERVER
-            resp = web.StreamResponse(status=upstream_resp.status, headers=upstream_values(out, upstream_resp.status))
-            clen = next((v for k, v in upstream_resp.headers if k == "content-length"), None)
-            if clen is not None and clen.isdigit():
-                resp.content_length = int(clen)
+            await resp.prepare(request)
+        except ConnectionError as e:  # the client left before the headers went out
+            raise ClientGone() from e
+        if method != "HEAD":
+            # An object's bytes passed through are a client's read: they count against the
+            # upstream cap like demand fills (the token bucket), so background leaves them room.
+            spend = self.reader.spend_demand if method == "GET" and target.key is not None else None
+            # A listing passing through tells the prefetcher which keys exist.
+            tap = self.listing_tap and self.listing_tap(method, target.bucket, target.key, target.query,
+                                                        upstream_resp.status)
             try:
-                await resp.prepare(request)
-            except ConnectionError as e:  # the client left before the headers went out
-                raise ClientGone() from e
-            if method != "HEAD":
-                # An object's bytes passed through are a client's read: they count against the
-                # upstream cap like demand fills (the token bucket), so background leaves them room.
-                spend = self.reader.spend_demand if method == "GET" and target.key is not None else None
-                # A listing passing through tells the prefetcher which keys exist.
-                tap = self.listing_tap and self.listing_tap(method, target.bucket, target.key, target.query,
-                                                            upstream_resp.status)
-                try:
-                    async for piece in upstream_resp.body:
-                        if spend is not None:
-                            spend(len(piece))
-                        if tap:
-                            tap(piece)
-                        await resp.write(piece)
+                async for piece in upstream_resp.body:
+                    if spend is not None:
+                        spend(len(piece))
                     if tap:
-                        tap(None)
-                except (S3Error, OSError) as e:
-                    log.warning("response_aborted", error=repr(e))
-                    if request.transport is not None:
-                        request.transport.abort()
-                    raise ClientGone() from e
-            await resp.write_eof()
-            return resp
-        finally:
-            await upstream_resp.close()
+                        tap(piece)
+                    await resp.write(piece)
+                if tap:
+                    tap(None)
+            except (S3Error, OSError) as e:
+                log.warning("response_aborted", error=repr(e))
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ClientGone() from e
+        await resp.write_eof()
+        return resp
 
     async def _read_limited(self, client_body: "ClientBody", limit: int) -> bytes:
         parts, n = [], 0

@@ -26,7 +26,7 @@ from typing import Protocol
 from ..cache.layout import ChunkLayout
 from ..cache.policy import EvictionPolicy
 from ..cache.space import CacheSpace, NoRoom
-from .trace import Trace, next_accesses
+from .trace import Trace, next_accesses, unique_bytes
 
 
 class ReplayHook(Protocol):
@@ -87,11 +87,8 @@ class Workload:
         return self._next
 
     def unique_bytes(self) -> int:
-        sizes: dict = {}
-        for key, size in zip(self.keys, self.sizes):
-            if size > sizes.get(key, -1):
-                sizes[key] = size
-        return sum(sizes.values())
+        """Bytes of the distinct items (chunks, or whole objects), each at its largest size."""
+        return unique_bytes(self.keys, self.sizes)
 
     def __len__(self) -> int:
         return len(self.trace)

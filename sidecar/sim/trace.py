@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,7 @@ class Trace:
 
     def unique_bytes(self) -> int:
         """Bytes of all distinct objects (each at the largest size seen for it)."""
-        sizes: dict = {}
-        for key, size in zip(self.keys, self.sizes):
-            if size > sizes.get(key, -1):
-                sizes[key] = size
-        return sum(sizes.values())
+        return unique_bytes(self.keys, self.sizes)
 
 
 def read_trace(path: str | Path, fmt: str = "auto", limit: int | None = None) -> Trace:
@@ -159,6 +156,15 @@ def read_csv(path: str | Path, limit: int | None = None) -> Trace:
     if ranged:
         trace.offsets, trace.lengths = offsets, lengths
     return trace
+
+
+def unique_bytes(keys: Sequence, sizes: Sequence[int]) -> int:
+    """Bytes of the distinct keys, each at the largest size seen for it."""
+    largest: dict = {}
+    for key, size in zip(keys, sizes):
+        if size > largest.get(key, -1):
+            largest[key] = size
+    return sum(largest.values())
 
 
 def next_accesses(keys) -> list[int]:

@@ -72,7 +72,10 @@ class ForwardResponse:
 
 
 class Upstream(Protocol):
-    """An S3 store: the cache path (head, get_range) and the pass-through path (forward)."""
+    """An S3 store: the cache path (head, head_part, get_range, open_object) and the
+    pass-through path (forward); ``docs/upstream.md`` describes both and the wrappers.
+    ``open_object`` may be left out by a backend whose metadata and bytes come separately: the
+    wrappers then use ``open_object_by_head``."""
 
     name: str
 

@@ -27,7 +27,6 @@ import contextlib
 import errno
 import logging
 import os
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,14 +52,6 @@ class LocalUpstream:
                  durable: bool = True) -> None:
         self.files = ObjectFiles(root, durable=durable)
         self.routes = RestRoutes(self.files, MultipartUploads(self.files, min_part_size=min_part_size), region=region)
-
-    @classmethod
-    def from_url(cls, url: str, **kw) -> "LocalUpstream":
-        """``file:///abs/dir`` (the ``--upstream`` form) to an upstream on that directory."""
-        parsed = urllib.parse.urlparse(url)
-        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"not a file:/// URL: {url}")
-        return cls(Path(urllib.parse.unquote(parsed.path)), **kw)
 
     async def close(self) -> None:
         return None

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import stat
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -437,8 +438,17 @@ class ObjectFiles:
 
     # --- buckets ---------------------------------------------------------------------------------
 
+    def _bucket_record(self, name: str) -> str:
+        return os.path.join(self.hidden, "buckets", name + ".json")
+
+    def note_bucket_created(self, name: str) -> None:
+        """Remember when a bucket was created (a directory's own times change with its content);
+        best effort: without the record, its directory's mtime stands in."""
+        with contextlib.suppress(OSError):
+            self.write_json(self._bucket_record(name), {"created": time.time()})
+
     def bucket_created(self, name: str, st: os.stat_result) -> float:
-        rec = self.read_json(os.path.join(self.hidden, "buckets", name + ".json"))
+        rec = self.read_json(self._bucket_record(name))
         return float(rec["created"]) if rec and "created" in rec else st.st_mtime
 
     def remove_bucket(self, bucket: str) -> None:
@@ -447,7 +457,7 @@ class ObjectFiles:
         for area in ("odd", "meta", "uploads"):
             shutil.rmtree(os.path.join(self.hidden, area, bucket), ignore_errors=True)
         with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.hidden, "buckets", bucket + ".json"))
+            os.unlink(self._bucket_record(bucket))
         with self._odd_lock:
             self._odd.pop(bucket, None)
 

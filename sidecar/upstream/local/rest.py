@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import re
-import time
 from collections.abc import AsyncIterator
 
 from ...errors import S3Error
@@ -130,10 +129,6 @@ class RestRoutes:
 
     # --- buckets ---------------------------------------------------------------------------------
 
-    def _bucket_created(self, name: str, st: os.stat_result) -> float:
-        rec = self.files.read_json(os.path.join(self.files.hidden, "buckets", name + ".json"))
-        return float(rec["created"]) if rec and "created" in rec else st.st_mtime
-
     def _list_buckets(self, q: dict[str, str]) -> ForwardResponse:
         prefix = q.get("prefix", "")
         after = decode_token(q.get("continuation-token")) if q.get("continuation-token") else ""
@@ -165,8 +160,7 @@ class RestRoutes:
             if self.region == "us-east-1" and os.path.isdir(d):
                 return response(200, [("Location", f"/{bucket}")])  # S3's legacy us-east-1 answer
             raise S3Error("BucketAlreadyOwnedByYou", BucketName=bucket) from None
-        with contextlib.suppress(OSError):
-            self.files.write_json(os.path.join(self.files.hidden, "buckets", bucket + ".json"), {"created": time.time()})
+        self.files.note_bucket_created(bucket)
         return response(200, [("Location", f"/{bucket}")])
 
     async def _delete_bucket(self, bucket: str) -> ForwardResponse:
