@@ -113,6 +113,13 @@ class ChunkFill:
         assert self.writer is not None
         return self.writer.fd
 
+    @property
+    def ended_unkept(self) -> bool:
+        """Ended whole without its chunk being kept (a do-not-cache rule, no room), its bytes
+        still in its unlinked temp file because a reader holds it (``attach``): that reader takes
+        them from there, and must not fetch them again."""
+        return self.done and not self.kept and self.error is None and self.writer is not None and self.writer.fd >= 0
+
     def attach(self) -> None:
         self.refs += 1
 
@@ -460,20 +467,21 @@ class Reader:
     # --- spans --------------------------------------------------------------------------
 
     def _start_span(self, version: Version, first: int, last: int, priority: int,
-                    keep: bool = True) -> list[ChunkFill]:
+                    keep: bool = True, held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
         """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
-        start one upstream GET for them."""
-        fills = self._register_span(version, first, last, priority, keep)
+        start one upstream GET for them. ``held``: a reader's fills, whose ended unkept chunks
+        are not missing (``ChunkFill.ended_unkept``)."""
+        fills = self._register_span(version, first, last, priority, keep, held)
         if fills:
             self._launch(self._run_span(version, fills))
         return fills
 
     def _register_span(self, version: Version, first: int, last: int, priority: int,
-                       keep: bool = True) -> list[ChunkFill]:
+                       keep: bool = True, held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
         fills: list[ChunkFill] = []
         i = first
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
-            if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
+            if not self._missing(version, i, held):
                 break
             c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
@@ -484,6 +492,13 @@ class Reader:
             fills.append(fill)
             i += 1
         return fills
+
+    def _missing(self, version: Version, index: int, held: dict[int, ChunkFill] | None = None) -> bool:
+        """Whether a chunk is neither cached, nor being fetched, nor held by the reader asking."""
+        if self.store.has(version.vid, index) or (version.vid, index) in self.fills:
+            return False
+        fill = held.get(index) if held else None
+        return fill is None or not fill.ended_unkept
 
     def _launch(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -815,72 +830,100 @@ class Reader:
         size = version.meta.size
         first, last = start // cs, end // cs
         pos = start
-        mine = {} if mine is None else mine  # chunks whose fetch this read started
-        for index in range(first, last + 1):
-            c0, c1 = self.layout.bounds(index, size)
-            lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
-            if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
-                mine.update((f.index, f) for f in self._start_span(version, index, last, DEMAND, keep))
-            mine.update((f.index, f) for f in self._look_ahead(version, index, last, keep))
-            chunk = self.store.open_chunk(version.vid, index, lo, hi)
-            if chunk is not None:
-                # A chunk this read fetched may be committed before the read reaches it: it
-                # is served from disk but its bytes still came from the upstream for this read.
-                fetched = index in mine
-                # Counted as handed out: a caller that needs only this segment closes the
-                # generator at the yield, and nothing after it runs.
-                if fetched:
-                    stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
-                else:
-                    self._hit(version.vid, index, hi - lo + 1, stats)
-                whole = True
-                try:
-                    ready = self._ready_segment(version.vid, index, chunk, lo, hi, from_cache=not fetched)
-                    if ready is not None:
-                        yield ready
+        # The fills this read started, each held (attached) until the read has passed its chunk: a
+        # chunk that is not kept (a do-not-cache rule, or no room) is gone from the store and the
+        # fills once its fill ends, possibly long before a slow client gets to it; held, its bytes
+        # stay in the unlinked temp file, and are not fetched twice.
+        mine = {} if mine is None else mine
+        held: dict[int, ChunkFill] = {}
+        self._hold(held, mine, mine.values())
+        try:
+            for index in range(first, last + 1):
+                passed = held.pop(index - 1, None)
+                if passed is not None:
+                    passed.detach()
+                c0, c1 = self.layout.bounds(index, size)
+                lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
+                if self._missing(version, index, held):
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held))
+                self._hold(held, mine, self._look_ahead(version, index, last, keep, held))
+                chunk = self.store.open_chunk(version.vid, index, lo, hi)
+                if chunk is not None:
+                    # A chunk this read fetched may be committed before the read reaches it: it
+                    # is served from disk but its bytes still came from the upstream for this read.
+                    fetched = index in mine
+                    # Counted as handed out: a caller that needs only this segment closes the
+                    # generator at the yield, and nothing after it runs.
+                    if fetched:
+                        stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
                     else:
-                        # Read and check the pieces lo..hi touches, a batch at a time (memory stays
-                        # bounded), and send the very bytes checked: the file is read once.
-                        while lo <= hi:
-                            b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
-                            data = await self._check(chunk, lo, b1)
-                            if data is None:  # closing the chunk (below) drops it
-                                whole = False
-                                break
-                            yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
-                            lo = b1 + 1
-                finally:
-                    chunk.close()
-                if whole:
-                    pos = c0 + hi + 1
-                    continue
-                # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
-                pos = c0 + lo
-                if fetched:
-                    stats.fetched(mine[index].tier_upto, hi + 1, -(hi - lo + 1))
-                else:
-                    stats.hit_bytes -= hi - lo + 1
-            fill = self.fills.get((version.vid, index))
-            if fill is None:  # the cached copy failed verification (and was dropped): refetch
-                fill = self._start_span(version, index, last, DEMAND, keep)[0]
-                mine[index] = fill
-            elif index not in mine:
-                stats.joined += 1
-                self.metrics.coalesced.labels("chunk").inc()
-            if fill.priority != DEMAND:
-                self._promote(fill)
-            try:
-                at = lo
-                async for seg in self._tail(fill, lo, hi):
-                    stats.fetched(fill.tier_upto, at, seg.length)
-                    at += seg.length
-                    pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
-                    yield seg
-            except (DiskFault, FillEndedShort):
-                # The cache disk failed under this chunk: serve the rest straight from upstream.
-                async for seg in self._direct(version.meta, pos, end, stats):
-                    yield seg
-                return
+                        self._hit(version.vid, index, hi - lo + 1, stats)
+                    whole = True
+                    try:
+                        ready = self._ready_segment(version.vid, index, chunk, lo, hi, from_cache=not fetched)
+                        if ready is not None:
+                            yield ready
+                        else:
+                            # Read and check the pieces lo..hi touches, a batch at a time (memory stays
+                            # bounded), and send the very bytes checked: the file is read once.
+                            while lo <= hi:
+                                b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
+                                data = await self._check(chunk, lo, b1)
+                                if data is None:  # closing the chunk (below) drops it
+                                    whole = False
+                                    break
+                                yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
+                                lo = b1 + 1
+                    finally:
+                        chunk.close()
+                    if whole:
+                        pos = c0 + hi + 1
+                        continue
+                    # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
+                    pos = c0 + lo
+                    if fetched:
+                        stats.fetched(mine[index].tier_upto, hi + 1, -(hi - lo + 1))
+                    else:
+                        stats.hit_bytes -= hi - lo + 1
+                fill = self.fills.get((version.vid, index))
+                if fill is None and index in held and held[index].ended_unkept:
+                    fill = held[index]  # fetched for this read and not kept: its bytes are in its file
+                elif fill is None:  # the cached copy failed verification (and was dropped): refetch
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held))
+                    fill = mine[index]
+                elif index not in mine:
+                    stats.joined += 1
+                    self.metrics.coalesced.labels("chunk").inc()
+                if fill.priority != DEMAND:
+                    self._promote(fill)
+                try:
+                    at = lo
+                    async for seg in self._tail(fill, lo, hi):
+                        stats.fetched(fill.tier_upto, at, seg.length)
+                        at += seg.length
+                        pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
+                        yield seg
+                except (DiskFault, FillEndedShort):
+                    # The cache disk failed under this chunk: serve the rest straight from upstream.
+                    async for seg in self._direct(version.meta, pos, end, stats):
+                        yield seg
+                    return
+        finally:
+            for f in held.values():
+                f.detach()
+
+    @staticmethod
+    def _hold(held: dict[int, ChunkFill], mine: dict[int, ChunkFill], fills) -> None:
+        """Enter fills a read started in ``mine``, and hold each (``_segments``)."""
+        for f in list(fills):
+            mine[f.index] = f
+            old = held.get(f.index)
+            if old is f:
+                continue
+            if old is not None:
+                old.detach()
+            f.attach()
+            held[f.index] = f
 
     async def _check(self, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
         """``chunk.check(lo, hi)``; off the event loop when it is more than a few pieces."""
@@ -928,11 +971,12 @@ class Reader:
                 if f.gate_wait is not None:
                     f.gate_wait.cancel()
 
-    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[ChunkFill]:
+    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True,
+                    held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""
         for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
-            if not self.store.has(version.vid, j) and (version.vid, j) not in self.fills:
-                return self._start_span(version, j, last, DEMAND, keep)
+            if self._missing(version, j, held):
+                return self._start_span(version, j, last, DEMAND, keep, held)
         return []
 
     # --- sequential readahead -------------------------------------------------------------
