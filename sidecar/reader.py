@@ -49,6 +49,8 @@ LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current 
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked this much at a time
 CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
+SPECULATIVE_CHUNKS = 8  # tier blocks read ahead of a revalidation at most (Reader.speculate)
+SPECULATION_WAIT = 30.0  # seconds a speculation waits for its lookup's verdict before it is dropped
 
 
 class Priority(enum.IntEnum):
@@ -82,7 +84,7 @@ class ChunkFill:
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
                  "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep", "gate_wait",
-                 "tier_upto", "carried")
+                 "tier_upto", "carried", "pending")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -107,6 +109,10 @@ class ChunkFill:
         # headers, once its tier block or the upstream GET filling it tells them (None: neither
         # does). See Reader.carried_checksums.
         self.carried: asyncio.Future | None = None
+        # A speculative fill (Reader.speculate): whether the upstream confirmed its version, once
+        # known. Nothing of it is committed before; no reader can ask for it before either (a
+        # reader has resolved the version first).
+        self.pending: asyncio.Future | None = None
 
     @property
     def fd(self) -> int:
@@ -300,6 +306,8 @@ class Reader:
         # version -> fills ``carried_checksums`` started for the read about to come (its own)
         self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
+        # (bucket, key) -> (version, verdict, fills) of a speculation awaiting its lookup's verdict
+        self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill]]] = {}
 
     # --- public -------------------------------------------------------------------------
 
@@ -662,6 +670,9 @@ class Reader:
                 if not f.done:
                     self._abandon(f, UpstreamUnavailable())
             raise
+        pending = fills[0].pending
+        if pending is not None and not await asyncio.shield(pending):
+            return  # not confirmed: dropped (``resolved``); the upstream is not asked either
         runs: list[list[ChunkFill]] = []
         for f in fills:
             if f.done:
@@ -701,7 +712,8 @@ class Reader:
         if block is None:
             return  # (chunk 0: the upstream GET filling it may tell the GET's checksums instead)
         fill.settle_carried(block.checksums)
-        if block.checksums is not None and fill.version.meta.get_checksums is None:
+        learned = block.checksums is not None and fill.version.meta.get_checksums is None
+        if learned and fill.pending is None:
             # Kept with the version (and on disk with its metadata): a whole GET read later,
             # once chunk 0 is local, needs no upstream request for them either.
             self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
@@ -735,6 +747,11 @@ class Reader:
             return
         finally:
             await pieces.aclose()
+        if fill.pending is not None:
+            if not await asyncio.shield(fill.pending) or fill.done:
+                return  # not confirmed: dropped by ``resolved``
+            if learned:
+                self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
         kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
         if kept and fill.priority == PREFETCH:
             self.metrics.prefetch_bytes.inc(fill.length)
@@ -778,6 +795,55 @@ class Reader:
         if fill.carried is None:
             return None
         return await asyncio.shield(fill.carried)
+
+    def speculate(self, meta: ObjectMeta, start: int, end: int) -> None:
+        """A read of bytes start..end of an object whose metadata expired is about to revalidate
+        it (a HEAD): start reading the tier blocks of the version last known, ``meta``, so the
+        transfer overlaps the HEAD instead of following it. The blocks are read and verified into
+        temp files but released (committed, or handed to a reader as its own) only when the
+        lookup confirms exactly this version (``resolved``); any other verdict drops them. The
+        authorization rule holds: no tier byte of a version this pod has not resolved against
+        the upstream goes anywhere."""
+        k = (meta.bucket, meta.key)
+        if self.tier is None or k in self._speculating or end < start or meta.size <= 0:
+            return
+        version = self.store.version_for(meta)
+        first = start // self.chunk_size
+        last = min(end // self.chunk_size, first + SPECULATIVE_CHUNKS - 1)
+        if not self._missing(version, first):
+            return
+        fills = self._register_span(version, first, last, DEMAND)
+        verdict = asyncio.get_running_loop().create_future()
+        for f in fills:
+            f.pending = verdict
+        self._speculating[k] = (version, verdict, fills)
+        asyncio.get_running_loop().call_later(SPECULATION_WAIT, self._unanswered, k, verdict)
+        self._launch(self._run_span(version, fills))
+
+    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None) -> None:
+        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None.
+        A speculation on that version is released, as the fills of the read that follows;
+        on any other, dropped before that read can see it."""
+        spec = self._speculating.pop((bucket, key), None)
+        if spec is None:
+            return
+        version, verdict, fills = spec
+        ok = meta is not None and meta.etag == version.meta.etag and meta.size == version.meta.size
+        verdict.set_result(ok)
+        if ok:
+            self._claims.setdefault(version.vid, {}).update((f.index, f) for f in fills if not f.done)
+            while len(self._claims) > 1024:  # a read that never came
+                self._claims.popitem(last=False)
+            return
+        for f in fills:
+            if not f.done:
+                self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
+
+    def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
+        """No verdict came for a speculation (no lookup followed it): it is dropped."""
+        spec = self._speculating.get(k)
+        if spec is not None and spec[1] is verdict:
+            self.resolved(*k, None)
 
     def _offer_to_tier(self, fill: ChunkFill) -> None:
         """A chunk fetched from the upstream is committed: queue it for the tier, to be read back

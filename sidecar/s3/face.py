@@ -176,6 +176,8 @@ class S3Face:
                 resp = await self._read_cold(request, target, rid, stats, spec, checksum_mode)
                 if resp is not None:
                     return resp
+        if request.method == "GET" and part_number is None and self.reader.tier is not None:
+            self._speculate(target, h)
         for attempt in range(3):
             try:
                 entry = await self.catalog.lookup(target.bucket, target.key)
@@ -206,6 +208,24 @@ class S3Face:
             if resp is not None:
                 return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    def _speculate(self, target: Target, h) -> None:
+        """A GET of an object whose metadata expired, with a shared tier: the tier blocks of the
+        version last known are read while the lookup revalidates it, and released only if the
+        upstream confirms that version (Reader.speculate)."""
+        assert target.bucket is not None and target.key is not None
+        entry = self.catalog.peek(target.bucket, target.key)
+        if entry is None or self.catalog.fresh(target.bucket, target.key) is not None:
+            return
+        meta = entry.meta
+        try:
+            rng = resolve(parse_range(h.get("range")), meta.size)
+        except (RangeNotSatisfiable, S3Error):
+            return
+        if not self.read_policy(meta.bucket, meta.key, meta.size)[0]:
+            return  # not kept: its read starts its own fills
+        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        self.reader.speculate(meta, start, end)
 
     def _carried_checksums(self, meta: ObjectMeta):
         """A whole GET's checksum headers as the fill of chunk 0 learns them: from the shared
