@@ -152,6 +152,7 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
             cases["tier hit, expired entry"].head_object(Bucket=bucket, Key=k)
         time.sleep(1.2)
         before = upstream_requests(reader)
+        expired_before = upstream_requests(expired)
         hits_before = reader.admin("/stats")["tier"]["reads"].get("hit", 0)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         pods = {"sidecar miss, no tier": plain, "sidecar tier hit": reader, "tier hit, expired entry": expired}
@@ -161,6 +162,7 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
                 times[name].append(timed_get(client, bucket, k))
         cpu = {name: cpu_seconds(sc) - cpu0[name] for name, sc in pods.items()}
         after = upstream_requests(reader)
+        expired_after = upstream_requests(expired)
         hits = reader.admin("/stats")["tier"]["reads"].get("hit", 0) - hits_before
     finally:
         plain.stop()
@@ -177,6 +179,8 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         print(f"{name:24} {cols[0]:>20} {cols[1]:>20} {used:>19}")
     asked = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
     print(f"tier-hit pod: {hits:.0f} block hits; upstream requests meanwhile: {asked or 'none'}")
+    asked = {k: v - expired_before.get(k, 0) for k, v in expired_after.items() if v - expired_before.get(k, 0)}
+    print(f"expired-entry pod: upstream requests meanwhile: {asked or 'none'}")
 
 
 def main() -> None:

@@ -312,14 +312,18 @@ class Reader:
     # --- public -------------------------------------------------------------------------
 
     def read(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats | None = None, *,
-             keep: bool = True) -> AsyncIterator[Segment]:
+             keep: bool = True, tier: bool = True) -> AsyncIterator[Segment]:
         """Segments covering bytes start..end (inclusive) of ``meta``'s version, in order.
-        ``keep=False``: bytes fetched for this read are not kept in the cache."""
+        ``keep=False``: bytes fetched for this read are not kept in the cache. ``tier=False``:
+        chunks this read fetches skip the shared tier (a version the upstream did not confirm
+        within its metadata TTL, served stale-if-error: the tier is only for versions this pod
+        resolved), and nothing is read ahead."""
         version = self.store.version_for(meta)
-        if end >= start and keep:
+        if end >= start and keep and tier:
             self._note_sequential(version, start, end)
         mine = self._claims.pop(version.vid, None)
-        return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep)
+        return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep,
+                              tier=tier)
 
     def read_small(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats) -> bytes | memoryview | None:
         """Bytes start..end when they lie in one chunk held in memory (the common small hit),
@@ -475,13 +479,13 @@ class Reader:
     # --- spans --------------------------------------------------------------------------
 
     def _start_span(self, version: Version, first: int, last: int, priority: int,
-                    keep: bool = True, held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
+                    keep: bool = True, held: dict[int, ChunkFill] | None = None, tier: bool = True) -> list[ChunkFill]:
         """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
         start one upstream GET for them. ``held``: a reader's fills, whose ended unkept chunks
         are not missing (``ChunkFill.ended_unkept``)."""
         fills = self._register_span(version, first, last, priority, keep, held)
         if fills:
-            self._launch(self._run_span(version, fills))
+            self._launch(self._run_span(version, fills, tier_asked=not tier))
         return fills
 
     def _register_span(self, version: Version, first: int, last: int, priority: int,
@@ -889,7 +893,8 @@ class Reader:
     # --- readers ------------------------------------------------------------------------
 
     async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
-                        mine: dict[int, ChunkFill] | None = None, *, keep: bool = True) -> AsyncIterator[Segment]:
+                        mine: dict[int, ChunkFill] | None = None, *, keep: bool = True,
+                        tier: bool = True) -> AsyncIterator[Segment]:
         if end < start:
             return
         cs = self.chunk_size
@@ -911,8 +916,8 @@ class Reader:
                 c0, c1 = self.layout.bounds(index, size)
                 lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
                 if self._missing(version, index, held):
-                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held))
-                self._hold(held, mine, self._look_ahead(version, index, last, keep, held))
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
+                self._hold(held, mine, self._look_ahead(version, index, last, keep, held, tier))
                 chunk = self.store.open_chunk(version.vid, index, lo, hi)
                 if chunk is not None:
                     # A chunk this read fetched may be committed before the read reaches it: it
@@ -955,7 +960,7 @@ class Reader:
                 if fill is None and index in held and held[index].ended_unkept:
                     fill = held[index]  # fetched for this read and not kept: its bytes are in its file
                 elif fill is None:  # the cached copy failed verification (and was dropped): refetch
-                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held))
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
                     fill = mine[index]
                 elif index not in mine:
                     stats.joined += 1
@@ -1038,11 +1043,11 @@ class Reader:
                     f.gate_wait.cancel()
 
     def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True,
-                    held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
+                    held: dict[int, ChunkFill] | None = None, tier: bool = True) -> list[ChunkFill]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""
         for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
             if self._missing(version, j, held):
-                return self._start_span(version, j, last, DEMAND, keep, held)
+                return self._start_span(version, j, last, DEMAND, keep, held, tier)
         return []
 
     # --- sequential readahead -------------------------------------------------------------

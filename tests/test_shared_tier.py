@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -314,6 +315,22 @@ def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(
     chunk_files = [p for p in (b.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
     assert len(chunk_files) == 3
     assert b.admin("/stats")["upstream"]["bytes"] == len(new)
+
+
+def test_version_served_stale_if_error_is_never_read_from_the_tier(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
+    b = pods(metadata_ttl=1)
+    b.client().head_object(Bucket=bucket, Key="obj")  # the version b resolved, 1 s ago
+    time.sleep(1.2)
+    tap.fault = lambda seen: Fault(drop=True)  # the upstream is out of reach
+    try:
+        with pytest.raises(ClientError) as got:
+            b.client().get_object(Bucket=bucket, Key="obj")["Body"].read()
+    finally:
+        tap.fault = None
+    # stale-if-error serves what the pod holds of a version it resolved before; blocks of the
+    # shared tier are only for a version resolved within its metadata TTL: not these
+    assert got.value.response["Error"]["Code"] == "ServiceUnavailable"
 
 
 def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):

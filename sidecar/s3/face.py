@@ -200,11 +200,13 @@ class S3Face:
             kind = "HEAD" if request.method == "HEAD" else "GET"
             if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry, kind, carried=self._carried_checksums)).meta
+                    # (a version served stale-if-error is not one to take from the shared tier)
+                    carried = None if entry.stale else self._carried_checksums
+                    meta = (await self.catalog.with_checksums(entry, kind, carried=carried)).meta
                 except ObjectChanged:
                     continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
-            resp = await self._answer_read(request, target, meta, rng, status, headers, stats)
+            resp = await self._answer_read(request, target, meta, rng, status, headers, stats, tier=not entry.stale)
             if resp is not None:
                 return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
@@ -253,7 +255,8 @@ class S3Face:
         return (206 if rng is not None else 200), rng, ()
 
     async def _answer_read(self, request: web.BaseRequest, target: Target, meta: ObjectMeta, rng: ByteRange | None,
-                           status: int, headers: CIMultiDict, stats: ReadStats) -> web.StreamResponse | None:
+                           status: int, headers: CIMultiDict, stats: ReadStats, *,
+                           tier: bool = True) -> web.StreamResponse | None:
         """The answer with the selected bytes (none for a HEAD); None: the object changed
         upstream before anything was sent, look it up again."""
         start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
@@ -269,7 +272,7 @@ class S3Face:
             if self.on_read is not None:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
-        segments = self.reader.read(meta, start, end, stats, keep=keep)
+        segments = self.reader.read(meta, start, end, stats, keep=keep, tier=tier)
         try:
             first = await anext(segments, None)
         except ObjectChanged:  # the reader has told the catalog
