@@ -14,7 +14,9 @@ dataset size, and the upstream requests they sent (HEAD, GET).
 Latency (``--latency-objects``): time to first byte and to last byte of a whole-object GET
 (boto3's defaults: checksum mode on) of each object, taken in turn, object by object, as
 (1) a direct GET from the upstream, (2) a cold miss through a sidecar without a tier, and
-(3) a tier hit: a sidecar whose cache is empty reading what another pod put in the tier.
+(3) a tier hit: a sidecar whose cache is empty reading what another pod put in the tier, and
+(4) the same where the pod knew each object's version but its metadata expired (it HEADed them
+earlier, metadata TTL 1 s): the revalidating HEAD and the tier's block reads overlap.
 Each client is warmed by one read of another object first (connection pools, TLS contexts).
 Prints medians, and what the tier-hit pod asked of the upstream meanwhile.
 
@@ -140,25 +142,32 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         filler.stop()
     plain = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **flags)
     reader = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **tiered)
+    expired = Sidecar(upstream.url, work / f"cache-{uuid.uuid4().hex[:8]}", logs, **dict(tiered, metadata_ttl=1))
     try:
         cases = {"direct upstream GET": s3_client(upstream.url), "sidecar miss, no tier": plain.client(),
-                 "sidecar tier hit": reader.client()}
+                 "sidecar tier hit": reader.client(), "tier hit, expired entry": expired.client()}
         for client in cases.values():
             ttlb(client, bucket, warm)
+        for k in keys:  # known versions whose metadata expires before they are read
+            cases["tier hit, expired entry"].head_object(Bucket=bucket, Key=k)
+        time.sleep(1.2)
         before = upstream_requests(reader)
+        expired_before = upstream_requests(expired)
         hits_before = reader.admin("/stats")["tier"]["reads"].get("hit", 0)
         times: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-        cpu0 = {"sidecar miss, no tier": cpu_seconds(plain), "sidecar tier hit": cpu_seconds(reader)}
+        pods = {"sidecar miss, no tier": plain, "sidecar tier hit": reader, "tier hit, expired entry": expired}
+        cpu0 = {name: cpu_seconds(sc) for name, sc in pods.items()}
         for k in keys:
             for name, client in cases.items():
                 times[name].append(timed_get(client, bucket, k))
-        cpu = {"sidecar miss, no tier": cpu_seconds(plain) - cpu0["sidecar miss, no tier"],
-               "sidecar tier hit": cpu_seconds(reader) - cpu0["sidecar tier hit"]}
+        cpu = {name: cpu_seconds(sc) - cpu0[name] for name, sc in pods.items()}
         after = upstream_requests(reader)
+        expired_after = upstream_requests(expired)
         hits = reader.admin("/stats")["tier"]["reads"].get("hit", 0) - hits_before
     finally:
         plain.stop()
         reader.stop()
+        expired.stop()
     print(f"\nwhole-object GET, {len(keys)} objects, medians (min-max) in ms:")
     print(f"{'':24} {'TTFB':>20} {'TTLB':>20} {'sidecar CPU ms/GET':>19}")
     for name, got in times.items():
@@ -170,6 +179,8 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         print(f"{name:24} {cols[0]:>20} {cols[1]:>20} {used:>19}")
     asked = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
     print(f"tier-hit pod: {hits:.0f} block hits; upstream requests meanwhile: {asked or 'none'}")
+    asked = {k: v - expired_before.get(k, 0) for k, v in expired_after.items() if v - expired_before.get(k, 0)}
+    print(f"expired-entry pod: upstream requests meanwhile: {asked or 'none'}")
 
 
 def main() -> None:

@@ -85,6 +85,11 @@ class Catalog:
         # an upstream HEAD named a key (client HEADs and the lookups before a read): the prefetch
         # loop's known-key catalogue hears of it; O(1), no I/O
         self.on_learned = on_learned
+        # on_resolved(bucket, key, meta or None): told, inside each metadata lookup and before its
+        # answer is handed out, which version the upstream confirmed (None: no version confirmed:
+        # a failure, a stale-if-error answer, a write meanwhile). The reader's speculative tier
+        # reads of an expired entry's version (Reader.speculate) wait for it.
+        self.on_resolved: Callable[[str, str, ObjectMeta | None], None] | None = None
         # how old (seconds since the upstream last confirmed it) metadata may be and still be
         # served while the upstream cannot be reached; None: no limit
         self.stale_if_error = stale_if_error
@@ -157,6 +162,7 @@ class Catalog:
         return await asyncio.shield(call.task)  # type: ignore[arg-type]
 
     async def _fetch(self, k: ObjectKey, old: Entry | None, call: _Lookup) -> Entry:
+        confirmed: ObjectMeta | None = None  # the version the upstream confirmed, for on_resolved
         try:
             try:
                 if old is not None:
@@ -164,6 +170,8 @@ class Catalog:
                 meta = await self.upstream.head(k[0], k[1], if_none_match=old.meta.etag if old else None)
             except NotModified:
                 assert old is not None
+                if not call.poisoned:
+                    confirmed = old.meta
                 if not call.poisoned and self.entries.get(k) is old:
                     old.learned_at = self.clock()
                     old.confirmed = time.time()
@@ -187,6 +195,7 @@ class Catalog:
                 self.on_learned(meta)
             if call.poisoned:
                 return entry
+            confirmed = meta
             current = self.entries.get(k)
             if current is not None and current.meta.same_version(meta):
                 # headers may have changed (tagging, metadata copy); the checksum answers of the
@@ -203,6 +212,8 @@ class Catalog:
         finally:
             if self._lookups.get(k) is call:
                 del self._lookups[k]
+            if self.on_resolved is not None:
+                self.on_resolved(k[0], k[1], confirmed)
 
     async def open_cold(self, bucket: str, key: str, *, start: int | None, end: int | None,
                         checksum_mode: bool) -> tuple[Entry, OpenedObject] | None:

@@ -50,6 +50,8 @@ NOW_CHUNKS = 16  # a read of at most this many chunks, all ready, is answered at
 RESUME_ATTEMPTS = 2  # a span whose upstream body breaks is resumed from where it stopped
 CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked this much at a time
 CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
+SPECULATIVE_CHUNKS = 8  # tier blocks read ahead of a revalidation at most (Reader.speculate)
+SPECULATION_WAIT = 30.0  # seconds a speculation waits for its lookup's verdict before it is dropped
 
 
 class Priority(enum.IntEnum):
@@ -83,7 +85,7 @@ class ChunkFill:
 
     __slots__ = ("key", "version", "index", "length", "writer", "written", "done", "error", "refs",
                  "_waiters", "kept", "priority", "readahead", "recent", "recent_start", "keep", "gate_wait",
-                 "tier_upto", "carried")
+                 "tier_upto", "carried", "pending")
 
     def __init__(self, version: Version, index: int, length: int, priority: int) -> None:
         self.key = (version.vid, index)
@@ -108,11 +110,22 @@ class ChunkFill:
         # headers, once its tier block or the upstream GET filling it tells them (None: neither
         # does). See Reader.carried_checksums.
         self.carried: asyncio.Future | None = None
+        # A speculative fill (Reader.speculate): whether the upstream confirmed its version, once
+        # known. Nothing of it is committed before; no reader can ask for it before either (a
+        # reader has resolved the version first).
+        self.pending: asyncio.Future | None = None
 
     @property
     def fd(self) -> int:
         assert self.writer is not None
         return self.writer.fd
+
+    @property
+    def ended_unkept(self) -> bool:
+        """Ended whole without its chunk being kept (a do-not-cache rule, no room), its bytes
+        still in its unlinked temp file because a reader holds it (``attach``): that reader takes
+        them from there, and must not fetch them again."""
+        return self.done and not self.kept and self.error is None and self.writer is not None and self.writer.fd >= 0
 
     def attach(self) -> None:
         self.refs += 1
@@ -294,18 +307,24 @@ class Reader:
         # version -> fills ``carried_checksums`` started for the read about to come (its own)
         self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
+        # (bucket, key) -> (version, verdict, fills) of a speculation awaiting its lookup's verdict
+        self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill]]] = {}
 
     # --- public -------------------------------------------------------------------------
 
     def read(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats | None = None, *,
-             keep: bool = True) -> AsyncIterator[Segment]:
+             keep: bool = True, tier: bool = True) -> AsyncIterator[Segment]:
         """Segments covering bytes start..end (inclusive) of ``meta``'s version, in order.
-        ``keep=False``: bytes fetched for this read are not kept in the cache."""
+        ``keep=False``: bytes fetched for this read are not kept in the cache. ``tier=False``:
+        chunks this read fetches skip the shared tier (a version the upstream did not confirm
+        within its metadata TTL, served stale-if-error: the tier is only for versions this pod
+        resolved), and nothing is read ahead."""
         version = self.store.version_for(meta)
-        if end >= start and keep:
+        if end >= start and keep and tier:
             self._note_sequential(version, start, end)
         mine = self._claims.pop(version.vid, None)
-        return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep)
+        return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep,
+                              tier=tier)
 
     def read_small(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats) -> bytes | memoryview | None:
         """Bytes start..end when they lie in one chunk held in memory (the common small hit),
@@ -468,20 +487,21 @@ class Reader:
     # --- spans --------------------------------------------------------------------------
 
     def _start_span(self, version: Version, first: int, last: int, priority: int,
-                    keep: bool = True) -> list[ChunkFill]:
+                    keep: bool = True, held: dict[int, ChunkFill] | None = None, tier: bool = True) -> list[ChunkFill]:
         """Register fills for the run of missing chunks from ``first`` (at most to ``last``) and
-        start one upstream GET for them."""
-        fills = self._register_span(version, first, last, priority, keep)
+        start one upstream GET for them. ``held``: a reader's fills, whose ended unkept chunks
+        are not missing (``ChunkFill.ended_unkept``)."""
+        fills = self._register_span(version, first, last, priority, keep, held)
         if fills:
-            self._launch(self._run_span(version, fills))
+            self._launch(self._run_span(version, fills, tier_asked=not tier))
         return fills
 
     def _register_span(self, version: Version, first: int, last: int, priority: int,
-                       keep: bool = True) -> list[ChunkFill]:
+                       keep: bool = True, held: dict[int, ChunkFill] | None = None) -> list[ChunkFill]:
         fills: list[ChunkFill] = []
         i = first
         while i <= last and len(fills) < MAX_SPAN_CHUNKS:
-            if self.store.has(version.vid, i) or (version.vid, i) in self.fills:
+            if not self._missing(version, i, held):
                 break
             c0, c1 = self.layout.bounds(i, version.meta.size)
             fill = ChunkFill(version, i, c1 - c0 + 1, priority)
@@ -492,6 +512,13 @@ class Reader:
             fills.append(fill)
             i += 1
         return fills
+
+    def _missing(self, version: Version, index: int, held: dict[int, ChunkFill] | None = None) -> bool:
+        """Whether a chunk is neither cached, nor being fetched, nor held by the reader asking."""
+        if self.store.has(version.vid, index) or (version.vid, index) in self.fills:
+            return False
+        fill = held.get(index) if held else None
+        return fill is None or not fill.ended_unkept
 
     def _launch(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -655,6 +682,9 @@ class Reader:
                 if not f.done:
                     self._abandon(f, UpstreamUnavailable())
             raise
+        pending = fills[0].pending
+        if pending is not None and not await asyncio.shield(pending):
+            return  # not confirmed: dropped (``resolved``); the upstream is not asked either
         runs: list[list[ChunkFill]] = []
         for f in fills:
             if f.done:
@@ -694,7 +724,8 @@ class Reader:
         if block is None:
             return  # (chunk 0: the upstream GET filling it may tell the GET's checksums instead)
         fill.settle_carried(block.checksums)
-        if block.checksums is not None and fill.version.meta.get_checksums is None:
+        learned = block.checksums is not None and fill.version.meta.get_checksums is None
+        if learned and fill.pending is None:
             # Kept with the version (and on disk with its metadata): a whole GET read later,
             # once chunk 0 is local, needs no upstream request for them either.
             self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
@@ -728,6 +759,11 @@ class Reader:
             return
         finally:
             await pieces.aclose()
+        if fill.pending is not None:
+            if not await asyncio.shield(fill.pending) or fill.done:
+                return  # not confirmed: dropped by ``resolved``
+            if learned:
+                self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
         kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
         if kept and fill.priority == PREFETCH:
             self.metrics.prefetch_bytes.inc(fill.length)
@@ -771,6 +807,55 @@ class Reader:
         if fill.carried is None:
             return None
         return await asyncio.shield(fill.carried)
+
+    def speculate(self, meta: ObjectMeta, start: int, end: int) -> None:
+        """A read of bytes start..end of an object whose metadata expired is about to revalidate
+        it (a HEAD): start reading the tier blocks of the version last known, ``meta``, so the
+        transfer overlaps the HEAD instead of following it. The blocks are read and verified into
+        temp files but released (committed, or handed to a reader as its own) only when the
+        lookup confirms exactly this version (``resolved``); any other verdict drops them. The
+        authorization rule holds: no tier byte of a version this pod has not resolved against
+        the upstream goes anywhere."""
+        k = (meta.bucket, meta.key)
+        if self.tier is None or k in self._speculating or end < start or meta.size <= 0:
+            return
+        version = self.store.version_for(meta)
+        first = start // self.chunk_size
+        last = min(end // self.chunk_size, first + SPECULATIVE_CHUNKS - 1)
+        if not self._missing(version, first):
+            return
+        fills = self._register_span(version, first, last, DEMAND)
+        verdict = asyncio.get_running_loop().create_future()
+        for f in fills:
+            f.pending = verdict
+        self._speculating[k] = (version, verdict, fills)
+        asyncio.get_running_loop().call_later(SPECULATION_WAIT, self._unanswered, k, verdict)
+        self._launch(self._run_span(version, fills))
+
+    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None) -> None:
+        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None.
+        A speculation on that version is released, as the fills of the read that follows;
+        on any other, dropped before that read can see it."""
+        spec = self._speculating.pop((bucket, key), None)
+        if spec is None:
+            return
+        version, verdict, fills = spec
+        ok = meta is not None and meta.etag == version.meta.etag and meta.size == version.meta.size
+        verdict.set_result(ok)
+        if ok:
+            self._claims.setdefault(version.vid, {}).update((f.index, f) for f in fills if not f.done)
+            while len(self._claims) > 1024:  # a read that never came
+                self._claims.popitem(last=False)
+            return
+        for f in fills:
+            if not f.done:
+                self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
+
+    def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
+        """No verdict came for a speculation (no lookup followed it): it is dropped."""
+        spec = self._speculating.get(k)
+        if spec is not None and spec[1] is verdict:
+            self.resolved(*k, None)
 
     def _offer_to_tier(self, fill: ChunkFill) -> None:
         """A chunk fetched from the upstream is committed: queue it for the tier, to be read back
@@ -816,79 +901,108 @@ class Reader:
     # --- readers ------------------------------------------------------------------------
 
     async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
-                        mine: dict[int, ChunkFill] | None = None, *, keep: bool = True) -> AsyncIterator[Segment]:
+                        mine: dict[int, ChunkFill] | None = None, *, keep: bool = True,
+                        tier: bool = True) -> AsyncIterator[Segment]:
         if end < start:
             return
         cs = self.chunk_size
         size = version.meta.size
         first, last = start // cs, end // cs
         pos = start
-        mine = {} if mine is None else mine  # chunks whose fetch this read started
-        for index in range(first, last + 1):
-            c0, c1 = self.layout.bounds(index, size)
-            lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
-            if not self.store.has(version.vid, index) and (version.vid, index) not in self.fills:
-                mine.update((f.index, f) for f in self._start_span(version, index, last, DEMAND, keep))
-            mine.update((f.index, f) for f in self._look_ahead(version, index, last, keep))
-            chunk = self.store.open_chunk(version.vid, index, lo, hi)
-            if chunk is not None:
-                # A chunk this read fetched may be committed before the read reaches it: it
-                # is served from disk but its bytes still came from the upstream for this read.
-                fetched = index in mine
-                # Counted as handed out: a caller that needs only this segment closes the
-                # generator at the yield, and nothing after it runs.
-                if fetched:
-                    stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
-                else:
-                    self._hit(version.vid, index, hi - lo + 1, stats)
-                whole = True
-                try:
-                    ready = self._ready_segment(version.vid, index, chunk, lo, hi, from_cache=not fetched)
-                    if ready is not None:
-                        yield ready
+        # The fills this read started, each held (attached) until the read has passed its chunk: a
+        # chunk that is not kept (a do-not-cache rule, or no room) is gone from the store and the
+        # fills once its fill ends, possibly long before a slow client gets to it; held, its bytes
+        # stay in the unlinked temp file, and are not fetched twice.
+        mine = {} if mine is None else mine
+        held: dict[int, ChunkFill] = {}
+        self._hold(held, mine, mine.values())
+        try:
+            for index in range(first, last + 1):
+                passed = held.pop(index - 1, None)
+                if passed is not None:
+                    passed.detach()
+                c0, c1 = self.layout.bounds(index, size)
+                lo, hi = max(start, c0) - c0, min(end, c1) - c0  # offsets within the chunk, inclusive
+                if self._missing(version, index, held):
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
+                self._hold(held, mine, self._look_ahead(version, index, last, keep, held, tier))
+                chunk = self.store.open_chunk(version.vid, index, lo, hi)
+                if chunk is not None:
+                    # A chunk this read fetched may be committed before the read reaches it: it
+                    # is served from disk but its bytes still came from the upstream for this read.
+                    fetched = index in mine
+                    # Counted as handed out: a caller that needs only this segment closes the
+                    # generator at the yield, and nothing after it runs.
+                    if fetched:
+                        stats.fetched(mine[index].tier_upto, lo, hi - lo + 1)
                     else:
-                        # Read and check the pieces lo..hi touches, a batch at a time (memory stays
-                        # bounded), and send the very bytes checked: the file is read once.
-                        while lo <= hi:
-                            b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
-                            data = await self._check(chunk, lo, b1)
-                            if data is None:  # closing the chunk (below) drops it
-                                whole = False
-                                break
-                            yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
-                            lo = b1 + 1
-                finally:
-                    chunk.close()
-                if whole:
-                    pos = c0 + hi + 1
-                    continue
-                # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
-                pos = c0 + lo
-                if fetched:
-                    stats.fetched(mine[index].tier_upto, hi + 1, -(hi - lo + 1))
-                else:
-                    stats.hit_bytes -= hi - lo + 1
-            fill = self.fills.get((version.vid, index))
-            if fill is None:  # the cached copy failed verification (and was dropped): refetch
-                fill = self._start_span(version, index, last, DEMAND, keep)[0]
-                mine[index] = fill
-            elif index not in mine:
-                stats.joined += 1
-                self.metrics.coalesced.labels("chunk").inc()
-            if fill.priority != DEMAND:
-                self._promote(fill)
-            try:
-                at = lo
-                async for seg in self._tail(fill, lo, hi):
-                    stats.fetched(fill.tier_upto, at, seg.length)
-                    at += seg.length
-                    pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
-                    yield seg
-            except (DiskFault, FillEndedShort):
-                # The cache disk failed under this chunk: serve the rest straight from upstream.
-                async for seg in self._direct(version.meta, pos, end, stats):
-                    yield seg
-                return
+                        self._hit(version.vid, index, hi - lo + 1, stats)
+                    whole = True
+                    try:
+                        ready = self._ready_segment(version.vid, index, chunk, lo, hi, from_cache=not fetched)
+                        if ready is not None:
+                            yield ready
+                        else:
+                            # Read and check the pieces lo..hi touches, a batch at a time (memory stays
+                            # bounded), and send the very bytes checked: the file is read once.
+                            while lo <= hi:
+                                b1 = min(hi, (lo // CHECK_BATCH + 1) * CHECK_BATCH - 1)
+                                data = await self._check(chunk, lo, b1)
+                                if data is None:  # closing the chunk (below) drops it
+                                    whole = False
+                                    break
+                                yield Segment(b1 - lo + 1, data=data, from_cache=not fetched)
+                                lo = b1 + 1
+                    finally:
+                        chunk.close()
+                    if whole:
+                        pos = c0 + hi + 1
+                        continue
+                    # Bad pieces: the chunk was dropped, and the rest of the range comes from a refetch.
+                    pos = c0 + lo
+                    if fetched:
+                        stats.fetched(mine[index].tier_upto, hi + 1, -(hi - lo + 1))
+                    else:
+                        stats.hit_bytes -= hi - lo + 1
+                fill = self.fills.get((version.vid, index))
+                if fill is None and index in held and held[index].ended_unkept:
+                    fill = held[index]  # fetched for this read and not kept: its bytes are in its file
+                elif fill is None:  # the cached copy failed verification (and was dropped): refetch
+                    self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
+                    fill = mine[index]
+                elif index not in mine:
+                    stats.joined += 1
+                    self.metrics.coalesced.labels("chunk").inc()
+                if fill.priority != DEMAND:
+                    self._promote(fill)
+                try:
+                    at = lo
+                    async for seg in self._tail(fill, lo, hi):
+                        stats.fetched(fill.tier_upto, at, seg.length)
+                        at += seg.length
+                        pos += seg.length  # per segment: a fault mid-chunk resumes after what was sent
+                        yield seg
+                except (DiskFault, FillEndedShort):
+                    # The cache disk failed under this chunk: serve the rest straight from upstream.
+                    async for seg in self._direct(version.meta, pos, end, stats):
+                        yield seg
+                    return
+        finally:
+            for f in held.values():
+                f.detach()
+
+    @staticmethod
+    def _hold(held: dict[int, ChunkFill], mine: dict[int, ChunkFill], fills) -> None:
+        """Enter fills a read started in ``mine``, and hold each (``_segments``)."""
+        for f in list(fills):
+            mine[f.index] = f
+            old = held.get(f.index)
+            if old is f:
+                continue
+            if old is not None:
+                old.detach()
+            f.attach()
+            held[f.index] = f
 
     async def _check(self, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
         """``chunk.check(lo, hi)``; off the event loop when it is more than a few pieces."""
@@ -936,11 +1050,12 @@ class Reader:
                 if f.gate_wait is not None:
                     f.gate_wait.cancel()
 
-    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True) -> list[ChunkFill]:
+    def _look_ahead(self, version: Version, index: int, last: int, keep: bool = True,
+                    held: dict[int, ChunkFill] | None = None, tier: bool = True) -> list[ChunkFill]:
         """Keep the next chunks of this request in flight so a span boundary costs no stall."""
         for j in range(index + 1, min(index + LOOKAHEAD_CHUNKS, last) + 1):
-            if not self.store.has(version.vid, j) and (version.vid, j) not in self.fills:
-                return self._start_span(version, j, last, DEMAND, keep)
+            if self._missing(version, j, held):
+                return self._start_span(version, j, last, DEMAND, keep, held, tier)
         return []
 
     # --- sequential readahead -------------------------------------------------------------

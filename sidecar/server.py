@@ -105,6 +105,8 @@ class Sidecar:
         self.tier = SharedTier.from_settings(settings, self.metrics,
                                              gate=lambda nbytes: self.bandwidth.acquire(nbytes))
         self.reader.tier = self.tier
+        if self.tier is not None:
+            self.catalog.on_resolved = self.reader.resolved  # the verdicts on speculative tier reads
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes,
                            read_policy=self.read_policy,

@@ -90,6 +90,27 @@ def test_checksum_mode_get_of_an_object_not_kept_fetches_its_bytes_once(make_sid
     assert sent == [("HEAD", None, None), ("GET", None, None), ("GET", f"bytes=0-{len(data) - 1}", etag)]
 
 
+def test_object_not_kept_read_by_a_slow_client_is_fetched_once(make_sidecar, tap, moto_s3, bucket, tmp_path):
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "nocache/", "cache": False}]}))
+    sc = make_sidecar(chunk_size="1MiB", config=str(cfg), readahead_chunks=0, prefetch="false")
+    data = os.urandom(24 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="nocache/slow", Body=data)
+    s3 = sc.client()
+    tap.clear()
+    body = s3.get_object(Bucket=bucket, Key="nocache/slow", Range=f"bytes=0-{len(data) - 1}")["Body"]
+    got = body.read(1)
+    # The client stalls: its socket fills, and the span's one upstream GET runs on to the end,
+    # its later chunks ending (not kept) long before the reader reaches them.
+    deadline = time.monotonic() + 30
+    while sc.admin("/stats")["upstream"]["bytes"] < len(data) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got += body.read()
+    assert got == data
+    sent = [(s.method, s.headers.get("range")) for s in tap.requests(path_contains="nocache/slow")]
+    assert sent == [("GET", f"bytes=0-{len(data) - 1}")], "each byte is fetched once, whenever the client reads it"
+
+
 def test_concurrent_readers_share_one_upstream_fetch(sidecar, tap, moto_s3, bucket):
     data = os.urandom(5 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="shared", Body=data)

@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -255,6 +256,81 @@ def _copy_block(tier_moto, tier_bucket, src: str, dst: str, body: bytes | None =
     got = c.get_object(Bucket=tier_bucket, Key=src)
     c.put_object(Bucket=tier_bucket, Key=dst, Body=body if body is not None else got["Body"].read(),
                  Metadata=got["Metadata"])
+
+
+def held_until_blocks_are_read(tier_tap, tier_bucket, n: int, seen_first: list[int]):
+    """A fault for the upstream tap: each HEAD of the object waits (at most 10 s) until the tier
+    has been asked for ``n`` blocks, and records how many it had been asked for by then."""
+    def hold(seen):
+        if seen.method == "HEAD" and "/obj" in seen.path:
+            deadline = time.monotonic() + 10
+            while len(tier_tap.requests("GET", tier_bucket)) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_first.append(len(tier_tap.requests("GET", tier_bucket)))
+        return None
+    return hold
+
+
+def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, bucket, tap, tier_moto,
+                                                                 tier_bucket, tier_tap):
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
+    etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]  # the version b knows
+    time.sleep(1.2)  # ... whose metadata has expired
+    tap.clear()
+    tier_tap.clear()
+    asked: list[int] = []
+    tap.fault = held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)
+    try:
+        got = b.client().get_object(Bucket=bucket, Key="obj")
+        assert got["Body"].read() == body
+    finally:
+        tap.fault = None
+    # the revalidating HEAD was still unanswered when all three blocks had been asked for
+    assert asked == [3]
+    assert [(s.method, s.headers.get("if-none-match")) for s in tap.requests(path_contains="obj")] == [("HEAD", etag)]
+    assert tier_reads(b, "hit") == 3 and b.admin("/stats")["upstream"]["bytes"] == 0
+    line = request_line(b, "obj")
+    assert (line["outcome"], line["bytes_tier"]) == ("tier", len(body))
+
+
+def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(pods, moto_s3, bucket, tap, tier_moto,
+                                                                                tier_bucket, tier_tap):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
+    old_etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]
+    new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # overwritten upstream, behind b's back
+    time.sleep(1.2)
+    tier_tap.clear()
+    asked: list[int] = []
+    tap.fault = held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)
+    try:
+        got = b.client().get_object(Bucket=bucket, Key="obj")
+        assert got["Body"].read() == new and got["ETag"] != old_etag
+    finally:
+        tap.fault = None
+    assert asked == [3], "the old version's blocks were read while the HEAD was out"
+    # ... and went nowhere: neither to the client nor into the pod's cache (only the new
+    # version's three chunks are there)
+    chunk_files = [p for p in (b.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
+    assert len(chunk_files) == 3
+    assert b.admin("/stats")["upstream"]["bytes"] == len(new)
+
+
+def test_version_served_stale_if_error_is_never_read_from_the_tier(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
+    b = pods(metadata_ttl=1)
+    b.client().head_object(Bucket=bucket, Key="obj")  # the version b resolved, 1 s ago
+    time.sleep(1.2)
+    tap.fault = lambda seen: Fault(drop=True)  # the upstream is out of reach
+    try:
+        with pytest.raises(ClientError) as got:
+            b.client().get_object(Bucket=bucket, Key="obj")["Body"].read()
+    finally:
+        tap.fault = None
+    # stale-if-error serves what the pod holds of a version it resolved before; blocks of the
+    # shared tier are only for a version resolved within its metadata TTL: not these
+    assert got.value.response["Error"]["Code"] == "ServiceUnavailable"
 
 
 def test_corrupt_and_misbound_blocks_are_never_served(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):

@@ -176,6 +176,8 @@ class S3Face:
                 resp = await self._read_cold(request, target, rid, stats, spec, checksum_mode)
                 if resp is not None:
                     return resp
+        if request.method == "GET" and part_number is None and self.reader.tier is not None:
+            self._speculate(target, h)
         for attempt in range(3):
             try:
                 entry = await self.catalog.lookup(target.bucket, target.key)
@@ -198,14 +200,34 @@ class S3Face:
             kind = "HEAD" if request.method == "HEAD" else "GET"
             if checksum_mode and rng is None and meta.checksums_for(kind) is None:
                 try:
-                    meta = (await self.catalog.with_checksums(entry, kind, carried=self._carried_checksums)).meta
+                    # (a version served stale-if-error is not one to take from the shared tier)
+                    carried = None if entry.stale else self._carried_checksums
+                    meta = (await self.catalog.with_checksums(entry, kind, carried=carried)).meta
                 except ObjectChanged:
                     continue
             headers = self._object_headers(meta, target, rng, status, extra, h, rid, kind=kind)
-            resp = await self._answer_read(request, target, meta, rng, status, headers, stats)
+            resp = await self._answer_read(request, target, meta, rng, status, headers, stats, tier=not entry.stale)
             if resp is not None:
                 return resp
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
+
+    def _speculate(self, target: Target, h) -> None:
+        """A GET of an object whose metadata expired, with a shared tier: the tier blocks of the
+        version last known are read while the lookup revalidates it, and released only if the
+        upstream confirms that version (Reader.speculate)."""
+        assert target.bucket is not None and target.key is not None
+        entry = self.catalog.peek(target.bucket, target.key)
+        if entry is None or self.catalog.fresh(target.bucket, target.key) is not None:
+            return
+        meta = entry.meta
+        try:
+            rng = resolve(parse_range(h.get("range")), meta.size)
+        except (RangeNotSatisfiable, S3Error):
+            return
+        if not self.read_policy(meta.bucket, meta.key, meta.size)[0]:
+            return  # not kept: its read starts its own fills
+        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
+        self.reader.speculate(meta, start, end)
 
     def _carried_checksums(self, meta: ObjectMeta):
         """A whole GET's checksum headers as the fill of chunk 0 learns them: from the shared
@@ -233,7 +255,8 @@ class S3Face:
         return (206 if rng is not None else 200), rng, ()
 
     async def _answer_read(self, request: web.BaseRequest, target: Target, meta: ObjectMeta, rng: ByteRange | None,
-                           status: int, headers: CIMultiDict, stats: ReadStats) -> web.StreamResponse | None:
+                           status: int, headers: CIMultiDict, stats: ReadStats, *,
+                           tier: bool = True) -> web.StreamResponse | None:
         """The answer with the selected bytes (none for a HEAD); None: the object changed
         upstream before anything was sent, look it up again."""
         start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
@@ -249,7 +272,7 @@ class S3Face:
             if self.on_read is not None:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
-        segments = self.reader.read(meta, start, end, stats, keep=keep)
+        segments = self.reader.read(meta, start, end, stats, keep=keep, tier=tier)
         try:
             first = await anext(segments, None)
         except ObjectChanged:  # the reader has told the catalog
