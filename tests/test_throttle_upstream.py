@@ -77,6 +77,21 @@ def test_both_limits_apply(monkeypatch):
     assert max(done) == pytest.approx(4 / 64)  # and the connection for one request alone
 
 
+def test_a_connection_makes_up_for_time_its_reader_spent_elsewhere(monkeypatch):
+    """Bytes keep arriving into a connection's receive buffer while its reader is busy: after a
+    pause, up to the buffer's worth is there at once; a shared link banks nothing."""
+    now = [0.0]
+    monkeypatch.setattr(throttle.time, "monotonic", lambda: now[0])
+    own = throttle._Pacer(64 * MiB, throttle.RECEIVE_BUFFER)
+    shared = throttle._Pacer(64 * MiB)
+    now[0] = 1.0  # the reader comes back a second after the connection opened
+    assert own.reserve(PIECE, now[0]) < now[0], "a buffered piece is there already"
+    for _ in range(3):  # the rest of the 1 MiB buffer: 4 pieces in all
+        own.reserve(PIECE, now[0])
+    assert own.reserve(PIECE, now[0]) > now[0], "no more than the buffer"
+    assert shared.reserve(PIECE, now[0]) == pytest.approx(now[0] + PIECE / (64 * MiB))
+
+
 def test_the_options_parse_and_unknown_ones_are_refused():
     assert local_upstream_options("latency=30ms&connection_bandwidth=64MiB") == \
         {"latency": 0.03, "connection_bandwidth": 64.0 * MiB}

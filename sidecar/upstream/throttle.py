@@ -14,16 +14,22 @@ from ..objects import ObjectMeta
 from .base import ByteStream, ForwardRequest, ForwardResponse, OpenedObject, PartInfo, Upstream
 
 
-class _Pacer:
-    """Releases bytes no faster than ``rate`` per second to the streams that share it."""
+RECEIVE_BUFFER = 1024 * 1024  # bytes a connection takes in while its reader is busy elsewhere
 
-    def __init__(self, rate: float) -> None:
+
+class _Pacer:
+    """Releases bytes no faster than ``rate`` per second to the streams that share it. With a
+    ``buffer``, time the reader spent elsewhere is made up for, up to that many bytes: a
+    connection's bytes keep arriving into its socket's receive buffer meanwhile."""
+
+    def __init__(self, rate: float, buffer: int = 0) -> None:
         self.rate = rate
+        self.lag = buffer / rate  # seconds of bytes that may have arrived unread
         self.next_free = time.monotonic()
 
     def reserve(self, n: int, now: float) -> float:
         """Book ``n`` bytes; the time they have passed."""
-        start = max(now, self.next_free)
+        start = max(now - self.lag, self.next_free)
         self.next_free = start + n / self.rate
         return self.next_free
 
@@ -34,7 +40,8 @@ class _PacedBody:
 
     def __init__(self, body: ByteStream, shared: _Pacer | None, connection: float = 0.0) -> None:
         self._body = body
-        self._pacers = [p for p in (shared, _Pacer(connection) if connection > 0 else None) if p is not None]
+        own = _Pacer(connection, RECEIVE_BUFFER) if connection > 0 else None
+        self._pacers = [p for p in (shared, own) if p is not None]
 
     async def read(self, n: int) -> bytes:
         data = await self._body.read(min(n, 256 * 1024))
