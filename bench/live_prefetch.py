@@ -5,15 +5,20 @@ process in front of a throttled local upstream, each with and without prefetch.
                                             [--workloads first-epoch,epochs,zipf,model-load] [--rounds 5]
 
 The upstream is a ``file://`` directory with the daemon's own throttle (``?latency=…&bandwidth=…``:
-a delay before every answer and one shared byte rate), so a miss costs what a distant store
-costs. Each run starts a fresh sidecar on an empty cache. Workloads (each lists its prefix first,
+a delay before every answer and one byte rate shared by all requests, a narrow link; with
+``--connection-bandwidth`` each request also gets its own rate, as S3 serves each connection,
+and ``--bandwidth 0`` leaves only that), so a miss costs what a distant store costs. Each run starts a fresh sidecar on an empty cache. Workloads (each lists its prefix first,
 as training jobs and loaders do):
 
 - ``first-epoch``: 60 shards of 2 MiB read once in order, 0.15 s of "compute" after each;
 - ``epochs``: 3 epochs over 40 shards of 2 MiB with a 48 MiB cache (larger than the cache);
 - ``zipf``: 800 reads, Zipf(1.0) over 300 objects of 64 KiB–1 MiB, 20 ms apart;
-- ``model-load``: 4 files of 24 MiB read one after the other at start, ``--rounds`` times on a
-  fresh sidecar each, with and without prefetch interleaved (latencies pooled).
+- ``model-load``: 4 files of 24 MiB read one after the other at start.
+
+``--pooled`` workloads (epochs and model-load) run ``--rounds`` times on a fresh sidecar each,
+with and without prefetch interleaved, latencies pooled: a p99 over one run is its slowest
+read or two. The on/off p99 ratio comes with a 95 % bootstrap interval and each round's ratio;
+``--slowest N`` and ``--dump FILE`` show the reads behind it.
 
 Figures: byte hit ratio (cache bytes / bytes read), prefetched bytes and the share of them read,
 upstream bytes, demand latency p50/p99 (client-side, whole GET), and the highest prefetch rate
