@@ -5,15 +5,20 @@ process in front of a throttled local upstream, each with and without prefetch.
                                             [--workloads first-epoch,epochs,zipf,model-load] [--rounds 5]
 
 The upstream is a ``file://`` directory with the daemon's own throttle (``?latency=…&bandwidth=…``:
-a delay before every answer and one shared byte rate), so a miss costs what a distant store
-costs. Each run starts a fresh sidecar on an empty cache. Workloads (each lists its prefix first,
+a delay before every answer and one byte rate shared by all requests, a narrow link; with
+``--connection-bandwidth`` each request also gets its own rate, as S3 serves each connection,
+and ``--bandwidth 0`` leaves only that), so a miss costs what a distant store costs. Each run starts a fresh sidecar on an empty cache. Workloads (each lists its prefix first,
 as training jobs and loaders do):
 
 - ``first-epoch``: 60 shards of 2 MiB read once in order, 0.15 s of "compute" after each;
 - ``epochs``: 3 epochs over 40 shards of 2 MiB with a 48 MiB cache (larger than the cache);
 - ``zipf``: 800 reads, Zipf(1.0) over 300 objects of 64 KiB–1 MiB, 20 ms apart;
-- ``model-load``: 4 files of 24 MiB read one after the other at start, ``--rounds`` times on a
-  fresh sidecar each, with and without prefetch interleaved (latencies pooled).
+- ``model-load``: 4 files of 24 MiB read one after the other at start.
+
+``--pooled`` workloads (epochs and model-load) run ``--rounds`` times on a fresh sidecar each,
+with and without prefetch interleaved, latencies pooled: a p99 over one run is its slowest
+read or two. The on/off p99 ratio comes with a 95 % bootstrap interval and each round's ratio;
+``--slowest N`` and ``--dump FILE`` show the reads behind it.
 
 Figures: byte hit ratio (cache bytes / bytes read), prefetched bytes and the share of them read,
 upstream bytes, demand latency p50/p99 (client-side, whole GET), and the highest prefetch rate
@@ -56,6 +61,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] if xs else float("nan")
 
 
+def p99_ratio_interval(on: list[float], off: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of p99(on) / p99(off): both sets of reads resampled with
+    replacement. A p99 over a few hundred reads rests on its few slowest ones; the interval says
+    how far another run's ratio may land from this one for that reason alone."""
+    import random
+
+    rnd = random.Random(seed)
+    ratios = sorted(pct(rnd.choices(on, k=len(on)), 0.99) / pct(rnd.choices(off, k=len(off)), 0.99)
+                    for _ in range(n))
+    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
+
+
 def purpose_bytes(text: str, purposes: tuple[str, ...]) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -91,6 +108,14 @@ class RateSampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def rate_at(self, t: float, column: int = 2) -> float:
+        """The rate between the two samples around ``t`` (NaN outside them)."""
+        s = self.samples
+        for a, b in zip(s, s[1:]):
+            if a[0] <= t < b[0]:
+                return (b[column] - a[column]) / (b[0] - a[0])
+        return float("nan")
 
     def max_rate(self, window: float = 1.0, column: int = 1) -> float:
         """Highest bytes/s over any span of at least ``window`` between two samples."""
@@ -140,6 +165,15 @@ def make_data(root: Path, workload: str, rnd) -> list[tuple[str, float]]:
     raise SystemExit(f"unknown workload {workload}")
 
 
+def upstream_query(args) -> str:
+    q = f"latency={args.latency}"
+    if args.bandwidth not in ("", "0"):
+        q += f"&bandwidth={args.bandwidth}"
+    if args.connection_bandwidth not in ("", "0"):
+        q += f"&connection_bandwidth={args.connection_bandwidth}"
+    return q
+
+
 _READS: dict[str, list[tuple[str, float]]] = {}
 
 
@@ -152,7 +186,7 @@ def run(workload: str, prefetch: bool, args, tmp: Path) -> dict:
     reads = _READS[workload]
     cache_size = "48MiB" if workload == "epochs" else "1GiB"
     cache = Path(tempfile.mkdtemp(dir=tmp, prefix=f"cache-{workload}-{int(prefetch)}-"))
-    sc = Sidecar(f"file://{up}?latency={args.latency}&bandwidth={args.bandwidth}", cache, tmp,
+    sc = Sidecar(f"file://{up}?{upstream_query(args)}", cache, tmp,
                  prefetch=str(prefetch).lower(), prefetch_interval=args.interval, cache_size=cache_size,
                  bandwidth_cap=args.bandwidth_cap, chunk_size="1MiB")
     try:
@@ -163,10 +197,12 @@ def run(workload: str, prefetch: bool, args, tmp: Path) -> dict:
         time.sleep(1.0)  # the predictor loop's first run takes in the listing
         sampler = RateSampler(sc)
         lat: list[float] = []
+        starts: list[float] = []
         nbytes = 0
         t0 = time.perf_counter()
         for key, pause in reads:
             t = time.perf_counter()
+            starts.append(t)
             nbytes += len(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
             lat.append(time.perf_counter() - t)
             if pause:
@@ -177,6 +213,13 @@ def run(workload: str, prefetch: bool, args, tmp: Path) -> dict:
         m = sc.metrics_text()
     finally:
         sc.stop()
+    served = [e for e in sc.log_events() if e.get("event") == "request" and e.get("operation") == "GetObject"]
+    detail = [{"i": i, "key": key, "t": starts[i] - t0, "ms": lat[i] * 1e3,
+               "server_ms": served[i]["ms"] if len(served) == len(reads) else float("nan"),
+               "outcome": served[i]["outcome"] if len(served) == len(reads) else "?",
+               "upstream": served[i]["bytes_upstream"] if len(served) == len(reads) else -1,
+               "bg_rate": sampler.rate_at(starts[i], 2)}
+              for i, (key, _) in enumerate(reads)]
     hit = metric(m, "sidecar_cache_hit_bytes_total")
     miss = metric(m, "sidecar_cache_miss_bytes_total")
     pf = metric(m, "sidecar_prefetch_bytes_total")
@@ -185,7 +228,7 @@ def run(workload: str, prefetch: bool, args, tmp: Path) -> dict:
     return {"workload": workload, "prefetch": prefetch, "read": nbytes, "hit_ratio": hit / max(1.0, hit + miss),
             "prefetched": pf, "prefetched_read": useful / pf if pf else float("nan"), "upstream": upstream,
             "p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "wall": wall, "upstream_rate": upstream / wall,
-            "latencies": lat, "max_prefetch_rate": sampler.max_rate(1.0, 1),
+            "latencies": lat, "detail": detail, "max_prefetch_rate": sampler.max_rate(1.0, 1),
             "max_background_rate": sampler.max_rate(1.0, 2)}
 
 
@@ -199,6 +242,8 @@ def pooled(runs: list[dict]) -> dict:
     useful = sum(x["prefetched_read"] * x["prefetched"] for x in runs if x["prefetched"])
     r["prefetched_read"] = useful / r["prefetched"] if r["prefetched"] else float("nan")
     lat = [v for x in runs for v in x["latencies"]]
+    r["detail"] = [dict(d, round=n) for n, x in enumerate(runs) for d in x["detail"]]
+    r["round_p99"] = [x["p99"] for x in runs]
     r.update(latencies=lat, p50=pct(lat, 0.5), p99=pct(lat, 0.99), upstream_rate=r["upstream"] / r["wall"],
              max_prefetch_rate=max(x["max_prefetch_rate"] for x in runs),
              max_background_rate=max(x["max_background_rate"] for x in runs))
@@ -210,12 +255,19 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--latency", default="30ms")
-    ap.add_argument("--bandwidth", default="100MiB", help="the upstream's byte rate")
+    ap.add_argument("--bandwidth", default="100MiB",
+                    help="the upstream's byte rate shared by all requests (0: none)")
+    ap.add_argument("--connection-bandwidth", default="0",
+                    help="the upstream's byte rate per request (0: none), as S3 serves each connection")
     ap.add_argument("--bandwidth-cap", default="80MiB", help="the sidecar's upstream cap (bandwidth_cap)")
     ap.add_argument("--interval", default="1s", help="prefetch_interval")
     ap.add_argument("--workloads", default="first-epoch,epochs,zipf,model-load")
     ap.add_argument("--rounds", type=int, default=5,
                     help="fresh sidecars per setting for model-load (4 reads each: one round's p99 is its slowest read)")
+    ap.add_argument("--pooled", default="model-load,epochs",
+                    help="workloads run --rounds times per setting (the others once)")
+    ap.add_argument("--dump", help="write every read's detail (JSON lines) to this file")
+    ap.add_argument("--slowest", type=int, default=0, help="print the N slowest reads of each row")
     args = ap.parse_args()
     cap = parse_size(args.bandwidth_cap)
     rows = []
@@ -223,13 +275,14 @@ def main() -> None:
         tmp = Path(d)
         for w in args.workloads.split(","):
             runs: dict[bool, list[dict]] = {False: [], True: []}
-            for _ in range(args.rounds if w == "model-load" else 1):
+            for _ in range(args.rounds if w in args.pooled.split(",") else 1):
                 for pf in (False, True):  # interleaved: load on the machine falls on both alike
                     r = run(w, pf, args, tmp)
                     runs[pf].append(r)
                     print(f"# {w} prefetch={pf}: {r['wall']:.1f} s", file=sys.stderr, flush=True)
             rows.extend(pooled(runs[pf]) for pf in (False, True))
-    print(f"upstream: latency {args.latency}, {args.bandwidth}/s; bandwidth_cap {args.bandwidth_cap}; "
+    print(f"upstream: latency {args.latency}, {args.bandwidth}/s shared, {args.connection_bandwidth}/s "
+          f"per request; bandwidth_cap {args.bandwidth_cap}; "
           f"prefetch_interval {args.interval}")
     print("| workload | prefetch | MiB read | byte hit ratio | prefetched MiB | prefetched read | "
           "upstream MiB | demand p50 ms | demand p99 ms | max prefetch MiB/s (1 s) | of cap |")
@@ -239,13 +292,33 @@ def main() -> None:
         print(f"| {r['workload']} | {'on' if r['prefetch'] else 'off'} | {r['read'] / MiB:.0f} | "
               f"{r['hit_ratio']:.1%} | {r['prefetched'] / MiB:.1f} | {share} | {r['upstream'] / MiB:.0f} | "
               f"{r['p50'] * 1e3:.0f} | {r['p99'] * 1e3:.0f} | {r['max_prefetch_rate'] / MiB:.1f} | "
-              f"{r['max_prefetch_rate'] / cap:.0%} |")
+              f"{r['max_prefetch_rate'] / cap:.0%} |" if cap else "– |")
+    if args.dump:
+        import json
+
+        with open(args.dump, "w") as f:
+            for r in rows:
+                for d in r["detail"]:
+                    f.write(json.dumps(dict(d, workload=r["workload"], prefetch=r["prefetch"])) + "\n")
+    for r in rows if args.slowest else ():
+        print(f"# slowest reads, {r['workload']} prefetch={'on' if r['prefetch'] else 'off'}: "
+              "round, read #, key, s since start, client ms, server ms, outcome, upstream KiB, "
+              "background MiB/s then")
+        for d in sorted(r["detail"], key=lambda d: -d["ms"])[:args.slowest]:
+            print(f"#   {d['round']} {d['i']:4d} {d['key']} {d['t']:6.2f} {d['ms']:6.1f} {d['server_ms']:6.1f} "
+                  f"{d['outcome']} {d['upstream'] // 1024} {d['bg_rate'] / MiB:.1f}")
     by = {(r["workload"], r["prefetch"]): r for r in rows}
     for w in args.workloads.split(","):
         off, on = by[(w, False)], by[(w, True)]
-        print(f"# {w}: p99 on/off {on['p99'] / off['p99']:.2f}x (goal <= 1.1x); "
+        lo, hi = p99_ratio_interval(on["latencies"], off["latencies"])
+        rounds = ""
+        if len(on["round_p99"]) > 1:
+            rounds = " (one round each: " + ", ".join(
+                f"{a / b:.2f}" for a, b in zip(on["round_p99"], off["round_p99"])) + ")"
+        print(f"# {w}: p99 on/off {on['p99'] / off['p99']:.2f}x over {len(on['latencies'])} reads each, "
+              f"95 % interval {lo:.2f}-{hi:.2f}{rounds} (goal <= 1.1x); "
               f"max 1 s background (prefetch + readahead) {on['max_background_rate'] / MiB:.1f} MiB/s "
-              f"= {on['max_background_rate'] / cap:.0%} of the cap")
+              + (f"= {on['max_background_rate'] / cap:.0%} of the cap" if cap else "(no cap)"))
 
 
 if __name__ == "__main__":

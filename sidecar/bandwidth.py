@@ -13,13 +13,22 @@ EMA stays within ``(1 + tolerance)`` times the baseline and nothing failed, the 
 it is multiplied by ``decrease`` (at most once per ``cooldown``), never below the floor.
 Inflation smaller than ``latency_slack`` seconds is ignored: it is scheduling noise, not a queue.
 
-Demand in flight goes first. Background and demand share the upstream's pipe, so a background
-piece read while demand bytes are arriving delays them even when the tokens allow it. For
-``demand_hold`` seconds after each demand byte, background is therefore held to the floor rate
-(its own small allowance, ``hold_burst`` seconds of the floor); the tokens it did not take
-meanwhile stay in the bucket (up to one burst) and are taken once demand pauses, so over any
-window longer than the gaps between demand reads background still gets what demand leaves of
-the rate, and never less than the floor while demand lasts.
+Demand in flight goes first. Where background and demand share one link (a pod's NIC, a narrow
+path), a background piece read while demand bytes are arriving delays them even when the
+tokens allow it. For ``demand_hold`` seconds after demand bytes, background is therefore held to
+the floor rate (its own small allowance, ``hold_burst`` seconds of the floor); the tokens it did
+not take meanwhile stay in the bucket (up to one burst) and are taken once demand pauses, so
+over any window longer than the gaps between demand reads background still gets what demand
+leaves of the rate, and never less than the floor while demand lasts.
+
+The hold is for demand that fills the link: it is renewed only while demand bytes arrive at
+``hold_share`` (half) of the rate or more, measured over the current run of demand bytes (from
+its first piece; a pause of ``demand_hold`` ends a run). Slower demand leaves most of the rate
+unused, and background taking the rest keeps the whole within the rate, which a link carrying
+the rate carries without a queue: a store that serves each connection at its own rate (S3:
+roughly 50–100 MB/s a connection) under a cap several times that. A model load's next files
+then come in alongside the one being read instead of at the floor. The first piece of a run
+always holds (its rate is not known yet).
 
 With ``cap == 0`` (no fixed cap) background is not limited at all until the upstream fails
 or throttles (latency alone is too weak a sign without a known budget); then the rate is set
@@ -55,6 +64,7 @@ class TokenBucket:
                  burst: float = 1.0, debt: float | None = None, increase: float | None = None, decrease: float = 0.5,
                  ema_alpha: float = 0.2, baseline_aging: float = 300.0, cooldown: float = 1.0,
                  latency_slack: float = 0.005, demand_hold: float = 0.05, hold_burst: float = 0.05,
+                 hold_share: float = 0.5,
                  on_decrease: Callable[[str], None] | None = None) -> None:
         self.clock = clock
         self.sleep = sleep
@@ -72,7 +82,12 @@ class TokenBucket:
         self.on_decrease = on_decrease
         self.demand_hold = demand_hold  # seconds after a demand byte during which background gets only the floor
         self.hold_burst = hold_burst  # seconds of the floor that background may take at once while held
-        self._demand_until = -math.inf  # demand counts as in flight until then
+        self.hold_share = hold_share  # demand arriving at this share of the rate or more holds background
+        self._demand_until = -math.inf  # demand counts as in flight (background held) until then
+        # The run of demand bytes arriving now (no pause of demand_hold): its start, its last
+        # piece, and its bytes after the first piece (the first piece's own time is not known).
+        self._run_start = self._run_last = -math.inf
+        self._run_bytes = 0
         self._held = 0.0  # background's allowance while demand is in flight, bytes (refills at the floor)
         self._increase = increase
         self.ema: float | None = None  # latency EMA of the series observed last, seconds
@@ -151,7 +166,8 @@ class TokenBucket:
 
     @property
     def demand_in_flight(self) -> bool:
-        """Whether demand bytes arrived within the last ``demand_hold`` seconds (background is held)."""
+        """Whether background is held: demand bytes arriving at ``hold_share`` of the rate or more
+        came within the last ``demand_hold`` seconds."""
         self._refill()
         return self._now < self._demand_until
 
@@ -201,14 +217,23 @@ class TokenBucket:
 
     def spend_demand(self, n: int) -> None:
         """Demand bytes: taken at once, never waited for. Debt is bounded by ``debt`` seconds of the rate. While
-        limited, background is held to the floor for ``demand_hold`` seconds after them."""
+        limited, background is held to the floor for ``demand_hold`` seconds after them, if demand
+        is arriving at ``hold_share`` of the rate or more."""
         if n <= 0:
             return
         self._refill()
         self._count(n)
         if not self.limited:
             return
-        self._demand_until = self._now + self.demand_hold
+        now = self._now
+        if now - self._run_last >= self.demand_hold:
+            self._run_start, self._run_bytes = now, 0  # demand had paused: a new run
+        else:
+            self._run_bytes += n
+        self._run_last = now
+        span = now - self._run_start
+        if span <= 0 or self._run_bytes >= self.hold_share * self._rate * span:
+            self._demand_until = now + self.demand_hold
         t = self._tokens - n
         low = -self.debt * self._rate
         if t < low:

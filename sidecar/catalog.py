@@ -74,7 +74,8 @@ class Catalog:
                  max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
                  stale_if_error: float | None = 3600.0,
                  on_obsolete: Callable[[ObjectMeta], None] | None = None,
-                 on_learned: Callable[[ObjectMeta], None] | None = None) -> None:
+                 on_learned: Callable[[ObjectMeta], None] | None = None,
+                 on_cold_read: Callable[[ObjectMeta], None] | None = None) -> None:
         self.upstream = upstream
         self.ttl = ttl  # seconds for (bucket, key); None = indefinite
         self.max_entries = max_entries
@@ -90,6 +91,9 @@ class Catalog:
         # a failure, a stale-if-error answer, a write meanwhile). The reader's speculative tier
         # reads of an expired entry's version (Reader.speculate) wait for it.
         self.on_resolved: Callable[[str, str, ObjectMeta | None], None] | None = None
+        # a read of a key the catalog did not know has begun (``open_cold``: its GET answered,
+        # its bytes not yet sent): the prefetch loop hears of a reader at its first read's start
+        self.on_cold_read = on_cold_read
         # how old (seconds since the upstream last confirmed it) metadata may be and still be
         # served while the upstream cannot be reached; None: no limit
         self.stale_if_error = stale_if_error
@@ -243,6 +247,8 @@ class Catalog:
         if not call.poisoned:
             self._put(k, entry)
         learned.set_result(entry)
+        if self.on_cold_read is not None:
+            self.on_cold_read(entry.meta)
         return entry, opened
 
     async def fetched_whole(self, entry: Entry,

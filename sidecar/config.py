@@ -146,14 +146,15 @@ def parse_upstream(text: str | None) -> str | None:
 
 
 def local_upstream_options(query: str) -> dict[str, float]:
-    """``latency`` (a duration) and ``bandwidth`` (bytes per second) of a file:// upstream."""
+    """``latency`` (a duration), ``bandwidth`` (bytes per second shared by all requests) and
+    ``connection_bandwidth`` (bytes per second of each request) of a file:// upstream."""
     out: dict[str, float] = {}
     for part in filter(None, query.split("&")):
         name, _, value = part.partition("=")
         if name == "latency":
             out["latency"] = parse_duration(value)
-        elif name == "bandwidth":
-            out["bandwidth"] = float(parse_size(value))
+        elif name in ("bandwidth", "connection_bandwidth"):
+            out[name] = float(parse_size(value))
         else:
             raise ValueError(part)
     return out

@@ -133,6 +133,7 @@ class Sidecar:
         self.face.on_hits = self._on_hits
         self.face.listing_tap = self.prefetch.listing_tap
         self.catalog.on_learned = self.prefetch.on_learned  # HEADs name keys too
+        self.catalog.on_cold_read = self.prefetch.on_cold_read  # a reader's first read, at its start
         self._runners: list[web.BaseRunner] = []
         self._scrub: asyncio.Future | None = None
         self.s3_address: tuple[str, int] | None = None

@@ -370,6 +370,44 @@ def test_demand_in_flight_holds_background_to_the_floor_and_the_share_comes_back
     assert left - 2 * piece <= total <= left + piece
 
 
+def test_demand_leaving_most_of_the_rate_does_not_hold_background():
+    """Demand at a quarter of the rate (one connection of a store that serves each connection at
+    its own rate, under a cap several times that): after the first piece's hold, background
+    takes what demand leaves at once, and the whole stays within the rate."""
+    cap, floor, piece = 10 * MB, 1 * MB, 256 * 1024
+
+    async def scenario() -> tuple[int, int, bool]:
+        ft = FakeTime()
+        b = bucket(ft, cap, floor=floor, demand_hold=0.05)
+        b.spend_demand(int(b.tokens))  # empty: what background gets from here on is refill only
+        got = {"bg": 0, "demand": 0}
+
+        async def background() -> None:
+            while True:
+                await b.acquire(piece)
+                got["bg"] += piece
+
+        async def demand() -> None:  # 25 KB every 10 ms for 1 s: 2.5 MB/s, steadily in flight
+            while ft.now < 1.0 - 1e-9:
+                b.spend_demand(25_000)
+                got["demand"] += 25_000
+                await ft.sleep(0.01)
+
+        tasks = [asyncio.ensure_future(background()) for _ in range(3)] + [asyncio.ensure_future(demand())]
+        await ft.run_until(1.0)
+        held = b.demand_in_flight
+        for t in tasks:
+            t.cancel()
+        await ft.settle()
+        return got["bg"], got["demand"], held
+
+    during, dem, held = run(scenario())
+    assert not held
+    # All the rate demand left but the first piece's hold (50 ms at the floor) and a piece of slack.
+    assert during >= (cap - 2.5 * MB) * 0.95 - 2 * piece, during
+    assert during + dem <= cap * 1.0 + piece, "within the rate"
+
+
 def test_a_held_waiter_wakes_when_demand_pauses():
     async def scenario() -> None:
         ft = FakeTime()

@@ -74,6 +74,23 @@ def test_first_file_of_a_small_listed_set_brings_the_rest(make_sidecar, tap, mot
     assert metric(sc, "sidecar_prefetch_useful_bytes_total") > 0
 
 
+def test_the_rest_of_a_small_set_comes_while_its_first_file_is_still_being_read(make_sidecar, tap, moto_s3, bucket):
+    """A model load's first file takes as long as its other files need to come in alongside it:
+    the loop hears of the reader when that read begins, not after its last byte is sent."""
+    first = os.urandom(32 * 1024 * 1024)  # more than socket buffers hold: the sidecar waits on the client
+    names, sc, s3 = _listed_model(make_sidecar, moto_s3, bucket, files=3, size=256 * 1024)
+    moto_s3.put_object(Bucket=bucket, Key="model/weights-00.safetensors", Body=first)
+    body = s3.get_object(Bucket=bucket, Key=names[0])["Body"]
+    head = body.read(1024 * 1024)
+    assert wait_until(lambda: metric(sc, "sidecar_prefetch_fetches_total", event="completed") >= 2, timeout=15), \
+        "nothing was prefetched while the first file was being read"
+    assert head + body.read() == first
+    tap.clear()
+    for n in names[1:]:
+        s3.get_object(Bucket=bucket, Key=n)["Body"].read()
+    assert not fetched_keys(tap, bucket, "model/")
+
+
 def test_a_prefetched_file_costs_a_head_and_one_get(make_sidecar, tap, moto_s3, bucket):
     """A prefetch learns the GET's checksum headers (boto3 reads in checksum mode) from the GET
     that fetches the file, pinned to the HEAD's ETag, not from a request of their own."""

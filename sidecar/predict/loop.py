@@ -234,6 +234,22 @@ class PrefetchLoop:
         if self.access_log is not None:
             self._learned.append((meta.bucket, meta.key, meta.size, meta.etag))
 
+    def on_cold_read(self, meta: Any) -> None:
+        """The catalog's hook when a read of a key it did not know begins (its upstream GET has
+        answered, no byte is sent yet): the key joins the known-key catalogue, and the first read
+        under a prefix reaches the tracker now rather than after its last byte — a model load's
+        first file takes about as long as its other files need to come in alongside it. The
+        read's own ``on_read`` follows; within the tracker's ``correlated_period`` (1 s) it is
+        the same read to it (a first read lasting longer counts twice). O(1), no I/O."""
+        if self.access_log is None:
+            return
+        bucket, key = meta.bucket, meta.key
+        self._learned.append((bucket, key, meta.size, meta.etag))
+        if (bucket, prefix_of(key)) not in self._readers:
+            t = time.time()
+            self._pending.append(Access(t, bucket, key, 0, max(0, meta.size - 1), meta.size, "miss"))
+            self._note_reader(bucket, key, t)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
