@@ -328,6 +328,28 @@ def test_inflation_within_the_slack_is_noise_not_congestion():
 
 # --- demand in flight goes first --------------------------------------------------------------
 
+async def _background_beside_demand(ft, b, piece: int, every_10ms: int) -> tuple[dict, list]:
+    """Three background fetchers taking ``piece`` at a time while demand spends ``every_10ms``
+    bytes every 10 ms, steadily in flight, for 1 s of fake time: the bytes each got, and the
+    tasks (the fetchers still running)."""
+    got = {"bg": 0, "demand": 0}
+
+    async def background() -> None:
+        while True:
+            await b.acquire(piece)
+            got["bg"] += piece
+
+    async def demand() -> None:
+        while ft.now < 1.0 - 1e-9:
+            b.spend_demand(every_10ms)
+            got["demand"] += every_10ms
+            await ft.sleep(0.01)
+
+    tasks = [asyncio.ensure_future(background()) for _ in range(3)] + [asyncio.ensure_future(demand())]
+    await ft.run_until(1.0)
+    return got, tasks
+
+
 @pytest.mark.parametrize("hold", [0.05, 0.0])
 def test_demand_in_flight_holds_background_to_the_floor_and_the_share_comes_back_after(hold):
     cap, floor, piece = 10 * MB, 1 * MB, 256 * 1024
@@ -336,21 +358,7 @@ def test_demand_in_flight_holds_background_to_the_floor_and_the_share_comes_back
         ft = FakeTime()
         b = bucket(ft, cap, floor=floor, demand_hold=hold)
         b.spend_demand(int(b.tokens))  # empty: what background gets from here on is refill only
-        got = {"bg": 0, "demand": 0}
-
-        async def background() -> None:
-            while True:
-                await b.acquire(piece)
-                got["bg"] += piece
-
-        async def demand() -> None:  # 64 KB every 10 ms for 1 s: 6.4 MB/s, steadily in flight
-            while ft.now < 1.0 - 1e-9:
-                b.spend_demand(64_000)
-                got["demand"] += 64_000
-                await ft.sleep(0.01)
-
-        tasks = [asyncio.ensure_future(background()) for _ in range(3)] + [asyncio.ensure_future(demand())]
-        await ft.run_until(1.0)
+        got, tasks = await _background_beside_demand(ft, b, piece, 64_000)  # demand at 6.4 MB/s
         during = got["bg"]
         assert b.demand_in_flight == (hold > 0)
         await ft.run_until(1.5)
@@ -380,21 +388,7 @@ def test_demand_leaving_most_of_the_rate_does_not_hold_background():
         ft = FakeTime()
         b = bucket(ft, cap, floor=floor, demand_hold=0.05)
         b.spend_demand(int(b.tokens))  # empty: what background gets from here on is refill only
-        got = {"bg": 0, "demand": 0}
-
-        async def background() -> None:
-            while True:
-                await b.acquire(piece)
-                got["bg"] += piece
-
-        async def demand() -> None:  # 25 KB every 10 ms for 1 s: 2.5 MB/s, steadily in flight
-            while ft.now < 1.0 - 1e-9:
-                b.spend_demand(25_000)
-                got["demand"] += 25_000
-                await ft.sleep(0.01)
-
-        tasks = [asyncio.ensure_future(background()) for _ in range(3)] + [asyncio.ensure_future(demand())]
-        await ft.run_until(1.0)
+        got, tasks = await _background_beside_demand(ft, b, piece, 25_000)  # demand at 2.5 MB/s
         held = b.demand_in_flight
         for t in tasks:
             t.cancel()
