@@ -599,7 +599,7 @@ class Reader:
         meta = version.meta
         opened = await self.upstream.open_object(meta.bucket, meta.key, start=None, end=None, checksum_mode=True,
                                                  if_match=meta.etag)
-        if opened.meta.etag != meta.etag or opened.meta.size != meta.size or opened.first != 0:
+        if not opened.meta.same_version(meta) or opened.first != 0:
             await opened.close()  # an upstream that ignored If-Match: another version's answer
             raise S3Error("PreconditionFailed", Condition="If-Match")
         learned = self.store.version_for(meta.learned(opened.meta)).meta
@@ -726,9 +726,7 @@ class Reader:
         fill.settle_carried(block.checksums)
         learned = block.checksums is not None and fill.version.meta.get_checksums is None
         if learned and fill.pending is None:
-            # Kept with the version (and on disk with its metadata): a whole GET read later,
-            # once chunk 0 is local, needs no upstream request for them either.
-            self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
+            self._keep_get_checksums(fill.version, block.checksums)
         if fill.done:
             await block.close()
             return
@@ -763,12 +761,17 @@ class Reader:
             if not await asyncio.shield(fill.pending) or fill.done:
                 return  # not confirmed: dropped by ``resolved``
             if learned:
-                self.store.version_for(dataclasses.replace(fill.version.meta, get_checksums=block.checksums))
+                self._keep_get_checksums(fill.version, block.checksums)
         kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
         if kept and fill.priority == PREFETCH:
             self.metrics.prefetch_bytes.inc(fill.length)
         self._ended(fill)
         fill.finish(kept)
+
+    def _keep_get_checksums(self, version: Version, checksums: tuple[tuple[str, str], ...]) -> None:
+        """GET checksum headers a tier block told, kept with the version (and on disk with its
+        metadata): a whole GET read later, once chunk 0 is local, needs no upstream request."""
+        self.store.version_for(dataclasses.replace(version.meta, get_checksums=checksums))
 
     async def learned_checksums(self, meta: ObjectMeta) -> tuple[tuple[str, str], ...] | None:
         """The checksum headers of a whole-object GET of this version, if a fill of it (or its
@@ -840,7 +843,7 @@ class Reader:
         if spec is None:
             return
         version, verdict, fills = spec
-        ok = meta is not None and meta.etag == version.meta.etag and meta.size == version.meta.size
+        ok = meta is not None and meta.same_version(version.meta)
         verdict.set_result(ok)
         if ok:
             self._claims.setdefault(version.vid, {}).update((f.index, f) for f in fills if not f.done)
