@@ -216,6 +216,11 @@ def stats_snapshot(sc: Daemon) -> dict[str, Any]:
             "read_bytes": total("sidecar_tier_read_bytes_total"),
             "writes": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_writes_total").items()},
             "write_bytes": total("sidecar_tier_write_bytes_total"),
+            "hints": {k.split("=", 1)[1]: v for k, v in by_label("sidecar_tier_hints_total").items()},
+            # "SOURCE/RESULT", e.g. "hint/dropped"
+            "speculations": {"/".join(p.split("=", 1)[1] for p in reversed(k.split(","))): v
+                             for k, v in by_label("sidecar_tier_speculations_total").items()},
+            "speculative_dropped_bytes": total("sidecar_tier_speculative_dropped_bytes_total"),
         },
         "pins": sc.ops.pins()["pins"],
         "warm_jobs_running": sc.ops.warm.running,

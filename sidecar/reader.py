@@ -78,6 +78,19 @@ class FillEndedShort(Exception):
     directly instead."""
 
 
+class _Guess:
+    """A first read's guess (Reader.guess): the tier's record of the version last seen and the
+    lookup's verdict, each once in."""
+
+    __slots__ = ("hint", "hinted", "verdict", "answered")
+
+    def __init__(self) -> None:
+        self.hint: ObjectMeta | None = None
+        self.hinted = False
+        self.verdict: ObjectMeta | None = None
+        self.answered = False
+
+
 class ChunkFill:
     """A chunk being fetched. Readers ``attach`` and take its bytes with ``segment_at``: the
     piece that just arrived from memory (a reader keeping up never touches the file), older
@@ -307,8 +320,11 @@ class Reader:
         # version -> fills ``carried_checksums`` started for the read about to come (its own)
         self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
-        # (bucket, key) -> (version, verdict, fills) of a speculation awaiting its lookup's verdict
-        self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill]]] = {}
+        # (bucket, key) -> (version, verdict, fills, source) of a speculation awaiting its lookup's verdict
+        self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill], str]] = {}
+        # (bucket, key) -> _Guess: a first read's record of the version last seen, asked of the tier
+        # while the lookup's HEAD is out (``guess``)
+        self._guessing: dict[tuple[str, str], _Guess] = {}
 
     # --- public -------------------------------------------------------------------------
 
@@ -661,6 +677,7 @@ class Reader:
                 # before the next one replaces it.
                 await asyncio.sleep(0)
         prefetched = fill.priority == PREFETCH  # not promoted: no client was waiting for it
+        self._reserve_confirmed(fill, writer)
         kept = store.commit(writer, prefetched=prefetched)
         if kept and prefetched:
             self.metrics.prefetch_bytes.inc(fill.length)
@@ -762,11 +779,18 @@ class Reader:
                 return  # not confirmed: dropped by ``resolved``
             if learned:
                 self._keep_get_checksums(fill.version, block.checksums)
+            self._reserve_confirmed(fill, writer)
         kept = self.store.commit(writer, prefetched=fill.priority == PREFETCH)
         if kept and fill.priority == PREFETCH:
             self.metrics.prefetch_bytes.inc(fill.length)
         self._ended(fill)
         fill.finish(kept)
+
+    def _reserve_confirmed(self, fill: ChunkFill, writer: BudgetedWrite) -> None:
+        """A speculative fill's version is confirmed: its chunk reserves its room now (evicting
+        as needed), as any fill's did when it began."""
+        if fill.pending is not None and fill.keep:
+            self.store.reserve_write(writer)
 
     def _keep_get_checksums(self, version: Version, checksums: tuple[tuple[str, str], ...]) -> None:
         """GET checksum headers a tier block told, kept with the version (and on disk with its
@@ -811,14 +835,15 @@ class Reader:
             return None
         return await asyncio.shield(fill.carried)
 
-    def speculate(self, meta: ObjectMeta, start: int, end: int) -> None:
-        """A read of bytes start..end of an object whose metadata expired is about to revalidate
-        it (a HEAD): start reading the tier blocks of the version last known, ``meta``, so the
-        transfer overlaps the HEAD instead of following it. The blocks are read and verified into
-        temp files but released (committed, or handed to a reader as its own) only when the
-        lookup confirms exactly this version (``resolved``); any other verdict drops them. The
-        authorization rule holds: no tier byte of a version this pod has not resolved against
-        the upstream goes anywhere."""
+    def speculate(self, meta: ObjectMeta, start: int, end: int, source: str = "expired") -> None:
+        """A read of bytes start..end of an object is about to resolve its version (a HEAD): start
+        reading the tier blocks of the version guessed, ``meta`` (``source``: "expired", the
+        version this pod knew; "hint", the tier's record of the version last seen, ``guess``), so
+        the transfer overlaps the HEAD instead of following it. The blocks are read and verified
+        into temp files that reserve no room in the cache yet, and are released (committed, or
+        handed to a reader as its own) only when the lookup confirms exactly this version
+        (``resolved``); any other verdict drops them, counted. The authorization rule holds: no
+        tier byte of a version this pod has not resolved against the upstream goes anywhere."""
         k = (meta.bucket, meta.key)
         if self.tier is None or k in self._speculating or end < start or meta.size <= 0:
             return
@@ -831,28 +856,81 @@ class Reader:
         verdict = asyncio.get_running_loop().create_future()
         for f in fills:
             f.pending = verdict
-        self._speculating[k] = (version, verdict, fills)
+        self._speculating[k] = (version, verdict, fills, source)
         asyncio.get_running_loop().call_later(SPECULATION_WAIT, self._unanswered, k, verdict)
         self._launch(self._run_span(version, fills))
+
+    def guess(self, bucket: str, key: str, span: Callable[[ObjectMeta], tuple[int, int] | None]) -> None:
+        """A first read of an object this pod has no version of is about to resolve it (a HEAD):
+        ask the tier meanwhile for the record of the version last seen, and if it comes before
+        the verdict, speculate on that version (bytes ``span(meta)``, None: none worth it). The
+        pod's verdict, if another than the record's (or there was none), is recorded in turn
+        for the next pods (``resolved``)."""
+        k = (bucket, key)
+        if self.tier is None or k in self._guessing or k in self._speculating:
+            return
+        g = self._guessing[k] = _Guess()
+        asyncio.get_running_loop().call_later(SPECULATION_WAIT, self._guess_unanswered, k, g)
+        self._launch(self._guess(k, g, span))
+
+    async def _guess(self, k: tuple[str, str], g: "_Guess", span: Callable[[ObjectMeta], tuple[int, int] | None]) -> None:
+        assert self.tier is not None
+        try:
+            g.hint = await self.tier.hint(*k)
+        finally:
+            g.hinted = True
+        if g.answered:  # the HEAD came first: nothing to overlap; record what it said
+            self.metrics.tier_hints.labels("late").inc()
+            self._guessed(k, g)
+            return
+        if g.hint is not None:
+            selected = span(g.hint)
+            if selected is not None:
+                self.speculate(g.hint, *selected, source="hint")
+
+    def _guessed(self, k: tuple[str, str], g: "_Guess") -> None:
+        """Both the record and the verdict are in: the pod's own version goes to the tier when the
+        record did not name it."""
+        if self._guessing.get(k) is g:
+            del self._guessing[k]
+        if g.verdict is not None and self.tier is not None and (g.hint is None or not g.hint.same_version(g.verdict)):
+            self.tier.offer_hint(g.verdict)
+
+    def _guess_unanswered(self, k: tuple[str, str], g: "_Guess") -> None:
+        if self._guessing.get(k) is g:
+            del self._guessing[k]
 
     def resolved(self, bucket: str, key: str, meta: ObjectMeta | None) -> None:
         """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None.
         A speculation on that version is released, as the fills of the read that follows;
         on any other, dropped before that read can see it."""
-        spec = self._speculating.pop((bucket, key), None)
+        k = (bucket, key)
+        g = self._guessing.get(k)
+        if g is not None and not g.answered:
+            g.answered, g.verdict = True, meta
+            if g.hinted:
+                self._guessed(k, g)
+        spec = self._speculating.pop(k, None)
         if spec is None:
             return
-        version, verdict, fills = spec
+        version, verdict, fills, source = spec
         ok = meta is not None and meta.same_version(version.meta)
         verdict.set_result(ok)
+        self.metrics.tier_speculations.labels(source, "confirmed" if ok else "dropped").inc()
         if ok:
+            # A guess from a record knew only the ETag and size: the version's chunks are kept
+            # under the metadata the upstream gave (headers, dates), as any other fill's.
+            if version.meta is not meta:
+                version.meta = meta.learned(version.meta)
             self._claims.setdefault(version.vid, {}).update((f.index, f) for f in fills if not f.done)
             while len(self._claims) > 1024:  # a read that never came
                 self._claims.popitem(last=False)
             return
+        self.metrics.tier_speculative_dropped_bytes.inc(sum(f.tier_upto for f in fills))
         for f in fills:
             if not f.done:
                 self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
+        self.store.forget_if_empty(version)
 
     def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
         """No verdict came for a speculation (no lookup followed it): it is dropped."""
@@ -881,8 +959,11 @@ class Reader:
 
     def _open_writer(self, fill: ChunkFill) -> BudgetedWrite:
         if fill.writer is None:
+            # A speculative fill reserves no room (evicts nothing) before its version is confirmed
+            # (``_reserve_confirmed``): a wrong guess costs the cache nothing.
+            unconfirmed = fill.pending is not None and not (fill.pending.done() and fill.pending.result())
             try:
-                fill.writer = self.store.begin_write(fill.version, fill.index, keep=fill.keep)
+                fill.writer = self.store.begin_write(fill.version, fill.index, keep=fill.keep and not unconfirmed)
             except OSError as e:
                 self.metrics.disk_errors.labels("create").inc()
                 raise DiskFault(str(e)) from e

@@ -240,6 +240,19 @@ class Metrics:
                                         registry=r)
         self.tier_write_queue = Gauge("sidecar_tier_write_queue_blocks",
                                       "Blocks waiting to be written to the shared tier", registry=r)
+        self.tier_hints = Counter("sidecar_tier_hints",
+                                  "Records of the version of an object last seen, read from the shared tier as "
+                                  "the guess of a first read (hit, miss, late, timeout, error, breaker_open, "
+                                  "corrupt, misbound, unsigned) and written to it (written, write_dropped, "
+                                  "write_failed)", ["result"], registry=r)
+        self.tier_speculations = Counter("sidecar_tier_speculations",
+                                         "Speculative tier reads begun before the upstream confirmed the version, "
+                                         "by the guess's source (expired: the entry the pod knew; hint: the tier's "
+                                         "record) and verdict (confirmed, dropped)", ["source", "result"],
+                                         registry=r)
+        self.tier_speculative_dropped_bytes = Counter("sidecar_tier_speculative_dropped_bytes",
+                                                      "Verified tier bytes read speculatively and dropped: the "
+                                                      "upstream confirmed another version, or none", registry=r)
 
     def _add_auth_metrics(self, r: CollectorRegistry) -> None:
         self.auth_rejections = Counter("sidecar_auth_rejections",

@@ -3,6 +3,7 @@ moto server as the tier's store; faults injected by a tap in front of the tier."
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -38,8 +39,14 @@ def pods(make_sidecar, tier_bucket, tier_tap):
 
 
 def blocks(tier_moto, tier_bucket) -> list[str]:
+    """The tier's blocks (not the records of the version last seen, under ``.../latest/``)."""
     r = tier_moto.client().list_objects_v2(Bucket=tier_bucket)
-    return sorted(o["Key"] for o in r.get("Contents", []))
+    return sorted(o["Key"] for o in r.get("Contents", []) if "/latest/" not in o["Key"])
+
+
+def hints(tier_moto, tier_bucket) -> list[str]:
+    r = tier_moto.client().list_objects_v2(Bucket=tier_bucket)
+    return sorted(o["Key"] for o in r.get("Contents", []) if "/latest/" in o["Key"])
 
 
 def wait_blocks(tier_moto, tier_bucket, n: int) -> list[str]:
@@ -317,6 +324,145 @@ def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(
     assert b.admin("/stats")["upstream"]["bytes"] == len(new)
 
 
+def block_gets(tier_tap, tier_bucket) -> int:
+    """Block GETs the tier has been asked for (not reads of the records of the version last seen)."""
+    return len([s for s in tier_tap.requests("GET", tier_bucket) if "/latest/" not in s.path])
+
+
+def head_held_until_block_gets(tier_tap, tier_bucket, n: int, seen_first: list[int]):
+    """A fault for the upstream tap: each HEAD of the object waits (at most 10 s) until the tier
+    has been asked for ``n`` blocks, and records how many it had been asked for by then."""
+    def hold(seen):
+        if seen.method == "HEAD" and "/obj" in seen.path:
+            deadline = time.monotonic() + 10
+            while block_gets(tier_tap, tier_bucket) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_first.append(block_gets(tier_tap, tier_bucket))
+        return None
+    return hold
+
+
+def wait_hint(tier_moto, tier_bucket, etag: str) -> dict:
+    """The record of the version last seen, once it names ``etag`` (written in the background)."""
+    deadline = time.monotonic() + 20
+    while True:
+        found = hints(tier_moto, tier_bucket)
+        if found:
+            meta = tier_moto.client().head_object(Bucket=tier_bucket, Key=found[0])["Metadata"]
+            if base64.urlsafe_b64encode(etag.encode()).decode() in meta.get("sidecar-binding", ""):
+                return meta
+        assert time.monotonic() < deadline, f"no record of {etag} in the tier"
+        time.sleep(0.05)
+
+
+def test_first_read_of_a_pod_reads_the_tier_while_its_head_is_out(pods, moto_s3, bucket, tap, tier_moto,
+                                                                   tier_bucket, tier_tap):
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    etag = moto_s3.head_object(Bucket=bucket, Key="obj")["ETag"]
+    wait_hint(tier_moto, tier_bucket, etag)  # the first pod recorded the version it resolved
+    b = pods(upstream_answer_within="20s")  # a pod that never saw the object
+    tap.clear()
+    tier_tap.clear()
+    asked: list[int] = []
+    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)
+    try:
+        got = b.client().get_object(Bucket=bucket, Key="obj")
+        assert got["Body"].read() == body
+    finally:
+        tap.fault = None
+    # its HEAD was still unanswered when all three blocks had been asked for: the record of the
+    # version last seen was the guess, and the pod's own HEAD the verdict
+    assert asked == [3]
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+    tier = b.admin("/stats")["tier"]
+    assert (tier["hints"].get("hit"), tier["speculations"], tier["reads"].get("hit")) == \
+        (1.0, {"hint/confirmed": 1.0}, 3.0)
+    assert b.admin("/stats")["upstream"]["bytes"] == 0
+    # the chunks kept carry the object's own headers (not the record's ETag and size alone):
+    # a restarted pod answers with them
+    b.restart()
+    head, direct = b.client().head_object(Bucket=bucket, Key="obj"), moto_s3.head_object(Bucket=bucket, Key="obj")
+    assert [head.get(h) for h in ("ETag", "ContentType", "LastModified")] == \
+        [direct.get(h) for h in ("ETag", "ContentType", "LastModified")]
+
+
+def test_a_record_naming_another_version_never_serves_its_bytes(pods, moto_s3, bucket, tap, tier_moto,
+                                                                 tier_bucket, tier_tap):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    old_etag = moto_s3.head_object(Bucket=bucket, Key="obj")["ETag"]
+    wait_hint(tier_moto, tier_bucket, old_etag)
+    new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # overwritten upstream: the record is stale
+    b = pods(upstream_answer_within="20s")
+    tier_tap.clear()
+    asked: list[int] = []
+    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)
+    try:
+        got = b.client().get_object(Bucket=bucket, Key="obj")
+        assert got["Body"].read() == new and got["ETag"] != old_etag
+    finally:
+        tap.fault = None
+    assert asked == [3], "the recorded version's blocks were read while the HEAD was out"
+    # ... and went nowhere: neither to the client nor into the pod's cache; the waste is counted
+    chunk_files = [p for p in (b.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
+    assert len(chunk_files) == 3
+    tier = b.admin("/stats")["tier"]
+    assert tier["speculations"] == {"hint/dropped": 1.0}
+    assert 0 < tier["speculative_dropped_bytes"] <= 3 * CHUNK
+    assert b.admin("/stats")["upstream"]["bytes"] == len(new)
+    # the pod recorded the version it resolved, for the next pods
+    wait_hint(tier_moto, tier_bucket, got["ETag"])
+
+
+def test_forged_record_is_ignored_with_a_shared_key(pods, moto_s3, bucket, tier_moto, tier_bucket, tmp_path):
+    key_file = tmp_path / "tier.key"
+    key_file.write_text("job-secret-1")
+    body = put(moto_s3, bucket, "obj", 2 * CHUNK)
+    a = pods(shared_tier_hmac_key_file=key_file)
+    assert a.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    wait_blocks(tier_moto, tier_bucket, 2)
+    record = wait_hint(tier_moto, tier_bucket, moto_s3.head_object(Bucket=bucket, Key="obj")["ETag"])
+    assert record.get("sidecar-binding-hmac")  # pods with the key sign their records
+    # someone who can write the tier bucket, without the key, names another version
+    forged = record["sidecar-binding"].rsplit(";e=", 1)[0] + ";e=" + \
+        base64.urlsafe_b64encode(b'"0123456789abcdef0123456789abcdef"').decode() + f";s={2 * CHUNK}"
+    from sidecar.cache.chunkfile import crc32c
+
+    c = tier_moto.client()
+    c.put_object(Bucket=tier_bucket, Key=hints(tier_moto, tier_bucket)[0], Body=b"",
+                 Metadata={"sidecar-binding": forged, "sidecar-binding-crc": f"{crc32c(forged.encode()):08x}",
+                           "sidecar-binding-hmac": record["sidecar-binding-hmac"]})
+    b = pods(shared_tier_hmac_key_file=key_file)
+    assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == body
+    tier = b.admin("/stats")["tier"]
+    assert (tier["hints"].get("unsigned"), tier["speculations"]) == (1.0, {})
+    assert tier["reads"].get("hit") == 2.0  # blocks read after the pod's own HEAD, as without a record
+
+
+def test_speculative_blocks_evict_nothing_before_the_verdict(pods, moto_s3, bucket, tap, tier_moto, tier_bucket,
+                                                             tier_tap):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    b = pods(metadata_ttl=1, cache_size="4MiB", ram_cache_size=0, upstream_answer_within="20s")
+    useful = put(moto_s3, bucket, "useful", 2 * CHUNK)
+    assert b.client().get_object(Bucket=bucket, Key="useful")["Body"].read() == useful
+    b.client().head_object(Bucket=bucket, Key="obj")  # the version b knows: three chunks
+    new = put(moto_s3, bucket, "obj", CHUNK // 2)  # overwritten upstream with one of half a chunk
+    time.sleep(1.2)
+    tier_tap.clear()
+    asked: list[int] = []
+    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)
+    try:
+        assert b.client().get_object(Bucket=bucket, Key="obj")["Body"].read() == new
+    finally:
+        tap.fault = None
+    assert asked == [3]
+    # three blocks of a version the upstream then denied were read into a 4 MiB cache holding
+    # two useful chunks: they took no room from them
+    assert b.admin("/stats")["cache"]["evictions"] == 0
+    before = b.admin("/stats")["upstream"]["bytes"]
+    b.client().get_object(Bucket=bucket, Key="useful", Range="bytes=0-1000")["Body"].read()
+    assert b.admin("/stats")["upstream"]["bytes"] == before
+
+
 def test_version_served_stale_if_error_is_never_read_from_the_tier(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
     filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 2)
     b = pods(metadata_ttl=1)
@@ -436,7 +582,9 @@ def test_tier_outage_falls_through_to_the_upstream(pods, moto_s3, bucket, tier_t
         elapsed = time.monotonic() - t0
     finally:
         tier_tap.fault = None
-    results = {r: tier_reads(b, r) for r in ("timeout", "error", "breaker_open")}
+    # the tier is asked for blocks and, by a first read, for the record of the version last seen
+    asked = [b.admin("/stats")["tier"][kind] for kind in ("reads", "hints")]
+    results = {r: sum(float(a.get(r, 0.0)) for a in asked) for r in ("timeout", "error", "breaker_open")}
     assert results["breaker_open"] >= 1  # after a few failures the tier is not asked at all
     failed = results["timeout"] + results["error"]
     assert 1 <= failed <= 3

@@ -361,6 +361,24 @@ class ChunkStore:
         v.writers += 1
         return BudgetedWrite(v, index, length, path, fd, reserved)
 
+    def reserve_write(self, w: BudgetedWrite) -> None:
+        """Reserve, now, the bytes of a write begun without (``keep`` false: a speculative read
+        of a version not yet confirmed), evicting as needed; no room: it is not kept."""
+        if w.reserved or w.closed:
+            return
+        evicted: list = []
+        try:
+            evicted = self.space.reserve(w.length, self.clock())
+            w.reserved = True
+        except NoRoom as e:
+            evicted = e.evicted
+        self._evicted(evicted, "capacity")
+
+    def forget_if_empty(self, v: Version) -> None:
+        """Forget a version nothing was kept or is being written of (a guess that proved wrong)."""
+        if not v.chunks and not v.writers and self.versions.get(v.vid) is v:
+            del self.versions[v.vid]
+
     def commit(self, w: BudgetedWrite, prefetched: bool = False) -> bool:
         """Make a complete chunk visible under its final name. Returns whether it was kept.
         ``prefetched``: fetched ahead of demand, watched until a client reads it."""

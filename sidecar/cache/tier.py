@@ -60,6 +60,8 @@ log = get_logger("sidecar.tier")
 
 # v2: piece CRCs and block 0's GET checksum headers in the binding (v1 blocks are not read).
 BLOCK_FORMAT = "tier-v2"
+# The record of the version of an object last seen by a pod: only ever a guess (Reader.guess).
+HINT_FORMAT = "tier-hint-v1"
 WRITE_WORKERS = 4
 READS_IN_FLIGHT = 8  # demand block reads at once per pod; more only shares the same link and store
 BACKGROUND_READS_IN_FLIGHT = 4  # read-ahead and prefetch block reads, apart from demand's
@@ -163,6 +165,40 @@ class BlockNaming:
         if index == 0 and meta.get_checksums is not None:
             line += ";g=" + encode_checksums(meta.get_checksums)
         return line
+
+    def hint_key(self, bucket: str, key: str) -> str:
+        """Where the record of the version of (bucket, key) last seen lives: in the blocks'
+        namespace, beside their version directories (which are hashes, never ``latest``)."""
+        space = _h(BLOCK_FORMAT, self.chunk_size, self.upstream_id, bucket)
+        return "/".join(p for p in (self.prefix, space, "latest", _h(key)) if p)
+
+    @staticmethod
+    def _hint_identity(bucket: str, key: str) -> str:
+        key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{HINT_FORMAT};b={bucket};k={key_hash};"
+
+    def hint_binding(self, meta: ObjectMeta) -> str:
+        """The line a version record carries: the object it names and that version's ETag and size."""
+        etag = base64.urlsafe_b64encode(meta.etag.encode()).decode()
+        return f"{self._hint_identity(meta.bucket, meta.key)}e={etag};s={meta.size}"
+
+    def parse_hint(self, binding: str, bucket: str, key: str) -> ObjectMeta:
+        """The version a record names, if it is the record of (bucket, key); only ETag and size
+        are known (no headers: the pod's own HEAD tells those). Raises BlockRejected."""
+        identity = self._hint_identity(bucket, key)
+        if not binding.startswith(identity):
+            raise BlockRejected("misbound")
+        try:
+            fields = dict(f.split("=", 1) for f in binding[len(identity):].split(";"))
+            if set(fields) != {"e", "s"}:
+                raise ValueError(fields)
+            etag = base64.urlsafe_b64decode(fields["e"].encode("ascii")).decode("ascii")
+            size = int(fields["s"])
+            if not etag or not etag.isprintable() or size < 0:
+                raise ValueError(binding)
+        except (ValueError, KeyError) as e:
+            raise BlockRejected("corrupt") from e
+        return ObjectMeta(bucket, key, etag, size, "", ())
 
     def parse(self, binding: str, meta: ObjectMeta, index: int, length: int) -> "Binding":
         """The binding's checksums if it names exactly chunk ``index`` of this version.
@@ -453,6 +489,67 @@ class SharedTier:
             raise
         return TierBlock(self, binding, body, release, length, deadline, mac, slots)
 
+    async def hint(self, bucket: str, key: str) -> ObjectMeta | None:
+        """The version of (bucket, key) a pod last saw (ETag and size), as the tier records it,
+        or None. Only ever a guess for a speculative read (Reader.guess): a pod never uses a
+        tier byte of a version before its own HEAD confirms it. Checked like a block's binding
+        (its CRC, the object it names, its HMAC under a shared key); faults counted, never raised."""
+        if self._client is None:
+            return None
+        if not self.breaker.allow():
+            self._count_hint("breaker_open")
+            return None
+        deadline = asyncio.get_running_loop().time() + self.read_within
+        try:
+            async with asyncio.timeout_at(deadline):
+                size, metadata, _, _, release = await self._open(self.naming.hint_key(bucket, key))
+                await release()
+        except TimeoutError:
+            self.breaker.failure()
+            self._count_hint("timeout")
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - no record is as good as a bad one: no guess
+            status = _status(e)
+            if status == 404:
+                self.breaker.success()
+                self._count_hint("miss")
+                return None
+            if status and status < 500:
+                self.breaker.success()
+            else:
+                self.breaker.failure()
+            self._count_hint("error")
+            return None
+        self.breaker.success()
+        text = metadata.get(_BINDING, "")
+        try:
+            try:
+                crc_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(text.encode())
+            except ValueError:
+                crc_ok = False
+            if not crc_ok or size != 0:
+                raise BlockRejected("corrupt")
+            meta = self.naming.parse_hint(text, bucket, key)
+            if self.hmac_key is not None:
+                stated = metadata.get(_BINDING_HMAC, "")
+                if not stated or not hmac.compare_digest(stated, self._hint_mac(text)):
+                    raise BlockRejected("unsigned")
+        except BlockRejected as e:
+            self._count_hint(e.cause)
+            return None
+        self._count_hint("hit")
+        return meta
+
+    def _hint_mac(self, binding: str) -> str:
+        assert self.hmac_key is not None
+        # a block's formula over no bytes: a block's binding never starts like a record's
+        return hmac.new(self.hmac_key, binding.encode() + b"\0", hashlib.sha256).hexdigest()
+
+    def _count_hint(self, result: str) -> None:
+        self.metrics.tier_hints.labels(result).inc()
+
     async def get(self, meta: ObjectMeta, index: int, length: int) -> bytes | None:
         """Chunk ``index`` of ``meta``'s version, all verified (bytes and binding), or None."""
         block = await self.open(meta, index, length)
@@ -524,15 +621,36 @@ class SharedTier:
             return
         self._queued.add(key)
 
+    def offer_hint(self, meta: ObjectMeta) -> None:
+        """Queue the record that ``meta`` is the version of its object this pod resolved with its
+        own HEAD (the next pods' guess, ``hint``), in the blocks' bounded queue; dropped when full."""
+        if self._client is None:
+            return
+        key = self.naming.hint_key(meta.bucket, meta.key)
+        if key in self._queued:
+            return
+        try:
+            self.queue.put_nowait((key, meta, None, None))
+        except asyncio.QueueFull:
+            self._count_hint("write_dropped")
+            return
+        self._queued.add(key)
+
     async def _write_loop(self) -> None:
         while True:
             key, meta, index, load = await self.queue.get()
             try:
-                await self._write(key, meta, index, load)
+                if index is None:
+                    await self._write_hint(key, meta)
+                else:
+                    await self._write(key, meta, index, load)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failed write only costs a future hit
-                self.metrics.tier_writes.labels("failed").inc()
+                if index is None:
+                    self._count_hint("write_failed")
+                else:
+                    self.metrics.tier_writes.labels("failed").inc()
                 log.debug("tier_write_failed", error=repr(e)[:200])
             finally:
                 self._queued.discard(key)
@@ -564,6 +682,23 @@ class SharedTier:
         self.breaker.success()
         self.metrics.tier_writes.labels("written").inc()
         self.metrics.tier_write_bytes.inc(len(data))
+
+    async def _write_hint(self, key: str, meta: ObjectMeta) -> None:
+        if not self.breaker.allow():
+            self._count_hint("write_dropped")
+            return
+        binding = self.naming.hint_binding(meta)
+        metadata = {_BINDING: binding, _BINDING_CRC: f"{crc32c(binding.encode()):08x}"}
+        if self.hmac_key is not None:
+            metadata[_BINDING_HMAC] = self._hint_mac(binding)
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=b"", Metadata=metadata)
+        except Exception as e:
+            if not 400 <= _status(e) < 500:
+                self.breaker.failure()
+            raise
+        self.breaker.success()
+        self._count_hint("written")
 
     def stats(self) -> dict[str, Any]:
         return {"location": self.location, "endpoint": self.endpoint or "aws", "breaker": self.breaker.state,

@@ -212,22 +212,32 @@ class S3Face:
         raise S3Error("ServiceUnavailable", "The object kept changing while being read; retry.")
 
     def _speculate(self, target: Target, h) -> None:
-        """A GET of an object whose metadata expired, with a shared tier: the tier blocks of the
-        version last known are read while the lookup revalidates it, and released only if the
-        upstream confirms that version (Reader.speculate)."""
+        """A GET, with a shared tier, of an object whose version is about to be resolved by the
+        catalog's lookup (a HEAD): the tier blocks of a guessed version are read meanwhile, and
+        released only if the upstream confirms that version (Reader.speculate). The guess: the
+        version last known, when the metadata expired; for an object never resolved here, the
+        tier's record of the version another pod last saw (Reader.guess)."""
         assert target.bucket is not None and target.key is not None
         entry = self.catalog.peek(target.bucket, target.key)
-        if entry is None or self.catalog.fresh(target.bucket, target.key) is not None:
+        if entry is None:
+            self.reader.guess(target.bucket, target.key, lambda meta: self._speculative_span(meta, h))
             return
-        meta = entry.meta
+        if self.catalog.fresh(target.bucket, target.key) is not None:
+            return
+        span = self._speculative_span(entry.meta, h)
+        if span is not None:
+            self.reader.speculate(entry.meta, *span)
+
+    def _speculative_span(self, meta: ObjectMeta, h) -> tuple[int, int] | None:
+        """The bytes a GET would read of ``meta``'s version; None: none to read ahead of the
+        verdict (a range it does not satisfy, an object not kept, whose read starts its own fills)."""
         try:
             rng = resolve(parse_range(h.get("range")), meta.size)
         except (RangeNotSatisfiable, S3Error):
-            return
+            return None
         if not self.read_policy(meta.bucket, meta.key, meta.size)[0]:
-            return  # not kept: its read starts its own fills
-        start, end = (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
-        self.reader.speculate(meta, start, end)
+            return None
+        return (rng.start, rng.end) if rng is not None else (0, meta.size - 1)
 
     def _carried_checksums(self, meta: ObjectMeta):
         """A whole GET's checksum headers as the fill of chunk 0 learns them: from the shared
