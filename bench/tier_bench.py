@@ -164,6 +164,7 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         after = upstream_requests(reader)
         expired_after = upstream_requests(expired)
         hits = reader.admin("/stats")["tier"]["reads"].get("hit", 0) - hits_before
+        guessed = {k: v for k, v in reader.admin("/stats")["tier"].items() if k in ("hints", "speculations")}
     finally:
         plain.stop()
         reader.stop()
@@ -179,6 +180,8 @@ def latency(upstream, tier_store: MotoServer, bucket: str, keys: list[str], chun
         print(f"{name:24} {cols[0]:>20} {cols[1]:>20} {used:>19}")
     asked = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
     print(f"tier-hit pod: {hits:.0f} block hits; upstream requests meanwhile: {asked or 'none'}")
+    if guessed:
+        print(f"tier-hit pod: records of the version last seen and speculative reads: {guessed}")
     asked = {k: v - expired_before.get(k, 0) for k, v in expired_after.items() if v - expired_before.get(k, 0)}
     print(f"expired-entry pod: upstream requests meanwhile: {asked or 'none'}")
 

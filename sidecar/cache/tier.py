@@ -25,6 +25,12 @@ blocks are read at once for clients, and ``BACKGROUND_READS_IN_FLIGHT`` more for
 prefetch (so background reads never hold a client's read back), each asked for in the order
 they are wanted.
 
+Beside each object's blocks, one small *record* names the version of the object a pod last
+resolved (``PREFIX/<namespace>/latest/<hash(key)>``: ETag and size, bound and signed like a
+block's binding). It is only ever a guess: a pod's first read of an object reads the blocks of
+that version while its own HEAD is out, and uses none of them unless the HEAD confirms the same
+version (Reader.guess).
+
 Reads are best effort: a block that is missing, corrupt, mis-bound, slower than the deadline,
 an error, or asked for while the circuit breaker is open, is a miss (counted by cause), and the
 reader falls through to the upstream; a block found corrupt part way keeps the pieces already
