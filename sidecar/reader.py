@@ -52,6 +52,7 @@ CHECK_BATCH = 1024 * 1024  # a disk read that needs checking is read and checked
 CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thread hop costs more)
 SPECULATIVE_CHUNKS = 8  # tier blocks read ahead of a revalidation at most (Reader.speculate)
 SPECULATION_WAIT = 30.0  # seconds a speculation waits for its lookup's verdict before it is dropped
+CLAIM_WAIT = 30.0  # seconds fills started for a read about to come are held for it (Reader._claim)
 
 
 class Priority(enum.IntEnum):
@@ -82,9 +83,10 @@ class _Guess:
     """A first read's guess (Reader.guess): the tier's record of the version last seen and the
     lookup's verdict, each once in."""
 
-    __slots__ = ("hint", "hinted", "verdict", "answered")
+    __slots__ = ("hint", "hinted", "verdict", "answered", "span")
 
-    def __init__(self) -> None:
+    def __init__(self, span: Callable[[ObjectMeta], tuple[int, int] | None]) -> None:
+        self.span = span  # the bytes the read wants of a version; None: none to read from the tier
         self.hint: ObjectMeta | None = None
         self.hinted = False
         self.verdict: ObjectMeta | None = None
@@ -317,7 +319,7 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
-        # version -> fills ``carried_checksums`` started for the read about to come (its own)
+        # version -> fills started for the read about to come (its own), each held for it (``_claim``)
         self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
         # (bucket, key) -> (version, verdict, fills, source) of a speculation awaiting its lookup's verdict
@@ -340,7 +342,7 @@ class Reader:
             self._note_sequential(version, start, end)
         mine = self._claims.pop(version.vid, None)
         return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep,
-                              tier=tier)
+                              tier=tier, claimed=mine is not None)
 
     def read_small(self, meta: ObjectMeta, start: int, end: int, stats: ReadStats) -> bytes | memoryview | None:
         """Bytes start..end when they lie in one chunk held in memory (the common small hit),
@@ -737,6 +739,15 @@ class Reader:
             await self._gated(fill, fill.length)
             if fill.done:
                 return
+        try:
+            await self._fill_chunk_from_tier(fill)
+        finally:
+            if fill.pending is not None and fill.pending.done() and not fill.pending.result():
+                # read on a guess the upstream did not confirm: wasted
+                self.metrics.tier_speculative_dropped_bytes.inc(fill.tier_upto)
+
+    async def _fill_chunk_from_tier(self, fill: ChunkFill) -> None:
+        assert self.tier is not None
         block = await self.tier.open(fill.version.meta, fill.index, fill.length, background=fill.priority != DEMAND)
         if block is None:
             return  # (chunk 0: the upstream GET filling it may tell the GET's checksums instead)
@@ -808,12 +819,11 @@ class Reader:
         chunk learns them: from block 0 in the shared tier (bound to the version this pod resolved
         against the upstream, and verified like its bytes), else from the upstream GET of the
         whole object that fills it (``_open_whole``). None: chunk 0 is local without them, or
-        neither tells them (a block that does not carry them, a ranged fill), or ``keep`` is
-        false. Starts the demand read of the whole object (the ``read`` that follows, with the
-        same ``keep``, takes it over as its own), so the answer costs no extra request."""
-        if meta.size <= 0 or not keep:
-            # Bytes not kept (a do-not-cache rule) are gone once their fill ends: a fill that
-            # ended before the read came would be fetched again, and its bytes twice.
+        neither tells them (a block that does not carry them, a ranged fill). Starts the demand
+        read of the whole object (the ``read`` that follows, with the same ``keep``, takes it
+        over as its own, ``_claim``), so the answer costs no extra request, also for an object
+        that is not kept."""
+        if meta.size <= 0:
             return None
         version = self.store.version_for(meta)
         if version.meta.get_checksums is not None:  # learned by an earlier fill
@@ -822,13 +832,16 @@ class Reader:
             return None
         fill = self.fills.get((version.vid, 0))
         if fill is None:
-            fills = self._start_span(version, 0, self.layout.count(meta.size) - 1, DEMAND, keep)
+            # Bytes not kept (a do-not-cache rule) are not asked of the tier: it never has them.
+            fills = self._start_span(version, 0, self.layout.count(meta.size) - 1, DEMAND, keep, tier=keep)
             if not fills:
                 return None
             fill = fills[0]
-            self._claims[version.vid] = {f.index: f for f in fills}
-            while len(self._claims) > 1024:  # a read that never came
-                self._claims.popitem(last=False)
+            self._claim(version, fills)
+        elif not keep:
+            # Another read's fill, not kept: it may end, and its bytes go, before this read
+            # comes; the upstream is asked for the headers alone instead.
+            return None
         elif fill.priority != DEMAND:
             self._promote(fill)
         if fill.carried is None:
@@ -869,11 +882,11 @@ class Reader:
         k = (bucket, key)
         if self.tier is None or k in self._guessing or k in self._speculating:
             return
-        g = self._guessing[k] = _Guess()
+        g = self._guessing[k] = _Guess(span)
         asyncio.get_running_loop().call_later(SPECULATION_WAIT, self._guess_unanswered, k, g)
-        self._launch(self._guess(k, g, span))
+        self._launch(self._guess(k, g))
 
-    async def _guess(self, k: tuple[str, str], g: "_Guess", span: Callable[[ObjectMeta], tuple[int, int] | None]) -> None:
+    async def _guess(self, k: tuple[str, str], g: "_Guess") -> None:
         assert self.tier is not None
         try:
             g.hint = await self.tier.hint(*k)
@@ -884,16 +897,18 @@ class Reader:
             self._guessed(k, g)
             return
         if g.hint is not None:
-            selected = span(g.hint)
+            selected = g.span(g.hint)
             if selected is not None:
                 self.speculate(g.hint, *selected, source="hint")
 
     def _guessed(self, k: tuple[str, str], g: "_Guess") -> None:
         """Both the record and the verdict are in: the pod's own version goes to the tier when the
-        record did not name it."""
+        record did not name it (and the object is one whose blocks are kept there)."""
         if self._guessing.get(k) is g:
             del self._guessing[k]
-        if g.verdict is not None and self.tier is not None and (g.hint is None or not g.hint.same_version(g.verdict)):
+        if g.verdict is None or self.tier is None or (g.hint is not None and g.hint.same_version(g.verdict)):
+            return
+        if g.span(g.verdict) is not None:
             self.tier.offer_hint(g.verdict)
 
     def _guess_unanswered(self, k: tuple[str, str], g: "_Guess") -> None:
@@ -922,15 +937,41 @@ class Reader:
             # under the metadata the upstream gave (headers, dates), as any other fill's.
             if version.meta is not meta:
                 version.meta = meta.learned(version.meta)
-            self._claims.setdefault(version.vid, {}).update((f.index, f) for f in fills if not f.done)
-            while len(self._claims) > 1024:  # a read that never came
-                self._claims.popitem(last=False)
+            self._claim(version, [f for f in fills if not f.done])
             return
-        self.metrics.tier_speculative_dropped_bytes.inc(sum(f.tier_upto for f in fills))
         for f in fills:
             if not f.done:
                 self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
         self.store.forget_if_empty(version)
+
+    def _claim(self, version: Version, fills: list[ChunkFill]) -> None:
+        """Hand fills to the read of ``version`` about to come (``read`` takes them as its own),
+        each held until then: a chunk that is not kept (a do-not-cache rule, no room) keeps its
+        bytes in its temp file for that read, however soon its fill ends, and is not fetched
+        twice. Released if no read came within ``CLAIM_WAIT``."""
+        if not fills:
+            return
+        claim = self._claims.get(version.vid)
+        if claim is None:
+            claim = self._claims[version.vid] = {}
+            asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claim)
+        for f in fills:
+            old = claim.get(f.index)
+            if old is f:
+                continue
+            f.attach()
+            claim[f.index] = f
+            if old is not None:
+                old.detach()
+        while len(self._claims) > 1024:  # reads that never came
+            for f in self._claims.popitem(last=False)[1].values():
+                f.detach()
+
+    def _unclaimed(self, vid: str, claim: dict[int, ChunkFill]) -> None:
+        if self._claims.get(vid) is claim:
+            del self._claims[vid]
+            for f in claim.values():
+                f.detach()
 
     def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
         """No verdict came for a speculation (no lookup followed it): it is dropped."""
@@ -986,8 +1027,13 @@ class Reader:
 
     async def _segments(self, version: Version, start: int, end: int, stats: ReadStats,
                         mine: dict[int, ChunkFill] | None = None, *, keep: bool = True,
-                        tier: bool = True) -> AsyncIterator[Segment]:
+                        tier: bool = True, claimed: bool = False) -> AsyncIterator[Segment]:
+        """``claimed``: ``mine`` are fills handed over by ``_claim``, held for this read until it
+        holds them itself."""
+        handed = list(mine.values()) if claimed and mine else []
         if end < start:
+            for f in handed:
+                f.detach()
             return
         cs = self.chunk_size
         size = version.meta.size
@@ -1000,6 +1046,8 @@ class Reader:
         mine = {} if mine is None else mine
         held: dict[int, ChunkFill] = {}
         self._hold(held, mine, mine.values())
+        for f in handed:  # now held by this read
+            f.detach()
         try:
             for index in range(first, last + 1):
                 passed = held.pop(index - 1, None)

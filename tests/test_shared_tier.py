@@ -329,15 +329,17 @@ def block_gets(tier_tap, tier_bucket) -> int:
     return len([s for s in tier_tap.requests("GET", tier_bucket) if "/latest/" not in s.path])
 
 
-def head_held_until_block_gets(tier_tap, tier_bucket, n: int, seen_first: list[int]):
+def head_held_until_block_gets(tier_tap, tier_bucket, n: int, seen_first: list[int], linger: float = 0.0):
     """A fault for the upstream tap: each HEAD of the object waits (at most 10 s) until the tier
-    has been asked for ``n`` blocks, and records how many it had been asked for by then."""
+    has been asked for ``n`` blocks (and ``linger`` seconds more, for their bytes to come), and
+    records how many it had been asked for by then."""
     def hold(seen):
         if seen.method == "HEAD" and "/obj" in seen.path:
             deadline = time.monotonic() + 10
             while block_gets(tier_tap, tier_bucket) < n and time.monotonic() < deadline:
                 time.sleep(0.01)
             seen_first.append(block_gets(tier_tap, tier_bucket))
+            time.sleep(linger)
         return None
     return hold
 
@@ -395,7 +397,7 @@ def test_a_record_naming_another_version_never_serves_its_bytes(pods, moto_s3, b
     b = pods(upstream_answer_within="20s")
     tier_tap.clear()
     asked: list[int] = []
-    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)
+    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked, linger=0.5)
     try:
         got = b.client().get_object(Bucket=bucket, Key="obj")
         assert got["Body"].read() == new and got["ETag"] != old_etag
@@ -461,6 +463,28 @@ def test_speculative_blocks_evict_nothing_before_the_verdict(pods, moto_s3, buck
     before = b.admin("/stats")["upstream"]["bytes"]
     b.client().get_object(Bucket=bucket, Key="useful", Range="bytes=0-1000")["Body"].read()
     assert b.admin("/stats")["upstream"]["bytes"] == before
+
+
+def test_object_not_kept_costs_a_head_and_one_get_and_nothing_of_the_tier(pods, moto_s3, bucket, tap, tier_tap,
+                                                                          tier_bucket, tmp_path):
+    import yaml
+
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "nocache/", "cache": False}]}))
+    b = pods(config=str(cfg))
+    body = put(moto_s3, bucket, "nocache/obj", 3 * CHUNK + 7)
+    tap.clear()
+    tier_tap.clear()
+    for _ in range(2):
+        assert b.client().get_object(Bucket=bucket, Key="nocache/obj")["Body"].read() == body
+    sent = [(s.method, s.headers.get("range")) for s in tap.requests(path_contains="nocache/obj")]
+    # the HEAD resolves the version; one GET of the whole object tells the checksums and
+    # carries the bytes (before: HEAD, a GET for the headers alone, then a ranged GET); the
+    # second read, checksums known, is one GET
+    assert sent[:2] == [("HEAD", None), ("GET", None)] and [m for m, _ in sent[2:]] == ["GET"]
+    # blocks of objects not kept are never written to the tier, so never asked of it either
+    assert block_gets(tier_tap, tier_bucket) == 0
+    assert [s.method for s in tier_tap.requests() if s.method == "PUT"] == []
 
 
 def test_version_served_stale_if_error_is_never_read_from_the_tier(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):

@@ -282,7 +282,8 @@ class S3Face:
             if self.on_read is not None:
                 self.on_read(target.bucket, target.key, meta, rng, stats)
             return resp
-        segments = self.reader.read(meta, start, end, stats, keep=keep, tier=tier)
+        # (bytes not kept are never written to the shared tier: not asked of it either)
+        segments = self.reader.read(meta, start, end, stats, keep=keep, tier=tier and keep)
         try:
             first = await anext(segments, None)
         except ObjectChanged:  # the reader has told the catalog
