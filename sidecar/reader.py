@@ -136,6 +136,11 @@ class ChunkFill:
         return self.writer.fd
 
     @property
+    def ended_open(self) -> bool:
+        """Ended whole, its bytes still in its file because a reader holds it (``attach``)."""
+        return self.done and self.error is None and self.writer is not None and self.writer.fd >= 0
+
+    @property
     def ended_unkept(self) -> bool:
         """Ended whole without its chunk being kept (a do-not-cache rule, no room), its bytes
         still in its unlinked temp file because a reader holds it (``attach``): that reader takes
@@ -1058,7 +1063,14 @@ class Reader:
                 if self._missing(version, index, held):
                     self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
                 self._hold(held, mine, self._look_ahead(version, index, last, keep, held, tier))
-                chunk = self.store.open_chunk(version.vid, index, lo, hi)
+                # A chunk this read fetched and still holds is sent from its fill's file, as it was
+                # written (each piece checked on its way in), like a chunk it tails: not read back
+                # from the cache and checked again because its fill happened to end first (except
+                # in strict mode, where nothing kept is sent from a file unchecked).
+                own = held.get(index)
+                if own is not None and not (own.ended_open and (not own.kept or not self.store.disk.verify_every_read)):
+                    own = None
+                chunk = None if own is not None else self.store.open_chunk(version.vid, index, lo, hi)
                 if chunk is not None:
                     # A chunk this read fetched may be committed before the read reaches it: it
                     # is served from disk but its bytes still came from the upstream for this read.
@@ -1097,8 +1109,8 @@ class Reader:
                     else:
                         stats.hit_bytes -= hi - lo + 1
                 fill = self.fills.get((version.vid, index))
-                if fill is None and index in held and held[index].ended_unkept:
-                    fill = held[index]  # fetched for this read and not kept: its bytes are in its file
+                if fill is None and own is not None:
+                    fill = own  # fetched for this read: its bytes are in its file
                 elif fill is None:  # the cached copy failed verification (and was dropped): refetch
                     self._hold(held, mine, self._start_span(version, index, last, DEMAND, keep, held, tier))
                     fill = mine[index]

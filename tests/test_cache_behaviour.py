@@ -116,6 +116,26 @@ def test_object_not_kept_read_by_a_slow_client_is_fetched_once(make_sidecar, tap
     assert sent == [("GET", f"bytes=0-{len(data) - 1}")], "each byte is fetched once, whenever the client reads it"
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_chunks_a_read_fetched_are_sent_as_written_not_read_back(make_sidecar, moto_s3, bucket, strict):
+    sc = make_sidecar(chunk_size="1MiB", readahead_chunks=0, prefetch="false", ram_cache_size=0,
+                      chunk_verification="every-read" if strict else "when-changed")
+    data = os.urandom(6 * MiB)
+    moto_s3.put_object(Bucket=bucket, Key="slow", Body=data)
+    body = sc.client().get_object(Bucket=bucket, Key="slow", Range=f"bytes=0-{len(data) - 1}")["Body"]
+    got = body.read(1)
+    # The client stalls: its span's fills all end (kept) before it reaches their chunks.
+    deadline = time.monotonic() + 30
+    while sc.admin("/stats")["cache"]["chunks"] < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got += body.read()
+    assert got == data
+    # Its chunks are sent from the files the fills wrote (their pieces checked as they came),
+    # not read back and checked again; strict mode reads every kept chunk back from its file.
+    checked = sc.admin("/stats")["cache"]["checked_bytes"]
+    assert (checked > 0) if strict else checked == 0
+
+
 def test_concurrent_readers_share_one_upstream_fetch(sidecar, tap, moto_s3, bucket):
     data = os.urandom(5 * MiB)
     moto_s3.put_object(Bucket=bucket, Key="shared", Body=data)
