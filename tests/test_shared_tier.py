@@ -721,3 +721,36 @@ def test_a_binding_names_one_block_and_describes_its_bytes(data, index, sums, ke
     with pytest.raises(BlockRejected):  # pieces cut short: the binding no longer describes the block
         naming.parse(line.split(";g=")[0][:-8] + (";g=" + line.split(";g=")[1] if ";g=" in line else ""),
                      meta, index, len(data))
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(min_size=1, max_size=40), etag=st.text(st.characters(min_codepoint=33, max_codepoint=126),
+                                                          min_size=1, max_size=40),
+       size=st.integers(0, 2**40), other=st.text(min_size=1, max_size=40))
+def test_a_version_record_names_one_object_and_is_read_back_as_it_was_written(key, etag, size, other):
+    from sidecar.cache.tier import BLOCK_FORMAT, BlockNaming, BlockRejected
+    from sidecar.objects import ObjectMeta
+
+    naming = BlockNaming("job", 2**20, "http://up")
+    meta = ObjectMeta("bkt", key, etag, size, "Mon, 01 Jan 2024 00:00:00 GMT", (("content-type", "x/y"),))
+    line = naming.hint_binding(meta)
+    assert line.isascii() and line.isprintable()
+    got = naming.parse_hint(line, "bkt", key)
+    assert (got.bucket, got.key, got.etag, got.size) == ("bkt", key, etag, size) and got.same_version(meta)
+    assert (got.headers, got.last_modified) == ((), "")  # the pod's own HEAD tells those
+    # the record of one object is never taken for another's, nor for another bucket's
+    if other != key:
+        with pytest.raises(BlockRejected, match="misbound"):
+            naming.parse_hint(line, "bkt", other)
+        assert naming.hint_key("bkt", key) != naming.hint_key("bkt", other)
+    with pytest.raises(BlockRejected, match="misbound"):
+        naming.parse_hint(line, "bkt2", key)
+    # a record lives beside the blocks, never under a block's name
+    assert naming.hint_key("bkt", key).split("/")[2] == "latest"
+    assert naming.key(meta, 0).split("/")[2] != "latest"
+    # a block's binding is not a record, nor a record cut short
+    with pytest.raises(BlockRejected):
+        naming.parse_hint(naming.binding(meta, 0, b"x"), "bkt", key)
+    with pytest.raises(BlockRejected):
+        naming.parse_hint(line.rsplit(";s=", 1)[0], "bkt", key)
+    assert BLOCK_FORMAT not in line.split(";")[0]
