@@ -347,6 +347,15 @@ class DiskTier:
             mkdir_private(final.parent)
         os.replace(w.path, final)
         w.closed = True
+        # Readers still sending from the writer's descriptor keep it: reopened read-only in place
+        # (same number), so a placed chunk is never held open for writing (a file system can then
+        # be remounted read-only under a reader).
+        with contextlib.suppress(OSError):
+            ro = os.open(final, os.O_RDONLY)
+            try:
+                os.dup2(ro, w.fd, inheritable=False)
+            finally:
+                os.close(ro)
         return w.crc
 
     def discard(self, w: ChunkWriter) -> None:
