@@ -388,6 +388,24 @@ def test_first_read_of_a_pod_reads_the_tier_while_its_head_is_out(pods, moto_s3,
         [direct.get(h) for h in ("ETag", "ContentType", "LastModified")]
 
 
+def test_concurrent_first_reads_of_one_object_share_one_guess(pods, moto_s3, bucket, tap, tier_moto, tier_bucket):
+    import concurrent.futures
+
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    wait_hint(tier_moto, tier_bucket, moto_s3.head_object(Bucket=bucket, Key="obj")["ETag"])
+    b = pods()
+    c = b.client(max_pool_connections=8)
+    tap.clear()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda _: c.get_object(Bucket=bucket, Key="obj")["Body"].read(), range(6)))
+    assert all(g == body for g in got)
+    tier = b.admin("/stats")["tier"]
+    # one record read and at most one speculation for the six; each block read once
+    assert tier["hints"].get("hit", 0) <= 1 and sum(tier["speculations"].values()) <= 1
+    assert tier["reads"].get("hit") == 3.0 and b.admin("/stats")["upstream"]["bytes"] == 0
+    assert [s.method for s in tap.requests(path_contains="obj")] == ["HEAD"]
+
+
 def test_a_record_naming_another_version_never_serves_its_bytes(pods, moto_s3, bucket, tap, tier_moto,
                                                                  tier_bucket, tier_tap):
     filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
