@@ -282,6 +282,29 @@ class DiskTier:
                     chunk.verified = known.covers(lo // known.piece, last // known.piece)
         return chunk
 
+    def ready_fd(self, key: ChunkKey, digest: int, lo: int, hi: int) -> int:
+        """The chunk's file opened to send bytes lo..hi as they are (sendfile), when the pieces
+        holding them were checked since the file last changed and strict mode is off; else -1
+        and nothing is changed (``open`` then reads it, and counts or drops what it finds). The
+        lean path's one-chunk hit: ``open`` without building a ``VerifiedChunk``."""
+        if self.verify_every_read:
+            return -1
+        known = self.checked.get(key)
+        if known is None or not known.covers(lo // known.piece, hi // known.piece):
+            return -1
+        try:
+            fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
+        except OSError:
+            return -1
+        try:
+            same = _stamp(os.fstat(fd)) == known.stamp
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            return -1
+        return fd
+
     def read_whole(self, key: ChunkKey, digest: int, length: int) -> bytes | None:
         """A small cached chunk's bytes, read in one call and checked whole; None if its file is
         missing or bad (then dropped)."""
