@@ -479,3 +479,32 @@ def test_a_new_range_of_a_known_shape_never_serves_a_changed_chunk_file(make_sid
     s3.put_object(Bucket=bucket, Key="k", Body=new)
     assert read(300, 399) == new[300:400]
     c.close()
+
+
+def test_signed_ranged_reads_share_a_shape_and_odd_signing_headers_are_parsed(make_sidecar, moto_s3, bucket):
+    """With signature checks off, an SDK's heads differ from read to read only in the range and
+    the signing headers: they share one shape, and every read is a lean hit. A head whose
+    signing header is sent twice, or holds a control byte, matches no shape: it is parsed,
+    and what the parser refuses is the face's to answer."""
+    body = os.urandom(3 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    sc = make_sidecar(chunk_size="256KiB")
+    s3 = sc.client()
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    before = fast_answers(sc)
+    spans = [(i * 9973, i * 9973 + 4095) for i in range(1, 40)]
+    for a, b in spans:
+        assert s3.get_object(Bucket=bucket, Key="k", Range=f"bytes={a}-{b}")["Body"].read() == body[a:b + 1]
+    assert fast_answers(sc) - before == len(spans)
+    signed = ["X-Amz-Date: 20261206T000000Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=0"]
+    odd = [["X-Amz-Date: 20261206T000001Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=1",
+            "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=2"],  # twice
+           ["X-Amz-Date: 20261206T00\x010002Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=3"]]
+    heads = [get(f"/{bucket}/k", "Range: bytes=0-9", *signed), get(f"/{bucket}/k", "Range: bytes=10-19", *signed)]
+    heads += [get(f"/{bucket}/k", "Range: bytes=20-29", *o) for o in odd]
+    answers, lean = _range_answers(sc, heads)
+    assert [(a[0], a[2]) for a in answers[:2]] == [(206, body[:10]), (206, body[10:20])]
+    assert lean == [True, True, False, False]
+    assert answers[2][0] == 206 and answers[2][2] == body[20:30], "the face answers a repeated header as aiohttp reads it"
+    assert answers[3][0] == 400, "a control byte in a header value is not HTTP"

@@ -53,8 +53,29 @@ _NOT_PLAIN = _HAND_OFF_HEADERS | UNCACHEABLE_READ_HEADERS
 _ODD_HEAD = re.compile(rb"[^\x00-\x7f]|(?:^|[^\r])\n|\n[ \t]")
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
-_REASONS = {200: b"OK", 206: b"Partial Content"}
 _RANGE_LINE = b"\r\nRange: bytes="  # as clients send it; any other spelling is parsed in full
+# Header lines an SDK sets afresh on every request (the signature, its time, its invocation id),
+# as the AWS SDKs spell them, which change nothing in an answer while signatures are not
+# checked: a head's shape keeps their names, in place, and drops their values when these are
+# printable ASCII (other values stay, so such a head matches no shape and is parsed).
+_SIGNING_LINES = (b"\r\nAuthorization:", b"\r\nX-Amz-Date:", b"\r\nX-Amz-Security-Token:",
+                  b"\r\namz-sdk-invocation-id:", b"\r\namz-sdk-request:")
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def _shape(head: bytes, at: int, end: int) -> bytes:
+    """``head`` without its Range line (from ``at`` to the line end at ``end``) and without the
+    values of its signing headers: what every head of one reader of one object shares. (A
+    header sent twice keeps its second value, so matches no head the parser accepted.)"""
+    shape = head[:at] + head[end:]
+    for name in _SIGNING_LINES:
+        i = shape.find(name)
+        if i >= 0:
+            v = i + len(name)
+            j = shape.find(b"\r\n", v)
+            if _NOT_PRINTABLE.search(shape, v, j) is None:
+                shape = shape[:v] + shape[j:]
+    return shape
 
 
 class RequestHead:
@@ -365,21 +386,24 @@ class FastPath:
             if at >= 0:
                 if len(self._shapes) >= self.HEADS_MAX:
                     self._shapes.clear()
-                self._shapes[head[:at] + head[head.index(b"\r\n", at + 2):]] = obj
+                self._shapes[_shape(head, at, head.index(b"\r\n", at + 2))] = obj
         return plan
 
     def _by_shape(self, head: bytes, at: int) -> "HitPlan | None":
         """The plan of ``head``, whose Range line starts at ``at``, when the same head with another
-        range (its "shape") was planned before and the range is a plain ``bytes=first-last``
-        within the object; None: ``plan`` parses it. Every header but the range is the same
-        bytes as in a head this path parsed and planned, and the range is digits, so the
-        answer is that object's with this range (``ranges.resolve`` of the same numbers)."""
+        range (its "shape", ``_shape``) was planned before and the range is a plain
+        ``bytes=first-last`` within the object; None: ``plan`` parses it. Every header but the
+        range and the signing ones is the same bytes as in a head this path parsed and planned,
+        those differ only in printable values, and the range is digits, so the answer is that
+        object's with this range (``ranges.resolve`` of the same numbers). Only without
+        signature checks, which are then the only use of the signing headers."""
         end = head.find(b"\r\n", at + 2)
-        obj = self._shapes.get(head[:at] + head[end:])
+        shape = _shape(head, at, end)
+        obj = self._shapes.get(shape)
         if obj is None or len(head) > MAX_HEAD:
             return None
         if not self.current(obj):
-            del self._shapes[head[:at] + head[end:]]
+            del self._shapes[shape]
             return None
         first, dash, last = head[at + len(_RANGE_LINE):end].partition(b"-")
         if not (dash and first.isdigit() and last.isdigit()) or len(first) > 18 or len(last) > 18:
