@@ -371,7 +371,8 @@ class Reader:
         """The file of cached chunk ``index`` of version ``vid`` (of ``meta``), open to send its
         bytes lo..hi with sendfile, counted as a hit (``read_now`` for one chunk, without its
         segments); -1 when they need a check or are not cached (``read_now`` answers). The
-        caller closes the descriptor and tells the store of the read (``ChunkStore.touched``)."""
+        descriptor is lent (``DiskTier.ready_fd``): used at once, never closed. The caller
+        tells the store of the read (``ChunkStore.touched``)."""
         fd = self.store.ready_fd(vid, index, lo, hi)
         if fd < 0:
             return -1

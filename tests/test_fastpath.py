@@ -508,3 +508,55 @@ def test_signed_ranged_reads_share_a_shape_and_odd_signing_headers_are_parsed(ma
     assert lean == [True, True, False, False]
     assert answers[2][0] == 206 and answers[2][2] == body[20:30], "the face answers a repeated header as aiohttp reads it"
     assert answers[3][0] == 400, "a control byte in a header value is not HTTP"
+
+
+def _open_chunk_files(sc, cache_dir) -> list[str]:
+    """The chunk files the sidecar process holds open (as /proc shows them)."""
+    fds = f"/proc/{sc.proc.pid}/fd"
+    links = []
+    for fd in os.listdir(fds):
+        try:
+            links.append(os.readlink(f"{fds}/{fd}"))
+        except OSError:
+            pass
+    chunks, temp = f"{cache_dir}/v2/", f"{cache_dir}/v2/tmp/"
+    return sorted(t for t in links if t.startswith(chunks) and not t.startswith(temp))
+
+
+def test_chunk_files_kept_open_for_hits_are_closed_when_their_chunks_go(make_sidecar, moto_s3, bucket, tmp_path):
+    """The lean path keeps the chunk files of recent hits open (an open and a close cost more
+    than a small range's send). A chunk the index drops — its object overwritten, or evicted
+    for room — has its file closed, so no deleted file holds disk space the budget no longer
+    counts, and a file put in place of a kept one is the one read after."""
+    cache = tmp_path / "c"
+    sc = make_sidecar(cache_dir=cache, chunk_size="256KiB", ram_cache_size=0, cache_size="2MiB")
+    s3 = sc.client()
+    body = os.urandom(4 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    c = Conn(sc.url)
+
+    def read(key: str, a: int, b: int) -> bytes:
+        c.send(get(f"/{bucket}/{key}", f"Range: bytes={a}-{b}"))
+        status, _, data = c.response()
+        assert status == 206
+        return data
+
+    for i in range(4):
+        assert read("k", i * 256 * KiB + 7, i * 256 * KiB + 99) == body[i * 256 * KiB + 7:i * 256 * KiB + 100]
+    kept = _open_chunk_files(sc, cache)
+    assert len(kept) == 4 and not any(t.endswith("(deleted)") for t in kept), kept
+    new = os.urandom(len(body))
+    s3.put_object(Bucket=bucket, Key="k", Body=new)  # through the sidecar: the old version's files go
+    assert _open_chunk_files(sc, cache) == []
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == new
+    assert read("k", 5, 9) == new[5:10]
+    other = os.urandom(6 * 256 * KiB)  # with k, more than the 2 MiB budget: k's chunks are evicted
+    moto_s3.put_object(Bucket=bucket, Key="other", Body=other)
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="other")["Body"].read() == other
+    assert not any(t.endswith("(deleted)") for t in _open_chunk_files(sc, cache))
+    assert read("k", 5, 9) == new[5:10]
+    c.close()

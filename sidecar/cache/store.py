@@ -315,9 +315,9 @@ class ChunkStore:
         return VerifiedChunk(len(data), data=data)
 
     def ready_fd(self, vid: str, index: int, lo: int, hi: int) -> int:
-        """A cached chunk kept as a file, opened to send bytes lo..hi unchecked (``DiskTier.ready_fd``),
-        or -1 (``open_chunk`` answers). The policy is not told of the read: the caller does
-        (``touched``)."""
+        """A cached chunk kept as a file, open to send bytes lo..hi unchecked (``DiskTier.ready_fd``:
+        a lent descriptor, used at once and never closed), or -1 (``open_chunk`` answers). The
+        policy is not told of the read: the caller does (``touched``)."""
         v = self.versions.get(vid)
         digest = v.chunks.get(index) if v is not None else None
         if digest is None:

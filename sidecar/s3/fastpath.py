@@ -708,17 +708,17 @@ class FastProtocol(asyncio.Protocol):
             if not transport.get_write_buffer_size():
                 sent = sendfile_until_full(self._sock_fd, fd, plan.lo, length)
         except (OSError, EOFError) as e:  # EOFError: the file shrank since its check
-            os.close(fd)
-            self._send_failed(a, Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), e)
+            self._send_failed(a, Segment(length, fd=-1, offset=plan.lo, chunk=plan.key), e)
             self._finished(a, 499)
             return True
         if sent < length:
+            # the rest is sent by a task, after other callbacks ran: on a descriptor of its own
+            fd = os.dup(fd)
             self.fast.face.reader.store.touched((plan.key,))
             self.fast.face.in_flight += 1
             rest = [(Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), VerifiedChunk(length, fd=fd))]
             self.task = asyncio.ensure_future(self._send_rest(a, rest, sent))
             return True
-        os.close(fd)
         self.fast.note_hit(plan, a.rid, a.t0, a.stats.prefetched, plan.key)
         return True
 
