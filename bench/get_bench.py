@@ -19,7 +19,9 @@ Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstr
 ``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
 and the sidecar; time to first and last byte, and the ratio to the direct GET.
 
-Absolute figures on a shared machine are noisy; ratios within one run are what count.
+Absolute figures on a shared machine are noisy; ratios within one run are what count. Each row
+also gives the "paired" ratios: the median over rounds of each round's sidecar/nginx ratio
+(the two ran back to back in that round), steadier when the machine's speed drifts during a run.
 Prints one table and writes bench/out/get_bench.json.
 
 The daemon under test is ``python -m sidecar`` started in the current directory, so it is the
@@ -384,14 +386,22 @@ def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -
     best = max((who for who in med if who.startswith("nginx")), key=lambda who: med[who]["rps"])
     n, s = med[best], med["sidecar"]
     b = med.get("baseline")
+    # The same ratios taken round by round (each round runs both servers back to back) and
+    # their median: steadier than the ratio of medians when the machine's speed drifts.
+    def paired(other: str, k: str) -> float:
+        return statistics.median(x[k] / y[k] for x, y in zip(runs["sidecar"], runs[other]))
+
+    paired_rps, paired_cpu = paired(best, "rps"), paired(best, "cpu_s_per_gib")
     versus = (f"   | {b['rps']:14.0f} {b['cpu_s_per_gib']:8.3f} {s['rps'] / b['rps']:5.2f}x "
-              f"{s['cpu_s_per_gib'] / b['cpu_s_per_gib']:5.2f}x") if b else ""
+              f"{s['cpu_s_per_gib'] / b['cpu_s_per_gib']:5.2f}x (paired {paired('baseline', 'rps'):.2f}x "
+              f"{paired('baseline', 'cpu_s_per_gib'):.2f}x)") if b else ""
     print(f"{name:<32} {n['rps']:11.0f} {n['mibps']:8.0f} {n['cpu_s_per_gib']:8.3f} | {s['rps']:13.0f} "
           f"{s['mibps']:8.0f} {s['cpu_s_per_gib']:8.3f} | {s['rps'] / n['rps']:6.2f}x "
-          f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'})"
-          + versus, flush=flush)
+          f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'}; "
+          f"paired {paired_rps:.2f}x {paired_cpu:.1f}x)" + versus, flush=flush)
     row = {"nginx": n, "nginx_config": best, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
-           "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"]}
+           "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"], "paired_rps_ratio": paired_rps,
+           "paired_cpu_ratio": paired_cpu}
     if b:
         row["baseline"] = b
     return row

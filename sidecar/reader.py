@@ -389,6 +389,22 @@ class Reader:
             self._hit(vid, first + i, segment.length, stats)
         return got
 
+    def ready_fd(self, meta: ObjectMeta, vid: str, index: int, lo: int, hi: int, stats: ReadStats, *,
+                 keep: bool = True) -> int:
+        """The file of cached chunk ``index`` of version ``vid`` (of ``meta``), open to send its
+        bytes lo..hi with sendfile, counted as a hit (``read_now`` for one chunk, without its
+        segments); -1 when they need a check or are not cached (``read_now`` answers). The
+        descriptor is lent (``DiskTier.ready_fd``): used at once, never closed. The caller
+        tells the store of the read (``ChunkStore.touched``)."""
+        fd = self.store.ready_fd(vid, index, lo, hi)
+        if fd < 0:
+            return -1
+        if keep:
+            c0 = index * self.chunk_size
+            self._note_sequential(self.store.version_for(meta), c0 + lo, c0 + hi)
+        self._hit(vid, index, hi - lo + 1, stats)
+        return fd
+
     def _ready_segment(self, vid: str, index: int, chunk: VerifiedChunk, lo: int, hi: int, *,
                        from_cache: bool = True) -> Segment | None:
         """Bytes lo..hi of an open cached chunk that need no check: in memory, or pieces of its

@@ -266,6 +266,7 @@ class Sidecar:
             with contextlib.suppress(BaseException):
                 await self._scrub
         await self.reader.close(grace=min(5.0, self.settings.shutdown_grace))
+        self.store.disk.close_kept()
         if self.tier is not None:
             await self.tier.close(grace=min(2.0, self.settings.shutdown_grace))
         with contextlib.suppress(Exception):

@@ -396,3 +396,167 @@ def test_the_policy_hears_of_memory_hits_answered_on_the_lean_path(make_sidecar,
     assert fast_answers(sc) == before + 1
     c.close()
 
+
+
+def _range_answers(sc, heads: list[bytes]) -> tuple[list[tuple[int, dict, bytes]], list[bool]]:
+    """Each head's answer (but its request id and date), and whether the lean path gave it."""
+    c = Conn(sc.url)
+    got, lean = [], []
+    for head in heads:
+        before = fast_answers(sc)
+        c.send(head)
+        status, headers, data = c.response()
+        headers.pop("date"), headers.pop("x-amz-request-id")
+        got.append((status, headers, re.sub(rb"<RequestId>\w+</RequestId>", b"", data)))
+        lean.append(fast_answers(sc) > before)
+    c.close()
+    return got, lean
+
+
+def test_new_ranges_of_a_head_seen_before_answer_as_the_face_does(make_sidecar, moto_s3, bucket):
+    """A columnar reader sends the same head with a new range each time: the lean path answers
+    such a head from the object's plan with the new numbers (no parse), and every answer, the
+    odd ranges it leaves to the full parse or the face included, is the face's byte for byte."""
+    body = os.urandom(4 * 256 * KiB + 1000)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    n = len(body)
+    specs = ["bytes=0-99",  # the first: parsed in full, and its shape remembered
+             "bytes=1000-300000", "bytes=262144-262144", "bytes=5-2000000", f"bytes={n - 1}-{n - 1}",
+             f"bytes={n}-{n + 5}", "bytes=10-5", "bytes=100-", "bytes=-100", "bytes=1-2,4-5",
+             "bytes=0001-0009", f"bytes=1-{'9' * 19}", f"bytes={'9' * 19}-{'9' * 20}", "bytes=1-2 ",
+             "bytes=7-700000"]
+    heads = [get(f"/{bucket}/k", f"Range: {spec}", "User-Agent: columnar/1.0") for spec in specs]
+    heads += [get(f"/{bucket}/k", "range: bytes=3-4", "User-Agent: columnar/1.0"),
+              get(f"/{bucket}/k", "Range: bytes=3-4")]
+    answers = []
+    for fast in ("true", "false"):
+        sc = make_sidecar(fast_path=fast, chunk_size="256KiB")
+        s3 = sc.client()
+        for _ in range(2):  # a miss, then a hit that checks every piece
+            assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+        answers += _range_answers(sc, heads)
+    lean, by_lean, face, by_face = answers
+    statuses = [206, 206, 206, 206, 206, 416, 200, 206, 206, 200, 206, 206, 416, 206, 206, 206, 206]
+    assert [a[0] for a in lean] == statuses
+    assert lean[1][2] == body[1000:300001] and lean[3][1]["content-range"] == f"bytes 5-{n - 1}/{n}"
+    assert lean == face
+    assert by_lean == [status != 416 for status in statuses], "all but the 416s on the lean path"
+    assert not any(by_face)
+
+
+def test_a_new_range_of_a_known_shape_never_serves_a_changed_chunk_file(make_sidecar, moto_s3, bucket, tmp_path):
+    """The ranged hit that skips the parse still opens the chunk file only if it is the file
+    whose pieces were checked (inode, size, mtime, ctime): a byte flipped in place since is
+    found by the check and the chunk fetched again, and an object overwritten through the
+    sidecar answers the same head shape with its new bytes."""
+    body = os.urandom(2 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    sc = make_sidecar(cache_dir=tmp_path / "c", chunk_size="256KiB", ram_cache_size=0)
+    s3 = sc.client()
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    c = Conn(sc.url)
+
+    def read(a: int, b: int) -> bytes:
+        c.send(get(f"/{bucket}/k", f"Range: bytes={a}-{b}"))
+        status, _, data = c.response()
+        assert status == 206
+        return data
+
+    assert read(0, 9) == body[:10]  # the shape, parsed in full
+    assert read(100, 199) == body[100:200]
+    (first,) = [p for p in (tmp_path / "c" / "v2").glob("??/*.0.*")]  # chunk 0's file
+    time.sleep(0.05)  # a later mtime
+    with open(first, "r+b") as f:
+        f.seek(5000)
+        byte = f.read(1)
+        f.seek(5000)
+        f.write(bytes([byte[0] ^ 0x01]))
+    crc_before = sc.admin("/stats")["cache"]["crc_failures"]
+    assert read(4990, 5010) == body[4990:5011]
+    assert sc.admin("/stats")["cache"]["crc_failures"] == crc_before + 1
+    new = os.urandom(len(body))
+    s3.put_object(Bucket=bucket, Key="k", Body=new)
+    assert read(300, 399) == new[300:400]
+    c.close()
+
+
+def test_signed_ranged_reads_share_a_shape_and_odd_signing_headers_are_parsed(make_sidecar, moto_s3, bucket):
+    """With signature checks off, an SDK's heads differ from read to read only in the range and
+    the signing headers: they share one shape, and every read is a lean hit. A head whose
+    signing header is sent twice, or holds a control byte, matches no shape: it is parsed,
+    and what the parser refuses is the face's to answer."""
+    body = os.urandom(3 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    sc = make_sidecar(chunk_size="256KiB")
+    s3 = sc.client()
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    before = fast_answers(sc)
+    spans = [(i * 9973, i * 9973 + 4095) for i in range(1, 40)]
+    for a, b in spans:
+        assert s3.get_object(Bucket=bucket, Key="k", Range=f"bytes={a}-{b}")["Body"].read() == body[a:b + 1]
+    assert fast_answers(sc) - before == len(spans)
+    signed = ["X-Amz-Date: 20261206T000000Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=0"]
+    odd = [["X-Amz-Date: 20261206T000001Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=1",
+            "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=2"],  # twice
+           ["X-Amz-Date: 20261206T00\x010002Z", "Authorization: AWS4-HMAC-SHA256 Credential=x/y, Signature=3"]]
+    heads = [get(f"/{bucket}/k", "Range: bytes=0-9", *signed), get(f"/{bucket}/k", "Range: bytes=10-19", *signed)]
+    heads += [get(f"/{bucket}/k", "Range: bytes=20-29", *o) for o in odd]
+    answers, lean = _range_answers(sc, heads)
+    assert [(a[0], a[2]) for a in answers[:2]] == [(206, body[:10]), (206, body[10:20])]
+    assert lean == [True, True, False, False]
+    assert answers[2][0] == 206 and answers[2][2] == body[20:30], "the face answers a repeated header as aiohttp reads it"
+    assert answers[3][0] == 400, "a control byte in a header value is not HTTP"
+
+
+def _open_chunk_files(sc, cache_dir) -> list[str]:
+    """The chunk files the sidecar process holds open (as /proc shows them)."""
+    fds = f"/proc/{sc.proc.pid}/fd"
+    links = []
+    for fd in os.listdir(fds):
+        try:
+            links.append(os.readlink(f"{fds}/{fd}"))
+        except OSError:
+            pass
+    chunks, temp = f"{cache_dir}/v2/", f"{cache_dir}/v2/tmp/"
+    return sorted(t for t in links if t.startswith(chunks) and not t.startswith(temp))
+
+
+def test_chunk_files_kept_open_for_hits_are_closed_when_their_chunks_go(make_sidecar, moto_s3, bucket, tmp_path):
+    """The lean path keeps the chunk files of recent hits open (an open and a close cost more
+    than a small range's send). A chunk the index drops — its object overwritten, or evicted
+    for room — has its file closed, so no deleted file holds disk space the budget no longer
+    counts, and a file put in place of a kept one is the one read after."""
+    cache = tmp_path / "c"
+    sc = make_sidecar(cache_dir=cache, chunk_size="256KiB", ram_cache_size=0, cache_size="2MiB")
+    s3 = sc.client()
+    body = os.urandom(4 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    c = Conn(sc.url)
+
+    def read(key: str, a: int, b: int) -> bytes:
+        c.send(get(f"/{bucket}/{key}", f"Range: bytes={a}-{b}"))
+        status, _, data = c.response()
+        assert status == 206
+        return data
+
+    for i in range(4):
+        assert read("k", i * 256 * KiB + 7, i * 256 * KiB + 99) == body[i * 256 * KiB + 7:i * 256 * KiB + 100]
+    kept = _open_chunk_files(sc, cache)
+    assert len(kept) == 4 and not any(t.endswith("(deleted)") for t in kept), kept
+    new = os.urandom(len(body))
+    s3.put_object(Bucket=bucket, Key="k", Body=new)  # through the sidecar: the old version's files go
+    assert _open_chunk_files(sc, cache) == []
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == new
+    assert read("k", 5, 9) == new[5:10]
+    other = os.urandom(6 * 256 * KiB)  # with k, more than the 2 MiB budget: k's chunks are evicted
+    moto_s3.put_object(Bucket=bucket, Key="other", Body=other)
+    for _ in range(2):
+        assert s3.get_object(Bucket=bucket, Key="other")["Body"].read() == other
+    assert not any(t.endswith("(deleted)") for t in _open_chunk_files(sc, cache))
+    assert read("k", 5, 9) == new[5:10]
+    c.close()

@@ -33,6 +33,7 @@ import os
 import secrets
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,9 @@ class DiskTier:
         # any write through the file system changes mtime/ctime). Strict mode checks anyway.
         self.verify_every_read = verify_every_read
         self.checked: dict[ChunkKey, Checked] = {}
+        # Chunk files kept open for the lean path's hits (``ready_fd``), least recently used first:
+        # key -> (descriptor, digest). Each use compares the file's identity again.
+        self._open: OrderedDict[ChunkKey, tuple[int, int]] = OrderedDict()
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -245,6 +249,17 @@ class DiskTier:
     def drop(self, key: ChunkKey) -> None:
         """Forget what was checked of a chunk (the index deletes its file with ``unlink``)."""
         self.checked.pop(key, None)
+        self._close_kept(key)
+
+    def _close_kept(self, key: ChunkKey) -> None:
+        kept = self._open.pop(key, None)
+        if kept is not None:
+            os.close(kept[0])
+
+    def close_kept(self) -> None:
+        """Close the chunk files kept open for hits (at shutdown)."""
+        while self._open:
+            os.close(self._open.popitem()[1][0])
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -274,13 +289,55 @@ class DiskTier:
             except OSError:
                 same = False
             if not same:  # changed since its last check: check again, from its trailer on
-                del self.checked[key]
+                self.drop(key)
             else:
                 chunk.known = known
                 if not self.verify_every_read:
                     last = length - 1 if hi < 0 else hi
                     chunk.verified = known.covers(lo // known.piece, last // known.piece)
         return chunk
+
+    OPEN_MAX = 128  # chunk files kept open for hits
+
+    def ready_fd(self, key: ChunkKey, digest: int, lo: int, hi: int) -> int:
+        """The chunk's file, open, to send bytes lo..hi as they are (sendfile), when the pieces
+        holding them were checked since the file last changed and strict mode is off; else -1
+        and nothing is changed (``open`` then reads it, and counts or drops what it finds). The
+        lean path's one-chunk hit: ``open`` without building a ``VerifiedChunk``.
+
+        The descriptor is lent, not given: the last ``OPEN_MAX`` files used stay open (an open
+        and a close cost a hit more than its own send), so use it before the event loop runs
+        anything else and never close it (``os.dup`` it to keep it longer). Every use compares
+        the file's identity (inode, size, mtime, ctime) with the one its pieces were checked
+        under, as ``open`` does; the index's drop of a chunk, or a new file under its name,
+        closes it."""
+        if self.verify_every_read:
+            return -1
+        known = self.checked.get(key)
+        if known is None or not known.covers(lo // known.piece, hi // known.piece):
+            return -1
+        kept = self._open.get(key)
+        if kept is not None and kept[1] == digest:
+            fd = kept[0]
+            self._open.move_to_end(key)
+        else:
+            if kept is not None:
+                self._close_kept(key)
+            try:
+                fd = os.open(self.chunk_file(key[0], key[1], digest), os.O_RDONLY)
+            except OSError:
+                return -1
+            self._open[key] = (fd, digest)
+            if len(self._open) > self.OPEN_MAX:
+                os.close(self._open.popitem(last=False)[1][0])
+        try:
+            same = _stamp(os.fstat(fd)) == known.stamp
+        except OSError:
+            same = False
+        if not same:
+            self._close_kept(key)
+            return -1
+        return fd
 
     def read_whole(self, key: ChunkKey, digest: int, length: int) -> bytes | None:
         """A small cached chunk's bytes, read in one call and checked whole; None if its file is
@@ -346,6 +403,7 @@ class DiskTier:
         if not final.parent.is_dir():
             mkdir_private(final.parent)
         os.replace(w.path, final)
+        self._close_kept((w.vid, w.index))  # a file kept open for hits is no longer this chunk's
         w.closed = True
         # Readers still sending from the writer's descriptor keep it: reopened read-only in place
         # (same number), so a placed chunk is never held open for writing (a file system can then

@@ -314,6 +314,19 @@ class ChunkStore:
         self.space.touch(key, now)
         return VerifiedChunk(len(data), data=data)
 
+    def ready_fd(self, vid: str, index: int, lo: int, hi: int) -> int:
+        """A cached chunk kept as a file, open to send bytes lo..hi unchecked (``DiskTier.ready_fd``:
+        a lent descriptor, used at once and never closed), or -1 (``open_chunk`` answers). The
+        policy is not told of the read: the caller does (``touched``)."""
+        v = self.versions.get(vid)
+        digest = v.chunks.get(index) if v is not None else None
+        if digest is None:
+            return -1
+        fd = self.disk.ready_fd((vid, index), digest, lo, hi)
+        if fd >= 0:
+            self.stats.unchecked_bytes += hi - lo + 1
+        return fd
+
     def forget_checked(self, vid: str, index: int) -> None:
         """Trust nothing checked about this chunk file: its next read checks its pieces."""
         self.disk.drop((vid, index))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 from email.utils import formatdate
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..errors import ObjectChanged, S3Error
-from ..reader import ReadStats
+from ..cache.disk import VerifiedChunk
+from ..reader import ReadStats, Segment
 from ..telemetry import get_logger
 from . import conditions
 from .face import new_request_id
@@ -51,7 +53,29 @@ _NOT_PLAIN = _HAND_OFF_HEADERS | UNCACHEABLE_READ_HEADERS
 _ODD_HEAD = re.compile(rb"[^\x00-\x7f]|(?:^|[^\r])\n|\n[ \t]")
 MAX_HEAD = 8190  # a request head longer than this goes to aiohttp (whose limits then apply)
 MAX_PENDING = 256 * 1024  # bytes pipelined behind a response being sent before reading pauses
-_REASONS = {200: b"OK", 206: b"Partial Content"}
+_RANGE_LINE = b"\r\nRange: bytes="  # as clients send it; any other spelling is parsed in full
+# Header lines an SDK sets afresh on every request (the signature, its time, its invocation id),
+# as the AWS SDKs spell them, which change nothing in an answer while signatures are not
+# checked: a head's shape keeps their names, in place, and drops their values when these are
+# printable ASCII (other values stay, so such a head matches no shape and is parsed).
+_SIGNING_LINES = (b"\r\nAuthorization:", b"\r\nX-Amz-Date:", b"\r\nX-Amz-Security-Token:",
+                  b"\r\namz-sdk-invocation-id:", b"\r\namz-sdk-request:")
+_NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
+
+
+def _shape(head: bytes, at: int, end: int) -> bytes:
+    """``head`` without its Range line (from ``at`` to the line end at ``end``) and without the
+    values of its signing headers: what every head of one reader of one object shares. (A
+    header sent twice keeps its second value, so matches no head the parser accepted.)"""
+    shape = head[:at] + head[end:]
+    for name in _SIGNING_LINES:
+        i = shape.find(name)
+        if i >= 0:
+            v = i + len(name)
+            j = shape.find(b"\r\n", v)
+            if _NOT_PRINTABLE.search(shape, v, j) is None:
+                shape = shape[:v] + shape[j:]
+    return shape
 
 
 class RequestHead:
@@ -142,7 +166,7 @@ class ObjectPlan:
     and builds none of this again)."""
 
     __slots__ = ("method", "target", "entry", "meta", "prepared", "checksum_mode", "operation", "fresh_until",
-                 "keep", "label", "vid", "read_totals", "tallies", "whole", "ranges")
+                 "keep", "label", "vid", "read_totals", "tallies", "whole", "ranges", "ranged_lines", "full_in_ram")
 
     RANGES_MAX = 64  # plans of ranges asked again (a file's footer), per object
 
@@ -160,6 +184,10 @@ class ObjectPlan:
         self.tallies = {status: face.metrics.request_tally(self.operation, status, "hit") for status in (200, 206)}
         self.whole: HitPlan | None = None
         self.ranges: dict[str, HitPlan] = {}
+        # what every ranged answer shares: its status line and prepared header lines
+        self.ranged_lines = b"HTTP/1.1 206 Partial Content\r\n" + (
+            prepared.ranged_get if method == "GET" else prepared.ranged_head)
+        self.full_in_ram = fast.holds_in_ram(fast.chunk_size)  # whether a whole chunk is small enough
 
     def for_range(self, fast: "FastPath", range_header: str | None) -> "HitPlan | None":
         """The plan of this object's request with ``range_header``; None when the face answers
@@ -176,6 +204,13 @@ class ObjectPlan:
                 rng = resolve(parse_range(range_header), self.meta.size)
             except Exception:  # noqa: BLE001 - 416 and anything odd: the face answers it
                 return None
+            plan = self.ranged(fast, rng, range_header)
+        return plan
+
+    def ranged(self, fast: "FastPath", rng: ByteRange | None, range_header: str) -> "HitPlan":
+        """The plan of this object's request for ``rng`` (resolved from ``range_header``)."""
+        plan = self.ranges.get(range_header)
+        if plan is None:
             plan = HitPlan(fast, self, rng, range_header)
             if len(self.ranges) < self.RANGES_MAX:
                 self.ranges[range_header] = plan
@@ -189,7 +224,7 @@ class HitPlan:
 
     __slots__ = ("method", "target", "entry", "meta", "rng", "range_header", "start", "end", "status", "head",
                  "operation", "fresh_until", "keep", "label", "vid", "chunk", "key", "lo", "hi", "in_ram", "tally",
-                 "read_totals", "log_fields", "sent")
+                 "read_totals", "_log_fields", "sent", "_log")
 
     def __init__(self, fast: "FastPath", obj: ObjectPlan, rng: ByteRange | None, range_header: str | None) -> None:
         meta = obj.meta
@@ -198,20 +233,18 @@ class HitPlan:
         self.operation, self.fresh_until, self.keep, self.label = obj.operation, obj.fresh_until, obj.keep, obj.label
         self.read_totals = obj.read_totals
         self.rng, self.range_header = rng, range_header
-        prepared = obj.prepared
         if rng is None:
-            self.start, self.end, self.status = 0, meta.size - 1, 200
-            lines = prepared.whole_get if method == "GET" else prepared.whole_head
-            extra = b""
+            start, end, status = 0, meta.size - 1, 200
+            prepared = obj.prepared
+            head = b"HTTP/1.1 200 OK\r\n" + (prepared.whole_get if method == "GET" else prepared.whole_head)
         else:
-            self.start, self.end, self.status = rng.start, rng.end, 206
-            lines = prepared.ranged_get if method == "GET" else prepared.ranged_head
-            extra = f"Content-Range: {rng.content_range(meta.size)}\r\n".encode()
-        self.tally = obj.tallies[self.status]
-        nbytes = self.end - self.start + 1
+            start, end, status = rng.start, rng.end, 206
+            head = obj.ranged_lines + b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, meta.size)
+        self.start, self.end, self.status = start, end, status
+        self.tally = obj.tallies[status]
+        nbytes = end - start + 1
         # the head up to the request id, which (with the date) is added per request
-        self.head = b"".join((b"HTTP/1.1 %d %s\r\n" % (self.status, _REASONS[self.status]), lines, extra,
-                              b"Content-Length: %d\r\nx-amz-request-id: " % nbytes))
+        self.head = head + b"Content-Length: %d\r\nx-amz-request-id: " % nbytes
         # a GET within one chunk: where its bytes are
         self.chunk = -1
         self.vid = obj.vid
@@ -219,14 +252,26 @@ class HitPlan:
         self.in_ram = False  # whether the chunk is small enough for the RAM tier
         if method == "GET" and nbytes > 0:
             cs = fast.chunk_size
-            if self.start // cs == self.end // cs:
-                self.chunk = self.start // cs
-                self.lo, self.hi = self.start - self.chunk * cs, self.end - self.chunk * cs
-                self.in_ram = fast.holds_in_ram(min(cs, meta.size - self.chunk * cs))
+            chunk = start // cs
+            if chunk == end // cs:
+                self.chunk = chunk
+                c0 = chunk * cs
+                self.lo, self.hi = start - c0, end - c0
+                self.in_ram = obj.full_in_ram or fast.holds_in_ram(min(cs, meta.size - c0))
         self.key = (self.vid, self.chunk)  # the chunk's key in the store
-        self.sent = sent = nbytes if method == "GET" else 0
-        self.log_fields = fast.face.access_log.prepare(method, self.operation, obj.target.bucket, obj.target.key,
-                                                       range_header, self.status, "hit", sent, sent, 0)
+        self.sent = nbytes if method == "GET" else 0
+        self._log = fast.face.access_log
+        self._log_fields = None
+
+    @property
+    def log_fields(self) -> str:
+        """The request's access-log fields but its id and time (built when first logged)."""
+        fields = self._log_fields
+        if fields is None:
+            fields = self._log_fields = self._log.prepare(
+                self.method, self.operation, self.target.bucket, self.target.key, self.range_header, self.status,
+                "hit", self.sent, self.sent, 0)
+        return fields
 
 
 class FastPath:
@@ -247,6 +292,7 @@ class FastPath:
         self._prepared: dict[tuple[int, bool], PreparedHeaders] = {}
         self._targets: dict[tuple[str, str | None], Target] = {}
         self._by_head: dict[bytes, HitPlan] = {}  # plans by the very bytes of an unsigned head
+        self._shapes: dict[bytes, ObjectPlan] = {}  # object plans by an unsigned head without its Range line
         self.plans: dict[tuple, ObjectPlan] = {}  # by what a request asks but its range (FastPath.plan)
         self.chunk_size = face.reader.chunk_size
         self.holds_in_ram = face.reader.store.ram.holds
@@ -296,6 +342,7 @@ class FastPath:
         (method, target, host, If-*, checksum mode; then its Range) and the object's current
         version, so a request for the same thing again, signed afresh or not, reuses its object's
         plan for as long as the catalog holds that version fresh."""
+        at = -1
         if self.face.auth is None:
             # a client that does not sign its requests sends the very same head again and again
             plan = self._by_head.get(head)
@@ -303,6 +350,12 @@ class FastPath:
                 if self.current(plan):
                     return plan
                 del self._by_head[head]
+            # ... or the same head with another range
+            at = head.find(_RANGE_LINE)
+            if at >= 0:
+                plan = self._by_shape(head, at)
+                if plan is not None:
+                    return plan
         req = parse_head(head, self.max_headers)
         if req is None or req.method not in ("GET", "HEAD"):
             return None
@@ -330,7 +383,36 @@ class FastPath:
             if len(self._by_head) >= self.HEADS_MAX:
                 self._by_head.clear()
             self._by_head[head] = plan
+            if at >= 0:
+                if len(self._shapes) >= self.HEADS_MAX:
+                    self._shapes.clear()
+                self._shapes[_shape(head, at, head.index(b"\r\n", at + 2))] = obj
         return plan
+
+    def _by_shape(self, head: bytes, at: int) -> "HitPlan | None":
+        """The plan of ``head``, whose Range line starts at ``at``, when the same head with another
+        range (its "shape", ``_shape``) was planned before and the range is a plain
+        ``bytes=first-last`` within the object; None: ``plan`` parses it. Every header but the
+        range and the signing ones is the same bytes as in a head this path parsed and planned,
+        those differ only in printable values, and the range is digits, so the answer is that
+        object's with this range (``ranges.resolve`` of the same numbers). Only without
+        signature checks, which are then the only use of the signing headers."""
+        end = head.find(b"\r\n", at + 2)
+        shape = _shape(head, at, end)
+        obj = self._shapes.get(shape)
+        if obj is None or len(head) > MAX_HEAD:
+            return None
+        if not self.current(obj):
+            del self._shapes[shape]
+            return None
+        first, dash, last = head[at + len(_RANGE_LINE):end].partition(b"-")
+        if not (dash and first.isdigit() and last.isdigit()) or len(first) > 18 or len(last) > 18:
+            return None  # an open or suffix range, several, spaces, huge numbers: parsed in full
+        start, stop = int(first), int(last)
+        size = obj.meta.size
+        if stop < start or start >= size:
+            return None  # the whole object, or 416: the face's
+        return obj.ranged(self, ByteRange(start, min(stop, size - 1)), head[at + 9:end].decode("ascii"))
 
     def note_hit(self, plan: HitPlan, rid: str, t0: float, prefetched: int, touched: tuple | None) -> None:
         """An answer sent as planned, into the hit journal (``touched``: its RAM-tier chunk, for
@@ -386,6 +468,7 @@ class FastPath:
     def forget_plans(self) -> None:
         self.plans.clear()
         self._by_head.clear()
+        self._shapes.clear()
 
     def _object_plan(self, req: RequestHead) -> "ObjectPlan | None":
         face = self.face
@@ -568,6 +651,8 @@ class FastProtocol(asyncio.Protocol):
         sent): the reader's full read answers it."""
         if plan.method != "GET" or plan.end < plan.start or self._sock_fd < 0:
             return False
+        if plan.chunk >= 0 and self._answer_chunk_file(plan, n):
+            return True
         a = self._answer(plan)
         got = self.fast.face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
         if got is None:
@@ -603,6 +688,38 @@ class FastProtocol(asyncio.Protocol):
                 return True
             chunk.close()
         self._finished(a, plan.status)
+        return True
+
+    def _answer_chunk_file(self, plan: HitPlan, n: int) -> bool:
+        """A GET within one chunk file whose pieces were checked since it last changed: the head,
+        then ``sendfile``, with no segment or chunk objects unless the socket leaves a rest to a
+        task (a columnar reader's ranges land here). False (nothing sent): ``read_now`` decides."""
+        a = self._answer(plan)
+        fd = self.fast.face.reader.ready_fd(plan.meta, plan.vid, plan.chunk, plan.lo, plan.hi, a.stats,
+                                            keep=plan.keep)
+        if fd < 0:
+            return False
+        del self.buf[:n]
+        transport = self.transport
+        length = plan.hi - plan.lo + 1
+        transport.write(a.head)
+        sent = 0
+        try:
+            if not transport.get_write_buffer_size():
+                sent = sendfile_until_full(self._sock_fd, fd, plan.lo, length)
+        except (OSError, EOFError) as e:  # EOFError: the file shrank since its check
+            self._send_failed(a, Segment(length, fd=-1, offset=plan.lo, chunk=plan.key), e)
+            self._finished(a, 499)
+            return True
+        if sent < length:
+            # the rest is sent by a task, after other callbacks ran: on a descriptor of its own
+            fd = os.dup(fd)
+            self.fast.face.reader.store.touched((plan.key,))
+            self.fast.face.in_flight += 1
+            rest = [(Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), VerifiedChunk(length, fd=fd))]
+            self.task = asyncio.ensure_future(self._send_rest(a, rest, sent))
+            return True
+        self.fast.note_hit(plan, a.rid, a.t0, a.stats.prefetched, plan.key)
         return True
 
     async def _send_rest(self, a: _Answer, rest: list, sent: int) -> None:
