@@ -265,6 +265,15 @@ def _copy_block(tier_moto, tier_bucket, src: str, dst: str, body: bytes | None =
                  Metadata=got["Metadata"])
 
 
+def read_while_held(pod, bucket: str, key: str, tap, fault) -> bytes:
+    """A GET of ``key`` through ``pod`` while ``fault`` holds the upstream's answers: its bytes."""
+    tap.fault = fault
+    try:
+        return pod.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        tap.fault = None
+
+
 def held_until_blocks_are_read(tier_tap, tier_bucket, n: int, seen_first: list[int]):
     """A fault for the upstream tap: each HEAD of the object waits (at most 10 s) until the tier
     has been asked for ``n`` blocks, and records how many it had been asked for by then."""
@@ -287,12 +296,7 @@ def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, 
     tap.clear()
     tier_tap.clear()
     asked: list[int] = []
-    tap.fault = held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)
-    try:
-        got = b.client().get_object(Bucket=bucket, Key="obj")
-        assert got["Body"].read() == body
-    finally:
-        tap.fault = None
+    assert read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)) == body
     # the revalidating HEAD was still unanswered when all three blocks had been asked for
     assert asked == [3]
     assert [(s.method, s.headers.get("if-none-match")) for s in tap.requests(path_contains="obj")] == [("HEAD", etag)]
@@ -366,12 +370,7 @@ def test_first_read_of_a_pod_reads_the_tier_while_its_head_is_out(pods, moto_s3,
     tap.clear()
     tier_tap.clear()
     asked: list[int] = []
-    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)
-    try:
-        got = b.client().get_object(Bucket=bucket, Key="obj")
-        assert got["Body"].read() == body
-    finally:
-        tap.fault = None
+    assert read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)) == body
     # its HEAD was still unanswered when all three blocks had been asked for: the record of the
     # version last seen was the guess, and the pod's own HEAD the verdict
     assert asked == [3]

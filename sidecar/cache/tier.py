@@ -469,16 +469,7 @@ class SharedTier:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever the store says, the upstream is the answer
-            status = _status(e)
-            if status == 404:
-                self.breaker.success()
-                self._count("miss")
-                return None
-            if status and status < 500:
-                self.breaker.success()  # it answered: alive (denied, misconfigured: still a miss)
-            else:
-                self.breaker.failure()
-            self._count("error")
+            self._read_failed(e, self._count)
             log.debug("tier_read_failed", error=repr(e)[:200])
             return None
         self.breaker.success()
@@ -517,16 +508,7 @@ class SharedTier:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - no record is as good as a bad one: no guess
-            status = _status(e)
-            if status == 404:
-                self.breaker.success()
-                self._count_hint("miss")
-                return None
-            if status and status < 500:
-                self.breaker.success()
-            else:
-                self.breaker.failure()
-            self._count_hint("error")
+            self._read_failed(e, self._count_hint)
             return None
         self.breaker.success()
         text = metadata.get(_BINDING, "")
@@ -552,6 +534,20 @@ class SharedTier:
         assert self.hmac_key is not None
         # a block's formula over no bytes: a block's binding never starts like a record's
         return hmac.new(self.hmac_key, binding.encode() + b"\0", hashlib.sha256).hexdigest()
+
+    def _read_failed(self, e: Exception, count: Callable[[str], None]) -> None:
+        """A read of a block or record that raised ``e``: what it says of the store goes to the
+        breaker, and ``count`` gets ``miss`` (404) or ``error``."""
+        status = _status(e)
+        if status == 404:
+            self.breaker.success()
+            count("miss")
+            return
+        if status and status < 500:
+            self.breaker.success()  # it answered: alive (denied, misconfigured: still a miss)
+        else:
+            self.breaker.failure()
+        count("error")
 
     def _count_hint(self, result: str) -> None:
         self.metrics.tier_hints.labels(result).inc()
