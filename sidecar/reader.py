@@ -401,7 +401,7 @@ class Reader:
             return -1
         if keep:
             c0 = index * self.chunk_size
-            self._note_sequential(self.store.version_for(meta), c0 + lo, c0 + hi)
+            self._note_sequential(self.store.versions[vid], c0 + lo, c0 + hi)  # (its chunk is cached)
         self._hit(vid, index, hi - lo + 1, stats)
         return fd
 

@@ -379,14 +379,20 @@ class FastPath:
                 self.plans.clear()
             self.plans[asks] = obj
         plan = obj.for_range(self, h.get("range"))
-        if plan is not None and len(head) <= self.HEAD_MEMO_BYTES:
+        if plan is None:
+            return None
+        # a head signed in its headers never comes again byte for byte (its time, its invocation
+        # id): only its shape is worth remembering (a presigned URL's head does come again)
+        if len(head) <= self.HEAD_MEMO_BYTES and _SIGNING_LINES[0] not in head and _SIGNING_LINES[1] not in head:
             if len(self._by_head) >= self.HEADS_MAX:
                 self._by_head.clear()
             self._by_head[head] = plan
-            if at >= 0:
+        if at >= 0:
+            shape = _shape(head, at, head.index(b"\r\n", at + 2))
+            if len(shape) <= self.HEAD_MEMO_BYTES:  # (a long session token is not in the shape)
                 if len(self._shapes) >= self.HEADS_MAX:
                     self._shapes.clear()
-                self._shapes[_shape(head, at, head.index(b"\r\n", at + 2))] = obj
+                self._shapes[shape] = obj
         return plan
 
     def _by_shape(self, head: bytes, at: int) -> "HitPlan | None":
