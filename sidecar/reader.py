@@ -389,9 +389,8 @@ class Reader:
             self._hit(vid, first + i, segment.length, stats)
         return got
 
-    def ready_fd(self, meta: ObjectMeta, vid: str, index: int, lo: int, hi: int, stats: ReadStats, *,
-                 keep: bool = True) -> int:
-        """The file of cached chunk ``index`` of version ``vid`` (of ``meta``), open to send its
+    def ready_fd(self, vid: str, index: int, lo: int, hi: int, stats: ReadStats, *, keep: bool = True) -> int:
+        """The file of cached chunk ``index`` of version ``vid``, open to send its
         bytes lo..hi with sendfile, counted as a hit (``read_now`` for one chunk, without its
         segments); -1 when they need a check or are not cached (``read_now`` answers). The
         descriptor is lent (``DiskTier.ready_fd``): used at once, never closed. The caller

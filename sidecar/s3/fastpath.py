@@ -701,8 +701,7 @@ class FastProtocol(asyncio.Protocol):
         then ``sendfile``, with no segment or chunk objects unless the socket leaves a rest to a
         task (a columnar reader's ranges land here). False (nothing sent): ``read_now`` decides."""
         a = self._answer(plan)
-        fd = self.fast.face.reader.ready_fd(plan.meta, plan.vid, plan.chunk, plan.lo, plan.hi, a.stats,
-                                            keep=plan.keep)
+        fd = self.fast.face.reader.ready_fd(plan.vid, plan.chunk, plan.lo, plan.hi, a.stats, keep=plan.keep)
         if fd < 0:
             return False
         del self.buf[:n]
