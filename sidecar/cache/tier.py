@@ -88,6 +88,19 @@ def parse_location(text: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def _bound_text(metadata: dict[str, str]) -> str:
+    """The binding line of an object of the tier, if it matches the CRC32C stored beside it;
+    else BlockRejected("corrupt") (the metadata itself was damaged)."""
+    text = metadata.get(_BINDING, "")
+    try:
+        ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(text.encode())
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BlockRejected("corrupt")
+    return text
+
+
 def _status(e: BaseException) -> int:
     """The HTTP status of a failed call (S3Error or botocore's ClientError); 0 for a transport failure."""
     if isinstance(e, S3Error):
@@ -511,18 +524,14 @@ class SharedTier:
             self._read_failed(e, self._count_hint)
             return None
         self.breaker.success()
-        text = metadata.get(_BINDING, "")
         try:
-            try:
-                crc_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(text.encode())
-            except ValueError:
-                crc_ok = False
-            if not crc_ok or size != 0:
+            text = _bound_text(metadata)
+            if size != 0:
                 raise BlockRejected("corrupt")
             meta = self.naming.parse_hint(text, bucket, key)
             if self.hmac_key is not None:
                 stated = metadata.get(_BINDING_HMAC, "")
-                if not stated or not hmac.compare_digest(stated, self._hint_mac(text)):
+                if not stated or not hmac.compare_digest(stated, self._mac(text).hexdigest()):
                     raise BlockRejected("unsigned")
         except BlockRejected as e:
             self._count_hint(e.cause)
@@ -530,10 +539,12 @@ class SharedTier:
         self._count_hint("hit")
         return meta
 
-    def _hint_mac(self, binding: str) -> str:
+    def _mac(self, binding: str, body: bytes = b"") -> Any:
+        """The HMAC of an object of the tier under the shared key: over its binding line, a zero
+        byte and its body (a block's bytes; a record has none, and a block's binding never
+        starts like a record's). Returned unfinished: a reader updates it with a block's bytes."""
         assert self.hmac_key is not None
-        # a block's formula over no bytes: a block's binding never starts like a record's
-        return hmac.new(self.hmac_key, binding.encode() + b"\0", hashlib.sha256).hexdigest()
+        return hmac.new(self.hmac_key, binding.encode() + b"\0" + body, hashlib.sha256)
 
     def _read_failed(self, e: Exception, count: Callable[[str], None]) -> None:
         """A read of a block or record that raised ``e``: what it says of the store goes to the
@@ -583,13 +594,7 @@ class SharedTier:
                        store_crc: str | None) -> tuple[Binding, Any]:
         """The block's binding, if its headers say it is exactly chunk ``index`` of this version;
         with a shared key, the HMAC to finish over its bytes and the value it must reach."""
-        text = metadata.get(_BINDING, "")
-        try:
-            binding_ok = int(metadata.get(_BINDING_CRC, ""), 16) == crc32c(text.encode())
-        except ValueError:
-            binding_ok = False
-        if not binding_ok:
-            raise BlockRejected("corrupt")  # the metadata itself was damaged
+        text = _bound_text(metadata)
         binding = self.naming.parse(text, meta, index, length)
         if size != length:
             raise BlockRejected("corrupt")
@@ -600,7 +605,7 @@ class SharedTier:
             stated = metadata.get(_BINDING_HMAC, "")
             if not stated:
                 raise BlockRejected("unsigned")
-            mac = (hmac.new(self.hmac_key, text.encode() + b"\0", hashlib.sha256), stated)
+            mac = (self._mac(text), stated)  # finished over the block's bytes as they arrive
         return binding, mac
 
     def _count(self, result: str) -> None:
@@ -669,19 +674,8 @@ class SharedTier:
         if self.gate is not None:
             await self.gate(len(data))
         crc = crc32c(data)
-        binding = self.naming.binding(meta, index, data)
-        metadata = {_BINDING: binding, _BINDING_CRC: f"{crc32c(binding.encode()):08x}"}
-        if self.hmac_key is not None:
-            metadata[_BINDING_HMAC] = hmac.new(self.hmac_key, binding.encode() + b"\0" + data,
-                                               hashlib.sha256).hexdigest()
-        try:
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata,
-                                          ChecksumCRC32C=base64.b64encode(crc.to_bytes(4, "big")).decode())
-        except Exception as e:
-            if not 400 <= _status(e) < 500:
-                self.breaker.failure()
-            raise
-        self.breaker.success()
+        await self._put(key, self.naming.binding(meta, index, data), data,
+                        ChecksumCRC32C=base64.b64encode(crc.to_bytes(4, "big")).decode())
         self.metrics.tier_writes.labels("written").inc()
         self.metrics.tier_write_bytes.inc(len(data))
 
@@ -689,18 +683,23 @@ class SharedTier:
         if not self.breaker.allow():
             self._count_hint("write_dropped")
             return
-        binding = self.naming.hint_binding(meta)
+        await self._put(key, self.naming.hint_binding(meta), b"")
+        self._count_hint("written")
+
+    async def _put(self, key: str, binding: str, body: bytes, **kwargs: Any) -> None:
+        """Write one object of the tier (a block or a record): its body, and as metadata its
+        binding line, the line's CRC32C and, with a shared key, its HMAC. The breaker learns
+        whether the store answered; a refusal (4xx) says nothing against it."""
         metadata = {_BINDING: binding, _BINDING_CRC: f"{crc32c(binding.encode()):08x}"}
         if self.hmac_key is not None:
-            metadata[_BINDING_HMAC] = self._hint_mac(binding)
+            metadata[_BINDING_HMAC] = self._mac(binding, body).hexdigest()
         try:
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=b"", Metadata=metadata)
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs)
         except Exception as e:
             if not 400 <= _status(e) < 500:
                 self.breaker.failure()
             raise
         self.breaker.success()
-        self._count_hint("written")
 
     def stats(self) -> dict[str, Any]:
         return {"location": self.location, "endpoint": self.endpoint or "aws", "breaker": self.breaker.state,
