@@ -93,6 +93,18 @@ class _Guess:
         self.answered = False
 
 
+def _hold_in(holder: dict[int, ChunkFill], fill: ChunkFill) -> None:
+    """Hold ``fill`` (``attach``) in ``holder``, under its index, letting go of the fill held there
+    before, if another."""
+    old = holder.get(fill.index)
+    if old is fill:
+        return
+    fill.attach()
+    holder[fill.index] = fill
+    if old is not None:
+        old.detach()
+
+
 class ChunkFill:
     """A chunk being fetched. Readers ``attach`` and take its bytes with ``segment_at``: the
     piece that just arrived from memory (a reader keeping up never touches the file), older
@@ -145,7 +157,7 @@ class ChunkFill:
         """Ended whole without its chunk being kept (a do-not-cache rule, no room), its bytes
         still in its unlinked temp file because a reader holds it (``attach``): that reader takes
         them from there, and must not fetch them again."""
-        return self.done and not self.kept and self.error is None and self.writer is not None and self.writer.fd >= 0
+        return self.ended_open and not self.kept
 
     def attach(self) -> None:
         self.refs += 1
@@ -976,13 +988,7 @@ class Reader:
             claim = self._claims[version.vid] = {}
             asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claim)
         for f in fills:
-            old = claim.get(f.index)
-            if old is f:
-                continue
-            f.attach()
-            claim[f.index] = f
-            if old is not None:
-                old.detach()
+            _hold_in(claim, f)
         while len(self._claims) > 1024:  # reads that never came
             for f in self._claims.popitem(last=False)[1].values():
                 f.detach()
@@ -1155,13 +1161,7 @@ class Reader:
         """Enter fills a read started in ``mine``, and hold each (``_segments``)."""
         for f in list(fills):
             mine[f.index] = f
-            old = held.get(f.index)
-            if old is f:
-                continue
-            if old is not None:
-                old.detach()
-            f.attach()
-            held[f.index] = f
+            _hold_in(held, f)
 
     async def _check(self, chunk: VerifiedChunk, lo: int, hi: int) -> memoryview | None:
         """``chunk.check(lo, hi)``; off the event loop when it is more than a few pieces."""
