@@ -657,9 +657,9 @@ class FastProtocol(asyncio.Protocol):
         sent): the reader's full read answers it."""
         if plan.method != "GET" or plan.end < plan.start or self._sock_fd < 0:
             return False
-        if plan.chunk >= 0 and self._answer_chunk_file(plan, n):
-            return True
         a = self._answer(plan)
+        if plan.chunk >= 0 and self._answer_chunk_file(a, n):
+            return True
         got = self.fast.face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
         if got is None:
             return False
@@ -696,11 +696,11 @@ class FastProtocol(asyncio.Protocol):
         self._finished(a, plan.status)
         return True
 
-    def _answer_chunk_file(self, plan: HitPlan, n: int) -> bool:
+    def _answer_chunk_file(self, a: _Answer, n: int) -> bool:
         """A GET within one chunk file whose pieces were checked since it last changed: the head,
         then ``sendfile``, with no segment or chunk objects unless the socket leaves a rest to a
         task (a columnar reader's ranges land here). False (nothing sent): ``read_now`` decides."""
-        a = self._answer(plan)
+        plan = a.plan
         fd = self.fast.face.reader.ready_fd(plan.vid, plan.chunk, plan.lo, plan.hi, a.stats, keep=plan.keep)
         if fd < 0:
             return False
@@ -712,7 +712,7 @@ class FastProtocol(asyncio.Protocol):
         try:
             if not transport.get_write_buffer_size():
                 sent = sendfile_until_full(self._sock_fd, fd, plan.lo, length)
-        except (OSError, EOFError) as e:  # EOFError: the file shrank since its check
+        except OSError as e:
             self._send_failed(a, Segment(length, fd=-1, offset=plan.lo, chunk=plan.key), e)
             self._finished(a, 499)
             return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import os
 import select
 from collections.abc import Awaitable, Callable
@@ -40,8 +41,8 @@ def sendfile_until_full(sock_fd: int, fd: int, offset: int, count: int, wait: fl
             if not poller.poll(wait * 1000):
                 break
             continue
-        if n == 0:
-            raise EOFError("chunk file shorter than its index entry")
+        if n == 0:  # an I/O error of the cache's file, as a read of it would be
+            raise OSError(errno.EIO, "chunk file shorter than its index entry")
         sent += n
     return sent
 
@@ -100,8 +101,6 @@ class BodySender:
                     n = sendfile_until_full(self._sock_fd, fd, offset, count)
             except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
                 raise ClientGone() from e
-            except EOFError as e:
-                raise OSError(str(e)) from e
             if n == 0:
                 await self._writable()
                 continue
