@@ -10,6 +10,7 @@ import os
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -265,13 +266,20 @@ def _copy_block(tier_moto, tier_bucket, src: str, dst: str, body: bytes | None =
                  Metadata=got["Metadata"])
 
 
-def read_while_held(pod, bucket: str, key: str, tap, fault) -> bytes:
-    """A GET of ``key`` through ``pod`` while ``fault`` holds the upstream's answers: its bytes."""
+def read_while_held(pod, bucket: str, key: str, tap, fault) -> tuple[bytes, str]:
+    """A GET of ``key`` through ``pod`` while ``fault`` holds the upstream's answers: its bytes
+    and ETag."""
     tap.fault = fault
     try:
-        return pod.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        got = pod.client().get_object(Bucket=bucket, Key=key)
+        return got["Body"].read(), got["ETag"]
     finally:
         tap.fault = None
+
+
+def chunk_files(pod) -> list[Path]:
+    """The chunk files in a pod's cache."""
+    return [p for p in (pod.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
 
 
 def held_until_blocks_are_read(tier_tap, tier_bucket, n: int, seen_first: list[int]):
@@ -296,7 +304,8 @@ def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, 
     tap.clear()
     tier_tap.clear()
     asked: list[int] = []
-    assert read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)) == body
+    got, _ = read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked))
+    assert got == body
     # the revalidating HEAD was still unanswered when all three blocks had been asked for
     assert asked == [3]
     assert [(s.method, s.headers.get("if-none-match")) for s in tap.requests(path_contains="obj")] == [("HEAD", etag)]
@@ -314,17 +323,12 @@ def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(
     time.sleep(1.2)
     tier_tap.clear()
     asked: list[int] = []
-    tap.fault = held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked)
-    try:
-        got = b.client().get_object(Bucket=bucket, Key="obj")
-        assert got["Body"].read() == new and got["ETag"] != old_etag
-    finally:
-        tap.fault = None
+    got, etag = read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked))
+    assert got == new and etag != old_etag
     assert asked == [3], "the old version's blocks were read while the HEAD was out"
     # ... and went nowhere: neither to the client nor into the pod's cache (only the new
     # version's three chunks are there)
-    chunk_files = [p for p in (b.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
-    assert len(chunk_files) == 3
+    assert len(chunk_files(b)) == 3
     assert b.admin("/stats")["upstream"]["bytes"] == len(new)
 
 
@@ -370,7 +374,8 @@ def test_first_read_of_a_pod_reads_the_tier_while_its_head_is_out(pods, moto_s3,
     tap.clear()
     tier_tap.clear()
     asked: list[int] = []
-    assert read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked)) == body
+    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    assert got == body
     # its HEAD was still unanswered when all three blocks had been asked for: the record of the
     # version last seen was the guess, and the pod's own HEAD the verdict
     assert asked == [3]
@@ -414,22 +419,18 @@ def test_a_record_naming_another_version_never_serves_its_bytes(pods, moto_s3, b
     b = pods(upstream_answer_within="20s")
     tier_tap.clear()
     asked: list[int] = []
-    tap.fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked, linger=0.5)
-    try:
-        got = b.client().get_object(Bucket=bucket, Key="obj")
-        assert got["Body"].read() == new and got["ETag"] != old_etag
-    finally:
-        tap.fault = None
+    fault = head_held_until_block_gets(tier_tap, tier_bucket, 3, asked, linger=0.5)
+    got, etag = read_while_held(b, bucket, "obj", tap, fault)
+    assert got == new and etag != old_etag
     assert asked == [3], "the recorded version's blocks were read while the HEAD was out"
     # ... and went nowhere: neither to the client nor into the pod's cache; the waste is counted
-    chunk_files = [p for p in (b.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
-    assert len(chunk_files) == 3
+    assert len(chunk_files(b)) == 3
     tier = b.admin("/stats")["tier"]
     assert tier["speculations"] == {"hint/dropped": 1.0}
     assert 0 < tier["speculative_dropped_bytes"] <= 3 * CHUNK
     assert b.admin("/stats")["upstream"]["bytes"] == len(new)
     # the pod recorded the version it resolved, for the next pods
-    wait_hint(tier_moto, tier_bucket, got["ETag"])
+    wait_hint(tier_moto, tier_bucket, etag)
 
 
 def test_forged_record_is_ignored_with_a_shared_key(pods, moto_s3, bucket, tier_moto, tier_bucket, tmp_path):
