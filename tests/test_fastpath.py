@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.s3.fastpath import parse_head
+from support.observe import metric, wait_until
 
 KiB = 1024
 
@@ -396,6 +397,24 @@ def test_the_policy_hears_of_memory_hits_answered_on_the_lean_path(make_sidecar,
     assert fast_answers(sc) == before + 1
     c.close()
 
+
+
+def test_a_small_chunk_sent_from_its_file_once_is_read_from_memory_after(make_sidecar, moto_s3, bucket):
+    """A chunk small enough for the RAM tier, whose file's pieces are known good (the scrub read
+    it), is read whole into memory by its first hit, not sent from its file hit after hit:
+    later hits are memory hits, counted as such."""
+    sc = make_sidecar(scrub_rate="64MiB")
+    body = os.urandom(4 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key="small", Body=body)
+    assert sc.client().get_object(Bucket=bucket, Key="small")["Body"].read() == body  # the miss
+    assert wait_until(lambda: metric(sc, "sidecar_cache_scrubbed_bytes_total") >= len(body))
+    c = Conn(sc.url)
+    ram_hits = metric(sc, "sidecar_cache_ram_hits_total")
+    for _ in range(3):
+        c.send(get(f"/{bucket}/small"))
+        assert c.response()[::2] == (200, body)
+    c.close()
+    assert metric(sc, "sidecar_cache_ram_hits_total") == ram_hits + 2  # the 2nd and 3rd hit
 
 
 def _range_answers(sc, heads: list[bytes]) -> tuple[list[tuple[int, dict, bytes]], list[bool]]:

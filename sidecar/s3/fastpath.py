@@ -658,7 +658,9 @@ class FastProtocol(asyncio.Protocol):
         if plan.method != "GET" or plan.end < plan.start or self._sock_fd < 0:
             return False
         a = self._answer(plan)
-        if plan.chunk >= 0 and self._answer_chunk_file(a, n):
+        # (a chunk small enough for memory is read whole into it instead, by ``read_now``: its
+        # next hits are answered from there without a system call for the file)
+        if plan.chunk >= 0 and not plan.in_ram and self._answer_chunk_file(a, n):
             return True
         got = self.fast.face.reader.read_now(plan.meta, plan.start, plan.end, a.stats, keep=plan.keep)
         if got is None:
