@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import concurrent.futures
 import contextlib
 import math
@@ -307,6 +308,11 @@ async def run(settings: config.Settings, flags: dict | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     async with Sidecar(settings, flags=flags) as sc:
+        # Everything built to start (modules, the upstream client's models, the rules: some
+        # 150k objects) lives as long as the daemon. Out of the collector's sight, a full
+        # collection walks only what came after: under a stream of hits it took ~80 ms, every
+        # few seconds, during which no request was answered.
+        gc.freeze()
         loop.add_signal_handler(signal.SIGHUP, lambda: sc.ops.reloader.reload("SIGHUP"))
         await stop.wait()
         log.info("stopping", signal=received[0] if received else None, in_flight=sc.face.in_flight,
