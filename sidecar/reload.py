@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .health import Readiness
     from .reader import Reader
     from .s3.face import S3Face
+    from .s3.fastpath import FastPath
 
 log = get_logger("sidecar.reload")
 
@@ -51,6 +52,7 @@ class Reloadable(Protocol):
     bandwidth: "TokenBucket"
     readiness: "Readiness"
     prefetch: PrefetchSchedule
+    fast_path: "FastPath | None"
 
     def apply_rules(self, raw_rules: Any) -> "RuleSet": ...
 
@@ -65,6 +67,12 @@ def _set_readahead_max_bytes(sc: Reloadable, s: config.Settings) -> None:
 
 def _set_log_level(sc: Reloadable, s: config.Settings) -> None:
     telemetry.set_level(s.log_level)
+
+
+def _set_log_keys(sc: Reloadable, s: config.Settings) -> None:
+    sc.face.access_log.key_mode = s.log_keys
+    if sc.fast_path is not None:
+        sc.fast_path.forget_plans()  # their request-log fields were prepared under the old mode
 
 
 def _set_bandwidth(sc: Reloadable, s: config.Settings) -> None:
@@ -82,7 +90,7 @@ APPLIERS: dict[str, Callable[[Reloadable, config.Settings], None]] = {
     "readahead_chunks": _set_readahead_chunks,
     "readahead_max_bytes": _set_readahead_max_bytes,
     "log_level": _set_log_level,
-    "log_keys": lambda sc, s: setattr(sc.face.access_log, "key_mode", s.log_keys),
+    "log_keys": _set_log_keys,
     "config_watch_interval": _set_nothing,
     "event_interval": _set_nothing,
     "upstream_probe_interval": lambda sc, s: [setattr(p, "interval", s.upstream_probe_interval)

@@ -4,6 +4,7 @@ line per request, and no credential, signature or token ever shows up anywhere."
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -170,6 +172,29 @@ def test_hashed_keys_and_level_off(make_sidecar, moto_s3, bucket):
     quiet.stop()
     assert "secret-project" not in hashed.log_path.read_text()
     assert quiet.log_path.read_text().strip() == "", "log level off: not even the start line"
+
+
+def test_keys_hashed_after_a_reload_also_on_hits_answered_from_a_remembered_plan(make_sidecar, moto_s3, bucket,
+                                                                                tmp_path):
+    """The lean path prepares a hit's request-log fields once per remembered request; a reload
+    that turns ``log_keys`` to ``hash`` must reach those too, not only requests planned after."""
+    cfg = tmp_path / "sidecar.yaml"
+    cfg.write_text(yaml.safe_dump({"log_keys": "plain"}))
+    sc = make_sidecar(config=str(cfg))
+    moto_s3.put_object(Bucket=bucket, Key="secret-project/plan.txt", Body=b"x")
+    conn = http.client.HTTPConnection("127.0.0.1", sc.port, timeout=10)
+    for _ in range(3):  # a miss, then the same request again: a hit answered from its plan
+        conn.request("GET", f"/{bucket}/secret-project/plan.txt")
+        assert conn.getresponse().read() == b"x"
+    cfg.write_text(yaml.safe_dump({"log_keys": "hash"}))
+    r = urllib.request.urlopen(urllib.request.Request(sc.admin_url + "/reload", data=b"{}", method="POST"), timeout=5)
+    assert json.loads(r.read())["changed"] == ["log_keys"]
+    conn.request("GET", f"/{bucket}/secret-project/plan.txt")
+    assert conn.getresponse().read() == b"x"
+    conn.close()
+    lines = wait_for(lambda: (lambda ls: ls if len(ls) == 4 else None)(request_lines(sc)), what="4 request lines")
+    assert [e["key"] for e in lines[:3]] == ["secret-project/plan.txt"] * 3
+    assert lines[3]["key"].startswith("sha256:") and lines[3]["outcome"] == "hit"
 
 
 def test_console_format_on_request(make_sidecar, moto_s3, bucket):
