@@ -111,11 +111,12 @@ class Catalog:
         # an upstream HEAD named a key (client HEADs and the lookups before a read): the prefetch
         # loop's known-key catalogue hears of it; O(1), no I/O
         self.on_learned = on_learned
-        # on_resolved(bucket, key, meta or None): told, inside each metadata lookup and before its
-        # answer is handed out, which version the upstream confirmed (None: no version confirmed:
-        # a failure, a stale-if-error answer, a write meanwhile). The reader's speculative tier
+        # on_resolved(bucket, key, meta or None, previous or None): told, inside each metadata
+        # lookup and before its answer is handed out, which version the upstream confirmed (None:
+        # no version confirmed: a failure, a stale-if-error answer, a write meanwhile), and the
+        # version the catalog knew before (None: a first lookup). The reader's speculative tier
         # reads of an expired entry's version (Reader.speculate) wait for it.
-        self.on_resolved: Callable[[str, str, ObjectMeta | None], None] | None = None
+        self.on_resolved: Callable[[str, str, ObjectMeta | None, ObjectMeta | None], None] | None = None
         # a read of a key the catalog did not know has begun (``open_cold``: its GET answered,
         # its bytes not yet sent): the prefetch loop hears of a reader at its first read's start
         self.on_cold_read = on_cold_read
@@ -251,7 +252,7 @@ class Catalog:
             if self._lookups.get(k) is call:
                 del self._lookups[k]
             if self.on_resolved is not None:
-                self.on_resolved(k[0], k[1], confirmed)
+                self.on_resolved(k[0], k[1], confirmed, old.meta if old is not None else None)
 
     async def open_cold(self, bucket: str, key: str, *, start: int | None, end: int | None,
                         checksum_mode: bool) -> tuple[Entry, OpenedObject] | None:

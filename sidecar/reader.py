@@ -344,6 +344,9 @@ class Reader:
         # (bucket, key) -> _Guess: a first read's record of the version last seen, asked of the tier
         # while the lookup's HEAD is out (``guess``)
         self._guessing: dict[tuple[str, str], _Guess] = {}
+        # Whether the blocks of a version are kept in the shared tier (not when a rule keeps its
+        # object out of the cache): only then is its version recorded there (``resolved``).
+        self.tier_keeps: Callable[[ObjectMeta], bool] = lambda meta: True
 
     # --- public -------------------------------------------------------------------------
 
@@ -950,16 +953,22 @@ class Reader:
         if self._guessing.get(k) is g:
             del self._guessing[k]
 
-    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None) -> None:
-        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None.
-        A speculation on that version is released, as the fills of the read that follows;
-        on any other, dropped before that read can see it."""
+    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None, previous: ObjectMeta | None = None) -> None:
+        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None;
+        ``previous``: the version it knew before (an expired entry), if any. A speculation on
+        the confirmed version is released, as the fills of the read that follows; on any other,
+        dropped before that read can see it. A revalidation that found a new version records it
+        in the tier, as a first read does (``guess``): the next pods' guess is that version, not
+        the one this pod knew."""
         k = (bucket, key)
         g = self._guessing.get(k)
         if g is not None and not g.answered:
             g.answered, g.verdict = True, meta
             if g.hinted:
                 self._guessed(k, g)
+        elif previous is not None and meta is not None and not meta.same_version(previous) \
+                and self.tier is not None and self.tier_keeps(meta):
+            self.tier.offer_hint(meta)
         spec = self._speculating.pop(k, None)
         if spec is None:
             return
