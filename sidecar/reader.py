@@ -336,8 +336,9 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
-        # version -> fills started for the read about to come (its own), each held for it (``_claim``)
-        self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
+        # version -> claims, oldest first: fills held for the reads about to come, a claim each
+        # (``_claim``)
+        self._claims: OrderedDict[str, list[dict[int, ChunkFill]]] = OrderedDict()
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
         # (bucket, key) -> (version, verdict, fills, source) of a speculation awaiting its lookup's verdict
         self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill], str]] = {}
@@ -360,7 +361,7 @@ class Reader:
         version = self.store.version_for(meta)
         if end >= start and keep and tier:
             self._note_sequential(version, start, end)
-        mine = self._claims.pop(version.vid, None)
+        mine = self._take_claim(version.vid)
         return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep,
                               tier=tier, claimed=mine is not None)
 
@@ -856,8 +857,9 @@ class Reader:
         whole object that fills it (``_open_whole``). None: chunk 0 is local without them, or
         neither tells them (a block that does not carry them, a ranged fill). Starts the demand
         read of the whole object (the ``read`` that follows, with the same ``keep``, takes it
-        over as its own, ``_claim``), so the answer costs no extra request, also for an object
-        that is not kept."""
+        over as its own, ``_claim``), or joins another read's fill of it (for an object that is not
+        kept, holding it for the read that follows), so the answer costs no extra request, also
+        for an object that is not kept."""
         if meta.size <= 0:
             return None
         version = self.store.version_for(meta)
@@ -873,15 +875,24 @@ class Reader:
                 return None
             fill = fills[0]
             self._claim(version, fills)
-        elif not keep:
-            # Another read's fill, not kept: it may end, and its bytes go, before this read
-            # comes; the upstream is asked for the headers alone instead.
-            return None
-        elif fill.priority != DEMAND:
-            self._promote(fill)
+        else:
+            if not keep:
+                # Another read's fill, not kept: held for this read too (with the rest of its run
+                # in flight), so its bytes stay in its temp file however soon it ends, and the
+                # headers its answer tells serve this read as well: no request of its own.
+                self._claim(version, self._in_flight(version.vid), another_read=True)
+            if fill.priority != DEMAND:
+                self._promote(fill)
         if fill.carried is None:
             return None
         return await asyncio.shield(fill.carried)
+
+    def _in_flight(self, vid: str) -> list[ChunkFill]:
+        """The fills of version ``vid`` in flight from chunk 0 on, up to the first chunk that is not."""
+        fills = []
+        while (fill := self.fills.get((vid, len(fills)))) is not None:
+            fills.append(fill)
+        return fills
 
     def speculate(self, meta: ObjectMeta, start: int, end: int, source: str = "expired") -> None:
         """A read of bytes start..end of an object is about to resolve its version (a HEAD): start
@@ -988,28 +999,45 @@ class Reader:
                 self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
         self.store.forget_if_empty(version)
 
-    def _claim(self, version: Version, fills: list[ChunkFill]) -> None:
+    def _claim(self, version: Version, fills: list[ChunkFill], *, another_read: bool = False) -> None:
         """Hand fills to the read of ``version`` about to come (``read`` takes them as its own),
         each held until then: a chunk that is not kept (a do-not-cache rule, no room) keeps its
         bytes in its temp file for that read, however soon its fill ends, and is not fetched
-        twice. Released if no read came within ``CLAIM_WAIT``."""
+        twice. Released if no read came within ``CLAIM_WAIT``. Fills claimed for one read join
+        its claim; ``another_read``: for one more read (fills another read is already waiting
+        for), a claim of its own, taken by the reads in the order they claimed."""
         if not fills:
             return
-        claim = self._claims.get(version.vid)
-        if claim is None:
-            claim = self._claims[version.vid] = {}
-            asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claim)
+        claims = self._claims.setdefault(version.vid, [])
+        if another_read or not claims:
+            claims.append({})
+            asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claims[-1])
         for f in fills:
-            _hold_in(claim, f)
+            _hold_in(claims[-1], f)
         while len(self._claims) > 1024:  # reads that never came
-            for f in self._claims.popitem(last=False)[1].values():
-                f.detach()
+            for claim in self._claims.popitem(last=False)[1]:
+                for f in claim.values():
+                    f.detach()
+
+    def _take_claim(self, vid: str) -> dict[int, ChunkFill] | None:
+        """The oldest claim on ``vid``'s fills, for the read that comes (``_claim``)."""
+        claims = self._claims.get(vid)
+        if not claims:
+            return None
+        claim = claims.pop(0)
+        if not claims:
+            del self._claims[vid]
+        return claim
 
     def _unclaimed(self, vid: str, claim: dict[int, ChunkFill]) -> None:
-        if self._claims.get(vid) is claim:
+        claims = self._claims.get(vid)
+        if claims is None or not any(c is claim for c in claims):
+            return  # taken by its read
+        claims[:] = [c for c in claims if c is not claim]
+        if not claims:
             del self._claims[vid]
-            for f in claim.values():
-                f.detach()
+        for f in claim.values():
+            f.detach()
 
     def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
         """No verdict came for a speculation (no lookup followed it): it is dropped."""
