@@ -53,6 +53,9 @@ CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thr
 SPECULATIVE_CHUNKS = 8  # tier blocks read ahead of a revalidation at most (Reader.speculate)
 SPECULATION_WAIT = 30.0  # seconds a speculation waits for its lookup's verdict before it is dropped
 CLAIM_WAIT = 30.0  # seconds fills started for a read about to come are held for it (Reader._claim)
+# Fills held at most for reads about to come (each may keep a temp file open): past it, the oldest
+# claims go (their reads, if they still come, fetch what is not kept again).
+CLAIMED_FILLS = 256
 
 
 class Priority(enum.IntEnum):
@@ -339,6 +342,7 @@ class Reader:
         # version -> claims, oldest first: fills held for the reads about to come, a claim each
         # (``_claim``)
         self._claims: OrderedDict[str, list[dict[int, ChunkFill]]] = OrderedDict()
+        self._claimed = 0  # fills held in ``_claims``
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
         # (bucket, key) -> (version, verdict, fills, source) of a speculation awaiting its lookup's verdict
         self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill], str]] = {}
@@ -1003,21 +1007,25 @@ class Reader:
         """Hand fills to the read of ``version`` about to come (``read`` takes them as its own),
         each held until then: a chunk that is not kept (a do-not-cache rule, no room) keeps its
         bytes in its temp file for that read, however soon its fill ends, and is not fetched
-        twice. Released if no read came within ``CLAIM_WAIT``. Fills claimed for one read join
-        its claim; ``another_read``: for one more read (fills another read is already waiting
-        for), a claim of its own, taken by the reads in the order they claimed."""
+        twice. Released if no read came within ``CLAIM_WAIT``, or sooner, oldest first, when
+        more than ``CLAIMED_FILLS`` are held. Fills claimed for one read join its claim;
+        ``another_read``: for one more read (fills another read is already waiting for), a claim
+        of its own, taken by the reads in the order they claimed."""
         if not fills:
             return
         claims = self._claims.setdefault(version.vid, [])
         if another_read or not claims:
             claims.append({})
             asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claims[-1])
+        claim = claims[-1]
+        held = len(claim)
         for f in fills:
-            _hold_in(claims[-1], f)
-        while len(self._claims) > 1024:  # reads that never came
-            for claim in self._claims.popitem(last=False)[1]:
-                for f in claim.values():
-                    f.detach()
+            _hold_in(claim, f)
+        self._claimed += len(claim) - held
+        # reads that never came (errors before the read): the oldest claims go first
+        while self._claims and (len(self._claims) > 1024 or self._claimed > CLAIMED_FILLS):
+            vid = next(iter(self._claims))
+            self._release_claim(vid, self._claims[vid][0])
 
     def _take_claim(self, vid: str) -> dict[int, ChunkFill] | None:
         """The oldest claim on ``vid``'s fills, for the read that comes (``_claim``)."""
@@ -1027,15 +1035,21 @@ class Reader:
         claim = claims.pop(0)
         if not claims:
             del self._claims[vid]
+        self._claimed -= len(claim)
         return claim
 
     def _unclaimed(self, vid: str, claim: dict[int, ChunkFill]) -> None:
         claims = self._claims.get(vid)
-        if claims is None or not any(c is claim for c in claims):
-            return  # taken by its read
+        if claims is not None and any(c is claim for c in claims):  # (else: taken by its read)
+            self._release_claim(vid, claim)
+
+    def _release_claim(self, vid: str, claim: dict[int, ChunkFill]) -> None:
+        """Let go of a claim no read took."""
+        claims = self._claims[vid]
         claims[:] = [c for c in claims if c is not claim]
         if not claims:
             del self._claims[vid]
+        self._claimed -= len(claim)
         for f in claim.values():
             f.detach()
 
