@@ -62,11 +62,36 @@ def current_on_disk(found: list[V]) -> list[V]:
 
 
 class _Lookup:
-    __slots__ = ("task", "poisoned")
+    """A metadata lookup in flight, and the callers waiting for its answer."""
+
+    __slots__ = ("task", "poisoned", "waiters")
 
     def __init__(self) -> None:
         self.task: asyncio.Task | None = None
         self.poisoned = False
+        self.waiters: list[asyncio.Future] = []
+
+    async def answer(self) -> Entry:
+        """This lookup's entry once it is in. Each caller waits on a future of its own, set in
+        the very step the answer comes in (``tell``): a caller that gives up cancels only its
+        own, and the answer reaches it one turn of the event loop sooner than through the
+        lookup's task (a shielded task's result takes two more turns, each of which may run
+        other reads' work first)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        return await waiter
+
+    def tell(self, entry: Entry | None = None, error: BaseException | None = None) -> None:
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if w.done():
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                w.cancel()
+            elif error is not None:
+                w.set_exception(error)
+            else:
+                w.set_result(entry)
 
 
 class Catalog:
@@ -86,11 +111,12 @@ class Catalog:
         # an upstream HEAD named a key (client HEADs and the lookups before a read): the prefetch
         # loop's known-key catalogue hears of it; O(1), no I/O
         self.on_learned = on_learned
-        # on_resolved(bucket, key, meta or None): told, inside each metadata lookup and before its
-        # answer is handed out, which version the upstream confirmed (None: no version confirmed:
-        # a failure, a stale-if-error answer, a write meanwhile). The reader's speculative tier
+        # on_resolved(bucket, key, meta or None, previous or None): told, inside each metadata
+        # lookup and before its answer is handed out, which version the upstream confirmed (None:
+        # no version confirmed: a failure, a stale-if-error answer, a write meanwhile), and the
+        # version the catalog knew before (None: a first lookup). The reader's speculative tier
         # reads of an expired entry's version (Reader.speculate) wait for it.
-        self.on_resolved: Callable[[str, str, ObjectMeta | None], None] | None = None
+        self.on_resolved: Callable[[str, str, ObjectMeta | None, ObjectMeta | None], None] | None = None
         # a read of a key the catalog did not know has begun (``open_cold``: its GET answered,
         # its bytes not yet sent): the prefetch loop hears of a reader at its first read's start
         self.on_cold_read = on_cold_read
@@ -159,11 +185,20 @@ class Catalog:
         if call is None:
             call = _Lookup()
             self._lookups[k] = call
-            call.task = asyncio.ensure_future(self._fetch(k, e, call))
+            call.task = asyncio.ensure_future(self._fetch_and_tell(k, e, call))
             call.task.add_done_callback(lambda t: t.cancelled() or t.exception())
         else:
             self.shared_lookups += 1
-        return await asyncio.shield(call.task)  # type: ignore[arg-type]
+        return await call.answer()
+
+    async def _fetch_and_tell(self, k: ObjectKey, old: Entry | None, call: _Lookup) -> Entry:
+        try:
+            entry = await self._fetch(k, old, call)
+        except BaseException as e:
+            call.tell(error=e)
+            raise
+        call.tell(entry)
+        return entry
 
     async def _fetch(self, k: ObjectKey, old: Entry | None, call: _Lookup) -> Entry:
         confirmed: ObjectMeta | None = None  # the version the upstream confirmed, for on_resolved
@@ -217,7 +252,7 @@ class Catalog:
             if self._lookups.get(k) is call:
                 del self._lookups[k]
             if self.on_resolved is not None:
-                self.on_resolved(k[0], k[1], confirmed)
+                self.on_resolved(k[0], k[1], confirmed, old.meta if old is not None else None)
 
     async def open_cold(self, bucket: str, key: str, *, start: int | None, end: int | None,
                         checksum_mode: bool) -> tuple[Entry, OpenedObject] | None:
@@ -230,23 +265,19 @@ class Catalog:
             return None
         call = _Lookup()
         self._lookups[k] = call
-        learned: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        call.task = learned  # type: ignore[assignment]
-        learned.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             opened = await self.upstream.open_object(bucket, key, start=start, end=end, checksum_mode=checksum_mode)
         except BaseException as e:
             if self._lookups.get(k) is call:
                 del self._lookups[k]
-            if not learned.done():
-                learned.set_exception(e if isinstance(e, Exception) else UpstreamUnavailable())
+            call.tell(error=e if isinstance(e, Exception) else UpstreamUnavailable())
             raise
         if self._lookups.get(k) is call:
             del self._lookups[k]
         entry = Entry(opened.meta, self.clock())
         if not call.poisoned:
             self._put(k, entry)
-        learned.set_result(entry)
+        call.tell(entry)
         if self.on_cold_read is not None:
             self.on_cold_read(entry.meta)
         return entry, opened

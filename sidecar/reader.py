@@ -53,6 +53,9 @@ CHECK_ON_LOOP = 256 * 1024  # checks of fewer bytes run on the event loop (a thr
 SPECULATIVE_CHUNKS = 8  # tier blocks read ahead of a revalidation at most (Reader.speculate)
 SPECULATION_WAIT = 30.0  # seconds a speculation waits for its lookup's verdict before it is dropped
 CLAIM_WAIT = 30.0  # seconds fills started for a read about to come are held for it (Reader._claim)
+# Fills held at most for reads about to come (each may keep a temp file open): past it, the oldest
+# claims go (their reads, if they still come, fetch what is not kept again).
+CLAIMED_FILLS = 256
 
 
 class Priority(enum.IntEnum):
@@ -336,14 +339,19 @@ class Reader:
         self._sequential: OrderedDict[str, int] = OrderedDict()  # vid -> next chunk expected
         self._tasks: set[asyncio.Task] = set()
         self._ensured: dict[tuple[str, int], asyncio.Task] = {}  # chunk -> span task ``ensure`` started
-        # version -> fills started for the read about to come (its own), each held for it (``_claim``)
-        self._claims: OrderedDict[str, dict[int, ChunkFill]] = OrderedDict()
+        # version -> claims, oldest first: fills held for the reads about to come, a claim each
+        # (``_claim``)
+        self._claims: OrderedDict[str, list[dict[int, ChunkFill]]] = OrderedDict()
+        self._claimed = 0  # fills held in ``_claims``
         self.tier: SharedTier | None = None  # the shared tier, asked before the upstream (cache/tier.py)
         # (bucket, key) -> (version, verdict, fills, source) of a speculation awaiting its lookup's verdict
         self._speculating: dict[tuple[str, str], tuple[Version, asyncio.Future, list[ChunkFill], str]] = {}
         # (bucket, key) -> _Guess: a first read's record of the version last seen, asked of the tier
         # while the lookup's HEAD is out (``guess``)
         self._guessing: dict[tuple[str, str], _Guess] = {}
+        # Whether the blocks of a version are kept in the shared tier (not when a rule keeps its
+        # object out of the cache): only then is its version recorded there (``resolved``).
+        self.tier_keeps: Callable[[ObjectMeta], bool] = lambda meta: True
 
     # --- public -------------------------------------------------------------------------
 
@@ -357,7 +365,7 @@ class Reader:
         version = self.store.version_for(meta)
         if end >= start and keep and tier:
             self._note_sequential(version, start, end)
-        mine = self._claims.pop(version.vid, None)
+        mine = self._take_claim(version.vid)
         return self._segments(version, start, end, stats if stats is not None else ReadStats(), mine, keep=keep,
                               tier=tier, claimed=mine is not None)
 
@@ -853,8 +861,9 @@ class Reader:
         whole object that fills it (``_open_whole``). None: chunk 0 is local without them, or
         neither tells them (a block that does not carry them, a ranged fill). Starts the demand
         read of the whole object (the ``read`` that follows, with the same ``keep``, takes it
-        over as its own, ``_claim``), so the answer costs no extra request, also for an object
-        that is not kept."""
+        over as its own, ``_claim``), or joins another read's fill of it (for an object that is not
+        kept, holding it for the read that follows), so the answer costs no extra request, also
+        for an object that is not kept."""
         if meta.size <= 0:
             return None
         version = self.store.version_for(meta)
@@ -870,15 +879,24 @@ class Reader:
                 return None
             fill = fills[0]
             self._claim(version, fills)
-        elif not keep:
-            # Another read's fill, not kept: it may end, and its bytes go, before this read
-            # comes; the upstream is asked for the headers alone instead.
-            return None
-        elif fill.priority != DEMAND:
-            self._promote(fill)
+        else:
+            if not keep:
+                # Another read's fill, not kept: held for this read too (with the rest of its run
+                # in flight), so its bytes stay in its temp file however soon it ends, and the
+                # headers its answer tells serve this read as well: no request of its own.
+                self._claim(version, self._in_flight(version.vid), another_read=True)
+            if fill.priority != DEMAND:
+                self._promote(fill)
         if fill.carried is None:
             return None
         return await asyncio.shield(fill.carried)
+
+    def _in_flight(self, vid: str) -> list[ChunkFill]:
+        """The fills of version ``vid`` in flight from chunk 0 on, up to the first chunk that is not."""
+        fills = []
+        while (fill := self.fills.get((vid, len(fills)))) is not None:
+            fills.append(fill)
+        return fills
 
     def speculate(self, meta: ObjectMeta, start: int, end: int, source: str = "expired") -> None:
         """A read of bytes start..end of an object is about to resolve its version (a HEAD): start
@@ -920,6 +938,9 @@ class Reader:
 
     async def _guess(self, k: tuple[str, str], g: "_Guess") -> None:
         assert self.tier is not None
+        # The lookup's HEAD, started just after this task, goes out first: it gates every byte of
+        # the read, the record only what is read meanwhile (building a request costs ~1 ms).
+        await asyncio.sleep(0)
         try:
             g.hint = await self.tier.hint(*k)
         finally:
@@ -947,16 +968,22 @@ class Reader:
         if self._guessing.get(k) is g:
             del self._guessing[k]
 
-    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None) -> None:
-        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None.
-        A speculation on that version is released, as the fills of the read that follows;
-        on any other, dropped before that read can see it."""
+    def resolved(self, bucket: str, key: str, meta: ObjectMeta | None, previous: ObjectMeta | None = None) -> None:
+        """The catalog's verdict on (bucket, key): the version the upstream confirmed, or None;
+        ``previous``: the version it knew before (an expired entry), if any. A speculation on
+        the confirmed version is released, as the fills of the read that follows; on any other,
+        dropped before that read can see it. A revalidation that found a new version records it
+        in the tier, as a first read does (``guess``): the next pods' guess is that version, not
+        the one this pod knew."""
         k = (bucket, key)
         g = self._guessing.get(k)
         if g is not None and not g.answered:
             g.answered, g.verdict = True, meta
             if g.hinted:
                 self._guessed(k, g)
+        elif previous is not None and meta is not None and not meta.same_version(previous) \
+                and self.tier is not None and self.tier_keeps(meta):
+            self.tier.offer_hint(meta)
         spec = self._speculating.pop(k, None)
         if spec is None:
             return
@@ -976,28 +1003,55 @@ class Reader:
                 self._abandon(f, UpstreamUnavailable("speculative tier read of a version not confirmed"))
         self.store.forget_if_empty(version)
 
-    def _claim(self, version: Version, fills: list[ChunkFill]) -> None:
+    def _claim(self, version: Version, fills: list[ChunkFill], *, another_read: bool = False) -> None:
         """Hand fills to the read of ``version`` about to come (``read`` takes them as its own),
         each held until then: a chunk that is not kept (a do-not-cache rule, no room) keeps its
         bytes in its temp file for that read, however soon its fill ends, and is not fetched
-        twice. Released if no read came within ``CLAIM_WAIT``."""
+        twice. Released if no read came within ``CLAIM_WAIT``, or sooner, oldest first, when
+        more than ``CLAIMED_FILLS`` are held. Fills claimed for one read join its claim;
+        ``another_read``: for one more read (fills another read is already waiting for), a claim
+        of its own, taken by the reads in the order they claimed."""
         if not fills:
             return
-        claim = self._claims.get(version.vid)
-        if claim is None:
-            claim = self._claims[version.vid] = {}
-            asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claim)
+        claims = self._claims.setdefault(version.vid, [])
+        if another_read or not claims:
+            claims.append({})
+            asyncio.get_running_loop().call_later(CLAIM_WAIT, self._unclaimed, version.vid, claims[-1])
+        claim = claims[-1]
+        held = len(claim)
         for f in fills:
             _hold_in(claim, f)
-        while len(self._claims) > 1024:  # reads that never came
-            for f in self._claims.popitem(last=False)[1].values():
-                f.detach()
+        self._claimed += len(claim) - held
+        # reads that never came (errors before the read): the oldest claims go first
+        while self._claims and (len(self._claims) > 1024 or self._claimed > CLAIMED_FILLS):
+            vid = next(iter(self._claims))
+            self._release_claim(vid, self._claims[vid][0])
+
+    def _take_claim(self, vid: str) -> dict[int, ChunkFill] | None:
+        """The oldest claim on ``vid``'s fills, for the read that comes (``_claim``)."""
+        claims = self._claims.get(vid)
+        if not claims:
+            return None
+        claim = claims.pop(0)
+        if not claims:
+            del self._claims[vid]
+        self._claimed -= len(claim)
+        return claim
 
     def _unclaimed(self, vid: str, claim: dict[int, ChunkFill]) -> None:
-        if self._claims.get(vid) is claim:
+        claims = self._claims.get(vid)
+        if claims is not None and any(c is claim for c in claims):  # (else: taken by its read)
+            self._release_claim(vid, claim)
+
+    def _release_claim(self, vid: str, claim: dict[int, ChunkFill]) -> None:
+        """Let go of a claim no read took."""
+        claims = self._claims[vid]
+        claims[:] = [c for c in claims if c is not claim]
+        if not claims:
             del self._claims[vid]
-            for f in claim.values():
-                f.detach()
+        self._claimed -= len(claim)
+        for f in claim.values():
+            f.detach()
 
     def _unanswered(self, k: tuple[str, str], verdict: asyncio.Future) -> None:
         """No verdict came for a speculation (no lookup followed it): it is dropped."""

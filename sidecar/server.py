@@ -108,6 +108,7 @@ class Sidecar:
         self.reader.tier = self.tier
         if self.tier is not None:
             self.catalog.on_resolved = self.reader.resolved  # the verdicts on speculative tier reads
+            self.reader.tier_keeps = lambda meta: self.read_policy(meta.bucket, meta.key, meta.size)[0]
         self.face = S3Face(upstream=self.upstream, catalog=self.catalog, reader=self.reader, metrics=self.metrics,
                            virtual_host_suffixes=settings.virtual_host_suffixes,
                            read_policy=self.read_policy,

@@ -95,6 +95,46 @@ def test_checksum_mode_get_of_an_object_not_kept_fetches_its_bytes_once(make_sid
     assert sc.admin("/stats")["cache"]["chunks"] == 0
 
 
+def test_object_not_kept_read_while_another_reads_fill_is_in_flight_costs_no_request(make_sidecar, tap, moto_s3,
+                                                                                     bucket, tmp_path):
+    from support.tap import Fault
+
+    cfg = tmp_path / "rules.yaml"
+    cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "nocache/", "cache": False}]}))
+    # (an answer held a second is not an outage)
+    sc = make_sidecar(chunk_size="1MiB", config=str(cfg), readahead_chunks=0, prefetch="false",
+                      upstream_answer_within="20s")
+    data = os.urandom(3 * MiB + 5)
+    moto_s3.put_object(Bucket=bucket, Key="nocache/o", Body=data, ChecksumAlgorithm="CRC32")
+    s3 = sc.client(max_pool_connections=4)
+    etag = s3.head_object(Bucket=bucket, Key="nocache/o")["ETag"]
+    tap.clear()
+    # the upstream holds its answer to the first read's GET: its fill of chunk 0 is in flight
+    # when the second read comes
+    tap.fault = lambda seen: Fault(delay=1.0) if seen.method == "GET" else None
+
+    def read():
+        got = s3.get_object(Bucket=bucket, Key="nocache/o", ChecksumMode="ENABLED")
+        return got["Body"].read(), got["ResponseMetadata"]["HTTPHeaders"].get("x-amz-checksum-crc32")
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(read)
+            deadline = time.monotonic() + 10
+            while not tap.requests("GET", "nocache/o") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            second = pool.submit(read)
+            got = [first.result(), second.result()]
+    finally:
+        tap.fault = None
+    assert all(body == data and crc for body, crc in got)  # (boto3 checked each body against its crc)
+    # The second read joined the first one's GET, for its answer's checksum headers and for its
+    # bytes (held for it, though not kept): before, it sent a GET for the headers alone.
+    sent = [(s.method, s.headers.get("range"), s.headers.get("if-match")) for s in tap.requests(path_contains="nocache/o")]
+    assert sent == [("GET", None, etag)]
+    assert sc.admin("/stats")["cache"]["chunks"] == 0
+
+
 def test_object_not_kept_read_by_a_slow_client_is_fetched_once(make_sidecar, tap, moto_s3, bucket, tmp_path):
     cfg = tmp_path / "rules.yaml"
     cfg.write_text(yaml.safe_dump({"rules": [{"bucket": bucket, "prefix": "nocache/", "cache": False}]}))

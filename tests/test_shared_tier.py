@@ -433,6 +433,30 @@ def test_a_record_naming_another_version_never_serves_its_bytes(pods, moto_s3, b
     wait_hint(tier_moto, tier_bucket, etag)
 
 
+def test_a_revalidation_that_finds_a_new_version_records_it_for_the_next_pods(pods, moto_s3, bucket, tap, tier_moto,
+                                                                             tier_bucket, tier_tap):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    wait_hint(tier_moto, tier_bucket, moto_s3.head_object(Bucket=bucket, Key="obj")["ETag"])
+    a = pods(metadata_ttl=1)
+    a.client().head_object(Bucket=bucket, Key="obj")  # a knows the recorded version ...
+    new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # ... which is then overwritten upstream
+    time.sleep(1.2)
+    got = a.client().get_object(Bucket=bucket, Key="obj")  # a's HEAD revalidates: a new version
+    assert got["Body"].read() == new
+    # a's revalidation, not only a pod's first read, records the version it found
+    wait_hint(tier_moto, tier_bucket, got["ETag"])
+    wait_blocks(tier_moto, tier_bucket, 3 + 3)  # and a wrote the new version's blocks
+    b = pods(upstream_answer_within="20s")
+    tier_tap.clear()
+    asked: list[int] = []
+    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    assert got == new and asked == [3]
+    # so the next pod's guess, read while its HEAD was out, is the new version: none of it wasted
+    tier = b.admin("/stats")["tier"]
+    assert (tier["speculations"], tier["speculative_dropped_bytes"]) == ({"hint/confirmed": 1.0}, 0)
+    assert b.admin("/stats")["upstream"]["bytes"] == 0
+
+
 def test_forged_record_is_ignored_with_a_shared_key(pods, moto_s3, bucket, tier_moto, tier_bucket, tmp_path):
     key_file = tmp_path / "tier.key"
     key_file.write_text("job-secret-1")
