@@ -11,7 +11,10 @@ nginx and the sidecar alternate, and each figure is the median of ``--rounds`` r
 Hit cases (wrk, keep-alive): 4 KiB objects c=64; 1 MiB and 64 MiB objects c=16; random
 unaligned ranges of 64 KiB, 256 KiB and 1 MiB inside a 64 MiB object c=16 (a wrk Lua script
 sets a random Range per request). For each: req/s, MiB/s, and CPU-s/GiB of the server (its
-processes' user+system CPU time over the run, divided by GiB served).
+processes' user+system CPU time over the run, divided by GiB served). Under each row, where
+the sidecar's hits of that case came from (its counters): chunk reads from memory, bytes sent
+from chunk files unchecked, bytes read and checked; a case that stops coming from memory, or
+checks its bytes on every run, shows there.
 
 With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 MiB objects.
 
@@ -315,6 +318,7 @@ def main() -> int:
         if baseline is not None:
             timed_get(int(baseline.url.rsplit(":", 1)[1]), f"/{BUCKET}/hot-{size}")
     results: dict[str, dict[str, list[dict]]] = {}
+    sources = hit_counters(sc)
     try:
         for name, size, c, length in cases:
             script = None
@@ -333,6 +337,7 @@ def main() -> int:
                     runs[who].append(measure(pid, f"{base}/{BUCKET}/hot-{size}", c, args.duration, script,
                                              length or size))
             print_hit_row(name, runs, flush=True)
+            print(f"  {'':<30} sidecar, where this case's hits came from: {hit_sources(sc, sources)}", flush=True)
         rss = None
         if 64 * MiB in sizes:
             # 64 clients on 64 MiB objects: the sidecar's peak resident memory (its high-water mark)
@@ -378,6 +383,27 @@ def main() -> int:
     (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+_HIT_SOURCES = (("sidecar_cache_ram_hits_total", "chunk reads from memory"),
+                ("sidecar_cache_unchecked_bytes_total", "sent from files unchecked"),
+                ("sidecar_cache_checked_bytes_total", "read from files and checked"))
+
+
+def hit_counters(sc: Sidecar) -> dict[str, float]:
+    text = sc.metrics_text()
+    return {name: float(m.group(1)) if (m := re.search(rf"^{name} (\S+)$", text, re.M)) else 0.0
+            for name, _ in _HIT_SOURCES}
+
+
+def hit_sources(sc: Sidecar, last: dict[str, float]) -> str:
+    """What the sidecar's counters of hit sources gained since ``last`` (updated): a case whose
+    small objects stop coming from memory, or whose bytes are checked on every run, shows here."""
+    now = hit_counters(sc)
+    gained = {name: now[name] - last[name] for name in now}
+    last.update(now)
+    return ", ".join(f"{gained[name]:.0f} {what}" if "ram" in name else f"{gained[name] / MiB:.0f} MiB {what}"
+                     for name, what in _HIT_SOURCES)
 
 
 def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -> dict:
