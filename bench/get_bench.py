@@ -57,6 +57,7 @@ from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.observe import metric  # noqa: E402
 from support.procs import CHILD_ENV, MotoServer, Sidecar, free_port, wait_port  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -391,9 +392,7 @@ _HIT_SOURCES = (("sidecar_cache_ram_hits_total", "chunk reads from memory"),
 
 
 def hit_counters(sc: Sidecar) -> dict[str, float]:
-    text = sc.metrics_text()
-    return {name: float(m.group(1)) if (m := re.search(rf"^{name} (\S+)$", text, re.M)) else 0.0
-            for name, _ in _HIT_SOURCES}
+    return {name: metric(sc, name) for name, _ in _HIT_SOURCES}
 
 
 def hit_sources(sc: Sidecar, last: dict[str, float]) -> str:
