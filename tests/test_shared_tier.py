@@ -282,56 +282,6 @@ def chunk_files(pod) -> list[Path]:
     return [p for p in (pod.cache_dir / "v2").glob("??/*") if not p.name.endswith(".meta")]
 
 
-def held_until_blocks_are_read(tier_tap, tier_bucket, n: int, seen_first: list[int]):
-    """A fault for the upstream tap: each HEAD of the object waits (at most 10 s) until the tier
-    has been asked for ``n`` blocks, and records how many it had been asked for by then."""
-    def hold(seen):
-        if seen.method == "HEAD" and "/obj" in seen.path:
-            deadline = time.monotonic() + 10
-            while len(tier_tap.requests("GET", tier_bucket)) < n and time.monotonic() < deadline:
-                time.sleep(0.01)
-            seen_first.append(len(tier_tap.requests("GET", tier_bucket)))
-        return None
-    return hold
-
-
-def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, bucket, tap, tier_moto,
-                                                                 tier_bucket, tier_tap):
-    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
-    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
-    etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]  # the version b knows
-    time.sleep(1.2)  # ... whose metadata has expired
-    tap.clear()
-    tier_tap.clear()
-    asked: list[int] = []
-    got, _ = read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked))
-    assert got == body
-    # the revalidating HEAD was still unanswered when all three blocks had been asked for
-    assert asked == [3]
-    assert [(s.method, s.headers.get("if-none-match")) for s in tap.requests(path_contains="obj")] == [("HEAD", etag)]
-    assert tier_reads(b, "hit") == 3 and b.admin("/stats")["upstream"]["bytes"] == 0
-    line = request_line(b, "obj")
-    assert (line["outcome"], line["bytes_tier"]) == ("tier", len(body))
-
-
-def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(pods, moto_s3, bucket, tap, tier_moto,
-                                                                                tier_bucket, tier_tap):
-    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
-    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
-    old_etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]
-    new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # overwritten upstream, behind b's back
-    time.sleep(1.2)
-    tier_tap.clear()
-    asked: list[int] = []
-    got, etag = read_while_held(b, bucket, "obj", tap, held_until_blocks_are_read(tier_tap, tier_bucket, 3, asked))
-    assert got == new and etag != old_etag
-    assert asked == [3], "the old version's blocks were read while the HEAD was out"
-    # ... and went nowhere: neither to the client nor into the pod's cache (only the new
-    # version's three chunks are there)
-    assert len(chunk_files(b)) == 3
-    assert b.admin("/stats")["upstream"]["bytes"] == len(new)
-
-
 def block_gets(tier_tap, tier_bucket) -> int:
     """Block GETs the tier has been asked for (not reads of the records of the version last seen)."""
     return len([s for s in tier_tap.requests("GET", tier_bucket) if "/latest/" not in s.path])
@@ -350,6 +300,43 @@ def head_held_until_block_gets(tier_tap, tier_bucket, n: int, seen_first: list[i
             time.sleep(linger)
         return None
     return hold
+
+
+def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, bucket, tap, tier_moto,
+                                                                 tier_bucket, tier_tap):
+    body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
+    etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]  # the version b knows
+    time.sleep(1.2)  # ... whose metadata has expired
+    tap.clear()
+    tier_tap.clear()
+    asked: list[int] = []
+    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    assert got == body
+    # the revalidating HEAD was still unanswered when all three blocks had been asked for
+    assert asked == [3]
+    assert [(s.method, s.headers.get("if-none-match")) for s in tap.requests(path_contains="obj")] == [("HEAD", etag)]
+    assert tier_reads(b, "hit") == 3 and b.admin("/stats")["upstream"]["bytes"] == 0
+    line = request_line(b, "obj")
+    assert (line["outcome"], line["bytes_tier"]) == ("tier", len(body))
+
+
+def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(pods, moto_s3, bucket, tap, tier_moto,
+                                                                                tier_bucket, tier_tap):
+    filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
+    b = pods(metadata_ttl=1, upstream_answer_within="20s")  # a held HEAD is not an outage (stale-if-error)
+    old_etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]
+    new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # overwritten upstream, behind b's back
+    time.sleep(1.2)
+    tier_tap.clear()
+    asked: list[int] = []
+    got, etag = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    assert got == new and etag != old_etag
+    assert asked == [3], "the old version's blocks were read while the HEAD was out"
+    # ... and went nowhere: neither to the client nor into the pod's cache (only the new
+    # version's three chunks are there)
+    assert len(chunk_files(b)) == 3
+    assert b.admin("/stats")["upstream"]["bytes"] == len(new)
 
 
 def wait_hint(tier_moto, tier_bucket, etag: str) -> dict:
