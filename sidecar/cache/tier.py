@@ -472,20 +472,10 @@ class SharedTier:
     async def _open_block(self, key: str, meta: ObjectMeta, index: int, length: int,
                           slots: asyncio.Semaphore) -> TierBlock | None:
         deadline = asyncio.get_running_loop().time() + self.read_within
-        try:
-            async with asyncio.timeout_at(deadline):
-                size, metadata, store_crc, body, release = await self._open(key)
-        except TimeoutError:
-            self.breaker.failure()
-            self._count("timeout")
+        opened = await self._open_within(key, deadline, self._count)
+        if opened is None:
             return None
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever the store says, the upstream is the answer
-            self._read_failed(e, self._count)
-            log.debug("tier_read_failed", error=repr(e)[:200])
-            return None
-        self.breaker.success()
+        size, metadata, store_crc, body, release = opened
         try:
             binding, mac = self._check_headers(meta, index, length, size, metadata, store_crc)
         except BlockRejected as e:
@@ -510,20 +500,12 @@ class SharedTier:
             self._count_hint("breaker_open")
             return None
         deadline = asyncio.get_running_loop().time() + self.read_within
-        try:
-            async with asyncio.timeout_at(deadline):
-                size, metadata, _, _, release = await self._open(self.naming.hint_key(bucket, key))
-                await release()
-        except TimeoutError:
-            self.breaker.failure()
-            self._count_hint("timeout")
+        opened = await self._open_within(self.naming.hint_key(bucket, key), deadline, self._count_hint)
+        if opened is None:  # no record is as good as a bad one: no guess
             return None
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - no record is as good as a bad one: no guess
-            self._read_failed(e, self._count_hint)
-            return None
-        self.breaker.success()
+        size, metadata, _, _, release = opened
+        with contextlib.suppress(Exception):
+            await release()  # (a record has no body)
         try:
             text = _bound_text(metadata)
             if size != 0:
@@ -545,6 +527,26 @@ class SharedTier:
         starts like a record's). Returned unfinished: a reader updates it with a block's bytes."""
         assert self.hmac_key is not None
         return hmac.new(self.hmac_key, binding.encode() + b"\0" + body, hashlib.sha256)
+
+    async def _open_within(self, key: str, deadline: float, count: Callable[[str], None]):
+        """``_open`` of a block or record by ``deadline``; None when it failed, counted with
+        ``count`` (``timeout``, ``miss`` or ``error``) and told to the breaker. Whatever the store
+        says, the upstream is the answer."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                opened = await self._open(key)
+        except TimeoutError:
+            self.breaker.failure()
+            count("timeout")
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self._read_failed(e, count)
+            log.debug("tier_read_failed", key=key, error=repr(e)[:200])
+            return None
+        self.breaker.success()
+        return opened
 
     def _read_failed(self, e: Exception, count: Callable[[str], None]) -> None:
         """A read of a block or record that raised ``e``: what it says of the store goes to the
