@@ -418,7 +418,8 @@ class FastPath:
         size = obj.meta.size
         if stop < start or start >= size:
             return None  # the whole object, or 416: the face's
-        return obj.ranged(self, ByteRange(start, min(stop, size - 1)), head[at + 9:end].decode("ascii"))
+        value = head[at + len(_RANGE_LINE) - len(b"bytes="):end].decode("ascii")  # the header's value
+        return obj.ranged(self, ByteRange(start, min(stop, size - 1)), value)
 
     def note_hit(self, plan: HitPlan, rid: str, t0: float, prefetched: int, touched: tuple | None) -> None:
         """An answer sent as planned, into the hit journal (``touched``: its RAM-tier chunk, for
