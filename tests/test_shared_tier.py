@@ -302,6 +302,18 @@ def head_held_until_block_gets(tier_tap, tier_bucket, n: int, seen_first: list[i
     return hold
 
 
+def read_with_head_held(pod, bucket: str, tap, tier_tap, tier_bucket,
+                        blocks: int = 3) -> tuple[bytes, str, list[int]]:
+    """A GET of "obj" through ``pod`` whose upstream HEAD is held until the tier has been asked
+    for ``blocks`` blocks (``head_held_until_block_gets``): its bytes, its ETag, and how many
+    blocks had been asked for when each HEAD went on."""
+    tier_tap.clear()
+    asked: list[int] = []
+    got, etag = read_while_held(pod, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, blocks,
+                                                                                    asked))
+    return got, etag, asked
+
+
 def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, bucket, tap, tier_moto,
                                                                  tier_bucket, tier_tap):
     body, _ = filled_by_a_pod(pods, moto_s3, bucket, tier_moto, tier_bucket, "obj", 3)
@@ -309,9 +321,7 @@ def test_expired_entry_reads_the_tier_while_the_head_revalidates(pods, moto_s3, 
     etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]  # the version b knows
     time.sleep(1.2)  # ... whose metadata has expired
     tap.clear()
-    tier_tap.clear()
-    asked: list[int] = []
-    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    got, _, asked = read_with_head_held(b, bucket, tap, tier_tap, tier_bucket)
     assert got == body
     # the revalidating HEAD was still unanswered when all three blocks had been asked for
     assert asked == [3]
@@ -328,9 +338,7 @@ def test_blocks_read_for_an_expired_version_are_dropped_when_the_object_changed(
     old_etag = b.client().head_object(Bucket=bucket, Key="obj")["ETag"]
     new = put(moto_s3, bucket, "obj", 2 * CHUNK + 3)  # overwritten upstream, behind b's back
     time.sleep(1.2)
-    tier_tap.clear()
-    asked: list[int] = []
-    got, etag = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    got, etag, asked = read_with_head_held(b, bucket, tap, tier_tap, tier_bucket)
     assert got == new and etag != old_etag
     assert asked == [3], "the old version's blocks were read while the HEAD was out"
     # ... and went nowhere: neither to the client nor into the pod's cache (only the new
@@ -359,9 +367,7 @@ def test_first_read_of_a_pod_reads_the_tier_while_its_head_is_out(pods, moto_s3,
     wait_hint(tier_moto, tier_bucket, etag)  # the first pod recorded the version it resolved
     b = pods(upstream_answer_within="20s")  # a pod that never saw the object
     tap.clear()
-    tier_tap.clear()
-    asked: list[int] = []
-    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    got, _, asked = read_with_head_held(b, bucket, tap, tier_tap, tier_bucket)
     assert got == body
     # its HEAD was still unanswered when all three blocks had been asked for: the record of the
     # version last seen was the guess, and the pod's own HEAD the verdict
@@ -434,9 +440,7 @@ def test_a_revalidation_that_finds_a_new_version_records_it_for_the_next_pods(po
     wait_hint(tier_moto, tier_bucket, got["ETag"])
     wait_blocks(tier_moto, tier_bucket, 3 + 3)  # and a wrote the new version's blocks
     b = pods(upstream_answer_within="20s")
-    tier_tap.clear()
-    asked: list[int] = []
-    got, _ = read_while_held(b, bucket, "obj", tap, head_held_until_block_gets(tier_tap, tier_bucket, 3, asked))
+    got, _, asked = read_with_head_held(b, bucket, tap, tier_tap, tier_bucket)
     assert got == new and asked == [3]
     # so the next pod's guess, read while its HEAD was out, is the new version: none of it wasted
     tier = b.admin("/stats")["tier"]
