@@ -69,7 +69,11 @@ class CountingTransport:
 
 
 async def run(requests: int, repeat: int) -> list[float]:
-    work = Path(tempfile.mkdtemp(prefix="sidecar-micro-"))
+    with tempfile.TemporaryDirectory(prefix="sidecar-micro-") as d:
+        return await _run(Path(d), requests, repeat)
+
+
+async def _run(work: Path, requests: int, repeat: int) -> list[float]:
     (work / "up" / "b").mkdir(parents=True)
     (work / "up" / "b" / "k").write_bytes(os.urandom(4096))
     settings = config.load({"upstream": f"file://{work / 'up'}", "cache_dir": str(work / "cache"),
@@ -123,8 +127,13 @@ def _drain(sock: socket.socket) -> None:
 
 
 async def run_ranges(length: int, requests: int, repeat: int) -> list[float]:
+    # (the work directory holds a 64 MiB upstream object and its cached chunks: removed after)
+    with tempfile.TemporaryDirectory(prefix="sidecar-micro-") as d:
+        return await _run_ranges(Path(d), length, requests, repeat)
+
+
+async def _run_ranges(work: Path, length: int, requests: int, repeat: int) -> list[float]:
     size = 64 * 1024 * 1024
-    work = Path(tempfile.mkdtemp(prefix="sidecar-micro-"))
     (work / "up" / "b").mkdir(parents=True)
     (work / "up" / "b" / "big").write_bytes(os.urandom(size))
     settings = config.load({"upstream": f"file://{work / 'up'}", "cache_dir": str(work / "cache"),
