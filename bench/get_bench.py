@@ -1,6 +1,6 @@
 """Hits and cold misses against nginx in the same run: the data plane's figures (issue table).
 
-    PYTHONPATH=. .venv/bin/python bench/get_bench.py [--duration 3] [--rounds 3] [--cold-rounds 3]
+    PYTHONPATH=. .venv/bin/python bench/get_bench.py [--duration 3] [--rounds 3] [--cold-rounds 3] [--floor]
 
 Starts a moto S3 server (the upstream), a sidecar in front of it (default settings, warm cache),
 Debian's nginx (1 worker, sendfile; twice: tcp_nopush off and on, each case compared with the
@@ -14,7 +14,14 @@ sets a random Range per request). For each: req/s, MiB/s, and CPU-s/GiB of the s
 processes' user+system CPU time over the run, divided by GiB served). Under each row, where
 the sidecar's hits of that case came from (its counters): chunk reads from memory, bytes sent
 from chunk files unchecked, bytes read and checked; a case that stops coming from memory, or
-checks its bytes on every run, shows there.
+checks its bytes on every run, shows there. Each row also gives wrk's own CPU share (one
+thread) against nginx and against the sidecar: at 90 % or more the client, not the server, sets
+the pace ("client-bound"), and CPU-s/GiB is then the figure that compares the servers.
+
+``--floor`` adds bench/floor_server.py, pinned like the others: a Python static file server on
+uvloop doing only what every hit must (head, Range, sendfile) and none of the sidecar's own work
+per hit. Its req/s and CPU-s/GiB, beside nginx's, split a gap into the interpreter's share and
+the sidecar's.
 
 With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 MiB objects.
 
@@ -41,6 +48,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -64,6 +72,7 @@ OUT = Path(__file__).resolve().parent / "out"
 BUCKET = "bench"
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 SERVER_CPU, CLIENT_CPU = 0, 1
+CLIENT_BOUND = 0.9  # wrk busy this share of the run or more: the client sets the pace
 
 # (name, object size, concurrency, range length or None)
 HIT_CASES = [
@@ -175,11 +184,29 @@ http {{
         self.proc.wait(10)
 
 
+class Floor:
+    """bench/floor_server.py serving the same files as nginx, pinned like the other servers."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
+                                      str(root), str(self.port)], env=CHILD_ENV)
+        wait_port(self.port, proc=self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        pin(self.proc.pid, SERVER_CPU)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 def wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dict:
     cmd = ["taskset", "-c", str(CLIENT_CPU), "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s"]
     if script is not None:
         cmd += ["-s", str(script)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} failed responses under wrk:\n{out}")
@@ -189,7 +216,8 @@ def wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dic
     requests = int(m.group(1))
     seconds = float(m.group(2)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(3)]
     nbytes = float(m.group(4)) * {"B": 1, "KB": KiB, "MB": MiB, "GB": GiB, "TB": 1024 * GiB}[m.group(5)]
-    return {"requests": requests, "seconds": seconds, "bytes": nbytes}
+    client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"requests": requests, "seconds": seconds, "bytes": nbytes, "client_cpu": client_cpu}
 
 
 def measure(pid: int, url: str, concurrency: int, duration: float, script: Path | None, body: int) -> dict:
@@ -198,7 +226,8 @@ def measure(pid: int, url: str, concurrency: int, duration: float, script: Path 
     cpu = cpu_seconds(pid) - c0
     served = r["requests"] * body
     return {"rps": r["requests"] / r["seconds"], "mibps": served / MiB / r["seconds"],
-            "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu}
+            "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu,
+            "client_cpu_share": r["client_cpu"] / r["seconds"]}
 
 
 def peak_rss(pid: int) -> int:
@@ -266,6 +295,8 @@ def main() -> int:
     ap.add_argument("--cases", default="", help="comma-separated substrings selecting hit cases (default all)")
     ap.add_argument("--baseline", type=Path, default=None, metavar="CHECKOUT",
                     help="also measure the sidecar of another checkout, interleaved (hit cases)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure bench/floor_server.py (the least a Python hit path does) on the hit cases")
     ap.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                     help="extra sidecar setting, e.g. --set chunk_verification=when-changed")
     args = ap.parse_args()
@@ -313,6 +344,7 @@ def main() -> int:
     nginx = Nginx(work, root=work / "www")
     nginx_nopush = Nginx(work, root=work / "www", nopush=True)
     proxy = Nginx(work, upstream=moto.url)
+    floor = Floor(work / "www") if args.floor else None
     sc_port = int(sc.url.rsplit(":", 1)[1])
     for size in sizes:  # warm the sidecars' caches with every hot object
         timed_get(sc_port, f"/{BUCKET}/hot-{size}")
@@ -329,11 +361,15 @@ def main() -> int:
             runs = results.setdefault(name, {"nginx": [], "nginx-nopush": [], "sidecar": []})
             if baseline is not None:
                 runs["baseline"] = []
+            if floor is not None:
+                runs["floor"] = []
             for r in range(args.rounds):
                 order = [("nginx", nginx.proc.pid, nginx.url), ("sidecar", sc.proc.pid, sc.url),
                          ("nginx-nopush", nginx_nopush.proc.pid, nginx_nopush.url)]
                 if baseline is not None:
                     order.insert(2, ("baseline", baseline.proc.pid, baseline.url))
+                if floor is not None:
+                    order.insert(2, ("floor", floor.proc.pid, floor.url))
                 for who, pid, base in order if r % 2 == 0 else order[::-1]:
                     runs[who].append(measure(pid, f"{base}/{BUCKET}/hot-{size}", c, args.duration, script,
                                              length or size))
@@ -357,6 +393,8 @@ def main() -> int:
         nginx.stop()
         nginx_nopush.stop()
         proxy.stop()
+        if floor is not None:
+            floor.stop()
         sc.stop()
         if baseline is not None:
             baseline.stop()
@@ -420,13 +458,22 @@ def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -
     versus = (f"   | {b['rps']:14.0f} {b['cpu_s_per_gib']:8.3f} {s['rps'] / b['rps']:5.2f}x "
               f"{s['cpu_s_per_gib'] / b['cpu_s_per_gib']:5.2f}x (paired {paired('baseline', 'rps'):.2f}x "
               f"{paired('baseline', 'cpu_s_per_gib'):.2f}x)") if b else ""
+    f = med.get("floor")
+    floor = (f"   | floor {f['rps']:8.0f} req/s {f['cpu_s_per_gib']:7.3f} CPUs/GiB {f['rps'] / n['rps']:5.2f}x "
+             f"{f['cpu_s_per_gib'] / n['cpu_s_per_gib']:4.1f}x") if f else ""
+    # wrk's own CPU (one thread): near 100 % it, not the server, sets the pace of the case
+    client = {who: statistics.median(r["client_cpu_share"] for r in rs) for who, rs in runs.items()}
+    bound = [who for who in (best, "sidecar") if client[who] >= CLIENT_BOUND]
     print(f"{name:<32} {n['rps']:11.0f} {n['mibps']:8.0f} {n['cpu_s_per_gib']:8.3f} | {s['rps']:13.0f} "
           f"{s['mibps']:8.0f} {s['cpu_s_per_gib']:8.3f} | {s['rps'] / n['rps']:6.2f}x "
           f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'}; "
-          f"paired {paired_rps:.2f}x {paired_cpu:.1f}x)" + versus, flush=flush)
+          f"paired {paired_rps:.2f}x {paired_cpu:.1f}x; wrk CPU {client[best]:.0%} / {client['sidecar']:.0%}"
+          + (f", client-bound: {' and '.join(bound)}" if bound else "") + ")" + versus + floor, flush=flush)
     row = {"nginx": n, "nginx_config": best, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
            "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"], "paired_rps_ratio": paired_rps,
-           "paired_cpu_ratio": paired_cpu}
+           "paired_cpu_ratio": paired_cpu, "client_cpu_share": client}
+    if f:
+        row["floor"] = f
     if b:
         row["baseline"] = b
     return row
