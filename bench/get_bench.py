@@ -16,7 +16,10 @@ the sidecar's hits of that case came from (its counters): chunk reads from memor
 from chunk files unchecked, bytes read and checked; a case that stops coming from memory, or
 checks its bytes on every run, shows there. Each row also gives wrk's own CPU share (one
 thread) against nginx and against the sidecar: at 90 % or more the client, not the server, sets
-the pace ("client-bound"), and CPU-s/GiB is then the figure that compares the servers.
+the pace ("client-bound"), and CPU-s/GiB is then the figure that compares the servers. On
+loopback part of the kernel's work for each byte is charged to whichever side's CPU happens to
+run it (nginx's tcp_nopush moves it from the client to the server), so the row also gives the
+server's and the client's CPU-s/GiB added together.
 
 ``--floor`` adds bench/floor_server.py, pinned like the others: a Python static file server on
 uvloop doing only what every hit must (head, Range, sendfile) and none of the sidecar's own work
@@ -227,7 +230,8 @@ def measure(pid: int, url: str, concurrency: int, duration: float, script: Path 
     served = r["requests"] * body
     return {"rps": r["requests"] / r["seconds"], "mibps": served / MiB / r["seconds"],
             "cpu_s_per_gib": cpu / (served / GiB) if served else float("nan"), "cpu_s": cpu,
-            "client_cpu_share": r["client_cpu"] / r["seconds"]}
+            "client_cpu_share": r["client_cpu"] / r["seconds"],
+            "client_cpu_s_per_gib": r["client_cpu"] / (served / GiB) if served else float("nan")}
 
 
 def peak_rss(pid: int) -> int:
@@ -463,15 +467,19 @@ def print_hit_row(name: str, runs: dict[str, list[dict]], flush: bool = False) -
              f"{f['cpu_s_per_gib'] / n['cpu_s_per_gib']:4.1f}x") if f else ""
     # wrk's own CPU (one thread): near 100 % it, not the server, sets the pace of the case
     client = {who: statistics.median(r["client_cpu_share"] for r in rs) for who, rs in runs.items()}
+    both = {who: statistics.median(r["cpu_s_per_gib"] + r["client_cpu_s_per_gib"] for r in rs)
+            for who, rs in runs.items()}
     bound = [who for who in (best, "sidecar") if client[who] >= CLIENT_BOUND]
     print(f"{name:<32} {n['rps']:11.0f} {n['mibps']:8.0f} {n['cpu_s_per_gib']:8.3f} | {s['rps']:13.0f} "
           f"{s['mibps']:8.0f} {s['cpu_s_per_gib']:8.3f} | {s['rps'] / n['rps']:6.2f}x "
           f"{s['cpu_s_per_gib'] / n['cpu_s_per_gib']:5.1f}x  (nginx tcp_nopush {'on' if best != 'nginx' else 'off'}; "
           f"paired {paired_rps:.2f}x {paired_cpu:.1f}x; wrk CPU {client[best]:.0%} / {client['sidecar']:.0%}"
-          + (f", client-bound: {' and '.join(bound)}" if bound else "") + ")" + versus + floor, flush=flush)
+          + (f", client-bound: {' and '.join(bound)}" if bound else "")
+          + f"; with wrk's CPU {both[best]:.3f} / {both['sidecar']:.3f} CPU-s/GiB = {both['sidecar'] / both[best]:.1f}x)"
+          + versus + floor, flush=flush)
     row = {"nginx": n, "nginx_config": best, "sidecar": s, "rps_ratio": s["rps"] / n["rps"],
            "cpu_ratio": s["cpu_s_per_gib"] / n["cpu_s_per_gib"], "paired_rps_ratio": paired_rps,
-           "paired_cpu_ratio": paired_cpu, "client_cpu_share": client}
+           "paired_cpu_ratio": paired_cpu, "client_cpu_share": client, "server_and_client_cpu_s_per_gib": both}
     if f:
         row["floor"] = f
     if b:
