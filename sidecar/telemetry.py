@@ -654,6 +654,14 @@ class AccessLog:
                 bytes_tier: int = 0) -> str:
         """The fields of a JSON line between its request id and its duration: a caller that logs
         the same answer again and again prepares them once."""
+        before, after = self.parts(method, operation, bucket, key, status, outcome)
+        return before + _range(range_) + after % (nbytes, bytes_cache, bytes_upstream, bytes_tier)
+
+    def parts(self, method: str, operation: str, bucket: str | None, key: str | None, status: int,
+              outcome: str) -> tuple[str, str]:
+        """``prepare``'s fields in two parts, for a caller that logs answers of one object differing
+        only in their range and byte counts: the fields before the range's JSON value, and those
+        after it as a format taking (bytes, bytes_cache, bytes_upstream, bytes_tier)."""
         # Values a client controls are JSON-escaped, and scrubbed where a credential could hide.
         obj = self._objects.get((self.key_mode, bucket, key))
         if obj is None:
@@ -661,9 +669,10 @@ class AccessLog:
             if len(self._objects) >= self.OBJECTS_MAX:
                 self._objects.clear()
             self._objects[(self.key_mode, bucket, key)] = obj
-        return (f'"method": {_json_str(method)}, "operation": "{operation}", {obj}, '
-                f'"range": {_range(range_)}, "status": {status}, "outcome": "{outcome}", "bytes": {nbytes}, '
-                f'"bytes_cache": {bytes_cache}, "bytes_upstream": {bytes_upstream}, "bytes_tier": {bytes_tier}, ')
+        # (only the second part is a format: the first holds the key, whose % are its own)
+        return (f'"method": {_json_str(method)}, "operation": "{operation}", {obj}, "range": ',
+                f', "status": {status}, "outcome": "{outcome}", "bytes": %d, "bytes_cache": %d, '
+                f'"bytes_upstream": %d, "bytes_tier": %d, ')
 
     def emit_prepared(self, request_id: str, fields: str, seconds: float) -> bool:
         """Log one request whose fields ``prepare`` gave, ending now; False (nothing logged) when

@@ -9,8 +9,10 @@ import os
 import re
 import socket
 import time
+import urllib.parse
 import urllib.request
 
+import pytest
 import yaml
 
 from hypothesis import given, settings
@@ -270,7 +272,6 @@ def test_signed_hits_take_the_fast_path_and_bad_signatures_are_refused_once(make
     assert good.get_object(Bucket=bucket, Key="k", Range="bytes=1-5")["Body"].read() == body[1:6]
     assert fast_answers(sc) == before + 1
     import botocore.exceptions
-    import pytest
 
     with pytest.raises(botocore.exceptions.ClientError) as e:
         client("wrong").get_object(Bucket=bucket, Key="k")
@@ -532,6 +533,37 @@ def test_signed_ranged_reads_share_a_shape_and_odd_signing_headers_are_parsed(ma
     assert lean == [True, True, True, True, False, False]
     assert answers[4][0] == 206 and answers[4][2] == body[20:30], "the face reads a repeated header as aiohttp does"
     assert answers[5][0] == 400, "a control byte in a header value is not HTTP"
+
+
+def test_ranged_hits_of_a_known_shape_are_logged_and_counted_as_the_face_does(make_sidecar, moto_s3, bucket):
+    """A columnar reader's ranges within one chunk file are answered with no plan of their own
+    (the shape lane): each still gets the face's request-log line (a key with quotes, a percent
+    sign and non-ASCII letters escaped the same way), its count, its hotness and its bytes."""
+    key = 'odd "key" %d ü/x'
+    body = os.urandom(3 * 256 * KiB)
+    moto_s3.put_object(Bucket=bucket, Key=key, Body=body)
+    spans = [(0, 99), (1000, 5000), (262144, 300000), (600000, 786431), (7, 7)]
+    heads = [get(f"/{bucket}/{urllib.parse.quote(key)}", f"Range: bytes={a}-{b}", "User-Agent: columnar/1.0")
+             for a, b in spans]
+    fields = ("method", "operation", "bucket", "key", "range", "status", "outcome", "bytes", "bytes_cache",
+              "bytes_upstream", "bytes_tier")
+    logged, hot = {}, {}
+    for fast in ("true", "false"):
+        sc = make_sidecar(fast_path=fast, chunk_size="256KiB", ram_cache_size=0)
+        s3 = sc.client()
+        for _ in range(2):  # a miss, then a hit that checks every piece
+            assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+        before = fast_answers(sc)
+        answers, _ = _range_answers(sc, heads)
+        assert [(status, data) for status, _, data in answers] == [(206, body[a:b + 1]) for a, b in spans]
+        assert fast_answers(sc) - before == (len(spans) if fast == "true" else 0)
+        hot[fast] = next(o["hotness"] for o in sc.admin("/hot?n=5")["objects"] if o["key"] == key)
+        sc.stop()
+        lines = [e for e in sc.log_events() if e.get("event") == "request" and e.get("range")]
+        logged[fast] = [{f: e[f] for f in fields} for e in lines[-len(spans):]]
+    assert logged["true"] == logged["false"]
+    assert [e["range"] for e in logged["true"]] == [f"bytes={a}-{b}" for a, b in spans]
+    assert hot["true"] == pytest.approx(hot["false"], rel=0.01)
 
 
 def _open_chunk_files(sc, cache_dir) -> list[str]:

@@ -166,7 +166,8 @@ class ObjectPlan:
     and builds none of this again)."""
 
     __slots__ = ("method", "target", "entry", "meta", "prepared", "checksum_mode", "operation", "fresh_until",
-                 "keep", "label", "vid", "read_totals", "tallies", "whole", "ranges", "ranged_lines", "full_in_ram")
+                 "keep", "label", "vid", "read_totals", "tallies", "whole", "ranges", "ranged_lines", "full_in_ram",
+                 "_log", "_log_parts")
 
     RANGES_MAX = 64  # plans of ranges asked again (a file's footer), per object
 
@@ -188,6 +189,16 @@ class ObjectPlan:
         self.ranged_lines = b"HTTP/1.1 206 Partial Content\r\n" + (
             prepared.ranged_get if method == "GET" else prepared.ranged_head)
         self.full_in_ram = fast.holds_in_ram(fast.chunk_size)  # whether a whole chunk is small enough
+        self._log = face.access_log
+        self._log_parts: tuple[str, str] | None = None
+
+    def log_parts(self) -> tuple[str, str]:
+        """The access-log fields of this object's ranged hits, around the range (``AccessLog.parts``)."""
+        parts = self._log_parts
+        if parts is None:
+            parts = self._log_parts = self._log.parts(self.method, self.operation, self.target.bucket,
+                                                      self.target.key, 206, "hit")
+        return parts
 
     def for_range(self, fast: "FastPath", range_header: str | None) -> "HitPlan | None":
         """The plan of this object's request with ``range_header``; None when the face answers
@@ -272,6 +283,28 @@ class HitPlan:
                 self.method, self.operation, self.target.bucket, self.target.key, self.range_header, self.status,
                 "hit", self.sent, self.sent, 0)
         return fields
+
+
+class RangeHit:
+    """A ranged GET the shape lane answered (``FastProtocol._answer_shape``): what its records
+    need (``FastPath.record_hits``), and nothing else of a ``HitPlan``. A columnar reader sends a
+    new range every time, so this is built for every such hit."""
+
+    __slots__ = ("obj", "rng", "range_header", "sent", "method", "operation", "status", "target", "meta", "tally",
+                 "read_totals")
+
+    def __init__(self, obj: ObjectPlan, rng: ByteRange, range_header: str, sent: int) -> None:
+        self.obj, self.rng, self.range_header, self.sent = obj, rng, range_header, sent
+        self.method, self.operation, self.status = "GET", obj.operation, 206
+        self.target, self.meta = obj.target, obj.meta
+        self.tally, self.read_totals = obj.tallies[206], obj.read_totals
+
+    @property
+    def log_fields(self) -> str:
+        """As ``HitPlan.log_fields``. The range is digits only (the lane checked): its JSON string
+        is itself in quotes."""
+        before, after = self.obj.log_parts()
+        return before + '"' + self.range_header + '"' + after % (self.sent, self.sent, 0, 0)
 
 
 class FastPath:
@@ -558,6 +591,7 @@ class FastProtocol(asyncio.Protocol):
         self._sock_fd = -1
         self._paused_reading = False
         self._writable: asyncio.Future | None = None  # set while the transport asks us to pause
+        self._stats = ReadStats()  # the shape lane's, reset for each of its hits
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -614,15 +648,90 @@ class FastProtocol(asyncio.Protocol):
                 return
             n = end + 4
             if admitted is None:
-                plan = fast.plan(bytes(self.buf[:n]))
+                head = bytes(self.buf[:n])
+                if self._answer_shape(head, n):
+                    continue
+                plan = fast.plan(head)
                 if plan is None or not self._cached(plan) or not fast.server.rate.allow(self.remote):
                     self.hand_off()  # the face answers it (SlowDown for a client over its rate)
                     return
             else:
                 plan, admitted = admitted, None
-            if not self._answer_planned(plan, n) and not self._answer_from_file(plan, n):
-                self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
-                return
+            self._answer_admitted(plan, n)
+
+    def _answer_admitted(self, plan: HitPlan, n: int) -> None:
+        """Answer a request found cached and within its client's rate: from memory, from chunk
+        files at once, or by a task reading through the reader."""
+        if not self._answer_planned(plan, n) and not self._answer_from_file(plan, n):
+            self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
+
+    def _answer_shape(self, head: bytes, n: int) -> bool:
+        """The shape lane: a ranged GET whose head has a known shape (``FastPath._by_shape``)
+        and whose bytes lie in pieces of one chunk file checked since it last changed, answered
+        with no ``HitPlan``, ``_Answer`` or ``ReadStats`` of its own (a columnar reader's ranges,
+        each new). The same checks as ``plan``, ``_process`` and ``_answer_chunk_file``, in their
+        order, and the same bytes on the wire. True: the request is taken (answered, handed
+        off, or left to a task); False: nothing is done and ``plan`` decides."""
+        fast = self.fast
+        at = head.find(_RANGE_LINE)
+        if at < 0 or self._sock_fd < 0 or fast.face.auth is not None or len(head) > MAX_HEAD:
+            return False
+        end = head.find(b"\r\n", at + 2)
+        obj = fast._shapes.get(_shape(head, at, end))
+        if obj is None or obj.method != "GET" or obj.full_in_ram:
+            return False
+        first, dash, last = head[at + len(_RANGE_LINE):end].partition(b"-")
+        if not (dash and first.isdigit() and last.isdigit()) or len(first) > 18 or len(last) > 18:
+            return False
+        start, stop = int(first), int(last)
+        meta = obj.meta
+        size = meta.size
+        if stop < start or start >= size:
+            return False
+        if stop >= size:
+            stop = size - 1
+        cs = fast.chunk_size
+        chunk = start // cs
+        c0 = chunk * cs
+        if chunk != stop // cs or fast.holds_in_ram(min(cs, size - c0)) or not fast.current(obj):
+            return False  # several chunks, a chunk for the RAM tier, an object plan gone: ``plan``'s
+        reader = fast.face.reader
+        if not reader.store.has(obj.vid, chunk):
+            return False
+        value = head[at + len(_RANGE_LINE) - len(b"bytes="):end].decode("ascii")  # the header's value
+        if not fast.server.rate.allow(self.remote):
+            self.hand_off()  # the face answers SlowDown
+            return True
+        t0 = time.monotonic()
+        lo, hi = start - c0, stop - c0
+        stats = self._stats
+        stats.hit_bytes = stats.prefetched = 0
+        fd = reader.ready_fd(obj.vid, chunk, lo, hi, stats, keep=obj.keep)
+        if fd < 0:  # pieces to check first: the reader's way
+            self._answer_admitted(obj.ranged(fast, ByteRange(start, stop), value), n)
+            return True
+        nbytes = stop - start + 1
+        rid = new_request_id()
+        del self.buf[:n]
+        transport = self.transport
+        transport.write(b"".join((obj.ranged_lines, b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n"
+                                  b"x-amz-request-id: " % (start, stop, size, nbytes), rid.encode(), b"\r\n",
+                                  fast.date(), b"\r\n")))
+        sent = 0
+        rng = ByteRange(start, stop)
+        try:
+            if not transport.get_write_buffer_size():
+                sent = sendfile_until_full(self._sock_fd, fd, lo, nbytes)
+        except OSError as e:
+            a = self._answered(obj.ranged(fast, rng, value), rid, t0, stats)
+            self._send_failed(a, Segment(nbytes, fd=-1, offset=lo, chunk=(obj.vid, chunk)), e)
+            self._finished(a, 499)
+            return True
+        if sent < nbytes:
+            self._send_chunk_rest(self._answered(obj.ranged(fast, rng, value), rid, t0, stats), fd, sent)
+            return True
+        fast.note_hit(RangeHit(obj, rng, value, nbytes), rid, t0, stats.prefetched, (obj.vid, chunk))
+        return True
 
     def _answer_planned(self, plan: HitPlan, n: int) -> bool:
         """Answer a HEAD, or a GET whose bytes are in memory, straight from its plan: one write,
@@ -720,15 +829,21 @@ class FastProtocol(asyncio.Protocol):
             self._finished(a, 499)
             return True
         if sent < length:
-            # the rest is sent by a task, after other callbacks ran: on a descriptor of its own
-            fd = os.dup(fd)
-            self.fast.face.reader.store.touched((plan.key,))
-            self.fast.face.in_flight += 1
-            rest = [(Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), VerifiedChunk(length, fd=fd))]
-            self.task = asyncio.ensure_future(self._send_rest(a, rest, sent))
+            self._send_chunk_rest(a, fd, sent)
             return True
         self.fast.note_hit(plan, a.rid, a.t0, a.stats.prefetched, plan.key)
         return True
+
+    def _send_chunk_rest(self, a: _Answer, fd: int, sent: int) -> None:
+        """What the socket did not take of a one-chunk answer (``sent`` bytes went) is sent by a
+        task, after other callbacks ran: on a descriptor of its own (``fd`` is lent)."""
+        plan = a.plan
+        length = plan.hi - plan.lo + 1
+        fd = os.dup(fd)
+        self.fast.face.reader.store.touched((plan.key,))
+        self.fast.face.in_flight += 1
+        rest = [(Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), VerifiedChunk(length, fd=fd))]
+        self.task = asyncio.ensure_future(self._send_rest(a, rest, sent))
 
     async def _send_rest(self, a: _Answer, rest: list, sent: int) -> None:
         """The rest of an answer the socket did not take at once: ``rest`` (segments, each
@@ -791,6 +906,14 @@ class FastProtocol(asyncio.Protocol):
         a.head = b"".join((plan.head, rid.encode(), b"\r\n", self.fast.date(), b"\r\n"))
         a.stats = ReadStats()
         a.stats.label = plan.label
+        return a
+
+    def _answered(self, plan: HitPlan, rid: str, t0: float, lane_stats: ReadStats) -> _Answer:
+        """The ``_Answer`` of a request the shape lane began (its head sent with ``rid``), for
+        what is left to do the usual way."""
+        a = _Answer()
+        a.plan, a.rid, a.t0, a.head = plan, rid, t0, b""
+        a.stats = ReadStats(hit_bytes=lane_stats.hit_bytes, label=plan.label, prefetched=lane_stats.prefetched)
         return a
 
     def _all_cached(self, meta: "ObjectMeta", start: int, end: int) -> bool:
