@@ -18,7 +18,8 @@ With ``--range N``: a 64 MiB object, every chunk read once (its pieces checked),
 unaligned ranges of N bytes within one chunk, each head new (as a columnar reader sends them),
 16 per turn of the loop, answered onto a real socket (a socket pair drained by another
 thread) with sendfile. Prints the answering thread's CPU time per request: the Python and
-the sender's side of the kernel's work, not the client's.
+the sender's side of the kernel's work, not the client's. With ``--no-send`` as well, the
+head's write and the sendfile are counted, not done: the interpreter's share alone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sidecar import config  # noqa: E402
+from sidecar.s3 import fastpath  # noqa: E402
 from sidecar.server import Sidecar  # noqa: E402
 from sidecar.telemetry import setup_logging  # noqa: E402
 
@@ -107,14 +109,17 @@ async def _run(work: Path, requests: int, repeat: int) -> list[float]:
 
 
 class SocketTransport(CountingTransport):
-    """A transport over one end of a socket pair (blocking: a send waits for the drain)."""
+    """A transport over one end of a socket pair (blocking: a send waits for the drain);
+    ``send`` False: writes are counted, not sent."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, send: bool = True) -> None:
         super().__init__()
         self.sock = sock
+        self.send = send
 
     def write(self, data) -> None:
-        self.sock.sendall(data)
+        if self.send:
+            self.sock.sendall(data)
         self.written += len(data)
 
     def get_extra_info(self, name: str):
@@ -126,13 +131,13 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-async def run_ranges(length: int, requests: int, repeat: int) -> list[float]:
+async def run_ranges(length: int, requests: int, repeat: int, send: bool = True) -> list[float]:
     # (the work directory holds a 64 MiB upstream object and its cached chunks: removed after)
     with tempfile.TemporaryDirectory(prefix="sidecar-micro-") as d:
-        return await _run_ranges(Path(d), length, requests, repeat)
+        return await _run_ranges(Path(d), length, requests, repeat, send)
 
 
-async def _run_ranges(work: Path, length: int, requests: int, repeat: int) -> list[float]:
+async def _run_ranges(work: Path, length: int, requests: int, repeat: int, send: bool) -> list[float]:
     size = 64 * 1024 * 1024
     (work / "up" / "b").mkdir(parents=True)
     (work / "up" / "b" / "big").write_bytes(os.urandom(size))
@@ -155,7 +160,9 @@ async def _run_ranges(work: Path, length: int, requests: int, repeat: int) -> li
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         threading.Thread(target=_drain, args=(theirs,), daemon=True).start()
         proto = sc.fast_path()
-        proto.connection_made(SocketTransport(ours))
+        proto.connection_made(SocketTransport(ours, send))
+        if not send:  # the lean path's sendfile, counted as done (the warm-up above sent for real)
+            fastpath.sendfile_until_full = lambda sock_fd, fd, offset, count: count
         results = []
         for r in range(repeat + 1):  # the first round warms up
             batch = heads[r * requests:(r + 1) * requests]
@@ -178,12 +185,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--range", type=int, default=0, metavar="N",
                     help="unique ranged hits of N bytes from chunk files instead")
+    ap.add_argument("--no-send", action="store_true",
+                    help="with --range: count the head's write and the sendfile instead of doing them")
     args = ap.parse_args()
     with open(os.devnull, "w") as devnull:
         setup_logging("info", "json", stream=devnull)  # the access log is on, as by default
         if args.range:
-            results = uvloop.run(run_ranges(args.range, min(args.requests, 5000), args.repeat))
-            what = f"unique {args.range}-byte ranged hits from chunk files, answering thread's CPU"
+            results = uvloop.run(run_ranges(args.range, min(args.requests, 5000), args.repeat, not args.no_send))
+            what = (f"unique {args.range}-byte ranged hits from chunk files, answering thread's CPU"
+                    + (", sends counted, not done" if args.no_send else ""))
         else:
             results = uvloop.run(run(args.requests, args.repeat))
             what = "repeated 4 KiB RAM-tier hit"
