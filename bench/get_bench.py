@@ -133,7 +133,23 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-class Nginx:
+class PinnedServer:
+    """A server process started on ``self.port``, pinned to the servers' CPU."""
+
+    port: int
+
+    def _start(self, cmd: list[str], **popen) -> None:
+        self.proc = subprocess.Popen(cmd, **popen)
+        wait_port(self.port, proc=self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        pin(self.proc.pid, SERVER_CPU)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Nginx(PinnedServer):
     """nginx with one worker: a static file server (sendfile) or a proxy_cache in front of ``upstream``."""
 
     def __init__(self, workdir: Path, *, root: Path | None = None, upstream: str | None = None,
@@ -176,31 +192,17 @@ http {{
   server {{ listen 127.0.0.1:{self.port}; {server} }}
 }}
 """)
-        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(workdir / f"nginx-{name}-error.log")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, proc=self.proc)
-        self.url = f"http://127.0.0.1:{self.port}"
-        pin(self.proc.pid, SERVER_CPU)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self._start(["nginx", "-c", str(conf), "-e", str(workdir / f"nginx-{name}-error.log")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-class Floor:
-    """bench/floor_server.py serving the same files as nginx, pinned like the other servers."""
+class Floor(PinnedServer):
+    """bench/floor_server.py serving the same files as nginx."""
 
     def __init__(self, root: Path) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"),
-                                      str(root), str(self.port)], env=CHILD_ENV)
-        wait_port(self.port, proc=self.proc)
-        self.url = f"http://127.0.0.1:{self.port}"
-        pin(self.proc.pid, SERVER_CPU)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self._start([sys.executable, str(Path(__file__).resolve().parent / "floor_server.py"), str(root),
+                     str(self.port)], env=CHILD_ENV)
 
 
 def wrk(url: str, concurrency: int, duration: float, script: Path | None) -> dict:
