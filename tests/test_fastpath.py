@@ -566,6 +566,46 @@ def test_ranged_hits_of_a_known_shape_are_logged_and_counted_as_the_face_does(ma
     assert hot["true"] == pytest.approx(hot["false"], rel=0.01)
 
 
+def test_ranges_in_one_chunk_file_to_a_slow_reader_arrive_whole_in_order_and_logged(make_sidecar, moto_s3, bucket):
+    """Ranges within one chunk file, of a known shape, pipelined by a client that reads slowly:
+    the lane sends the head and what the socket takes, a task sends the rest, and the ranges
+    after it wait their turn; each answer is whole, in order, and logged as a hit with its bytes."""
+    sc = make_sidecar(ram_cache_size=0)  # 4 MiB chunks: a few ranges are more than a socket's buffer
+    mib = 1024 * KiB
+    body = os.urandom(12 * mib)
+    moto_s3.put_object(Bucket=bucket, Key="k", Body=body)
+    s3 = sc.client()
+    for _ in range(2):  # a miss, then a hit that checks every piece
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
+    c = Conn(sc.url)
+    c.send(get(f"/{bucket}/k", "Range: bytes=0-9"))  # the shape, parsed in full
+    assert c.response()[::2] == (206, body[:10])
+    c.close()
+    ranges = [(4 * mib + 7, 8 * mib - 1), (1, 4000000), (8 * mib, 12 * mib - 1000), (5000000, 5000000),
+              (10, 4 * mib - 1)]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the sidecar's sends fill it at once
+    host, port = sc.url.removeprefix("http://").rsplit(":", 1)
+    sock.settimeout(10)
+    sock.connect((host, int(port)))
+    c = Conn.__new__(Conn)
+    c.sock, c.buf = sock, b""
+    before = fast_answers(sc)
+    c.send(b"".join(get(f"/{bucket}/k", f"Range: bytes={a}-{b}") for a, b in ranges))
+    time.sleep(0.3)  # the first answer waits on the full socket meanwhile
+    rids = []
+    for a, b in ranges:
+        status, headers, got = c.response()
+        assert (status, headers["content-range"], got == body[a:b + 1]) == (206, f"bytes {a}-{b}/{len(body)}", True)
+        rids.append(headers["x-amz-request-id"])
+    c.close()
+    assert fast_answers(sc) - before == len(ranges)
+    sc.stop()
+    lines = {e["request_id"]: e for e in sc.log_events() if e.get("event") == "request"}
+    assert [(lines[r]["status"], lines[r]["outcome"], lines[r]["bytes"], lines[r]["range"]) for r in rids] == \
+        [(206, "hit", b - a + 1, f"bytes={a}-{b}") for a, b in ranges]
+
+
 def _open_chunk_files(sc, cache_dir) -> list[str]:
     """The chunk files the sidecar process holds open (as /proc shows them)."""
     fds = f"/proc/{sc.proc.pid}/fd"
