@@ -429,13 +429,24 @@ class FastPath:
         return plan
 
     def _by_shape(self, head: bytes, at: int) -> "HitPlan | None":
-        """The plan of ``head``, whose Range line starts at ``at``, when the same head with another
-        range (its "shape", ``_shape``) was planned before and the range is a plain
-        ``bytes=first-last`` within the object; None: ``plan`` parses it. Every header but the
-        range and the signing ones is the same bytes as in a head this path parsed and planned,
-        those differ only in printable values, and the range is digits, so the answer is that
-        object's with this range (``ranges.resolve`` of the same numbers). Only without
-        signature checks, which are then the only use of the signing headers."""
+        """The plan of ``head``, whose Range line starts at ``at``, when its shape was planned
+        before (``shape_range``); None: ``plan`` parses it."""
+        found = self.shape_range(head, at)
+        if found is None:
+            return None
+        obj, start, stop, value = found
+        return obj.ranged(self, ByteRange(start, stop), value)
+
+    def shape_range(self, head: bytes, at: int) -> "tuple[ObjectPlan, int, int, str] | None":
+        """When the same head as ``head`` (whose Range line starts at ``at``) with another range
+        (its "shape", ``_shape``) was planned before and the range is a plain
+        ``bytes=first-last`` within the object: that object's plan, the range's first and last
+        byte (the last within the object) and the header's value; None: ``plan`` parses it.
+        Every header but the range and the signing ones is the same bytes as in a head this
+        path parsed and planned, those differ only in printable values, and the range is
+        digits, so the answer is that object's with this range (``ranges.resolve`` of the same
+        numbers). Only without signature checks, which are then the only use of the signing
+        headers."""
         end = head.find(b"\r\n", at + 2)
         shape = _shape(head, at, end)
         obj = self._shapes.get(shape)
@@ -452,7 +463,7 @@ class FastPath:
         if stop < start or start >= size:
             return None  # the whole object, or 416: the face's
         value = head[at + len(_RANGE_LINE) - len(b"bytes="):end].decode("ascii")  # the header's value
-        return obj.ranged(self, ByteRange(start, min(stop, size - 1)), value)
+        return obj, start, min(stop, size - 1), value
 
     def note_hit(self, plan: HitPlan, rid: str, t0: float, prefetched: int, touched: tuple | None) -> None:
         """An answer sent as planned, into the hit journal (``touched``: its RAM-tier chunk, for
@@ -666,7 +677,7 @@ class FastProtocol(asyncio.Protocol):
             self.task = asyncio.ensure_future(self._answer_later(self._answer(plan), n))
 
     def _answer_shape(self, head: bytes, n: int) -> bool:
-        """The shape lane: a ranged GET whose head has a known shape (``FastPath._by_shape``)
+        """The shape lane: a ranged GET whose head has a known shape (``FastPath.shape_range``)
         and whose bytes lie in pieces of one chunk file checked since it last changed, answered
         with no ``HitPlan``, ``_Answer`` or ``ReadStats`` of its own (a columnar reader's ranges,
         each new). The same checks as ``plan``, ``_process`` and ``_answer_chunk_file``, in their
@@ -674,31 +685,23 @@ class FastProtocol(asyncio.Protocol):
         off, or left to a task); False: nothing is done and ``plan`` decides."""
         fast = self.fast
         at = head.find(_RANGE_LINE)
-        if at < 0 or self._sock_fd < 0 or fast.face.auth is not None or len(head) > MAX_HEAD:
+        if at < 0 or self._sock_fd < 0 or fast.face.auth is not None:
             return False
-        end = head.find(b"\r\n", at + 2)
-        obj = fast._shapes.get(_shape(head, at, end))
-        if obj is None or obj.method != "GET" or obj.full_in_ram:
+        found = fast.shape_range(head, at)
+        if found is None:
             return False
-        first, dash, last = head[at + len(_RANGE_LINE):end].partition(b"-")
-        if not (dash and first.isdigit() and last.isdigit()) or len(first) > 18 or len(last) > 18:
+        obj, start, stop, value = found
+        if obj.method != "GET" or obj.full_in_ram:
             return False
-        start, stop = int(first), int(last)
-        meta = obj.meta
-        size = meta.size
-        if stop < start or start >= size:
-            return False
-        if stop >= size:
-            stop = size - 1
+        size = obj.meta.size
         cs = fast.chunk_size
         chunk = start // cs
         c0 = chunk * cs
-        if chunk != stop // cs or fast.holds_in_ram(min(cs, size - c0)) or not fast.current(obj):
-            return False  # several chunks, a chunk for the RAM tier, an object plan gone: ``plan``'s
+        if chunk != stop // cs or fast.holds_in_ram(min(cs, size - c0)):
+            return False  # several chunks, or a chunk for the RAM tier: ``plan``'s
         reader = fast.face.reader
         if not reader.store.has(obj.vid, chunk):
             return False
-        value = head[at + len(_RANGE_LINE) - len(b"bytes="):end].decode("ascii")  # the header's value
         if not fast.server.rate.allow(self.remote):
             self.hand_off()  # the face answers SlowDown
             return True
