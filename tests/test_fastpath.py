@@ -32,9 +32,14 @@ def fast_answers(sc) -> float:
 class Conn:
     """One keep-alive client connection, reading responses by Content-Length."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, rcvbuf: int = 0) -> None:
+        """``rcvbuf``: a receive buffer this small (a slow reader: the server's sends fill it at once)."""
         host, port = url.removeprefix("http://").rsplit(":", 1)
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(10)
+        self.sock.connect((host, int(port)))
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -165,13 +170,7 @@ def test_ranges_over_several_chunks_arrive_whole_and_in_order_to_a_slow_reader(m
     for _ in range(2):  # a miss, then a hit that checks every piece
         assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == body
     ranges = [(1000, 300000), (200000, 800000), (5, len(body) - 1), (700000, len(body) - 10), (0, len(body) - 1)]
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the sidecar's sends fill it at once
-    host, port = sc.url.removeprefix("http://").rsplit(":", 1)
-    sock.settimeout(10)
-    sock.connect((host, int(port)))
-    c = Conn.__new__(Conn)
-    c.sock, c.buf = sock, b""
+    c = Conn(sc.url, rcvbuf=4096)
     before = fast_answers(sc)
     c.send(b"".join(get(f"/{bucket}/k", f"Range: bytes={a}-{b}") for a, b in ranges) + get(f"/{bucket}/k"))
     time.sleep(0.3)  # every answer waits on the full socket meanwhile
@@ -583,13 +582,7 @@ def test_ranges_in_one_chunk_file_to_a_slow_reader_arrive_whole_in_order_and_log
     c.close()
     ranges = [(4 * mib + 7, 8 * mib - 1), (1, 4000000), (8 * mib, 12 * mib - 1000), (5000000, 5000000),
               (10, 4 * mib - 1)]
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the sidecar's sends fill it at once
-    host, port = sc.url.removeprefix("http://").rsplit(":", 1)
-    sock.settimeout(10)
-    sock.connect((host, int(port)))
-    c = Conn.__new__(Conn)
-    c.sock, c.buf = sock, b""
+    c = Conn(sc.url, rcvbuf=4096)
     before = fast_answers(sc)
     c.send(b"".join(get(f"/{bucket}/k", f"Range: bytes={a}-{b}") for a, b in ranges))
     time.sleep(0.3)  # the first answer waits on the full socket meanwhile
