@@ -30,7 +30,11 @@ With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 Mi
 
 Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstream GET, nginx
 ``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
-and the sidecar; time to first and last byte, and the ratio to the direct GET.
+and the sidecar; time to first and last byte, and the ratio to the direct GET. The proxies stay
+on CPU 0; for these rounds the upstream (moto) and the client (this process) are pinned to CPU 1,
+so that where the scheduler puts them does not change a proxy's share of CPU 0 from request
+to request. The sidecar's TTLB over nginx's is also given round by round (median and range),
+and each proxy's CPU time per GiB filled (its processes' user and system time over the misses).
 
 Absolute figures on a shared machine are noisy; ratios within one run are what count. Each row
 also gives the "paired" ratios: the median over rounds of each round's sidecar/nginx ratio
@@ -119,18 +123,25 @@ def pin(pid: int, cpu: int) -> None:
                 pass
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process and its children (nginx's worker, the sidecar's threads)."""
-    total = 0.0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process and its children (nginx's worker, the sidecar's
+    threads)."""
+    user = system = 0.0
     procs = [psutil.Process(pid)]
     procs += procs[0].children(recursive=True)
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            user += t.user
+            system += t.system
         except psutil.Error:
             pass
-    return total
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process and its children."""
+    return sum(cpu_split(pid))
 
 
 class PinnedServer:
@@ -389,12 +400,24 @@ def main() -> int:
             print(f"sidecar peak RSS after 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB", flush=True)
         cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
         ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
+        fill_pids = {"nginx-proxy-cache": proxy.proc.pid, "sidecar": sc.proc.pid}
+        fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
+        if args.cold_rounds:
+            # The proxies stay on CPU 0; the upstream and this process (the client) go to CPU 1, so
+            # neither takes a proxy's CPU for a varying share of a run (the same for all three).
+            pin(moto.proc.pid, CLIENT_CPU)
+            os.sched_setaffinity(0, {CLIENT_CPU})
         for i in range(args.cold_rounds):
             for who in servers:
+                before = cpu_split(fill_pids[who]) if who in fill_pids else None
                 ttfb, ttlb, n = timed_get(ports[who], f"/{BUCKET}/cold-{who}-{i}",
                                           sign_for=None if who == "sidecar" else f"127.0.0.1:{moto.port}")
                 assert n == 64 * MiB, (who, n)
                 cold[who].append((ttfb, ttlb))
+                if before is not None:
+                    after = cpu_split(fill_pids[who])
+                    fill_cpu[who][0] += after[0] - before[0]
+                    fill_cpu[who][1] += after[1] - before[1]
     finally:
         nginx.stop()
         nginx_nopush.stop()
@@ -420,9 +443,19 @@ def main() -> int:
             ttfb = statistics.median(f for f, _ in cold[who])
             ttlb = statistics.median(t for _, t in cold[who])
             summary["cold"][who] = {"ttfb_s": ttfb, "ttlb_s": ttlb, "ttlb_vs_direct": ttlb / d_ttlb}
-            print(f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct")
+            line = f"{who:<18} TTFB {ttfb * 1e3:8.1f} ms  TTLB {ttlb * 1e3:8.1f} ms  {ttlb / d_ttlb:5.2f}x direct"
+            if who in fill_cpu:
+                gib = args.cold_rounds * 64 * MiB / GiB
+                user, system = (t / gib for t in fill_cpu[who])
+                summary["cold"][who].update(fill_cpu_s_per_gib=user + system, fill_user_s_per_gib=user,
+                                            fill_system_s_per_gib=system)
+                line += f"  fill {user + system:5.2f} CPU-s/GiB (user {user:4.2f}, system {system:4.2f})"
+            print(line)
         n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
-        print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x")
+        paired = sorted(s_[1] / n_[1] for s_, n_ in zip(cold["sidecar"], cold["nginx-proxy-cache"]))
+        summary["cold"]["sidecar_vs_proxy_cache_by_round"] = paired
+        print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x"
+              f"  (paired: median {statistics.median(paired):.2f}x, rounds {paired[0]:.2f}x to {paired[-1]:.2f}x)")
     if rss is not None:
         print(f"\nsidecar peak RSS (VmHWM) with 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB")
     (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
