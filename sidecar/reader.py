@@ -43,7 +43,11 @@ if TYPE_CHECKING:
 
 log = get_logger("sidecar.reader")
 
-PIECE = 256 * 1024  # bytes read from the upstream stream at a time
+PIECE = 256 * 1024  # bytes read from the upstream stream at a time (background fills: the gate's unit)
+# A demand fill takes what the stream holds, up to this: while the loop is busy, data piles up
+# and one pass handles it all, and each pass costs the same Python whatever its size (about
+# half a fill's CPU at 256 KiB; docs/operations.md, "Cold fills").
+DEMAND_PIECE = 1024 * 1024
 MAX_SPAN_CHUNKS = 64  # one upstream request covers at most this many chunks
 LOOKAHEAD_CHUNKS = 2  # start the next span this many chunks before the current one runs out
 NOW_CHUNKS = 16  # a read of at most this many chunks, all ready, is answered at once (read_now)
@@ -689,7 +693,7 @@ class Reader:
         demand_bytes = self.metrics.upstream_bytes.labels("demand")
         background_bytes = self.metrics.upstream_bytes.labels(purpose)
         while received < fill.length:
-            want = min(PIECE, fill.length - received)
+            want = min(DEMAND_PIECE if fill.priority == DEMAND else PIECE, fill.length - received)
             # demand never waits for the gate (no coroutine a piece for it either)
             background = fill.priority != DEMAND and await self._gated(fill, want)
             try:
