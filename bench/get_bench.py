@@ -46,7 +46,8 @@ The daemon under test is ``python -m sidecar`` started in the current directory,
 compare two checkouts, run the bench from inside each (``cd OTHER && PYTHONPATH=$PWD python
 /path/to/bench/get_bench.py``), or, better, in one run: ``--baseline OTHER`` starts a second
 sidecar from the checkout OTHER, measured interleaved with the first (a column "baseline", and
-the ratio of the sidecar under test to it). The first line printed names the packages used.
+the ratio of the sidecar under test to it; among the cold misses, a row of its own). The first
+line printed names the packages used.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ def main() -> int:
         s3.put_object(Bucket=BUCKET, Key=f"hot-{size}", Body=body)
         (www / f"hot-{size}").write_bytes(body)
         (www / f"hot-{size}").chmod(0o644)
-    servers = ("direct", "nginx-proxy-cache", "sidecar")
+    servers = ("direct", "nginx-proxy-cache", "sidecar") + (("baseline",) if args.baseline is not None else ())
     for i in range(args.cold_rounds):
         for who in servers:
             s3.put_object(Bucket=BUCKET, Key=f"cold-{who}-{i}", Body=big[:-8] + i.to_bytes(8, "big"))
@@ -401,6 +402,9 @@ def main() -> int:
         cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
         ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
         fill_pids = {"nginx-proxy-cache": proxy.proc.pid, "sidecar": sc.proc.pid}
+        if baseline is not None:
+            ports["baseline"] = int(baseline.url.rsplit(":", 1)[1])
+            fill_pids["baseline"] = baseline.proc.pid
         fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
         if args.cold_rounds:
             # The proxies stay on CPU 0; the upstream and this process (the client) go to CPU 1, so
@@ -408,10 +412,11 @@ def main() -> int:
             pin(moto.proc.pid, CLIENT_CPU)
             os.sched_setaffinity(0, {CLIENT_CPU})
         for i in range(args.cold_rounds):
-            for who in servers:
+            for who in servers if i % 2 == 0 else servers[::-1]:  # neither always first
                 before = cpu_split(fill_pids[who]) if who in fill_pids else None
+                direct = who in ("direct", "nginx-proxy-cache")  # (nginx passes the client's signature on)
                 ttfb, ttlb, n = timed_get(ports[who], f"/{BUCKET}/cold-{who}-{i}",
-                                          sign_for=None if who == "sidecar" else f"127.0.0.1:{moto.port}")
+                                          sign_for=f"127.0.0.1:{moto.port}" if direct else None)
                 assert n == 64 * MiB, (who, n)
                 cold[who].append((ttfb, ttlb))
                 if before is not None:
@@ -456,6 +461,11 @@ def main() -> int:
         summary["cold"]["sidecar_vs_proxy_cache_by_round"] = paired
         print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x"
               f"  (paired: median {statistics.median(paired):.2f}x, rounds {paired[0]:.2f}x to {paired[-1]:.2f}x)")
+        if "baseline" in cold:
+            paired = sorted(b[1] / n_[1] for b, n_ in zip(cold["baseline"], cold["nginx-proxy-cache"]))
+            summary["cold"]["baseline_vs_proxy_cache_by_round"] = paired
+            print(f"baseline TTLB / nginx proxy_cache TTLB: {summary['cold']['baseline']['ttlb_s'] / n_ttlb:5.2f}x"
+                  f"  (paired: median {statistics.median(paired):.2f}x, rounds {paired[0]:.2f}x to {paired[-1]:.2f}x)")
     if rss is not None:
         print(f"\nsidecar peak RSS (VmHWM) with 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB")
     (OUT / "get_bench.json").write_text(json.dumps({"runs": results, "summary": summary}, indent=2))
