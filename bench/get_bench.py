@@ -30,11 +30,13 @@ With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 Mi
 
 Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstream GET, nginx
 ``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
-and the sidecar; time to first and last byte, and the ratio to the direct GET. The proxies stay
-on CPU 0; for these rounds the upstream (moto) and the client (this process) are pinned to CPU 1,
-so that where the scheduler puts them does not change a proxy's share of CPU 0 from request
-to request. The sidecar's TTLB over nginx's is also given round by round (median and range),
-and each proxy's CPU time per GiB filled (its processes' user and system time over the misses).
+and the sidecar; time to first and last byte, and the ratio to the direct GET. They run before
+the hit cases (after them, misses on a 2-core machine ran 2-4x slower for every server, direct
+GETs included). The proxies stay on CPU 0; for these rounds the upstream (moto) and the client
+(this process) are pinned to CPU 1, so that where the scheduler puts them does not change a
+proxy's share of CPU 0 from request to request. The sidecar's TTLB over nginx's is also given
+round by round (median and range), and each proxy's CPU time per GiB filled (its processes'
+user and system time over the misses).
 
 Absolute figures on a shared machine are noisy; ratios within one run are what count. Each row
 also gives the "paired" ratios: the median over rounds of each round's sidecar/nginx ratio
@@ -371,6 +373,34 @@ def main() -> int:
     results: dict[str, dict[str, list[dict]]] = {}
     sources = hit_counters(sc)
     try:
+        cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
+        ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
+        fill_pids = {"nginx-proxy-cache": proxy.proc.pid, "sidecar": sc.proc.pid}
+        if baseline is not None:
+            ports["baseline"] = int(baseline.url.rsplit(":", 1)[1])
+            fill_pids["baseline"] = baseline.proc.pid
+        fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
+        # Cold misses first: after the hit cases, misses on this project's machine ran 2-4x slower
+        # for every server, direct GETs from moto included (the machine's state, not a proxy's).
+        # The proxies stay on CPU 0; the upstream and this process (the client) go to CPU 1, so
+        # neither takes a proxy's CPU for a varying share of a run (the same for all three).
+        cpus = os.sched_getaffinity(0)
+        if args.cold_rounds:
+            pin(moto.proc.pid, CLIENT_CPU)
+            os.sched_setaffinity(0, {CLIENT_CPU})
+        for i in range(args.cold_rounds):
+            for who in servers if i % 2 == 0 else servers[::-1]:  # neither always first
+                before = cpu_split(fill_pids[who]) if who in fill_pids else None
+                direct = who in ("direct", "nginx-proxy-cache")  # (nginx passes the client's signature on)
+                ttfb, ttlb, n = timed_get(ports[who], f"/{BUCKET}/cold-{who}-{i}",
+                                          sign_for=f"127.0.0.1:{moto.port}" if direct else None)
+                assert n == 64 * MiB, (who, n)
+                cold[who].append((ttfb, ttlb))
+                if before is not None:
+                    after = cpu_split(fill_pids[who])
+                    fill_cpu[who][0] += after[0] - before[0]
+                    fill_cpu[who][1] += after[1] - before[1]
+        os.sched_setaffinity(0, cpus)
         for name, size, c, length in cases:
             script = None
             if length is not None:
@@ -399,30 +429,6 @@ def main() -> int:
             wrk(f"{sc.url}/{BUCKET}/hot-{64 * MiB}", 64, args.duration, None)
             rss = peak_rss(sc.proc.pid)
             print(f"sidecar peak RSS after 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB", flush=True)
-        cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
-        ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
-        fill_pids = {"nginx-proxy-cache": proxy.proc.pid, "sidecar": sc.proc.pid}
-        if baseline is not None:
-            ports["baseline"] = int(baseline.url.rsplit(":", 1)[1])
-            fill_pids["baseline"] = baseline.proc.pid
-        fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
-        if args.cold_rounds:
-            # The proxies stay on CPU 0; the upstream and this process (the client) go to CPU 1, so
-            # neither takes a proxy's CPU for a varying share of a run (the same for all three).
-            pin(moto.proc.pid, CLIENT_CPU)
-            os.sched_setaffinity(0, {CLIENT_CPU})
-        for i in range(args.cold_rounds):
-            for who in servers if i % 2 == 0 else servers[::-1]:  # neither always first
-                before = cpu_split(fill_pids[who]) if who in fill_pids else None
-                direct = who in ("direct", "nginx-proxy-cache")  # (nginx passes the client's signature on)
-                ttfb, ttlb, n = timed_get(ports[who], f"/{BUCKET}/cold-{who}-{i}",
-                                          sign_for=f"127.0.0.1:{moto.port}" if direct else None)
-                assert n == 64 * MiB, (who, n)
-                cold[who].append((ttfb, ttlb))
-                if before is not None:
-                    after = cpu_split(fill_pids[who])
-                    fill_cpu[who][0] += after[0] - before[0]
-                    fill_cpu[who][1] += after[1] - before[1]
     finally:
         nginx.stop()
         nginx_nopush.stop()
