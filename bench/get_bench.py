@@ -31,8 +31,10 @@ With the 64 MiB case: the sidecar's peak RSS (VmHWM) after 64 clients read 64 Mi
 Cold 64 MiB misses (one fresh object per request, one at a time): a direct upstream GET, nginx
 ``proxy_cache`` (proxy_buffering on: it streams to the client while writing its cache file)
 and the sidecar; time to first and last byte, and the ratio to the direct GET. They run before
-the hit cases (after them, misses on a 2-core machine ran 2-4x slower for every server, direct
-GETs included). The proxies stay on CPU 0; for these rounds the upstream (moto) and the client
+the hit cases: in the three full runs that had them after, every server's misses, the direct
+GET's included, ran 2-4x slower than in runs of misses alone. (Slow phases also came in runs of
+misses alone: the proxies' fills then took about twice their usual system CPU, which the fill
+columns show.) The proxies stay on CPU 0; for these rounds the upstream (moto) and the client
 (this process) are pinned to CPU 1, so that where the scheduler puts them does not change a
 proxy's share of CPU 0 from request to request. The sidecar's TTLB over nginx's is also given
 round by round (median and range), and each proxy's CPU time per GiB filled (its processes'
@@ -380,10 +382,10 @@ def main() -> int:
             ports["baseline"] = int(baseline.url.rsplit(":", 1)[1])
             fill_pids["baseline"] = baseline.proc.pid
         fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
-        # Cold misses first: after the hit cases, misses on this project's machine ran 2-4x slower
-        # for every server, direct GETs from moto included (the machine's state, not a proxy's).
+        # Cold misses first: in three full runs with them after the hit cases, every server's
+        # misses ran 2-4x slower, direct GETs from moto included (see the module's docstring).
         # The proxies stay on CPU 0; the upstream and this process (the client) go to CPU 1, so
-        # neither takes a proxy's CPU for a varying share of a run (the same for all three).
+        # neither takes a proxy's CPU for a varying share of a run (the same for every server).
         cpus = os.sched_getaffinity(0)
         if args.cold_rounds:
             pin(moto.proc.pid, CLIENT_CPU)
@@ -463,14 +465,12 @@ def main() -> int:
                 line += f"  fill {user + system:5.2f} CPU-s/GiB (user {user:4.2f}, system {system:4.2f})"
             print(line)
         n_ttlb = summary["cold"]["nginx-proxy-cache"]["ttlb_s"]
-        paired = sorted(s_[1] / n_[1] for s_, n_ in zip(cold["sidecar"], cold["nginx-proxy-cache"]))
-        summary["cold"]["sidecar_vs_proxy_cache_by_round"] = paired
-        print(f"sidecar TTLB / nginx proxy_cache TTLB: {summary['cold']['sidecar']['ttlb_s'] / n_ttlb:5.2f}x"
-              f"  (paired: median {statistics.median(paired):.2f}x, rounds {paired[0]:.2f}x to {paired[-1]:.2f}x)")
-        if "baseline" in cold:
-            paired = sorted(b[1] / n_[1] for b, n_ in zip(cold["baseline"], cold["nginx-proxy-cache"]))
-            summary["cold"]["baseline_vs_proxy_cache_by_round"] = paired
-            print(f"baseline TTLB / nginx proxy_cache TTLB: {summary['cold']['baseline']['ttlb_s'] / n_ttlb:5.2f}x"
+        for who in ("sidecar", "baseline"):
+            if who not in cold:
+                continue
+            paired = sorted(a[1] / n_[1] for a, n_ in zip(cold[who], cold["nginx-proxy-cache"]))
+            summary["cold"][f"{who}_vs_proxy_cache_by_round"] = paired
+            print(f"{who} TTLB / nginx proxy_cache TTLB: {summary['cold'][who]['ttlb_s'] / n_ttlb:5.2f}x"
                   f"  (paired: median {statistics.median(paired):.2f}x, rounds {paired[0]:.2f}x to {paired[-1]:.2f}x)")
     if rss is not None:
         print(f"\nsidecar peak RSS (VmHWM) with 64 clients on 64 MiB objects: {rss / MiB:.0f} MiB")
