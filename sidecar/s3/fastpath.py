@@ -707,33 +707,24 @@ class FastProtocol(asyncio.Protocol):
             return True
         t0 = time.monotonic()
         lo, hi = start - c0, stop - c0
+        rng = ByteRange(start, stop)
         stats = self._stats
         stats.hit_bytes = stats.prefetched = 0
         fd = reader.ready_fd(obj.vid, chunk, lo, hi, stats, keep=obj.keep)
         if fd < 0:  # pieces to check first: the reader's way
-            self._answer_admitted(obj.ranged(fast, ByteRange(start, stop), value), n)
+            self._answer_admitted(obj.ranged(fast, rng, value), n)
             return True
         nbytes = stop - start + 1
         rid = new_request_id()
         del self.buf[:n]
-        transport = self.transport
-        transport.write(b"".join((obj.ranged_lines, b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n"
-                                  b"x-amz-request-id: " % (start, stop, size, nbytes), rid.encode(), b"\r\n",
-                                  fast.date(), b"\r\n")))
-        sent = 0
-        rng = ByteRange(start, stop)
-        try:
-            if not transport.get_write_buffer_size():
-                sent = sendfile_until_full(self._sock_fd, fd, lo, nbytes)
-        except OSError as e:
-            a = self._answered(obj.ranged(fast, rng, value), rid, t0, stats)
-            self._send_failed(a, Segment(nbytes, fd=-1, offset=lo, chunk=(obj.vid, chunk)), e)
-            self._finished(a, 499)
-            return True
-        if sent < nbytes:
-            self._send_chunk_rest(self._answered(obj.ranged(fast, rng, value), rid, t0, stats), fd, sent)
-            return True
-        fast.note_hit(RangeHit(obj, rng, value, nbytes), rid, t0, stats.prefetched, (obj.vid, chunk))
+        head = b"".join((obj.ranged_lines, b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n"
+                         b"x-amz-request-id: " % (start, stop, size, nbytes), rid.encode(), b"\r\n",
+                         fast.date(), b"\r\n"))
+        got = self._send_span(head, fd, lo, nbytes)
+        if got == nbytes:
+            fast.note_hit(RangeHit(obj, rng, value, nbytes), rid, t0, stats.prefetched, (obj.vid, chunk))
+        else:  # only now a plan and an answer, for the usual way
+            self._span_left(self._answered(obj.ranged(fast, rng, value), rid, t0, stats), fd, got)
         return True
 
     def _answer_planned(self, plan: HitPlan, n: int) -> bool:
@@ -820,33 +811,42 @@ class FastProtocol(asyncio.Protocol):
         if fd < 0:
             return False
         del self.buf[:n]
-        transport = self.transport
         length = plan.hi - plan.lo + 1
-        transport.write(a.head)
-        sent = 0
-        try:
-            if not transport.get_write_buffer_size():
-                sent = sendfile_until_full(self._sock_fd, fd, plan.lo, length)
-        except OSError as e:
-            self._send_failed(a, Segment(length, fd=-1, offset=plan.lo, chunk=plan.key), e)
-            self._finished(a, 499)
-            return True
-        if sent < length:
-            self._send_chunk_rest(a, fd, sent)
-            return True
-        self.fast.note_hit(plan, a.rid, a.t0, a.stats.prefetched, plan.key)
+        got = self._send_span(a.head, fd, plan.lo, length)
+        if got == length:
+            self.fast.note_hit(plan, a.rid, a.t0, a.stats.prefetched, plan.key)
+        else:
+            self._span_left(a, fd, got)
         return True
 
-    def _send_chunk_rest(self, a: _Answer, fd: int, sent: int) -> None:
-        """What the socket did not take of a one-chunk answer (``sent`` bytes went) is sent by a
-        task, after other callbacks ran: on a descriptor of its own (``fd`` is lent)."""
+    def _send_span(self, head: bytes, fd: int, offset: int, length: int) -> "int | OSError":
+        """Write ``head``, then ``sendfile`` ``length`` bytes of the chunk file ``fd`` from
+        ``offset`` while the socket takes them: the bytes sent (``length``: all), or the error
+        the send failed with (``_span_left`` finishes either)."""
+        transport = self.transport
+        transport.write(head)
+        try:
+            if not transport.get_write_buffer_size():
+                return sendfile_until_full(self._sock_fd, fd, offset, length)
+        except OSError as e:
+            return e
+        return 0
+
+    def _span_left(self, a: _Answer, fd: int, got: "int | OSError") -> None:
+        """A one-chunk answer whose send (``_send_span``) failed: recorded as 499. Or one the
+        socket did not take whole (``got`` bytes went): the rest is sent by a task, after other
+        callbacks ran, on a descriptor of its own (``fd`` is lent)."""
         plan = a.plan
         length = plan.hi - plan.lo + 1
+        if isinstance(got, OSError):
+            self._send_failed(a, Segment(length, fd=-1, offset=plan.lo, chunk=plan.key), got)
+            self._finished(a, 499)
+            return
         fd = os.dup(fd)
         self.fast.face.reader.store.touched((plan.key,))
         self.fast.face.in_flight += 1
         rest = [(Segment(length, fd=fd, offset=plan.lo, chunk=plan.key), VerifiedChunk(length, fd=fd))]
-        self.task = asyncio.ensure_future(self._send_rest(a, rest, sent))
+        self.task = asyncio.ensure_future(self._send_rest(a, rest, got))
 
     async def _send_rest(self, a: _Answer, rest: list, sent: int) -> None:
         """The rest of an answer the socket did not take at once: ``rest`` (segments, each
