@@ -367,20 +367,17 @@ def main() -> int:
     nginx_nopush = Nginx(work, root=work / "www", nopush=True)
     proxy = Nginx(work, upstream=moto.url)
     floor = Floor(work / "www") if args.floor else None
-    sc_port = int(sc.url.rsplit(":", 1)[1])
     for size in sizes:  # warm the sidecars' caches with every hot object
-        timed_get(sc_port, f"/{BUCKET}/hot-{size}")
+        timed_get(sc.port, f"/{BUCKET}/hot-{size}")
         if baseline is not None:
-            timed_get(int(baseline.url.rsplit(":", 1)[1]), f"/{BUCKET}/hot-{size}")
+            timed_get(baseline.port, f"/{BUCKET}/hot-{size}")
     results: dict[str, dict[str, list[dict]]] = {}
     sources = hit_counters(sc)
     try:
         cold: dict[str, list[tuple[float, float]]] = {who: [] for who in servers}
-        ports = {"direct": moto.port, "nginx-proxy-cache": proxy.port, "sidecar": sc_port}
-        fill_pids = {"nginx-proxy-cache": proxy.proc.pid, "sidecar": sc.proc.pid}
-        if baseline is not None:
-            ports["baseline"] = int(baseline.url.rsplit(":", 1)[1])
-            fill_pids["baseline"] = baseline.proc.pid
+        proxies = {"nginx-proxy-cache": proxy, "sidecar": sc, "baseline": baseline}
+        ports = {"direct": moto.port, **{who: p.port for who, p in proxies.items() if p is not None}}
+        fill_pids = {who: p.proc.pid for who, p in proxies.items() if p is not None}
         fill_cpu = {who: [0.0, 0.0] for who in fill_pids}  # user, system seconds over the fills
         # Cold misses first: in three full runs with them after the hit cases, every server's
         # misses ran 2-4x slower, direct GETs from moto included (see the module's docstring).
